@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The README's two commands. On a fresh Debian 12 machine with Node 20, as root:
+#   bash scripts/quickstart.sh demo   # installs what is missing, then runs the demo
+#   bash scripts/quickstart.sh test   # installs what is missing, then runs every test
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+what=${1:-}
+case "$what" in
+  demo | test) ;;
+  *)
+    echo "usage: bash scripts/quickstart.sh demo|test" >&2
+    exit 2
+    ;;
+esac
+
+# Debian packages the project needs (tests and demo). Installed only when missing.
+APT_PACKAGES=(python3 make g++)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "quickstart: missing Debian packages (${missing[*]}); run as root or install them" >&2
+    exit 2
+  fi
+  echo "quickstart: installing ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+if [ "$node_major" -lt 20 ]; then
+  echo "quickstart: Node.js 20 or later is required (found $(node --version 2>/dev/null || echo none))" >&2
+  exit 2
+fi
+
+# npm packages and the build (npm ci runs `prepare`, which compiles TypeScript to dist/).
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund
+else
+  npm run --silent build
+fi
+
+if [ "$what" = demo ]; then
+  exec node bin/seng.js demo
+else
+  exec npm test
+fi

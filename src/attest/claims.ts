@@ -1,0 +1,143 @@
+/**
+ * Normalized claims: what verified evidence says about the TEE, independent of the evidence format.
+ * Measurements are lowercase hex strings so that configs, logs and JSON compare them as text.
+ */
+
+export type TeeType = "sgx" | "tdx" | "sev-snp";
+
+/** Intel's TCB status names, as in TCB info, plus our name for "no level matched" (which is always rejected). */
+export type TcbStatus =
+  | "UpToDate"
+  | "SWHardeningNeeded"
+  | "ConfigurationNeeded"
+  | "ConfigurationAndSWHardeningNeeded"
+  | "OutOfDate"
+  | "OutOfDateConfigurationNeeded"
+  | "Revoked"
+  | "TcbLevelNotFound";
+
+export const TCB_STATUSES: readonly TcbStatus[] = [
+  "UpToDate",
+  "SWHardeningNeeded",
+  "ConfigurationNeeded",
+  "ConfigurationAndSWHardeningNeeded",
+  "OutOfDate",
+  "OutOfDateConfigurationNeeded",
+  "Revoked",
+  "TcbLevelNotFound",
+];
+
+export interface SgxClaims {
+  mrenclave: string;
+  mrsigner: string;
+  isvprodid: number;
+  isvsvn: number;
+  /** 16 bytes hex, as in the report (flags then XFRM, little-endian). */
+  attributes: string;
+  miscselect: number;
+  cpusvn: string;
+  configid: string;
+  configsvn: number;
+  isvextprodid: string;
+  isvfamilyid: string;
+}
+
+export interface TdxClaims {
+  mrtd: string;
+  rtmr0: string;
+  rtmr1: string;
+  rtmr2: string;
+  rtmr3: string;
+  mrseam: string;
+  mrsignerseam: string;
+  seamAttributes: string;
+  /** 8 bytes hex as in the report. */
+  tdAttributes: string;
+  septVeDisable: boolean;
+  xfam: string;
+  mrconfigid: string;
+  mrowner: string;
+  mrownerconfig: string;
+  teeTcbSvn: string;
+  /** TD 1.5 bodies only. */
+  teeTcbSvn2?: string;
+  mrservicetd?: string;
+}
+
+/** An AMD TCB version split into its component SPLs. `fmc` exists on Turin and later. */
+export interface SnpTcb {
+  bootloader: number;
+  tee: number;
+  snp: number;
+  microcode: number;
+  fmc?: number;
+  /** The raw 64-bit value as 16 hex digits (little-endian bytes as in the report, printed as a number). */
+  raw: string;
+}
+
+export type SnpProduct = "Milan" | "Genoa" | "Turin";
+
+export interface SnpClaims {
+  version: number;
+  product: SnpProduct;
+  measurement: string;
+  /** The guest policy as 16 hex digits. */
+  policy: string;
+  policyDebug: boolean;
+  policyMigrateMa: boolean;
+  policySmt: boolean;
+  policySingleSocket: boolean;
+  vmpl: number;
+  guestSvn: number;
+  hostData: string;
+  familyId: string;
+  imageId: string;
+  idKeyDigest: string;
+  authorKeyDigest: string;
+  reportId: string;
+  chipId: string;
+  /** 0 = VCEK, 1 = VLEK. */
+  signingKey: "vcek" | "vlek";
+  currentTcb: SnpTcb;
+  reportedTcb: SnpTcb;
+  committedTcb: SnpTcb;
+  launchTcb: SnpTcb;
+  platformInfo: string;
+}
+
+/** Everything a verified piece of evidence states. Exactly one of `sgx`, `tdx`, `snp` is set, matching `tee`. */
+export interface Claims {
+  tee: TeeType;
+  /** Produced by the simulated TEE: no hardware protection at all. Never trust in production. */
+  simulated: boolean;
+  debug: boolean;
+  /** 64 bytes, lowercase hex. */
+  reportData: string;
+  sgx?: SgxClaims;
+  tdx?: TdxClaims;
+  snp?: SnpClaims;
+  /** Platform identifiers: FMSPC (Intel) or CHIP_ID (AMD), PCE id. */
+  platform: { fmspc?: string; pceid?: string; chipId?: string };
+  /** Quote format details (Intel) or report version (AMD). */
+  format: { kind: "dcap-quote"; version: number; bodyType: "sgx" | "td10" | "td15" } | { kind: "snp-report"; version: number };
+}
+
+/** The measurement that names the app: MRENCLAVE, MRTD or the SNP launch MEASUREMENT. */
+export function primaryMeasurement(c: Claims): string {
+  return c.sgx?.mrenclave ?? c.tdx?.mrtd ?? c.snp?.measurement ?? "";
+}
+
+/** The outcome of verifying one piece of evidence. */
+export interface Verdict {
+  verified: boolean;
+  /** Set when verified is false: a stable code and a one-line explanation. */
+  code?: string;
+  reason?: string;
+  /** Present whenever the evidence could be parsed (even when rejected: logs want the measurement). */
+  claims?: Claims;
+  /** null when no TCB collateral was given (signatures and chains only). */
+  tcbStatus: TcbStatus | null;
+  advisoryIds: string[];
+  /** Extra non-fatal observations (e.g. "simulated TEE: not secure"). */
+  warnings: string[];
+}
