@@ -71,7 +71,7 @@ export interface SnpTcb {
   snp: number;
   microcode: number;
   fmc?: number;
-  /** The raw 64-bit value as 16 hex digits (little-endian bytes as in the report, printed as a number). */
+  /** The 8 bytes as they stand in the report (little-endian), as 16 hex digits. */
   raw: string;
 }
 
@@ -119,7 +119,9 @@ export interface Claims {
   /** Platform identifiers: FMSPC (Intel) or CHIP_ID (AMD), PCE id. */
   platform: { fmspc?: string; pceid?: string; chipId?: string };
   /** Quote format details (Intel) or report version (AMD). */
-  format: { kind: "dcap-quote"; version: number; bodyType: "sgx" | "td10" | "td15" } | { kind: "snp-report"; version: number };
+  format:
+    | { kind: "dcap-quote"; version: number; bodyType: "sgx" | "td10" | "td15" }
+    | { kind: "snp-report"; version: number };
 }
 
 /** The measurement that names the app: MRENCLAVE, MRTD or the SNP launch MEASUREMENT. */

@@ -81,7 +81,8 @@ export function derChildren(d: Der): Der[] {
 export function derChild(d: Der, i: number, tag?: number): Der {
   const c = derChildren(d)[i];
   if (!c) bad(`missing element ${i}`);
-  if (tag !== undefined && c.tag !== tag) bad(`element ${i} has tag 0x${c.tag.toString(16)}, expected 0x${tag.toString(16)}`);
+  if (tag !== undefined && c.tag !== tag)
+    bad(`element ${i} has tag 0x${c.tag.toString(16)}, expected 0x${tag.toString(16)}`);
   return c;
 }
 

@@ -4,6 +4,7 @@
  * Every rejection carries a stable machine-readable `code` (used in logs, metrics labels and the CLI's JSON) and
  * a one-line human `message`. Codes are documented in docs/ATTESTATION.md.
  */
+import type { TcbStatus } from "./claims.js";
 
 /** Why evidence was not accepted. Stable strings: metrics and tests depend on them. */
 export type RejectCode =
@@ -40,6 +41,8 @@ export class AttestError extends Error {
   constructor(
     readonly code: RejectCode,
     message: string,
+    /** What was established before the rejection (a TCB status that is itself the reason, say). */
+    readonly detail: { tcbStatus?: TcbStatus; advisoryIds?: string[] } = {},
   ) {
     super(message);
   }

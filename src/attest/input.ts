@@ -10,7 +10,10 @@ const B64URL = /^[A-Za-z0-9_\-\s]+={0,2}\s*$/;
 
 /** Returns the bytes that `data` encodes. Throws `malformed` for empty input. */
 export function decodeEvidence(data: Buffer | Uint8Array | string): Buffer {
-  const buf = typeof data === "string" ? Buffer.from(data, "latin1") : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  const buf =
+    typeof data === "string"
+      ? Buffer.from(data, "latin1")
+      : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
   if (buf.length === 0) throw new AttestError("malformed", "evidence is empty");
   // Binary evidence (quotes start with a small version number, SNP reports too) has bytes outside printable text.
   if (!isText(buf)) return buf;
@@ -18,7 +21,8 @@ export function decodeEvidence(data: Buffer | Uint8Array | string): Buffer {
   const hex = HEX.exec(text);
   if (hex) {
     const digits = hex[1]!.replace(/\s+/g, "");
-    if (digits.length % 2 !== 0) throw new AttestError("malformed", "hex evidence has an odd number of digits");
+    if (digits.length % 2 !== 0)
+      throw new AttestError("malformed", "hex evidence has an odd number of digits");
     return Buffer.from(digits, "hex");
   }
   if (B64.test(text) || B64URL.test(text)) {

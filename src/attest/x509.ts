@@ -7,7 +7,13 @@
  * DER, so a platform that attests again costs no repeated chain work; validity periods are always checked against
  * the time of the verification.
  */
-import { createHash, createPublicKey, verify as cryptoVerify, X509Certificate, type KeyObject } from "node:crypto";
+import {
+  createHash,
+  createPublicKey,
+  verify as cryptoVerify,
+  X509Certificate,
+  type KeyObject,
+} from "node:crypto";
 import { AttestError, type RejectCode } from "./errors.js";
 import {
   derBytes,
@@ -48,7 +54,11 @@ export class Cert {
     this.der = der;
     this.fingerprint = fingerprint;
     try {
-      this.x509 = new X509Certificate(der);
+      // Always hand Node a PEM wrapping of exactly these bytes: given a raw buffer, Node parses the first PEM block
+      // it finds *inside* it, and an attacker can embed another certificate's PEM in an extension.
+      this.x509 = new X509Certificate(
+        `-----BEGIN CERTIFICATE-----\n${der.toString("base64")}\n-----END CERTIFICATE-----\n`,
+      );
     } catch (e) {
       throw new AttestError("malformed", `certificate cannot be parsed: ${(e as Error).message}`);
     }
@@ -94,6 +104,10 @@ export class Cert {
 
   private static readonly cache = new Map<string, Cert>();
 
+  static clearCache(): void {
+    Cert.cache.clear();
+  }
+
   /** Parses (or returns the cached parse of) a DER certificate. */
   static fromDer(der: Buffer): Cert {
     const fp = createHash("sha256").update(der).digest("hex");
@@ -111,7 +125,8 @@ export class Cert {
     const text = typeof pem === "string" ? pem : pem.toString("latin1");
     const re = /-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\s]+?)-----END CERTIFICATE-----/g;
     const out: Cert[] = [];
-    for (const m of text.matchAll(re)) out.push(Cert.fromDer(Buffer.from(m[1]!.replace(/\s+/g, ""), "base64")));
+    for (const m of text.matchAll(re))
+      out.push(Cert.fromDer(Buffer.from(m[1]!.replace(/\s+/g, ""), "base64")));
     return out;
   }
 
@@ -120,7 +135,8 @@ export class Cert {
     const buf = typeof data === "string" ? Buffer.from(data, "latin1") : data;
     if (buf[0] === 0x30) return Cert.fromDer(buf);
     const certs = Cert.fromPemBundle(buf);
-    if (certs.length !== 1) throw new AttestError("malformed", `expected one certificate, found ${certs.length}`);
+    if (certs.length !== 1)
+      throw new AttestError("malformed", `expected one certificate, found ${certs.length}`);
     return certs[0]!;
   }
 
@@ -138,6 +154,13 @@ export class Cert {
 }
 
 const signedBy = new Map<string, boolean>();
+
+/** Forgets every memoized parse and signature check (benchmarks use it to measure a first-seen platform). */
+export function clearCertCaches(): void {
+  Cert.clearCache();
+  signedBy.clear();
+  crlVerified.clear();
+}
 
 /** Whether `child`'s signature verifies under `issuer`'s key and names it as issuer (memoized by both DERs). */
 export function isSignedBy(child: Cert, issuer: Cert): boolean {
@@ -180,7 +203,8 @@ export function parseCrl(input: Buffer | string): Crl {
   let der: Buffer;
   if (typeof input === "string") {
     const t = input.trim();
-    if (/^-----BEGIN X509 CRL-----/.test(t)) der = Buffer.from(t.replace(/-----[^-]+-----|\s+/g, ""), "base64");
+    if (/^-----BEGIN X509 CRL-----/.test(t))
+      der = Buffer.from(t.replace(/-----[^-]+-----|\s+/g, ""), "base64");
     else if (/^[0-9a-fA-F]+$/.test(t) && t.length % 2 === 0) der = Buffer.from(t, "hex");
     else throw new AttestError("crl_invalid", "CRL is neither DER, hex nor PEM");
   } else der = input;
@@ -199,7 +223,8 @@ export function parseCrl(input: Buffer | string): Crl {
     const issuer = f[i++]!;
     const thisUpdate = derTime(f[i++]!);
     let nextUpdate: Date | undefined;
-    if (f[i] && (f[i]!.tag === TAG.UTC_TIME || f[i]!.tag === TAG.GENERALIZED_TIME)) nextUpdate = derTime(f[i++]!);
+    if (f[i] && (f[i]!.tag === TAG.UTC_TIME || f[i]!.tag === TAG.GENERALIZED_TIME))
+      nextUpdate = derTime(f[i++]!);
     const revoked = new Set<string>();
     if (f[i] && f[i]!.tag === TAG.SEQUENCE) {
       for (const entry of derChildren(f[i]!)) revoked.add(derIntBytes(derChild(entry, 0)).toString("hex"));
@@ -275,7 +300,10 @@ export function verifyChain(chain: readonly Cert[], opts: ChainOptions): Cert {
   if (!root) {
     root = opts.roots.find((r) => isSignedBy(last, r));
     if (!root) {
-      throw new AttestError("untrusted_root", `${opts.what} does not end in a trusted root (ends in ${last.subject})`);
+      throw new AttestError(
+        "untrusted_root",
+        `${opts.what} does not end in a trusted root (ends in ${last.subject})`,
+      );
     }
     path.push(root);
   }
@@ -293,7 +321,10 @@ export function verifyChain(chain: readonly Cert[], opts: ChainOptions): Cert {
         throw new AttestError("chain_invalid", `${opts.what}: issuer "${issuer.subject}" is not a CA`);
       }
       if (!isSignedBy(c, issuer)) {
-        throw new AttestError("chain_invalid", `${opts.what}: "${c.subject}" is not signed by "${issuer.subject}"`);
+        throw new AttestError(
+          "chain_invalid",
+          `${opts.what}: "${c.subject}" is not signed by "${issuer.subject}"`,
+        );
       }
     }
     if (c === root) continue;
@@ -301,7 +332,10 @@ export function verifyChain(chain: readonly Cert[], opts: ChainOptions): Cert {
       if (!crl.issuerDer.equals(issuer.subjectDer)) continue;
       checkCrl(crl, issuer, opts.at, `CRL of "${issuer.subject}"`);
       if (crl.revoked.has(c.serial.toString("hex"))) {
-        throw new AttestError("cert_revoked", `${opts.what}: "${c.subject}" (serial ${c.serial.toString("hex")}) is revoked`);
+        throw new AttestError(
+          "cert_revoked",
+          `${opts.what}: "${c.subject}" (serial ${c.serial.toString("hex")}) is revoked`,
+        );
       }
     }
   }
@@ -323,4 +357,3 @@ export function verifySignature(
 export function check(ok: boolean, code: RejectCode, message: string): asserts ok {
   if (!ok) throw new AttestError(code, message);
 }
-

@@ -16,5 +16,8 @@ export function vector(rel: string): Buffer {
 
 /** FIELDS.json: parsed field values of every quote and report, keyed by path. */
 export function fields(): Record<string, Record<string, unknown>> {
-  return JSON.parse(readFileSync(vectorPath("FIELDS.json"), "utf8")) as Record<string, Record<string, unknown>>;
+  return JSON.parse(readFileSync(vectorPath("FIELDS.json"), "utf8")) as Record<
+    string,
+    Record<string, unknown>
+  >;
 }
