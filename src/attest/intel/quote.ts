@@ -55,7 +55,10 @@ class Reader {
     public pos = 0,
   ) {}
   take(n: number, what: string): Buffer {
-    need(this.pos + n <= this.buf.length, `quote truncated: ${what} needs ${n} bytes at offset ${this.pos}, have ${this.buf.length - this.pos}`);
+    need(
+      this.pos + n <= this.buf.length,
+      `quote truncated: ${what} needs ${n} bytes at offset ${this.pos}, have ${this.buf.length - this.pos}`,
+    );
     const out = this.buf.subarray(this.pos, this.pos + n);
     this.pos += n;
     return out;
@@ -81,9 +84,15 @@ export function parseQuote(input: Buffer): Quote {
   const r = new Reader(input);
   const header = r.take(HEADER_LEN, "header");
   const version = header.readUInt16LE(0);
-  need(version === 3 || version === 4 || version === 5, `unsupported quote version ${version} (expected 3, 4 or 5)`);
+  need(
+    version === 3 || version === 4 || version === 5,
+    `unsupported quote version ${version} (expected 3, 4 or 5)`,
+  );
   const akType = header.readUInt16LE(2);
-  need(akType === 2, `unsupported attestation key type ${akType} (only ECDSA-256-with-P-256 is defined for DCAP)`);
+  need(
+    akType === 2,
+    `unsupported attestation key type ${akType} (only ECDSA-256-with-P-256 is defined for DCAP)`,
+  );
   const teeType = header.readUInt32LE(4);
   need(teeType === TEE_SGX || teeType === TEE_TDX, `unknown TEE type 0x${teeType.toString(16)}`);
 
@@ -123,7 +132,10 @@ export function parseQuote(input: Buffer): Quote {
   let qe: Reader = sigData;
   if (version >= 4) {
     const outerType = sigData.u16("certification data type");
-    need(outerType === CERT_QE_REPORT, `certification data type ${outerType} where 6 (QE report) is required`);
+    need(
+      outerType === CERT_QE_REPORT,
+      `certification data type ${outerType} where 6 (QE report) is required`,
+    );
     const outerSize = sigData.u32("certification data size");
     qe = new Reader(sigData.take(outerSize, "QE report certification data"));
     need(sigData.pos === sigData.buf.length, "bytes after the certification data");
@@ -249,5 +261,7 @@ export function tdxClaims(body: Buffer, bodyType: BodyType): TdxClaims {
 
 /** REPORT_DATA of the quote's body. */
 export function quoteReportData(q: Quote): Buffer {
-  return q.bodyType === "sgx" ? q.body.subarray(SGX.reportdata, SGX.reportdata + 64) : q.body.subarray(TD.reportdata, TD.reportdata + 64);
+  return q.bodyType === "sgx"
+    ? q.body.subarray(SGX.reportdata, SGX.reportdata + 64)
+    : q.body.subarray(TD.reportdata, TD.reportdata + 64);
 }
