@@ -1,0 +1,194 @@
+/**
+ * Identity policy: which app a verified piece of evidence belongs to.
+ *
+ * An app has one or more identities; an identity names the TEE by one of
+ *  - MRENCLAVE (SGX: this exact enclave build),
+ *  - MRSIGNER + ISVPRODID + minimum ISVSVN (SGX: any build of this product from this signer, at or above an SVN),
+ *  - MRTD, optionally with RTMR0-3 (TDX),
+ *  - SNP MEASUREMENT, optionally with HOST_DATA (SEV-SNP),
+ * plus conditions that apply to all: debug TEEs are refused unless `allowDebug`, and the TCB status must be in
+ * `tcbStatuses` (default UpToDate and SWHardeningNeeded; Intel evidence checked without collateral has no status
+ * and is refused unless the list contains "Unknown"). The first identity that matches decides; when none does,
+ * the result lists, per identity, exactly why not.
+ */
+import { TCB_STATUSES, type Claims, type TcbStatus, type Verdict } from "./claims.js";
+
+/** TCB statuses an identity may accept; "Unknown" stands for "verified without TCB collateral". */
+export type AcceptedStatus = TcbStatus | "Unknown";
+
+export interface IdentitySpec {
+  mrenclave?: string;
+  mrsigner?: string;
+  isvprodid?: number;
+  minIsvsvn?: number;
+  mrtd?: string;
+  rtmr0?: string;
+  rtmr1?: string;
+  rtmr2?: string;
+  rtmr3?: string;
+  measurement?: string;
+  hostData?: string;
+  allowDebug?: boolean;
+  tcbStatuses?: AcceptedStatus[];
+}
+
+export interface AppSpec {
+  name: string;
+  identities: IdentitySpec[];
+}
+
+export const DEFAULT_TCB_STATUSES: readonly AcceptedStatus[] = ["UpToDate", "SWHardeningNeeded"];
+
+export type PolicyResult =
+  { matched: true; app: string; identity: number; claims: Claims } | { matched: false; reasons: string[] };
+
+/** Thrown for an identity that cannot be used (bad hex, no selector, mixed TEE kinds). `path` names the key. */
+export class PolicyError extends Error {
+  override readonly name = "PolicyError";
+  constructor(
+    readonly path: string,
+    message: string,
+  ) {
+    super(`${path}: ${message}`);
+  }
+}
+
+const HEX_LEN: Record<string, number> = {
+  mrenclave: 32,
+  mrsigner: 32,
+  mrtd: 48,
+  rtmr0: 48,
+  rtmr1: 48,
+  rtmr2: 48,
+  rtmr3: 48,
+  measurement: 48,
+  hostData: 32,
+};
+
+/** Checks and normalizes (lowercase hex) an app list; throws PolicyError naming the offending key. */
+export function compileApps(apps: readonly AppSpec[], base = "apps"): AppSpec[] {
+  const names = new Set<string>();
+  return apps.map((app, i) => {
+    const p = `${base}[${i}]`;
+    if (!app.name || !/^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$/.test(app.name)) {
+      throw new PolicyError(`${p}.name`, "expected 1-32 letters, digits, '-' or '_'");
+    }
+    if (names.has(app.name)) throw new PolicyError(`${p}.name`, `duplicate app name ${app.name}`);
+    names.add(app.name);
+    if (!Array.isArray(app.identities) || app.identities.length === 0) {
+      throw new PolicyError(`${p}.identities`, "expected at least one identity");
+    }
+    return {
+      name: app.name,
+      identities: app.identities.map((id, j) => compileIdentity(id, `${p}.identities[${j}]`)),
+    };
+  });
+}
+
+function compileIdentity(id: IdentitySpec, p: string): IdentitySpec {
+  const out: IdentitySpec = { ...id };
+  for (const [key, len] of Object.entries(HEX_LEN)) {
+    const v = (id as Record<string, unknown>)[key];
+    if (v === undefined) continue;
+    if (typeof v !== "string" || !new RegExp(`^(0x)?[0-9a-fA-F]{${len * 2}}$`).test(v)) {
+      throw new PolicyError(`${p}.${key}`, `expected ${len} bytes of hex (${len * 2} digits)`);
+    }
+    (out as Record<string, unknown>)[key] = v.replace(/^0x/, "").toLowerCase();
+  }
+  const kinds = [
+    id.mrenclave !== undefined || id.mrsigner !== undefined ? "sgx" : "",
+    id.mrtd !== undefined ? "tdx" : "",
+    id.measurement !== undefined ? "snp" : "",
+  ].filter(Boolean);
+  if (kinds.length !== 1) {
+    throw new PolicyError(p, "expected exactly one of mrenclave, mrsigner (+isvprodid), mrtd or measurement");
+  }
+  if (id.mrsigner !== undefined && id.mrenclave === undefined && id.isvprodid === undefined) {
+    throw new PolicyError(
+      `${p}.isvprodid`,
+      "an MRSIGNER identity needs isvprodid (a signer may sign many products)",
+    );
+  }
+  for (const k of ["isvprodid", "minIsvsvn"] as const) {
+    const v = id[k];
+    if (v !== undefined && (!Number.isInteger(v) || v < 0 || v > 0xffff))
+      throw new PolicyError(`${p}.${k}`, "expected an integer 0-65535");
+  }
+  if (kinds[0] !== "tdx" && [id.rtmr0, id.rtmr1, id.rtmr2, id.rtmr3].some((r) => r !== undefined)) {
+    throw new PolicyError(p, "RTMRs only apply to an mrtd identity");
+  }
+  if (kinds[0] !== "snp" && id.hostData !== undefined)
+    throw new PolicyError(`${p}.hostData`, "hostData only applies to a measurement identity");
+  if (id.tcbStatuses !== undefined) {
+    if (!Array.isArray(id.tcbStatuses) || id.tcbStatuses.length === 0)
+      throw new PolicyError(`${p}.tcbStatuses`, "expected a non-empty list");
+    for (const s of id.tcbStatuses) {
+      if (s !== "Unknown" && !TCB_STATUSES.includes(s as TcbStatus)) {
+        throw new PolicyError(
+          `${p}.tcbStatuses`,
+          `unknown status ${JSON.stringify(s)} (expected one of ${[...TCB_STATUSES, "Unknown"].join(", ")})`,
+        );
+      }
+    }
+  }
+  return out;
+}
+
+/** Why `claims` (with `tcbStatus`) do not satisfy `id`, or undefined when they do. */
+export function mismatch(id: IdentitySpec, claims: Claims, tcbStatus: TcbStatus | null): string | undefined {
+  const { sgx, tdx, snp } = claims;
+  if (id.mrenclave !== undefined || id.mrsigner !== undefined) {
+    if (!sgx) return `expects SGX evidence, got ${claims.tee}`;
+    if (id.mrenclave !== undefined && sgx.mrenclave !== id.mrenclave)
+      return `MRENCLAVE ${sgx.mrenclave} is not ${id.mrenclave}`;
+    if (id.mrsigner !== undefined && sgx.mrsigner !== id.mrsigner)
+      return `MRSIGNER ${sgx.mrsigner} is not ${id.mrsigner}`;
+    if (id.isvprodid !== undefined && sgx.isvprodid !== id.isvprodid)
+      return `ISVPRODID ${sgx.isvprodid} is not ${id.isvprodid}`;
+    if (id.minIsvsvn !== undefined && sgx.isvsvn < id.minIsvsvn)
+      return `ISVSVN ${sgx.isvsvn} is below the minimum ${id.minIsvsvn}`;
+  } else if (id.mrtd !== undefined) {
+    if (!tdx) return `expects TDX evidence, got ${claims.tee}`;
+    if (tdx.mrtd !== id.mrtd) return `MRTD ${tdx.mrtd} is not ${id.mrtd}`;
+    for (const k of ["rtmr0", "rtmr1", "rtmr2", "rtmr3"] as const) {
+      if (id[k] !== undefined && tdx[k] !== id[k]) return `${k.toUpperCase()} ${tdx[k]} is not ${id[k]}`;
+    }
+  } else if (id.measurement !== undefined) {
+    if (!snp) return `expects SEV-SNP evidence, got ${claims.tee}`;
+    if (snp.measurement !== id.measurement) return `MEASUREMENT ${snp.measurement} is not ${id.measurement}`;
+    if (id.hostData !== undefined && snp.hostData !== id.hostData)
+      return `HOST_DATA ${snp.hostData} is not ${id.hostData}`;
+  } else {
+    return "identity names no measurement";
+  }
+  if (claims.debug && !id.allowDebug)
+    return "debug TEE (its memory is readable by the host): refused unless allowDebug";
+  // AMD reports carry no Intel-style TCB status: the VCEK's TCB match is their platform check.
+  if (claims.tee !== "sev-snp") {
+    const accepted = id.tcbStatuses ?? DEFAULT_TCB_STATUSES;
+    const s: AcceptedStatus = tcbStatus ?? "Unknown";
+    if (!accepted.includes(s)) {
+      return tcbStatus === null
+        ? "TCB status unknown (verified without collateral) and the identity does not accept Unknown"
+        : `TCB status ${tcbStatus} is not accepted (accepted: ${accepted.join(", ")})`;
+    }
+  }
+  return undefined;
+}
+
+/** Matches a verdict against the apps. Unverified evidence never matches. */
+export function matchApp(verdict: Verdict, apps: readonly AppSpec[]): PolicyResult {
+  if (!verdict.verified || !verdict.claims) {
+    return { matched: false, reasons: [`evidence not verified: ${verdict.reason ?? "unknown reason"}`] };
+  }
+  const reasons: string[] = [];
+  for (const app of apps) {
+    for (let i = 0; i < app.identities.length; i++) {
+      const why = mismatch(app.identities[i]!, verdict.claims, verdict.tcbStatus);
+      if (why === undefined) return { matched: true, app: app.name, identity: i, claims: verdict.claims };
+      reasons.push(`${app.name}[${i}]: ${why}`);
+    }
+  }
+  if (reasons.length === 0) reasons.push("no apps are configured");
+  return { matched: false, reasons };
+}

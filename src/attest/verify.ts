@@ -1,0 +1,121 @@
+/**
+ * One entry point for all evidence: detects the format (Intel DCAP quote or AMD SEV-SNP report), verifies it and
+ * returns a Verdict. Never throws for bad evidence: every failure is a rejected Verdict with a stable code.
+ */
+import type { Claims, Verdict } from "./claims.js";
+import { AttestError } from "./errors.js";
+import { decodeEvidence } from "./input.js";
+import { looksLikeQuote, parseQuote } from "./intel/quote.js";
+import { intelRoot } from "./intel/roots.js";
+import { quoteClaims, verifyQuote } from "./intel/verify.js";
+import type { Collateral } from "./intel/collateral.js";
+import { looksLikeSnpReport, parseSnpReport } from "./amd/report.js";
+import { verifySnp } from "./amd/verify.js";
+import type { Cert } from "./x509.js";
+import { extractEvidence, keyBindingOk } from "./ratls.js";
+
+export interface VerifyOptions {
+  /** The time to verify at (certificate and collateral validity). Default: now. */
+  at?: Date;
+  /** Intel collateral; without it only signatures and chains are checked and tcbStatus is null. */
+  collateral?: Collateral;
+  /**
+   * Extra trusted roots, configured explicitly (a simulated TEE's root, a test root). Evidence that chains to one
+   * of these is marked simulated. The built-in Intel and AMD roots are always trusted.
+   */
+  extraRoots?: readonly Cert[];
+  /** AMD: the VCEK or VLEK certificate. */
+  vcek?: Cert;
+  /** Intel: the PCK chain for quotes that do not carry it; AMD: an ASK/ASVK (+ ARK) chain. */
+  chain?: readonly Cert[];
+}
+
+/** Verifies evidence bytes (binary, hex or base64 text). */
+export function verifyEvidence(input: Buffer | Uint8Array | string, opts: VerifyOptions = {}): Verdict {
+  const at = opts.at ?? new Date();
+  let claims: Claims | undefined;
+  try {
+    const buf = decodeEvidence(input);
+    if (looksLikeQuote(buf)) {
+      const q = parseQuote(buf);
+      claims = quoteClaims(q);
+      const roots = [intelRoot(), ...(opts.extraRoots ?? [])];
+      const r = verifyQuote(q, claims, {
+        at,
+        roots,
+        productionRoots: new Set([intelRoot().fingerprint]),
+        collateral: opts.collateral,
+        pckChain: opts.chain,
+      });
+      return {
+        verified: true,
+        claims,
+        tcbStatus: r.tcbStatus,
+        advisoryIds: r.advisoryIds,
+        warnings: r.warnings,
+      };
+    }
+    if (looksLikeSnpReport(buf)) {
+      const report = parseSnpReport(buf);
+      claims = report.claims; // unverified view, for logging a rejection
+      claims = verifySnp(report, { at, vcek: opts.vcek, chain: opts.chain });
+      return { verified: true, claims, tcbStatus: null, advisoryIds: [], warnings: [] };
+    }
+    throw new AttestError(
+      "unsupported",
+      "evidence is neither an Intel DCAP quote (v3-v5) nor an AMD SEV-SNP report (v2-v5)",
+    );
+  } catch (e) {
+    if (!(e instanceof AttestError)) {
+      // A bug, not bad evidence: still fail closed, but say so.
+      return reject("internal", `internal error while verifying: ${(e as Error).message}`, claims);
+    }
+    return reject(e.code, e.message, claims, e.detail);
+  }
+}
+
+function reject(
+  code: string,
+  reason: string,
+  claims: Claims | undefined,
+  detail: AttestError["detail"] = {},
+): Verdict {
+  return {
+    verified: false,
+    code,
+    reason,
+    claims,
+    tcbStatus: detail.tcbStatus ?? null,
+    advisoryIds: detail.advisoryIds ?? [],
+    warnings: [],
+  };
+}
+
+/**
+ * Verifies an RA-TLS certificate: extracts the evidence from its extension, verifies it, and checks that
+ * REPORT_DATA binds the certificate's public key. A certificate whose evidence belongs to another key is rejected
+ * with `key_binding_invalid` even when the evidence itself is genuine.
+ */
+export function verifyRaTlsCert(cert: Cert, opts: VerifyOptions = {}): Verdict {
+  let evidence: Buffer;
+  try {
+    evidence = extractEvidence(cert).evidence;
+  } catch (e) {
+    if (e instanceof AttestError) return reject(e.code, e.message, undefined);
+    throw e;
+  }
+  const v = verifyEvidence(evidence, opts);
+  if (!v.verified || !v.claims) return v;
+  if (!keyBindingOk(cert, Buffer.from(v.claims.reportData, "hex"))) {
+    return {
+      ...reject(
+        "key_binding_invalid",
+        "REPORT_DATA does not bind this certificate's public key (SHA-256 of its SubjectPublicKeyInfo)",
+        v.claims,
+      ),
+      tcbStatus: v.tcbStatus,
+      advisoryIds: v.advisoryIds,
+    };
+  }
+  return v;
+}
