@@ -1,0 +1,28 @@
+/**
+ * `npm run bench [-- --quick] [-- --json]`: runs every benchmark and prints one JSON object of named figures
+ * (with --json) or a readable table. Figures and the machine they were taken on go to docs/BENCHMARKS.md.
+ */
+import { cpus } from "node:os";
+import { resolve } from "node:path";
+import { benchAttest } from "./attest.js";
+
+const args = new Set(process.argv.slice(2));
+const quick = args.has("--quick");
+const json = args.has("--json");
+const vectors =
+  process.env.SENG_VECTORS ?? resolve(import.meta.dirname ?? ".", "../../shared/attestation-vectors");
+
+const figures: Record<string, number> = {};
+Object.assign(figures, await benchAttest(vectors, quick));
+
+if (json) {
+  process.stdout.write(JSON.stringify(figures) + "\n");
+} else {
+  process.stdout.write(`machine: ${cpus()[0]?.model ?? "?"} x${cpus().length}, node ${process.version}\n`);
+  for (const [k, v] of Object.entries(figures)) process.stdout.write(`${k.padEnd(28)} ${v}\n`);
+  if (figures.attest_sgx_verify_ms && figures.dcapqvl_sgx_verify_ms) {
+    process.stdout.write(
+      `${"speedup vs dcap-qvl".padEnd(28)} ${(figures.dcapqvl_sgx_verify_ms / figures.attest_sgx_verify_ms).toFixed(1)}x\n`,
+    );
+  }
+}
