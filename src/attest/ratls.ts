@@ -21,16 +21,13 @@
  * never from Node's X509Certificate, which parses the first PEM block it finds inside DER bytes: every RA-TLS
  * certificate carries a quote with a PEM chain, and an attacker can add the PEM of any certificate.
  */
-import "reflect-metadata";
-import * as x509 from "@peculiar/x509";
+import { x509 } from "./x509gen.js";
 import { createHash, KeyObject, randomBytes, timingSafeEqual, webcrypto } from "node:crypto";
 import { CborTag, cborDecode, cborEncode, type CborValue } from "./cbor.js";
 import { derBytes, derChild, derChildren, derParse, TAG } from "./der.js";
 import { AttestError, need } from "./errors.js";
 import { parseQuote, quoteReportData } from "./intel/quote.js";
 import { Cert } from "./x509.js";
-
-x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
 
 type CryptoKey = webcrypto.CryptoKey;
 type CryptoKeyPair = webcrypto.CryptoKeyPair;

@@ -11,8 +11,7 @@
  * same DER structure as a real PCK certificate; TCB info (v3) and QE identity (v2) are JSON signed with ECDSA P-256
  * SHA-256 (raw r‖s) over the exact UTF-8 bytes of the JSON text; the collateral bundle uses dcap-qvl's JSON keys.
  */
-import "reflect-metadata";
-import * as x509 from "@peculiar/x509";
+import { x509 } from "./x509gen.js";
 import {
   createHash,
   createPrivateKey,
@@ -29,8 +28,6 @@ import { derChildren, derOid, derParse, derValue, derInt } from "./der.js";
 import { HEADER_LEN, INTEL_QE_VENDOR_ID, SGX, SGX_REPORT_LEN, CERT_PCK_CHAIN_PEM } from "./intel/quote.js";
 import { Cert, parseCrl } from "./x509.js";
 
-x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
-
 type CryptoKey = webcrypto.CryptoKey;
 type CryptoKeyPair = webcrypto.CryptoKeyPair;
 
@@ -40,7 +37,8 @@ export const SIM_PCE_ID = "0000";
 export const SIM_ROOT_SUBJECT = "CN=SENG Simulated SGX Root CA (INSECURE),O=SENG simulated TEE";
 /** tcbEvaluationDataNumber of the simulated TCB info and QE identity. */
 export const SIM_TCB_EVALUATION_DATA_NUMBER = 1;
-export const SGX_EXTENSION_OID = "1.2.840.113741.1.13.1";
+export { OID_SGX_EXTENSIONS as SGX_EXTENSION_OID } from "./intel/pck.js";
+import { OID_SGX_EXTENSIONS as SGX_EXTENSION_OID } from "./intel/pck.js";
 
 const ORG = "SENG simulated TEE";
 const sha256 = (data: Buffer | string): Buffer => createHash("sha256").update(data).digest();

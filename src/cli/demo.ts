@@ -7,8 +7,7 @@
  */
 import { generateKeyPairSync, webcrypto } from "node:crypto";
 import { Command } from "commander";
-import "reflect-metadata";
-import * as x509 from "@peculiar/x509";
+import { x509 } from "../attest/x509gen.js";
 import type { Verdict } from "../attest/claims.js";
 import { collateralFromBundle } from "../attest/intel/collateral.js";
 import { compileApps, matchApp } from "../attest/policy.js";

@@ -5,8 +5,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash, generateKeyPairSync, webcrypto } from "node:crypto";
-import "reflect-metadata";
-import * as x509 from "@peculiar/x509";
+import { x509 } from "../../src/attest/x509gen.js";
 import { CborTag, cborDecode, cborEncode, type CborValue } from "../../src/attest/cbor.js";
 import { AttestError } from "../../src/attest/errors.js";
 import { parseQuote, quoteReportData } from "../../src/attest/intel/quote.js";

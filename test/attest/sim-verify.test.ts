@@ -5,8 +5,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import "reflect-metadata";
-import * as x509 from "@peculiar/x509";
+import { x509 } from "../../src/attest/x509gen.js";
 import { generateKeyPairSync, sign, webcrypto, type KeyObject } from "node:crypto";
 import {
   collateralFromBundle,

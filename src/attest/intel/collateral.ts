@@ -14,7 +14,7 @@
  */
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
-import type { TcbStatus } from "../claims.js";
+import { TCB_STATUSES, type TcbStatus } from "../claims.js";
 import { AttestError } from "../errors.js";
 import { Cert, parseCrl, verifySignature, type Crl } from "../x509.js";
 
@@ -129,15 +129,7 @@ function scanValue(text: string, start: number): string | undefined {
   return undefined;
 }
 
-const STATUSES = new Set<string>([
-  "UpToDate",
-  "SWHardeningNeeded",
-  "ConfigurationNeeded",
-  "ConfigurationAndSWHardeningNeeded",
-  "OutOfDate",
-  "OutOfDateConfigurationNeeded",
-  "Revoked",
-]);
+const STATUSES = new Set<string>(TCB_STATUSES.filter((s) => s !== "TcbLevelNotFound"));
 
 type Json = Record<string, unknown>;
 
