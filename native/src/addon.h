@@ -1,0 +1,8 @@
+// The SENG native addon: primitives Node lacks (DTLS on Node's own OpenSSL, TUN devices, batched UDP I/O).
+// No policy or protocol logic lives here; see src/native/*.ts for the typed wrappers and docs.
+#pragma once
+#include <napi.h>
+
+void InitDtls(Napi::Env env, Napi::Object exports);
+void InitTun(Napi::Env env, Napi::Object exports);
+void InitUdp(Napi::Env env, Napi::Object exports);
