@@ -13,7 +13,7 @@ async function ip(...args: string[]): Promise<void> {
     await run("ip", args);
   } catch (e) {
     const err = e as { stderr?: string; message: string };
-    throw new Error(`ip ${args.join(" ")}: ${(err.stderr ?? err.message).trim()}`);
+    throw new Error(`ip ${args.join(" ")}: ${(err.stderr ?? err.message).trim()}`, { cause: e });
   }
 }
 

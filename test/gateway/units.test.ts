@@ -1,7 +1,7 @@
 /** Gateway building blocks without the network: IP checks, rate limiting, config validation, leases. */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { checkTunnelPacket, intToIp, ipToInt, parseCidr } from "../../src/packet/ip.js";
