@@ -142,4 +142,11 @@ export interface Verdict {
   advisoryIds: string[];
   /** Extra non-fatal observations (e.g. "simulated TEE: not secure"). */
   warnings: string[];
+  /**
+   * Intel evidence verified with collateral: whether the quoting enclave was checked against a QE identity. `false`
+   * when the collateral held none for this TEE: then nothing shows the QE is Intel's (the PCE certifies any enclave
+   * with the PROVISIONKEY attribute, so a host's root can run its own "QE" and sign quotes for any measurement), and
+   * the identity policy treats the TCB status as Unknown. Absent for AMD evidence and without collateral.
+   */
+  qeIdentityVerified?: boolean;
 }

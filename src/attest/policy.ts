@@ -117,6 +117,8 @@ function compileIdentity(id: IdentitySpec, p: string): IdentitySpec {
   if (kinds[0] !== "tdx" && [id.rtmr0, id.rtmr1, id.rtmr2, id.rtmr3].some((r) => r !== undefined)) {
     throw new PolicyError(p, "RTMRs only apply to an mrtd identity");
   }
+  if (id.allowDebug !== undefined && typeof id.allowDebug !== "boolean")
+    throw new PolicyError(`${p}.allowDebug`, "expected true or false");
   if (kinds[0] !== "snp" && id.hostData !== undefined)
     throw new PolicyError(`${p}.hostData`, "hostData only applies to a measurement identity");
   if (id.tcbStatuses !== undefined) {
@@ -161,7 +163,7 @@ export function mismatch(id: IdentitySpec, claims: Claims, tcbStatus: TcbStatus 
   } else {
     return "identity names no measurement";
   }
-  if (claims.debug && !id.allowDebug)
+  if (claims.debug && id.allowDebug !== true)
     return "debug TEE (its memory is readable by the host): refused unless allowDebug";
   // AMD reports carry no Intel-style TCB status: the VCEK's TCB match is their platform check.
   if (claims.tee !== "sev-snp") {
@@ -169,7 +171,7 @@ export function mismatch(id: IdentitySpec, claims: Claims, tcbStatus: TcbStatus 
     const s: AcceptedStatus = tcbStatus ?? "Unknown";
     if (!accepted.includes(s)) {
       return tcbStatus === null
-        ? "TCB status unknown (verified without collateral) and the identity does not accept Unknown"
+        ? "TCB status unknown (verified without collateral, or without a QE identity) and the identity does not accept Unknown"
         : `TCB status ${tcbStatus} is not accepted (accepted: ${accepted.join(", ")})`;
     }
   }
@@ -182,9 +184,12 @@ export function matchApp(verdict: Verdict, apps: readonly AppSpec[]): PolicyResu
     return { matched: false, reasons: [`evidence not verified: ${verdict.reason ?? "unknown reason"}`] };
   }
   const reasons: string[] = [];
+  // A quote whose quoting enclave was not checked against a QE identity proves no more than one verified without
+  // collateral: its TCB status is Unknown to the policy, whatever the platform's TCB level says.
+  const status = verdict.qeIdentityVerified === false ? null : verdict.tcbStatus;
   for (const app of apps) {
     for (let i = 0; i < app.identities.length; i++) {
-      const why = mismatch(app.identities[i]!, verdict.claims, verdict.tcbStatus);
+      const why = mismatch(app.identities[i]!, verdict.claims, status);
       if (why === undefined) return { matched: true, app: app.name, identity: i, claims: verdict.claims };
       reasons.push(`${app.name}[${i}]: ${why}`);
     }

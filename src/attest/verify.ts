@@ -53,6 +53,7 @@ export function verifyEvidence(input: Buffer | Uint8Array | string, opts: Verify
         tcbStatus: r.tcbStatus,
         advisoryIds: r.advisoryIds,
         warnings: r.warnings,
+        ...(r.qeIdentityVerified === undefined ? {} : { qeIdentityVerified: r.qeIdentityVerified }),
       };
     }
     if (looksLikeSnpReport(buf)) {

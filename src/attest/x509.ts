@@ -108,6 +108,10 @@ export class Cert {
     Cert.cache.clear();
   }
 
+  static cacheSize(): number {
+    return Cert.cache.size;
+  }
+
   /** Parses (or returns the cached parse of) a DER certificate. */
   static fromDer(der: Buffer): Cert {
     const fp = createHash("sha256").update(der).digest("hex");
@@ -160,6 +164,11 @@ export function clearCertCaches(): void {
   Cert.clearCache();
   signedBy.clear();
   crlVerified.clear();
+}
+
+/** Sizes of the memo tables (tests check that attacker input cannot grow them without bound). */
+export function certCacheSizes(): { certs: number; signedBy: number; crlVerified: number } {
+  return { certs: Cert.cacheSize(), signedBy: signedBy.size, crlVerified: crlVerified.size };
 }
 
 /** Whether `child`'s signature verifies under `issuer`'s key and names it as issuer (memoized by both DERs). */
@@ -266,6 +275,7 @@ export function checkCrl(crl: Crl, issuer: Cert, at: Date, what: string): void {
       hash !== undefined &&
       crl.issuerDer.equals(issuer.subjectDer) &&
       safeVerify(() => cryptoVerify(hash, crl.tbs, issuer.publicKey, crl.signature));
+    if (crlVerified.size > 20_000) crlVerified.clear();
     crlVerified.set(key, ok);
   }
   if (!ok) throw new AttestError("crl_invalid", `${what} is not signed by ${issuer.subject}`);
@@ -283,6 +293,11 @@ export interface ChainOptions {
   at: Date;
   /** CRLs to apply, matched to each certificate's issuer by name and checked for signature and freshness. */
   crls?: readonly Crl[];
+  /**
+   * Every non-root certificate must have a CRL from its issuer among `crls` (throws `collateral_mismatch`
+   * otherwise): when CRLs are supplied, a certificate whose issuer's CRL is missing must not pass unchecked.
+   */
+  requireCrls?: boolean;
   /** What the chain is, for messages ("PCK chain", "VCEK chain"). */
   what: string;
 }
@@ -290,7 +305,8 @@ export interface ChainOptions {
 /**
  * Verifies `chain` (leaf first, optionally ending in the root) up to a trusted root at time `at`.
  * Returns the root it ended in. Every certificate's validity period, each signature, CA flags of issuers and, when
- * CRLs are given, revocation of each non-root certificate are checked.
+ * CRLs are given, revocation of each non-root certificate are checked. CRLs are only looked at once the whole path
+ * has verified, so a CRL is never checked against (or memoized with) an issuer that is not itself trusted.
  */
 export function verifyChain(chain: readonly Cert[], opts: ChainOptions): Cert {
   if (chain.length === 0) throw new AttestError("chain_invalid", `${opts.what} is empty`);
@@ -327,9 +343,15 @@ export function verifyChain(chain: readonly Cert[], opts: ChainOptions): Cert {
         );
       }
     }
-    if (c === root) continue;
+  }
+  for (let i = 0; i < path.length; i++) {
+    const c = path[i]!;
+    if (c === root || c.der.equals(root.der)) continue;
+    const issuer = path[i + 1] ?? root;
+    let covered = false;
     for (const crl of opts.crls ?? []) {
       if (!crl.issuerDer.equals(issuer.subjectDer)) continue;
+      covered = true;
       checkCrl(crl, issuer, opts.at, `CRL of "${issuer.subject}"`);
       if (crl.revoked.has(c.serial.toString("hex"))) {
         throw new AttestError(
@@ -337,6 +359,12 @@ export function verifyChain(chain: readonly Cert[], opts: ChainOptions): Cert {
           `${opts.what}: "${c.subject}" (serial ${c.serial.toString("hex")}) is revoked`,
         );
       }
+    }
+    if (opts.requireCrls && !covered) {
+      throw new AttestError(
+        "collateral_mismatch",
+        `${opts.what}: the collateral has CRLs but none from "${issuer.subject}", so "${c.subject}" cannot be checked for revocation`,
+      );
     }
   }
   return root;

@@ -60,6 +60,7 @@ export interface TcbInfo extends SignedJson {
 }
 
 export interface EnclaveIdentity extends SignedJson {
+  tcbEvaluationDataNumber: number;
   miscselect: Buffer;
   miscselectMask: Buffer;
   attributes: Buffer;
@@ -291,6 +292,7 @@ function parseIdentity(body: string, signature: Buffer, chain: Cert[], source: s
     id: str(j.id, source, "enclaveIdentity.id"),
     issueDate: date(j.issueDate, source, "enclaveIdentity.issueDate"),
     nextUpdate: date(j.nextUpdate, source, "enclaveIdentity.nextUpdate"),
+    tcbEvaluationDataNumber: num(j.tcbEvaluationDataNumber ?? 0, source, "tcbEvaluationDataNumber"),
     miscselect: hexField(j.miscselect, 4, source, "miscselect"),
     miscselectMask: hexField(j.miscselectMask, 4, source, "miscselectMask"),
     attributes: hexField(j.attributes, 16, source, "attributes"),

@@ -1,8 +1,10 @@
 /**
  * TCB status evaluation, following Intel's published verification rules (the numbered steps 4.1.2.4.x of
  * Intel's Quote Verification Library, whose structure this mirrors):
- *  - the platform level is the first TCB info level (they are listed newest first) whose 16 SGX components and
- *    PCESVN are all at or below the PCK certificate's;
+ *  - the platform level is the first TCB info level, highest first, whose 16 SGX components and PCESVN are all at
+ *    or below the PCK certificate's. "Highest first" is Intel's order (its QVL keeps the levels in a set sorted by
+ *    SGX components, then PCESVN, then TDX components, all descending), not the document's: Intel serves them so
+ *    sorted, but the walk must not depend on it, or an out-of-order level could give a better status;
  *  - for TDX, the first level at or after that one whose TDX components are at or below TEE_TCB_SVN, where bytes
  *    0 and 1 (the TDX module's SVN and version) are skipped when byte 1 is non-zero: the module is then judged by
  *    its own identity (`TDX_<version>`) and its ISVSVN = TEE_TCB_SVN[0];
@@ -25,6 +27,26 @@ function geq(have: ArrayLike<number>, need: readonly number[], from = 0): boolea
   return true;
 }
 
+/** Lexicographic comparison of two component lists (missing lists compare as empty). */
+function cmpList(a: readonly number[] | undefined, b: readonly number[] | undefined): number {
+  const x = a ?? [];
+  const y = b ?? [];
+  for (let i = 0; i < Math.min(x.length, y.length); i++) if (x[i] !== y[i]) return x[i]! - y[i]!;
+  return x.length - y.length;
+}
+
+const sortedLevels = new WeakMap<readonly TcbLevel[], TcbLevel[]>();
+
+/** The TCB levels highest first, as Intel's QVL orders them (stable: equal keys keep their document order). */
+export function levelsHighestFirst(levels: readonly TcbLevel[]): TcbLevel[] {
+  let out = sortedLevels.get(levels);
+  if (!out) {
+    out = [...levels].sort((a, b) => cmpList(b.sgx, a.sgx) || b.pcesvn - a.pcesvn || cmpList(b.tdx, a.tdx));
+    sortedLevels.set(levels, out);
+  }
+  return out;
+}
+
 /** Selects the platform's SGX level and, for TDX, its TDX level. */
 export function matchTcbLevels(
   info: TcbInfo,
@@ -33,7 +55,7 @@ export function matchTcbLevels(
   teeTcbSvn?: Buffer,
 ): { sgx?: TcbLevel; tdx?: TcbLevel } {
   let sgx: TcbLevel | undefined;
-  for (const level of info.tcbLevels) {
+  for (const level of levelsHighestFirst(info.tcbLevels)) {
     if (!geq(sgxComponents, level.sgx) || pcesvn < level.pcesvn) continue;
     if (!teeTcbSvn) return { sgx: level };
     sgx ??= level;
@@ -42,9 +64,14 @@ export function matchTcbLevels(
   return { sgx };
 }
 
-/** The QE's (or TDX module's) level by ISVSVN: the first level whose ISVSVN is at or below the report's. */
+/**
+ * The QE's (or TDX module's) level by ISVSVN: the highest level whose ISVSVN is at or below the report's (Intel's
+ * QVL sorts these levels by ISVSVN, descending; equal ISVSVNs keep their document order).
+ */
 export function isvLevel(levels: EnclaveIdentity["tcbLevels"] | ModuleIdentity["tcbLevels"], isvsvn: number) {
-  return levels.find((l) => isvsvn >= l.isvsvn);
+  let best: (typeof levels)[number] | undefined;
+  for (const l of levels) if (isvsvn >= l.isvsvn && (!best || l.isvsvn > best.isvsvn)) best = l;
+  return best;
 }
 
 /** Intel's convergence of a platform status with a QE or TDX module status. */

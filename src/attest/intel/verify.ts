@@ -48,6 +48,11 @@ export interface IntelResult {
   advisoryIds: string[];
   warnings: string[];
   simulated: boolean;
+  /**
+   * With collateral: whether a QE identity for this TEE was found and checked (false: the quoting enclave is
+   * unverified, see Verdict.qeIdentityVerified). Undefined without collateral.
+   */
+  qeIdentityVerified?: boolean;
 }
 
 /** Claims of a parsed quote (before verification: logs want the measurement of rejected quotes too). */
@@ -158,6 +163,7 @@ function checkSigned(
     roots: opts.roots,
     at: opts.at,
     crls,
+    requireCrls: crls.length > 0,
     what: `${what} signing chain`,
   });
   check(
@@ -165,6 +171,30 @@ function checkSigned(
     "collateral_expired",
     `${what} (${doc.source}) is not valid at ${opts.at.toISOString()} (issued ${doc.issueDate.toISOString()}, next update ${doc.nextUpdate.toISOString()})`,
   );
+}
+
+/**
+ * The newest of several signed documents for the same platform and TEE (a collateral directory may hold an older
+ * TCB info or QE identity next to the current one, both still inside their validity window): the highest
+ * tcbEvaluationDataNumber, then the latest issueDate, among those valid at `at` (all of them when none is, so that
+ * the rejection says "expired"). Load order must not decide, or a platform demoted by a TCB recovery would keep its
+ * old status.
+ */
+function newest<T extends SignedJson & { tcbEvaluationDataNumber: number }>(
+  docs: readonly T[],
+  at: Date,
+): T | undefined {
+  const current = docs.filter((d) => at >= d.issueDate && at <= d.nextUpdate);
+  let best: T | undefined;
+  for (const d of current.length ? current : docs) {
+    if (
+      !best ||
+      d.tcbEvaluationDataNumber > best.tcbEvaluationDataNumber ||
+      (d.tcbEvaluationDataNumber === best.tcbEvaluationDataNumber && d.issueDate > best.issueDate)
+    )
+      best = d;
+  }
+  return best;
 }
 
 function masked(value: Buffer, mask: Buffer): Buffer {
@@ -184,7 +214,10 @@ export function verifyQuote(q: Quote, claims: Claims, opts: IntelVerifyOptions):
   // 1. PCK chain.
   const chain = pckChainOf(q, opts);
   const crls = opts.collateral?.crls ?? [];
-  const root = verifyChain(chain, { roots: opts.roots, at: opts.at, crls, what: "PCK chain" });
+  // When CRLs are supplied, each certificate of the chain must be covered by its issuer's CRL (Intel's QVL requires
+  // the PCK CRL of the PCK's own issuer): a CRL of the other PCK CA must not let a revoked PCK through unchecked.
+  const requireCrls = crls.length > 0;
+  const root = verifyChain(chain, { roots: opts.roots, at: opts.at, crls, requireCrls, what: "PCK chain" });
   const pck = chain[0]!;
   const ext = pckExtensions(pck);
   claims.platform = { fmspc: ext.fmspc, pceid: ext.pceid };
@@ -222,8 +255,9 @@ export function verifyQuote(q: Quote, claims: Claims, opts: IntelVerifyOptions):
   // 5-6. TCB info.
   const isTdx = q.bodyType !== "sgx";
   const tcbId = isTdx ? "TDX" : "SGX";
-  const info = col.tcbInfos.find(
-    (t) => t.fmspc === ext.fmspc && t.id === tcbId && (!isTdx || t.version >= 3),
+  const info = newest(
+    col.tcbInfos.filter((t) => t.fmspc === ext.fmspc && t.id === tcbId && (!isTdx || t.version >= 3)),
+    opts.at,
   );
   check(
     !!info,
@@ -239,7 +273,10 @@ export function verifyQuote(q: Quote, claims: Claims, opts: IntelVerifyOptions):
 
   // 7. QE identity.
   const qeId = isTdx ? "TD_QE" : "QE";
-  const identity = col.identities.find((i) => i.id === qeId);
+  const identity = newest(
+    col.identities.filter((i) => i.id === qeId),
+    opts.at,
+  );
   let qeStatus: TcbStatus | undefined;
   let qeAdvisories: string[] = [];
   if (!identity) {
@@ -272,7 +309,12 @@ export function verifyQuote(q: Quote, claims: Claims, opts: IntelVerifyOptions):
       "QE ATTRIBUTES (masked) differ from the QE identity",
     );
     const level = isvLevel(identity.tcbLevels, r.readUInt16LE(SGX.isvsvn));
-    qeStatus = level?.status ?? "TcbLevelNotFound";
+    // Intel's QVL (EnclaveReportVerifier): a QE level is UpToDate, Revoked, or else OutOfDate.
+    qeStatus = !level
+      ? "TcbLevelNotFound"
+      : level.status === "UpToDate" || level.status === "Revoked"
+        ? level.status
+        : "OutOfDate";
     qeAdvisories = level && level.status !== "UpToDate" ? level.advisoryIds : [];
   }
 
@@ -333,5 +375,5 @@ export function verifyQuote(q: Quote, claims: Claims, opts: IntelVerifyOptions):
       advisoryIds,
     });
   }
-  return { tcbStatus: status, advisoryIds, warnings, simulated };
+  return { tcbStatus: status, advisoryIds, warnings, simulated, qeIdentityVerified: !!identity };
 }
