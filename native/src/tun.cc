@@ -1,0 +1,469 @@
+// TUN device primitive: open /dev/net/tun (IFF_TUN | IFF_NO_PI [| IFF_MULTI_QUEUE], non-blocking), a uv_poll reader
+// that hands JavaScript a whole batch of packets per callback, and writes of exactly one packet per write() syscall.
+// No policy: addresses, routes and what to do with packets are decided in TypeScript (src/native/io.ts).
+//
+// Batch hand-off: packets are read back to back into a native scratch area, then copied with one memcpy into one
+// Node Buffer per batch. Packet lengths go into a Uint32Array that the JS wrapper owns and passes once to start(),
+// so a batch costs one Buffer allocation and one call into JS whatever its packet count; the wrapper cuts the
+// batch into per-packet Buffer views (subarray, no copy).
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/if.h>
+#include <linux/if_tun.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "addon.h"
+
+namespace {
+
+constexpr size_t kMaxPacket = 65536;        // read() size: larger than any IP packet a TUN delivers
+constexpr size_t kSlotEstimate = 2048;      // scratch per batch slot; the scratch area is packed, not slotted
+constexpr uint32_t kDefaultBatch = 64;
+constexpr uint32_t kMaxBatch = 1024;
+
+std::string ErrnoText(int err) {
+  const char* name = strerrorname_np(err);
+  return std::string(strerror(err)) + " (" + (name ? name : std::to_string(err)) + ")";
+}
+
+// An Error shaped like Node's system errors: message "syscall: text (CODE)", plus code, errno and syscall.
+Napi::Error SysError(Napi::Env env, const char* syscall, int err) {
+  Napi::Error e = Napi::Error::New(env, std::string(syscall) + ": " + ErrnoText(err));
+  const char* name = strerrorname_np(err);
+  e.Set("code", Napi::String::New(env, name ? name : "UNKNOWN"));
+  e.Set("errno", Napi::Number::New(env, -err));
+  e.Set("syscall", Napi::String::New(env, syscall));
+  return e;
+}
+
+bool IsDropErrno(int err) { return err == EAGAIN || err == EWOULDBLOCK || err == ENOBUFS || err == ENOMEM; }
+
+// Bytes of a Uint8Array (Buffer included). False when v is anything else.
+bool GetBytes(napi_env env, napi_value v, const uint8_t** data, size_t* len) {
+  bool is = false;
+  if (napi_is_typedarray(env, v, &is) != napi_ok || !is) return false;
+  napi_typedarray_type type;
+  size_t length = 0;
+  void* ptr = nullptr;
+  if (napi_get_typedarray_info(env, v, &type, &length, &ptr, nullptr, nullptr) != napi_ok) return false;
+  if (type != napi_uint8_array) return false;
+  *data = static_cast<const uint8_t*>(ptr);
+  *len = length;
+  return true;
+}
+
+class TunHandle : public Napi::ObjectWrap<TunHandle> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "TunHandle",
+                       {
+                           InstanceAccessor<&TunHandle::GetName>("name"),
+                           InstanceAccessor<&TunHandle::GetClosed>("closed"),
+                           InstanceMethod<&TunHandle::Start>("start"),
+                           InstanceMethod<&TunHandle::Pause>("pause"),
+                           InstanceMethod<&TunHandle::Resume>("resume"),
+                           InstanceMethod<&TunHandle::Ref>("ref"),
+                           InstanceMethod<&TunHandle::Unref>("unref"),
+                           InstanceMethod<&TunHandle::Write>("write"),
+                           InstanceMethod<&TunHandle::WriteMany>("writeMany"),
+                           InstanceMethod<&TunHandle::Stats>("stats"),
+                           InstanceMethod<&TunHandle::Close>("close"),
+                       });
+  }
+
+  // new TunHandle(name: string, multiQueue: boolean, batch: number)
+  explicit TunHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TunHandle>(info), env_(info.Env()) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsString()) {
+      Napi::TypeError::New(env, "TunHandle: name must be a string").ThrowAsJavaScriptException();
+      return;
+    }
+    std::string name = info[0].As<Napi::String>().Utf8Value();
+    if (name.size() >= IFNAMSIZ) {
+      Napi::TypeError::New(env, "TunHandle: name \"" + name + "\" is longer than " + std::to_string(IFNAMSIZ - 1) +
+                                    " bytes")
+          .ThrowAsJavaScriptException();
+      return;
+    }
+    if (name == "." || name == ".." || name.find_first_of("/: \t\n\r") != std::string::npos ||
+        name.find('\0') != std::string::npos) {
+      Napi::TypeError::New(env, "TunHandle: invalid interface name \"" + name + "\"").ThrowAsJavaScriptException();
+      return;
+    }
+    bool multiQueue = info.Length() > 1 && info[1].IsBoolean() && info[1].As<Napi::Boolean>().Value();
+    batch_ = kDefaultBatch;
+    if (info.Length() > 2 && !info[2].IsUndefined()) {
+      if (!info[2].IsNumber()) {
+        Napi::TypeError::New(env, "TunHandle: batch must be a number").ThrowAsJavaScriptException();
+        return;
+      }
+      double b = info[2].As<Napi::Number>().DoubleValue();
+      if (!(b >= 1 && b <= kMaxBatch) || b != static_cast<double>(static_cast<uint32_t>(b))) {
+        Napi::RangeError::New(env, "TunHandle: batch must be an integer from 1 to " + std::to_string(kMaxBatch))
+            .ThrowAsJavaScriptException();
+        return;
+      }
+      batch_ = static_cast<uint32_t>(b);
+    }
+
+    int fd = ::open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+      SysError(env, "open(/dev/net/tun)", errno).ThrowAsJavaScriptException();
+      return;
+    }
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    ifr.ifr_flags = IFF_TUN | IFF_NO_PI | (multiQueue ? IFF_MULTI_QUEUE : 0);
+    memcpy(ifr.ifr_name, name.data(), name.size());
+    if (::ioctl(fd, TUNSETIFF, &ifr) < 0) {
+      int err = errno;
+      ::close(fd);
+      SysError(env, "ioctl(TUNSETIFF)", err).ThrowAsJavaScriptException();
+      return;
+    }
+    fd_ = fd;
+    name_.assign(ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ));
+    scratchSize_ = kMaxPacket + static_cast<size_t>(batch_) * kSlotEstimate;
+    scratch_.resize(scratchSize_);
+    lens_.resize(batch_);
+    napi_add_env_cleanup_hook(env, &TunHandle::EnvCleanup, this);
+    hookAdded_ = true;
+  }
+
+  ~TunHandle() override {
+    Teardown();
+    if (hookAdded_) napi_remove_env_cleanup_hook(env_, &TunHandle::EnvCleanup, this);
+    if (asyncCtx_) napi_async_destroy(env_, asyncCtx_);
+  }
+
+ private:
+  static void EnvCleanup(void* arg) {
+    auto* self = static_cast<TunHandle*>(arg);
+    self->hookAdded_ = false;
+    self->Teardown();
+  }
+
+  // Releases the fd and the poll handle. Touches no JS (safe from finalizers and env cleanup).
+  void Teardown() {
+    if (poll_) {
+      uv_poll_stop(poll_);
+      uv_close(reinterpret_cast<uv_handle_t*>(poll_),
+               [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+      poll_ = nullptr;
+    }
+    polling_ = false;
+    if (fd_ >= 0) {
+      ::close(fd_);
+      fd_ = -1;
+    }
+  }
+
+  bool CheckOpen(Napi::Env env, const char* what) {
+    if (fd_ >= 0) return true;
+    Napi::Error::New(env, std::string("Tun.") + what + ": the TUN handle is closed").ThrowAsJavaScriptException();
+    return false;
+  }
+
+  Napi::Value GetName(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), name_); }
+  Napi::Value GetClosed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), fd_ < 0); }
+
+  void HoldJs(bool hold) {
+    if (hold && !jsHeld_) {
+      Napi::ObjectWrap<TunHandle>::Ref();
+      jsHeld_ = true;
+    } else if (!hold && jsHeld_) {
+      Napi::ObjectWrap<TunHandle>::Unref();
+      jsHeld_ = false;
+    }
+  }
+
+  // start(onBatch: (batch: Buffer, count: number) => void, onError: (err: Error) => void, lengths: Uint32Array)
+  Napi::Value Start(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!CheckOpen(env, "onPackets")) return env.Undefined();
+    if (poll_) {
+      Napi::Error::New(env, "Tun.onPackets: a reader is already started").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    if (info.Length() < 3 || !info[0].IsFunction() || !info[1].IsFunction() || !info[2].IsTypedArray() ||
+        info[2].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array) {
+      Napi::TypeError::New(env, "TunHandle.start(onBatch, onError, lengths: Uint32Array)")
+          .ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    if (info[2].As<Napi::Uint32Array>().ElementLength() < batch_) {
+      Napi::RangeError::New(env, "TunHandle.start: lengths must hold " + std::to_string(batch_) + " entries")
+          .ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    uv_loop_t* loop = nullptr;
+    if (napi_get_uv_event_loop(env, &loop) != napi_ok || !loop) {
+      Napi::Error::New(env, "Tun.onPackets: no event loop").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    auto* poll = new uv_poll_t;
+    int rc = uv_poll_init(loop, poll, fd_);
+    if (rc != 0) {
+      delete poll;
+      SysError(env, "uv_poll_init", -rc).ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    poll->data = this;
+    poll_ = poll;
+    onBatch_ = Napi::Persistent(info[0].As<Napi::Function>());
+    onError_ = Napi::Persistent(info[1].As<Napi::Function>());
+    lengths_ = Napi::Persistent(info[2].As<Napi::Uint32Array>());
+    if (!asyncCtx_) {
+      napi_value resName = Napi::String::New(env, "SengTun");
+      napi_async_init(env, Value(), resName, &asyncCtx_);
+    }
+    if (!refed_) uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
+    if (!paused_) StartPolling(env);
+    return env.Undefined();
+  }
+
+  void StartPolling(Napi::Env env) {
+    if (!poll_ || polling_) return;
+    int rc = uv_poll_start(poll_, UV_READABLE, &TunHandle::OnPoll);
+    if (rc != 0) {
+      SysError(env, "uv_poll_start", -rc).ThrowAsJavaScriptException();
+      return;
+    }
+    polling_ = true;
+    HoldJs(true);
+  }
+
+  void StopPolling() {
+    if (poll_ && polling_) uv_poll_stop(poll_);
+    polling_ = false;
+    HoldJs(false);
+  }
+
+  Napi::Value Pause(const Napi::CallbackInfo& info) {
+    if (!CheckOpen(info.Env(), "pause")) return info.Env().Undefined();
+    paused_ = true;
+    StopPolling();
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Resume(const Napi::CallbackInfo& info) {
+    if (!CheckOpen(info.Env(), "resume")) return info.Env().Undefined();
+    paused_ = false;
+    StartPolling(info.Env());
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Ref(const Napi::CallbackInfo& info) {
+    refed_ = true;
+    if (poll_) uv_ref(reinterpret_cast<uv_handle_t*>(poll_));
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Unref(const Napi::CallbackInfo& info) {
+    refed_ = false;
+    if (poll_) uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
+    return info.Env().Undefined();
+  }
+
+  static void OnPoll(uv_poll_t* handle, int status, int events) {
+    auto* self = static_cast<TunHandle*>(handle->data);
+    if (self && self->poll_ == handle) self->OnReadable(status);
+  }
+
+  void OnReadable(int status) {
+    Napi::Env env = env_;
+    Napi::HandleScope scope(env);
+    Napi::Object keepAlive = Value();  // a local handle keeps this object alive through the JS callbacks
+    (void)keepAlive;
+    if (status < 0) {
+      // libuv reports POLLERR as EBADF; a read tells the real cause (EBADFD once the device was deleted).
+      uint8_t probe[1];
+      if (::read(fd_, probe, 0) < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+        Fail(env, "read", errno);
+      } else {
+        Fail(env, "uv_poll", -status);
+      }
+      return;
+    }
+    size_t off = 0;
+    uint32_t n = 0;
+    int err = 0;
+    while (n < batch_ && off + kMaxPacket <= scratchSize_) {
+      ssize_t r = ::read(fd_, scratch_.data() + off, kMaxPacket);
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) err = errno;
+        break;
+      }
+      lens_[n++] = static_cast<uint32_t>(r);
+      off += static_cast<size_t>(r);
+    }
+    if (n > 0) {
+      rxPackets_ += n;
+      rxBytes_ += off;
+      rxBatches_++;
+      Napi::Uint32Array lengths = lengths_.Value();
+      if (lengths.IsEmpty() || lengths.ElementLength() < n) {
+        Fail(env, "read", EFAULT);  // the wrapper's lengths array was detached: cannot deliver
+        return;
+      }
+      memcpy(lengths.Data(), lens_.data(), n * sizeof(uint32_t));
+      Napi::Buffer<uint8_t> buf = Napi::Buffer<uint8_t>::Copy(env, scratch_.data(), off);
+      napi_value argv[2] = {buf, Napi::Number::New(env, n)};
+      CallJs(env, onBatch_, 2, argv);
+    }
+    if (err != 0 && fd_ >= 0) Fail(env, "read", err);
+  }
+
+  // A fatal reader error: stop reading and tell JS through onError (the handle stays open for writes and close()).
+  void Fail(Napi::Env env, const char* syscall, int err) {
+    StopPolling();
+    paused_ = true;
+    if (onError_.IsEmpty()) return;
+    napi_value argv[1] = {SysError(env, syscall, err).Value()};
+    CallJs(env, onError_, 1, argv);
+  }
+
+  void CallJs(Napi::Env env, Napi::FunctionReference& fn, size_t argc, napi_value* argv) {
+    if (fn.IsEmpty()) return;
+    napi_value result;
+    napi_value fnv = fn.Value();
+    napi_make_callback(env, asyncCtx_, Value(), fnv, argc, argv, &result);
+    if (env.IsExceptionPending()) {
+      Napi::Error e = env.GetAndClearPendingException();
+      napi_fatal_exception(env, e.Value());
+    }
+  }
+
+  Napi::Value Write(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const uint8_t* data;
+    size_t len;
+    if (info.Length() < 1 || !GetBytes(env, info[0], &data, &len)) {
+      Napi::TypeError::New(env, "Tun.write: packet must be a Buffer or Uint8Array").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    if (!CheckOpen(env, "write")) return env.Undefined();
+    return Napi::Boolean::New(env, WriteOne(data, len) == 1);
+  }
+
+  // 1 written, 0 not written (counted as dropped or as an error), -1 stop: the device would block.
+  int WriteOne(const uint8_t* data, size_t len) {
+    for (;;) {
+      ssize_t r = ::write(fd_, data, len);
+      if (r >= 0) {
+        txPackets_++;
+        txBytes_ += static_cast<uint64_t>(r);
+        return 1;
+      }
+      int err = errno;
+      if (err == EINTR) continue;
+      lastError_ = std::string("write: ") + ErrnoText(err);
+      if (IsDropErrno(err)) {
+        txDropped_++;
+        return -1;
+      }
+      txErrors_++;
+      return 0;
+    }
+  }
+
+  // writeMany(packets: Uint8Array[]): number — one write() per packet, never merged. A packet the kernel refuses
+  // (e.g. not IPv4/IPv6) counts in txErrors and the rest still go; EAGAIN/ENOBUFS stops and counts the rest in
+  // txDropped.
+  Napi::Value WriteMany(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsArray()) {
+      Napi::TypeError::New(env, "Tun.writeMany: packets must be an array of Buffers").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    Napi::Array arr = info[0].As<Napi::Array>();
+    uint32_t n = arr.Length();
+    pending_.resize(n);
+    for (uint32_t i = 0; i < n; i++) {
+      napi_value el;
+      if (napi_get_element(env, arr, i, &el) != napi_ok ||
+          !GetBytes(env, el, &pending_[i].data, &pending_[i].len)) {
+        if (env.IsExceptionPending()) return env.Undefined();
+        Napi::TypeError::New(env, "Tun.writeMany: packets[" + std::to_string(i) + "] is not a Buffer or Uint8Array")
+            .ThrowAsJavaScriptException();
+        return env.Undefined();
+      }
+    }
+    if (!CheckOpen(env, "writeMany")) return env.Undefined();
+    uint32_t written = 0;
+    for (uint32_t i = 0; i < n; i++) {
+      int r = WriteOne(pending_[i].data, pending_[i].len);
+      if (r == 1) {
+        written++;
+      } else if (r < 0) {
+        txDropped_ += n - i - 1;  // this one was counted by WriteOne
+        break;
+      }
+    }
+    return Napi::Number::New(env, written);
+  }
+
+  Napi::Value Stats(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("rxPackets", Napi::Number::New(env, static_cast<double>(rxPackets_)));
+    o.Set("rxBytes", Napi::Number::New(env, static_cast<double>(rxBytes_)));
+    o.Set("rxBatches", Napi::Number::New(env, static_cast<double>(rxBatches_)));
+    o.Set("txPackets", Napi::Number::New(env, static_cast<double>(txPackets_)));
+    o.Set("txBytes", Napi::Number::New(env, static_cast<double>(txBytes_)));
+    o.Set("txDropped", Napi::Number::New(env, static_cast<double>(txDropped_)));
+    o.Set("txErrors", Napi::Number::New(env, static_cast<double>(txErrors_)));
+    if (!lastError_.empty()) o.Set("lastError", Napi::String::New(env, lastError_));
+    return o;
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (fd_ < 0) return env.Undefined();  // closing twice is harmless
+    StopPolling();
+    Teardown();
+    onBatch_.Reset();
+    onError_.Reset();
+    lengths_.Reset();
+    return env.Undefined();
+  }
+
+  struct Span {
+    const uint8_t* data;
+    size_t len;
+  };
+
+  Napi::Env env_;
+  int fd_ = -1;
+  std::string name_;
+  uint32_t batch_ = kDefaultBatch;
+  std::vector<uint8_t> scratch_;
+  size_t scratchSize_ = 0;
+  std::vector<uint32_t> lens_;
+  std::vector<Span> pending_;
+  uv_poll_t* poll_ = nullptr;
+  bool polling_ = false;
+  bool paused_ = false;
+  bool refed_ = true;
+  bool jsHeld_ = false;
+  bool hookAdded_ = false;
+  napi_async_context asyncCtx_ = nullptr;
+  Napi::FunctionReference onBatch_;
+  Napi::FunctionReference onError_;
+  Napi::Reference<Napi::Uint32Array> lengths_;
+  uint64_t rxPackets_ = 0, rxBytes_ = 0, rxBatches_ = 0;
+  uint64_t txPackets_ = 0, txBytes_ = 0, txDropped_ = 0, txErrors_ = 0;
+  std::string lastError_;
+};
+
+}  // namespace
+
+void InitTun(Napi::Env env, Napi::Object exports) { exports.Set("TunHandle", TunHandle::Define(env)); }

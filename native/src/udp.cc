@@ -1,0 +1,794 @@
+// Batched UDP primitive: a non-blocking socket whose uv_poll reader drains up to `batch` datagrams per recvmmsg()
+// and whose sendMany() hands a whole array to sendmmsg() (one syscall per up to 1024 datagrams). Node's dgram costs
+// one syscall and one JS event per datagram; this exists for throughput. No policy here.
+//
+// Receive hand-off per recvmmsg(): one Buffer holding the datagrams back to back, a Uint32Array owned by the JS
+// wrapper (passed once to start()) holding [length, peerIndex] pairs, and an array of the distinct peer strings
+// of that batch ("1.2.3.4:5678" or "[2001:db8::1]:5678"; IPv4-mapped IPv6 peers are shown as IPv4). Strings are
+// what the gateway's session Map is keyed by; building one per distinct peer per batch (not per datagram) keeps
+// the cost low when a batch comes from few peers, and equal peers in a batch share one string.
+#include <arpa/inet.h>
+#include <errno.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "addon.h"
+
+namespace {
+
+constexpr uint32_t kDefaultBatch = 64;
+constexpr uint32_t kMaxBatch = 1024;
+constexpr uint32_t kDefaultMaxDatagram = 65536;
+constexpr unsigned kSendChunk = 1024;  // UIO_MAXIOV: the most sendmmsg() takes at once
+constexpr int kRoundsPerWakeup = 4;     // full batches drained per readiness event before yielding to the loop
+
+std::string ErrnoText(int err) {
+  const char* name = strerrorname_np(err);
+  return std::string(strerror(err)) + " (" + (name ? name : std::to_string(err)) + ")";
+}
+
+Napi::Error SysError(Napi::Env env, const char* syscall, int err) {
+  Napi::Error e = Napi::Error::New(env, std::string(syscall) + ": " + ErrnoText(err));
+  const char* name = strerrorname_np(err);
+  e.Set("code", Napi::String::New(env, name ? name : "UNKNOWN"));
+  e.Set("errno", Napi::Number::New(env, -err));
+  e.Set("syscall", Napi::String::New(env, syscall));
+  return e;
+}
+
+bool IsDropErrno(int err) { return err == EAGAIN || err == EWOULDBLOCK || err == ENOBUFS || err == ENOMEM; }
+
+bool GetBytes(napi_env env, napi_value v, const uint8_t** data, size_t* len) {
+  bool is = false;
+  if (napi_is_typedarray(env, v, &is) != napi_ok || !is) return false;
+  napi_typedarray_type type;
+  size_t length = 0;
+  void* ptr = nullptr;
+  if (napi_get_typedarray_info(env, v, &type, &length, &ptr, nullptr, nullptr) != napi_ok) return false;
+  if (type != napi_uint8_array) return false;
+  *data = static_cast<const uint8_t*>(ptr);
+  *len = length;
+  return true;
+}
+
+// Parses a numeric IPv4 or IPv6 address ("::1", "[::1]", "fe80::1%eth0"); no name resolution.
+bool ParseAddress(const std::string& in, uint16_t port, sockaddr_storage* out, socklen_t* outLen) {
+  std::string s = in;
+  if (s.size() >= 2 && s.front() == '[' && s.back() == ']') s = s.substr(1, s.size() - 2);
+  memset(out, 0, sizeof *out);
+  auto* a4 = reinterpret_cast<sockaddr_in*>(out);
+  if (s.find(':') == std::string::npos) {
+    if (inet_pton(AF_INET, s.c_str(), &a4->sin_addr) != 1) return false;
+    a4->sin_family = AF_INET;
+    a4->sin_port = htons(port);
+    *outLen = sizeof(sockaddr_in);
+    return true;
+  }
+  auto* a6 = reinterpret_cast<sockaddr_in6*>(out);
+  std::string host = s;
+  uint32_t scope = 0;
+  size_t pct = s.find('%');
+  if (pct != std::string::npos) {
+    host = s.substr(0, pct);
+    std::string zone = s.substr(pct + 1);
+    if (zone.empty()) return false;
+    char* end = nullptr;
+    unsigned long num = strtoul(zone.c_str(), &end, 10);
+    if (end && *end == '\0') {
+      scope = static_cast<uint32_t>(num);
+    } else {
+      scope = if_nametoindex(zone.c_str());
+      if (scope == 0) return false;
+    }
+  }
+  if (inet_pton(AF_INET6, host.c_str(), &a6->sin6_addr) != 1) return false;
+  a6->sin6_family = AF_INET6;
+  a6->sin6_port = htons(port);
+  a6->sin6_scope_id = scope;
+  *outLen = sizeof(sockaddr_in6);
+  return true;
+}
+
+// "ip:port" / "[ip6]:port" -> sockaddr. On an IPv6 socket, IPv4 peers become IPv4-mapped addresses.
+bool ParsePeer(const char* str, size_t len, int family, sockaddr_storage* out, socklen_t* outLen) {
+  std::string s(str, len);
+  size_t colon = s.rfind(':');
+  if (colon == std::string::npos || colon + 1 >= s.size() || colon == 0) return false;
+  std::string host = s.substr(0, colon);
+  std::string portStr = s.substr(colon + 1);
+  if (host.find(':') != std::string::npos && !(host.front() == '[' && host.back() == ']')) return false;
+  if (portStr.size() > 5) return false;
+  unsigned long port = 0;
+  for (char c : portStr) {
+    if (c < '0' || c > '9') return false;
+    port = port * 10 + static_cast<unsigned long>(c - '0');
+  }
+  if (port == 0 || port > 65535) return false;
+  if (!ParseAddress(host, static_cast<uint16_t>(port), out, outLen)) return false;
+  if (family == AF_INET6 && out->ss_family == AF_INET) {
+    sockaddr_in a4 = *reinterpret_cast<sockaddr_in*>(out);
+    auto* a6 = reinterpret_cast<sockaddr_in6*>(out);
+    memset(out, 0, sizeof *out);
+    a6->sin6_family = AF_INET6;
+    a6->sin6_port = a4.sin_port;
+    a6->sin6_addr.s6_addr[10] = 0xff;
+    a6->sin6_addr.s6_addr[11] = 0xff;
+    memcpy(&a6->sin6_addr.s6_addr[12], &a4.sin_addr, 4);
+    *outLen = sizeof(sockaddr_in6);
+  }
+  return out->ss_family == family;
+}
+
+std::string FormatPeer(const sockaddr_storage& ss) {
+  char buf[INET6_ADDRSTRLEN + 1];
+  if (ss.ss_family == AF_INET) {
+    const auto& a4 = reinterpret_cast<const sockaddr_in&>(ss);
+    inet_ntop(AF_INET, &a4.sin_addr, buf, sizeof buf);
+    return std::string(buf) + ":" + std::to_string(ntohs(a4.sin_port));
+  }
+  if (ss.ss_family == AF_INET6) {
+    const auto& a6 = reinterpret_cast<const sockaddr_in6&>(ss);
+    if (IN6_IS_ADDR_V4MAPPED(&a6.sin6_addr)) {
+      inet_ntop(AF_INET, &a6.sin6_addr.s6_addr[12], buf, sizeof buf);
+      return std::string(buf) + ":" + std::to_string(ntohs(a6.sin6_port));
+    }
+    inet_ntop(AF_INET6, &a6.sin6_addr, buf, sizeof buf);
+    std::string out = "[" + std::string(buf);
+    if (a6.sin6_scope_id != 0) out += "%" + std::to_string(a6.sin6_scope_id);
+    return out + "]:" + std::to_string(ntohs(a6.sin6_port));
+  }
+  return "?";
+}
+
+// Compact comparable form of a peer address (family, port, 16 address bytes, scope).
+struct PeerKey {
+  uint16_t family;
+  uint16_t port;
+  uint32_t scope;
+  uint8_t addr[16];
+  bool operator==(const PeerKey& o) const { return memcmp(this, &o, sizeof *this) == 0; }
+};
+
+PeerKey KeyOf(const sockaddr_storage& ss) {
+  PeerKey k;
+  memset(&k, 0, sizeof k);
+  k.family = ss.ss_family;
+  if (ss.ss_family == AF_INET) {
+    const auto& a4 = reinterpret_cast<const sockaddr_in&>(ss);
+    k.port = a4.sin_port;
+    memcpy(k.addr, &a4.sin_addr, 4);
+  } else if (ss.ss_family == AF_INET6) {
+    const auto& a6 = reinterpret_cast<const sockaddr_in6&>(ss);
+    k.port = a6.sin6_port;
+    k.scope = a6.sin6_scope_id;
+    memcpy(k.addr, &a6.sin6_addr, 16);
+  }
+  return k;
+}
+
+bool GetUint(Napi::Object opts, const char* key, double max, double* out, Napi::Env env, bool* bad) {
+  Napi::Value v = opts.Get(key);
+  if (v.IsUndefined()) return false;
+  double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
+  if (!(d >= 0 && d <= max) || d != static_cast<double>(static_cast<int64_t>(d))) {
+    Napi::RangeError::New(env, std::string("UdpSocket.bind: ") + key + " must be an integer from 0 to " +
+                                   std::to_string(static_cast<int64_t>(max)))
+        .ThrowAsJavaScriptException();
+    *bad = true;
+    return false;
+  }
+  *out = d;
+  return true;
+}
+
+class UdpHandle : public Napi::ObjectWrap<UdpHandle> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "UdpHandle",
+                       {
+                           InstanceAccessor<&UdpHandle::GetPort>("port"),
+                           InstanceAccessor<&UdpHandle::GetAddress>("address"),
+                           InstanceAccessor<&UdpHandle::GetFamily>("family"),
+                           InstanceAccessor<&UdpHandle::GetRcvbuf>("rcvbuf"),
+                           InstanceAccessor<&UdpHandle::GetSndbuf>("sndbuf"),
+                           InstanceAccessor<&UdpHandle::GetClosed>("closed"),
+                           InstanceMethod<&UdpHandle::Start>("start"),
+                           InstanceMethod<&UdpHandle::Pause>("pause"),
+                           InstanceMethod<&UdpHandle::Resume>("resume"),
+                           InstanceMethod<&UdpHandle::Ref>("ref"),
+                           InstanceMethod<&UdpHandle::Unref>("unref"),
+                           InstanceMethod<&UdpHandle::Send>("send"),
+                           InstanceMethod<&UdpHandle::SendMany>("sendMany"),
+                           InstanceMethod<&UdpHandle::Stats>("stats"),
+                           InstanceMethod<&UdpHandle::Close>("close"),
+                       });
+  }
+
+  // new UdpHandle(address: string, port: number, opts: { rcvbuf?, sndbuf?, reusePort?, ipv6Only?, batch?,
+  //               maxDatagram? })
+  explicit UdpHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<UdpHandle>(info), env_(info.Env()) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2 || !info[0].IsString() || !info[1].IsNumber()) {
+      Napi::TypeError::New(env, "UdpSocket.bind(address: string, port: number, opts?)").ThrowAsJavaScriptException();
+      return;
+    }
+    std::string address = info[0].As<Napi::String>().Utf8Value();
+    double port = info[1].As<Napi::Number>().DoubleValue();
+    if (!(port >= 0 && port <= 65535) || port != static_cast<double>(static_cast<int>(port))) {
+      Napi::RangeError::New(env, "UdpSocket.bind: port must be an integer from 0 to 65535")
+          .ThrowAsJavaScriptException();
+      return;
+    }
+    double rcvbuf = -1, sndbuf = -1, batch = kDefaultBatch, maxDatagram = kDefaultMaxDatagram;
+    bool reusePort = false, ipv6Only = false;
+    if (info.Length() > 2 && !info[2].IsUndefined()) {
+      if (!info[2].IsObject()) {
+        Napi::TypeError::New(env, "UdpSocket.bind: opts must be an object").ThrowAsJavaScriptException();
+        return;
+      }
+      Napi::Object o = info[2].As<Napi::Object>();
+      bool bad = false;
+      GetUint(o, "rcvbuf", 1 << 30, &rcvbuf, env, &bad);
+      if (!bad) GetUint(o, "sndbuf", 1 << 30, &sndbuf, env, &bad);
+      if (!bad) GetUint(o, "batch", kMaxBatch, &batch, env, &bad);
+      if (!bad) GetUint(o, "maxDatagram", 65536, &maxDatagram, env, &bad);
+      if (bad) return;
+      if (batch < 1 || maxDatagram < 1) {
+        Napi::RangeError::New(env, "UdpSocket.bind: batch and maxDatagram must be at least 1")
+            .ThrowAsJavaScriptException();
+        return;
+      }
+      reusePort = o.Get("reusePort").ToBoolean().Value();
+      ipv6Only = o.Get("ipv6Only").ToBoolean().Value();
+    }
+    sockaddr_storage ss;
+    socklen_t slen = 0;
+    if (!ParseAddress(address, static_cast<uint16_t>(port), &ss, &slen)) {
+      Napi::TypeError::New(env, "UdpSocket.bind: \"" + address + "\" is not a numeric IPv4 or IPv6 address")
+          .ThrowAsJavaScriptException();
+      return;
+    }
+    family_ = ss.ss_family;
+    int fd = ::socket(family_, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+      SysError(env, "socket", errno).ThrowAsJavaScriptException();
+      return;
+    }
+    auto fail = [&](const char* call) {
+      int err = errno;
+      ::close(fd);
+      SysError(env, call, err).ThrowAsJavaScriptException();
+    };
+    int one = 1, v6only = ipv6Only ? 1 : 0;
+    if (family_ == AF_INET6 && ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only) < 0) {
+      { fail("setsockopt(IPV6_V6ONLY)"); return; }
+    }
+    if (reusePort && ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0) {
+      { fail("setsockopt(SO_REUSEPORT)"); return; }
+    }
+    // The *FORCE variants pass net.core.[rw]mem_max when we have CAP_NET_ADMIN; otherwise the plain ones (capped).
+    if (rcvbuf >= 0 && !SetBuf(fd, SO_RCVBUFFORCE, SO_RCVBUF, static_cast<int>(rcvbuf))) {
+      { fail("setsockopt(SO_RCVBUF)"); return; }
+    }
+    if (sndbuf >= 0 && !SetBuf(fd, SO_SNDBUFFORCE, SO_SNDBUF, static_cast<int>(sndbuf))) {
+      { fail("setsockopt(SO_SNDBUF)"); return; }
+    }
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), slen) < 0) { fail("bind"); return; }
+    sockaddr_storage bound;
+    socklen_t blen = sizeof bound;
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &blen) < 0) { fail("getsockname"); return; }
+    std::string formatted = FormatPeer(bound);
+    size_t colon = formatted.rfind(':');
+    address_ = formatted.substr(0, colon);
+    if (!address_.empty() && address_.front() == '[') address_ = address_.substr(1, address_.size() - 2);
+    port_ = ntohs(family_ == AF_INET ? reinterpret_cast<sockaddr_in&>(bound).sin_port
+                                     : reinterpret_cast<sockaddr_in6&>(bound).sin6_port);
+    socklen_t il = sizeof(int);
+    ::getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbufEff_, &il);
+    il = sizeof(int);
+    ::getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbufEff_, &il);
+    fd_ = fd;
+
+    batch_ = static_cast<uint32_t>(batch);
+    slot_ = static_cast<size_t>(maxDatagram);
+    // Virtual reservation; pages are only touched as datagrams land in them.
+    rxBuf_ = static_cast<uint8_t*>(malloc(slot_ * batch_));
+    if (!rxBuf_) {
+      ::close(fd_);
+      fd_ = -1;
+      Napi::Error::New(env, "UdpSocket.bind: out of memory").ThrowAsJavaScriptException();
+      return;
+    }
+    rxMsgs_.resize(batch_);
+    rxIov_.resize(batch_);
+    rxNames_.resize(batch_);
+    peerKeys_.reserve(batch_);
+    for (uint32_t i = 0; i < batch_; i++) {
+      rxIov_[i].iov_base = rxBuf_ + i * slot_;
+      rxIov_[i].iov_len = slot_;
+    }
+    napi_add_env_cleanup_hook(env, &UdpHandle::EnvCleanup, this);
+    hookAdded_ = true;
+  }
+
+  ~UdpHandle() override {
+    Teardown();
+    if (hookAdded_) napi_remove_env_cleanup_hook(env_, &UdpHandle::EnvCleanup, this);
+    if (asyncCtx_) napi_async_destroy(env_, asyncCtx_);
+    free(rxBuf_);
+  }
+
+ private:
+  static bool SetBuf(int fd, int forceOpt, int opt, int size) {
+    if (::setsockopt(fd, SOL_SOCKET, forceOpt, &size, sizeof size) == 0) return true;
+    if (errno != EPERM) return false;
+    return ::setsockopt(fd, SOL_SOCKET, opt, &size, sizeof size) == 0;
+  }
+
+  static void EnvCleanup(void* arg) {
+    auto* self = static_cast<UdpHandle*>(arg);
+    self->hookAdded_ = false;
+    self->Teardown();
+  }
+
+  void Teardown() {
+    if (poll_) {
+      uv_poll_stop(poll_);
+      uv_close(reinterpret_cast<uv_handle_t*>(poll_),
+               [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+      poll_ = nullptr;
+    }
+    polling_ = false;
+    if (fd_ >= 0) {
+      ::close(fd_);
+      fd_ = -1;
+    }
+  }
+
+  bool CheckOpen(Napi::Env env, const char* what) {
+    if (fd_ >= 0) return true;
+    Napi::Error::New(env, std::string("UdpSocket.") + what + ": the socket is closed").ThrowAsJavaScriptException();
+    return false;
+  }
+
+  Napi::Value GetPort(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), port_); }
+  Napi::Value GetAddress(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), address_); }
+  Napi::Value GetFamily(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), family_ == AF_INET6 ? 6 : 4);
+  }
+  Napi::Value GetRcvbuf(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), rcvbufEff_); }
+  Napi::Value GetSndbuf(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), sndbufEff_); }
+  Napi::Value GetClosed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), fd_ < 0); }
+
+  void HoldJs(bool hold) {
+    if (hold && !jsHeld_) {
+      Napi::ObjectWrap<UdpHandle>::Ref();
+      jsHeld_ = true;
+    } else if (!hold && jsHeld_) {
+      Napi::ObjectWrap<UdpHandle>::Unref();
+      jsHeld_ = false;
+    }
+  }
+
+  // start(onBatch: (data: Buffer, count: number, peers: string[]) => void, onError: (err: Error) => void,
+  //       meta: Uint32Array /* 2 * batch entries: length, peer index */)
+  Napi::Value Start(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!CheckOpen(env, "onDatagrams")) return env.Undefined();
+    if (poll_) {
+      Napi::Error::New(env, "UdpSocket.onDatagrams: a reader is already started").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    if (info.Length() < 3 || !info[0].IsFunction() || !info[1].IsFunction() || !info[2].IsTypedArray() ||
+        info[2].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array) {
+      Napi::TypeError::New(env, "UdpHandle.start(onBatch, onError, meta: Uint32Array)")
+          .ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    if (info[2].As<Napi::Uint32Array>().ElementLength() < 2 * static_cast<size_t>(batch_)) {
+      Napi::RangeError::New(env, "UdpHandle.start: meta must hold " + std::to_string(2 * batch_) + " entries")
+          .ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    uv_loop_t* loop = nullptr;
+    if (napi_get_uv_event_loop(env, &loop) != napi_ok || !loop) {
+      Napi::Error::New(env, "UdpSocket.onDatagrams: no event loop").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    auto* poll = new uv_poll_t;
+    int rc = uv_poll_init_socket(loop, poll, fd_);
+    if (rc != 0) {
+      delete poll;
+      SysError(env, "uv_poll_init", -rc).ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    poll->data = this;
+    poll_ = poll;
+    onBatch_ = Napi::Persistent(info[0].As<Napi::Function>());
+    onError_ = Napi::Persistent(info[1].As<Napi::Function>());
+    meta_ = Napi::Persistent(info[2].As<Napi::Uint32Array>());
+    if (!asyncCtx_) {
+      napi_value resName = Napi::String::New(env, "SengUdp");
+      napi_async_init(env, Value(), resName, &asyncCtx_);
+    }
+    if (!refed_) uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
+    if (!paused_) StartPolling(env);
+    return env.Undefined();
+  }
+
+  void StartPolling(Napi::Env env) {
+    if (!poll_ || polling_) return;
+    int rc = uv_poll_start(poll_, UV_READABLE, &UdpHandle::OnPoll);
+    if (rc != 0) {
+      SysError(env, "uv_poll_start", -rc).ThrowAsJavaScriptException();
+      return;
+    }
+    polling_ = true;
+    HoldJs(true);
+  }
+
+  void StopPolling() {
+    if (poll_ && polling_) uv_poll_stop(poll_);
+    polling_ = false;
+    HoldJs(false);
+  }
+
+  Napi::Value Pause(const Napi::CallbackInfo& info) {
+    if (!CheckOpen(info.Env(), "pause")) return info.Env().Undefined();
+    paused_ = true;
+    StopPolling();
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Resume(const Napi::CallbackInfo& info) {
+    if (!CheckOpen(info.Env(), "resume")) return info.Env().Undefined();
+    paused_ = false;
+    StartPolling(info.Env());
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Ref(const Napi::CallbackInfo& info) {
+    refed_ = true;
+    if (poll_) uv_ref(reinterpret_cast<uv_handle_t*>(poll_));
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Unref(const Napi::CallbackInfo& info) {
+    refed_ = false;
+    if (poll_) uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
+    return info.Env().Undefined();
+  }
+
+  static void OnPoll(uv_poll_t* handle, int status, int events) {
+    auto* self = static_cast<UdpHandle*>(handle->data);
+    if (self && self->poll_ == handle) self->OnReadable(status);
+  }
+
+  void OnReadable(int status) {
+    Napi::Env env = env_;
+    Napi::HandleScope scope(env);
+    Napi::Object keepAlive = Value();  // a local handle keeps this object alive through the JS callbacks
+    (void)keepAlive;
+    if (status < 0) {
+      Fail(env, "uv_poll", -status);
+      return;
+    }
+    for (int round = 0; round < kRoundsPerWakeup && fd_ >= 0 && polling_; round++) {
+      for (uint32_t i = 0; i < batch_; i++) {
+        msghdr& h = rxMsgs_[i].msg_hdr;
+        h.msg_name = &rxNames_[i];
+        h.msg_namelen = sizeof(sockaddr_storage);
+        h.msg_iov = &rxIov_[i];
+        h.msg_iovlen = 1;
+        h.msg_control = nullptr;
+        h.msg_controllen = 0;
+        h.msg_flags = 0;
+        rxMsgs_[i].msg_len = 0;
+      }
+      int r = ::recvmmsg(fd_, rxMsgs_.data(), batch_, MSG_DONTWAIT, nullptr);
+      if (r < 0) {
+        int err = errno;
+        if (err == EINTR) continue;
+        if (err == EAGAIN || err == EWOULDBLOCK) return;
+        if (err == EBADF || err == ENOTSOCK || err == EFAULT || err == EINVAL) {
+          Fail(env, "recvmmsg", err);
+          return;
+        }
+        rxErrors_++;  // a queued ICMP error or similar: consumed by this call, keep reading
+        lastError_ = std::string("recvmmsg: ") + ErrnoText(err);
+        continue;
+      }
+      if (r == 0) return;
+      Deliver(env, static_cast<uint32_t>(r));
+      if (static_cast<uint32_t>(r) < batch_) return;  // drained
+    }
+  }
+
+  void Deliver(Napi::Env env, uint32_t r) {
+    Napi::Uint32Array meta = meta_.Value();
+    if (meta.IsEmpty() || meta.ElementLength() < 2 * static_cast<size_t>(r)) {
+      Fail(env, "recvmmsg", EFAULT);  // the wrapper's meta array was detached: cannot deliver
+      return;
+    }
+    uint32_t* m = meta.Data();
+    size_t total = 0;
+    uint32_t n = 0;
+    peerKeys_.clear();
+    Napi::Array peers = Napi::Array::New(env);
+    for (uint32_t i = 0; i < r; i++) {
+      const msghdr& h = rxMsgs_[i].msg_hdr;
+      if (h.msg_flags & MSG_TRUNC) {
+        rxTruncated_++;
+        continue;
+      }
+      PeerKey key = KeyOf(rxNames_[i]);
+      uint32_t idx = 0;
+      while (idx < peerKeys_.size() && !(peerKeys_[idx] == key)) idx++;
+      if (idx == peerKeys_.size()) {
+        peerKeys_.push_back(key);
+        peers.Set(idx, Napi::String::New(env, FormatPeer(rxNames_[i])));
+      }
+      m[2 * n] = rxMsgs_[i].msg_len;
+      m[2 * n + 1] = idx;
+      rxIndex_[n] = i;
+      total += rxMsgs_[i].msg_len;
+      n++;
+    }
+    if (n == 0) return;
+    Napi::Buffer<uint8_t> buf = Napi::Buffer<uint8_t>::New(env, total);
+    uint8_t* out = buf.Data();
+    for (uint32_t j = 0; j < n; j++) {
+      uint32_t i = rxIndex_[j];
+      if (rxMsgs_[i].msg_len == 0) continue;
+      memcpy(out, rxIov_[i].iov_base, rxMsgs_[i].msg_len);
+      out += rxMsgs_[i].msg_len;
+    }
+    rxPackets_ += n;
+    rxBytes_ += total;
+    rxBatches_++;
+    napi_value argv[3] = {buf, Napi::Number::New(env, n), peers};
+    CallJs(env, onBatch_, 3, argv);
+  }
+
+  void Fail(Napi::Env env, const char* syscall, int err) {
+    StopPolling();
+    paused_ = true;
+    if (onError_.IsEmpty()) return;
+    napi_value argv[1] = {SysError(env, syscall, err).Value()};
+    CallJs(env, onError_, 1, argv);
+  }
+
+  void CallJs(Napi::Env env, Napi::FunctionReference& fn, size_t argc, napi_value* argv) {
+    if (fn.IsEmpty()) return;
+    napi_value result;
+    napi_value fnv = fn.Value();
+    napi_make_callback(env, asyncCtx_, Value(), fnv, argc, argv, &result);
+    if (env.IsExceptionPending()) {
+      Napi::Error e = env.GetAndClearPendingException();
+      napi_fatal_exception(env, e.Value());
+    }
+  }
+
+  // Resolves a peer string to a sockaddr, reusing the last parse when the text is the same. False + TypeError
+  // thrown when it is not a numeric "ip:port" of the socket's family.
+  bool ResolvePeer(Napi::Env env, napi_value v, const char* what, sockaddr_storage* out, socklen_t* outLen) {
+    char buf[96];
+    size_t len = 0;
+    napi_valuetype t;
+    if (napi_typeof(env, v, &t) != napi_ok || t != napi_string ||
+        napi_get_value_string_latin1(env, v, buf, sizeof buf, &len) != napi_ok) {
+      Napi::TypeError::New(env, std::string("UdpSocket.") + what + ": peer must be a string \"ip:port\"")
+          .ThrowAsJavaScriptException();
+      return false;
+    }
+    if (len > 0 && len == lastPeerText_.size() && memcmp(buf, lastPeerText_.data(), len) == 0) {
+      *out = lastPeer_;
+      *outLen = lastPeerLen_;
+      return true;
+    }
+    if (len >= sizeof buf - 1 || !ParsePeer(buf, len, family_, out, outLen)) {
+      Napi::TypeError::New(env, std::string("UdpSocket.") + what + ": bad peer \"" + std::string(buf, len) +
+                                    "\" (want a numeric " + (family_ == AF_INET6 ? "IPv6 or IPv4" : "IPv4") +
+                                    " \"ip:port\" or \"[ip6]:port\")")
+          .ThrowAsJavaScriptException();
+      return false;
+    }
+    lastPeerText_.assign(buf, len);
+    lastPeer_ = *out;
+    lastPeerLen_ = *outLen;
+    return true;
+  }
+
+  void CountSendError(const char* call, int err) {
+    lastError_ = std::string(call) + ": " + ErrnoText(err);
+    if (IsDropErrno(err)) {
+      txDropped_++;
+    } else {
+      txErrors_++;
+    }
+  }
+
+  // send(datagram, peer): boolean — false when dropped (would block) or refused (counted in stats).
+  Napi::Value Send(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const uint8_t* data;
+    size_t len;
+    if (info.Length() < 2 || !GetBytes(env, info[0], &data, &len)) {
+      Napi::TypeError::New(env, "UdpSocket.send: datagram must be a Buffer or Uint8Array")
+          .ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    if (!CheckOpen(env, "send")) return env.Undefined();
+    sockaddr_storage to;
+    socklen_t tolen;
+    if (!ResolvePeer(env, info[1], "send", &to, &tolen)) return env.Undefined();
+    for (;;) {
+      ssize_t r = ::sendto(fd_, data, len, MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&to), tolen);
+      if (r >= 0) {
+        txPackets_++;
+        txBytes_ += static_cast<uint64_t>(r);
+        return Napi::Boolean::New(env, true);
+      }
+      if (errno == EINTR) continue;
+      CountSendError("sendto", errno);
+      return Napi::Boolean::New(env, false);
+    }
+  }
+
+  // sendMany(datagrams: Uint8Array[], peers: string[] | string): number sent. Everything is validated before the
+  // first byte goes out; then sendmmsg() per up to 1024 datagrams. Would-block stops and counts the rest as
+  // dropped; a datagram the kernel refuses (EMSGSIZE, unreachable...) is counted in txErrors and skipped.
+  Napi::Value SendMany(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2 || !info[0].IsArray() || !(info[1].IsArray() || info[1].IsString())) {
+      Napi::TypeError::New(env, "UdpSocket.sendMany(datagrams: Buffer[], peers: string[] | string)")
+          .ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    if (!CheckOpen(env, "sendMany")) return env.Undefined();
+    Napi::Array arr = info[0].As<Napi::Array>();
+    uint32_t n = arr.Length();
+    bool onePeer = info[1].IsString();
+    Napi::Array peerArr;
+    if (!onePeer) {
+      peerArr = info[1].As<Napi::Array>();
+      if (peerArr.Length() != n) {
+        Napi::TypeError::New(env, "UdpSocket.sendMany: " + std::to_string(n) + " datagrams but " +
+                                      std::to_string(peerArr.Length()) + " peers")
+            .ThrowAsJavaScriptException();
+        return env.Undefined();
+      }
+    }
+    if (txMsgs_.size() < n) {
+      txMsgs_.resize(n);
+      txIov_.resize(n);
+      txNames_.resize(n);
+    }
+    sockaddr_storage to;
+    socklen_t tolen = 0;
+    if (onePeer && !ResolvePeer(env, info[1], "sendMany", &to, &tolen)) return env.Undefined();
+    for (uint32_t i = 0; i < n; i++) {
+      napi_value el;
+      const uint8_t* data;
+      size_t len;
+      if (napi_get_element(env, arr, i, &el) != napi_ok || !GetBytes(env, el, &data, &len)) {
+        if (env.IsExceptionPending()) return env.Undefined();
+        Napi::TypeError::New(env,
+                             "UdpSocket.sendMany: datagrams[" + std::to_string(i) + "] is not a Buffer or Uint8Array")
+            .ThrowAsJavaScriptException();
+        return env.Undefined();
+      }
+      if (!onePeer) {
+        napi_value pv;
+        if (napi_get_element(env, peerArr, i, &pv) != napi_ok) return env.Undefined();
+        if (!ResolvePeer(env, pv, "sendMany", &to, &tolen)) return env.Undefined();
+      }
+      txNames_[i] = to;
+      txIov_[i].iov_base = const_cast<uint8_t*>(data);
+      txIov_[i].iov_len = len;
+      msghdr& h = txMsgs_[i].msg_hdr;
+      memset(&h, 0, sizeof h);
+      h.msg_name = &txNames_[i];
+      h.msg_namelen = tolen;
+      h.msg_iov = &txIov_[i];
+      h.msg_iovlen = 1;
+      txMsgs_[i].msg_len = 0;
+    }
+    uint32_t i = 0, sent = 0;
+    while (i < n) {
+      unsigned chunk = n - i < kSendChunk ? n - i : kSendChunk;
+      int r = ::sendmmsg(fd_, &txMsgs_[i], chunk, MSG_DONTWAIT);
+      if (r > 0) {
+        for (uint32_t k = i; k < i + static_cast<uint32_t>(r); k++) txBytes_ += txMsgs_[k].msg_len;
+        txPackets_ += static_cast<uint64_t>(r);
+        sent += static_cast<uint32_t>(r);
+        i += static_cast<uint32_t>(r);
+        continue;
+      }
+      int err = r < 0 ? errno : EAGAIN;
+      if (err == EINTR) continue;
+      lastError_ = std::string("sendmmsg: ") + ErrnoText(err);
+      if (IsDropErrno(err)) {
+        txDropped_ += n - i;
+        break;
+      }
+      txErrors_++;
+      i++;
+    }
+    return Napi::Number::New(env, sent);
+  }
+
+  Napi::Value Stats(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("rxPackets", Napi::Number::New(env, static_cast<double>(rxPackets_)));
+    o.Set("rxBytes", Napi::Number::New(env, static_cast<double>(rxBytes_)));
+    o.Set("rxBatches", Napi::Number::New(env, static_cast<double>(rxBatches_)));
+    o.Set("rxTruncated", Napi::Number::New(env, static_cast<double>(rxTruncated_)));
+    o.Set("rxErrors", Napi::Number::New(env, static_cast<double>(rxErrors_)));
+    o.Set("txPackets", Napi::Number::New(env, static_cast<double>(txPackets_)));
+    o.Set("txBytes", Napi::Number::New(env, static_cast<double>(txBytes_)));
+    o.Set("txDropped", Napi::Number::New(env, static_cast<double>(txDropped_)));
+    o.Set("txErrors", Napi::Number::New(env, static_cast<double>(txErrors_)));
+    if (!lastError_.empty()) o.Set("lastError", Napi::String::New(env, lastError_));
+    return o;
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (fd_ < 0) return env.Undefined();  // closing twice is harmless
+    StopPolling();
+    Teardown();
+    onBatch_.Reset();
+    onError_.Reset();
+    meta_.Reset();
+    return env.Undefined();
+  }
+
+  Napi::Env env_;
+  int fd_ = -1;
+  int family_ = AF_INET;
+  uint16_t port_ = 0;
+  std::string address_;
+  int rcvbufEff_ = 0, sndbufEff_ = 0;
+  uint32_t batch_ = kDefaultBatch;
+  size_t slot_ = kDefaultMaxDatagram;
+  uint8_t* rxBuf_ = nullptr;
+  std::vector<mmsghdr> rxMsgs_;
+  std::vector<iovec> rxIov_;
+  std::vector<sockaddr_storage> rxNames_;
+  std::vector<PeerKey> peerKeys_;
+  uint32_t rxIndex_[kMaxBatch];
+  std::vector<mmsghdr> txMsgs_;
+  std::vector<iovec> txIov_;
+  std::vector<sockaddr_storage> txNames_;
+  std::string lastPeerText_;
+  sockaddr_storage lastPeer_;
+  socklen_t lastPeerLen_ = 0;
+  uv_poll_t* poll_ = nullptr;
+  bool polling_ = false;
+  bool paused_ = false;
+  bool refed_ = true;
+  bool jsHeld_ = false;
+  bool hookAdded_ = false;
+  napi_async_context asyncCtx_ = nullptr;
+  Napi::FunctionReference onBatch_;
+  Napi::FunctionReference onError_;
+  Napi::Reference<Napi::Uint32Array> meta_;
+  uint64_t rxPackets_ = 0, rxBytes_ = 0, rxBatches_ = 0, rxTruncated_ = 0, rxErrors_ = 0;
+  uint64_t txPackets_ = 0, txBytes_ = 0, txDropped_ = 0, txErrors_ = 0;
+  std::string lastError_;
+};
+
+}  // namespace
+
+void InitUdp(Napi::Env env, Napi::Object exports) { exports.Set("UdpHandle", UdpHandle::Define(env)); }

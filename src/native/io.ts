@@ -1,0 +1,417 @@
+/**
+ * Typed wrappers over the native I/O primitives: TUN devices and batched UDP sockets (native/src/tun.cc, udp.cc).
+ *
+ * Both are mechanisms only: they move packets and count them. What to do with a packet, addresses, routes and
+ * firewalling are decided by the caller.
+ *
+ * Batches: a reader callback receives every packet that was ready at once (up to `batch`, default 64), as Buffer
+ * views into one Buffer per batch (one native allocation and one call into JS per batch, not per packet). A view
+ * keeps its whole batch alive: copy a packet (`Buffer.from(p)`) before keeping it for long.
+ *
+ * Errors: bad arguments throw TypeError/RangeError; using a closed handle throws Error; failed setup syscalls throw
+ * an Error shaped like Node's system errors (`code`, `errno`, `syscall`, message "syscall: text (CODE)"). The data
+ * path never throws for the network's reasons: a packet that could not be written returns false (or is left out of
+ * the returned count) and is counted in `txDropped` (would block) or `txErrors` (refused), with `lastError` text.
+ *
+ * Handles keep the process alive only while they are reading (started and not paused) and not `unref()`'d; after
+ * `close()` they never do.
+ */
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
+import { native } from "./load.js";
+
+const execFileP = promisify(execFile);
+
+/** Counters of a {@link Tun}. Numbers since open; `rxBatches` counts reader callbacks. */
+export interface TunStats {
+  rxPackets: number;
+  rxBytes: number;
+  rxBatches: number;
+  txPackets: number;
+  txBytes: number;
+  /** Packets not written because the device would block (EAGAIN/ENOBUFS), including the rest of a writeMany. */
+  txDropped: number;
+  /** Packets the kernel refused (e.g. EINVAL for a packet that is not IPv4/IPv6). */
+  txErrors: number;
+  /** Text of the last data-path error, e.g. "write: Invalid argument (EINVAL)". */
+  lastError?: string;
+}
+
+/** Counters of a {@link UdpSocket}. */
+export interface UdpStats {
+  rxPackets: number;
+  rxBytes: number;
+  /** recvmmsg() calls that delivered datagrams (one callback each). */
+  rxBatches: number;
+  /** Datagrams larger than `maxDatagram`, dropped. */
+  rxTruncated: number;
+  /** Transient receive errors (e.g. a queued ICMP error), skipped. */
+  rxErrors: number;
+  txPackets: number;
+  txBytes: number;
+  /** Datagrams not sent because the socket would block (EAGAIN/ENOBUFS), including the rest of a sendMany. */
+  txDropped: number;
+  /** Datagrams the kernel refused (EMSGSIZE, ENETUNREACH, EPERM from a firewall...). */
+  txErrors: number;
+  lastError?: string;
+}
+
+interface NativeTun {
+  readonly name: string;
+  readonly closed: boolean;
+  start(
+    onBatch: (data: Buffer, count: number) => void,
+    onError: (err: Error) => void,
+    lengths: Uint32Array,
+  ): void;
+  pause(): void;
+  resume(): void;
+  ref(): void;
+  unref(): void;
+  write(packet: Uint8Array): boolean;
+  writeMany(packets: Uint8Array[]): number;
+  stats(): TunStats;
+  close(): void;
+}
+
+interface NativeUdp {
+  readonly port: number;
+  readonly address: string;
+  readonly family: 4 | 6;
+  readonly rcvbuf: number;
+  readonly sndbuf: number;
+  readonly closed: boolean;
+  start(
+    onBatch: (data: Buffer, count: number, peers: string[]) => void,
+    onError: (err: Error) => void,
+    meta: Uint32Array,
+  ): void;
+  pause(): void;
+  resume(): void;
+  ref(): void;
+  unref(): void;
+  send(datagram: Uint8Array, peer: string): boolean;
+  sendMany(datagrams: Uint8Array[], peers: string[] | string): number;
+  stats(): UdpStats;
+  close(): void;
+}
+
+interface Addon {
+  TunHandle: new (name: string, multiQueue: boolean, batch: number | undefined) => NativeTun;
+  UdpHandle: new (address: string, port: number, opts: UdpBindOptions | undefined) => NativeUdp;
+}
+
+const DEFAULT_BATCH = 64;
+
+/** Options of {@link Tun.open}. */
+export interface TunOpenOptions {
+  /** IFF_MULTI_QUEUE: open one more queue of the same device each time (the kernel spreads flows over queues). */
+  multiQueue?: boolean;
+  /** Most packets handed over per callback (1..1024, default 64). */
+  batch?: number;
+}
+
+/** Called with an Error when a reader stops for good (e.g. the device was deleted: "read: ... (EBADFD)"). */
+export type ErrorCallback = (err: Error) => void;
+
+function defaultOnError(what: string): ErrorCallback {
+  return (err) => {
+    // Like an EventEmitter's unhandled 'error': loud, not silent.
+    throw new Error(`${what} reader failed: ${err.message}`, { cause: err });
+  };
+}
+
+/**
+ * A TUN device (layer 3, no packet information header): each read is one IP packet, each write must be one IP
+ * packet. The device exists while a handle (queue) on it is open, unless made persistent elsewhere.
+ */
+export class Tun {
+  /** The interface name the kernel gave (e.g. "tun0" when opened as "tun%d"). */
+  readonly name: string;
+  readonly #h: NativeTun;
+  readonly #batch: number;
+  #onError: ErrorCallback | undefined;
+
+  private constructor(h: NativeTun, batch: number) {
+    this.#h = h;
+    this.#batch = batch;
+    this.name = h.name;
+  }
+
+  /**
+   * Opens (creating if needed) the TUN device `name` in the calling process's network namespace. `name` may be
+   * empty or a pattern such as "seng%d" to let the kernel pick. Needs CAP_NET_ADMIN.
+   * @throws TypeError on a bad name; Error (`syscall` "open(/dev/net/tun)" or "ioctl(TUNSETIFF)") when refused.
+   */
+  static open(name: string, opts: TunOpenOptions = {}): Tun {
+    if (typeof name !== "string") throw new TypeError("Tun.open: name must be a string");
+    if (typeof opts !== "object" || opts === null) throw new TypeError("Tun.open: opts must be an object");
+    const batch = opts.batch ?? DEFAULT_BATCH;
+    const { TunHandle } = native<Addon>();
+    return new Tun(new TunHandle(name, opts.multiQueue === true, batch), batch);
+  }
+
+  /** True after {@link Tun.close}. */
+  get closed(): boolean {
+    return this.#h.closed;
+  }
+
+  /**
+   * Starts reading: `cb` receives every packet that was ready (1..batch) each time the device is readable. Call
+   * once per handle. The Buffers are views into one per-batch Buffer.
+   */
+  onPackets(cb: (packets: Buffer[]) => void): void {
+    if (typeof cb !== "function") throw new TypeError("Tun.onPackets: callback must be a function");
+    const lengths = new Uint32Array(this.#batch);
+    this.#h.start(
+      (data, count) => {
+        const packets = new Array<Buffer>(count);
+        let off = 0;
+        for (let i = 0; i < count; i++) {
+          const end = off + lengths[i]!;
+          packets[i] = data.subarray(off, end);
+          off = end;
+        }
+        cb(packets);
+      },
+      (err) => (this.#onError ?? defaultOnError(`Tun ${this.name}`))(err),
+      lengths,
+    );
+  }
+
+  /** Where reader failures go. Without one, a reader failure is thrown as an uncaught exception. */
+  onError(cb: ErrorCallback): void {
+    if (typeof cb !== "function") throw new TypeError("Tun.onError: callback must be a function");
+    this.#onError = cb;
+  }
+
+  /** Writes one packet with one write(). False when not written (see {@link TunStats}); never merged. */
+  write(packet: Uint8Array): boolean {
+    return this.#h.write(packet);
+  }
+
+  /**
+   * Writes each packet with its own write() syscall, in order. Returns how many were written: a refused packet is
+   * skipped (txErrors), a would-block stops the batch (the rest count in txDropped).
+   */
+  writeMany(packets: Uint8Array[]): number {
+    return this.#h.writeMany(packets);
+  }
+
+  /** Stops reading (packets queue in the kernel, up to the device's txqueuelen) until {@link Tun.resume}. */
+  pause(): void {
+    this.#h.pause();
+  }
+
+  resume(): void {
+    this.#h.resume();
+  }
+
+  /** Lets the reader keep the event loop alive (the default). */
+  ref(): this {
+    this.#h.ref();
+    return this;
+  }
+
+  /** The reader no longer keeps the process alive by itself. */
+  unref(): this {
+    this.#h.unref();
+    return this;
+  }
+
+  stats(): TunStats {
+    return this.#h.stats();
+  }
+
+  /** Closes this queue; the device goes away with its last queue (non-persistent devices). Idempotent. */
+  close(): void {
+    this.#h.close();
+  }
+}
+
+/** Options of {@link UdpSocket.bind}. */
+export interface UdpBindOptions {
+  /** Requested SO_RCVBUF in bytes (SO_RCVBUFFORCE when allowed, so above net.core.rmem_max as root). */
+  rcvbuf?: number;
+  /** Requested SO_SNDBUF in bytes (SO_SNDBUFFORCE when allowed). */
+  sndbuf?: number;
+  /** SO_REUSEPORT: several sockets on one port, the kernel spreads flows over them. */
+  reusePort?: boolean;
+  /** IPv6 sockets only: refuse IPv4 (default false: dual-stack, IPv4 peers appear as "a.b.c.d:port"). */
+  ipv6Only?: boolean;
+  /** Most datagrams per recvmmsg() and callback (1..1024, default 64). */
+  batch?: number;
+  /** Largest datagram received (default 65536); larger ones are dropped and counted in rxTruncated. */
+  maxDatagram?: number;
+}
+
+/** One reader callback's datagrams: `data[i]` came from `peers[i]`. */
+export interface DatagramBatch {
+  data: Buffer[];
+  /**
+   * "a.b.c.d:port" or "[v6addr]:port" (with "%scope" for scoped addresses). Datagrams of a batch from the same peer
+   * share one string, so these are cheap Map keys.
+   */
+  peers: string[];
+}
+
+/**
+ * A UDP socket with batched I/O: recvmmsg() drains up to `batch` datagrams per readiness event into one callback,
+ * sendMany() sends a whole array with sendmmsg(). Peers are numeric "ip:port" strings.
+ */
+export class UdpSocket {
+  /** The bound port (the kernel's choice when bound to port 0). */
+  readonly port: number;
+  /** The bound address as given back by the kernel ("127.0.0.1", "::"). */
+  readonly address: string;
+  readonly family: 4 | 6;
+  /** Effective SO_RCVBUF (the kernel doubles the request for bookkeeping). */
+  readonly rcvbuf: number;
+  /** Effective SO_SNDBUF. */
+  readonly sndbuf: number;
+  readonly #h: NativeUdp;
+  readonly #batch: number;
+  #onError: ErrorCallback | undefined;
+
+  private constructor(h: NativeUdp, batch: number) {
+    this.#h = h;
+    this.#batch = batch;
+    this.port = h.port;
+    this.address = h.address;
+    this.family = h.family;
+    this.rcvbuf = h.rcvbuf;
+    this.sndbuf = h.sndbuf;
+  }
+
+  /**
+   * Binds a non-blocking UDP socket to a numeric IPv4 or IPv6 address ("127.0.0.1", "::1", "[::]", "0.0.0.0").
+   * @throws TypeError/RangeError on bad arguments; Error with `syscall` "bind" etc. when refused.
+   */
+  static bind(address: string, port: number, opts: UdpBindOptions = {}): UdpSocket {
+    if (typeof opts !== "object" || opts === null)
+      throw new TypeError("UdpSocket.bind: opts must be an object");
+    const { UdpHandle } = native<Addon>();
+    return new UdpSocket(new UdpHandle(address, port, opts), opts.batch ?? DEFAULT_BATCH);
+  }
+
+  get closed(): boolean {
+    return this.#h.closed;
+  }
+
+  /** Starts reading: `cb` gets every datagram that was ready (1..batch) per recvmmsg(). Call once. */
+  onDatagrams(cb: (batch: DatagramBatch) => void): void {
+    if (typeof cb !== "function") throw new TypeError("UdpSocket.onDatagrams: callback must be a function");
+    const meta = new Uint32Array(this.#batch * 2);
+    this.#h.start(
+      (buf, count, table) => {
+        const data = new Array<Buffer>(count);
+        const peers = new Array<string>(count);
+        let off = 0;
+        for (let i = 0; i < count; i++) {
+          const end = off + meta[2 * i]!;
+          data[i] = buf.subarray(off, end);
+          peers[i] = table[meta[2 * i + 1]!]!;
+          off = end;
+        }
+        cb({ data, peers });
+      },
+      (err) => (this.#onError ?? defaultOnError(`UdpSocket :${this.port}`))(err),
+      meta,
+    );
+  }
+
+  /** Where reader failures go. Without one, a reader failure is thrown as an uncaught exception. */
+  onError(cb: ErrorCallback): void {
+    if (typeof cb !== "function") throw new TypeError("UdpSocket.onError: callback must be a function");
+    this.#onError = cb;
+  }
+
+  /** Sends one datagram (sendto). False when dropped or refused (see {@link UdpStats}). */
+  send(datagram: Uint8Array, peer: string): boolean {
+    return this.#h.send(datagram, peer);
+  }
+
+  /**
+   * Sends datagrams with sendmmsg() (one syscall per up to 1024), each to `peers[i]` or all to one `peers` string.
+   * Returns how many were sent. Arguments are all checked before anything is sent.
+   */
+  sendMany(datagrams: Uint8Array[], peers: string[] | string): number {
+    return this.#h.sendMany(datagrams, peers);
+  }
+
+  pause(): void {
+    this.#h.pause();
+  }
+
+  resume(): void {
+    this.#h.resume();
+  }
+
+  ref(): this {
+    this.#h.ref();
+    return this;
+  }
+
+  unref(): this {
+    this.#h.unref();
+    return this;
+  }
+
+  stats(): UdpStats {
+    return this.#h.stats();
+  }
+
+  /** Closes the socket. Idempotent. */
+  close(): void {
+    this.#h.close();
+  }
+}
+
+/** Options of {@link tunConfigure}. */
+export interface TunConfig {
+  /** CIDR address to add, IPv4 or IPv6 ("100.64.0.1/24", "fd00::1/64"). */
+  address?: string;
+  /** MTU to set. */
+  mtu?: number;
+  /** Run `ip -n <netns>` (the device must be in that namespace). */
+  netns?: string;
+  /** Bring the link up (default true). */
+  up?: boolean;
+}
+
+const IFNAME = /^[^\s/:]{1,15}$/;
+const CIDR = /^[0-9a-fA-F.:]+\/\d{1,3}$/;
+
+/**
+ * Configures an interface with the `ip` command (iproute2): adds `address`, sets `mtu`, brings it up.
+ * @throws Error carrying ip's stderr when a command fails.
+ */
+export async function tunConfigure(name: string, cfg: TunConfig): Promise<void> {
+  if (typeof name !== "string" || !IFNAME.test(name))
+    throw new TypeError(`tunConfigure: bad interface name "${name}"`);
+  if (cfg.address !== undefined && !CIDR.test(cfg.address)) {
+    throw new TypeError(`tunConfigure: address must be CIDR like 100.64.0.1/24, got "${cfg.address}"`);
+  }
+  if (cfg.mtu !== undefined && !(Number.isInteger(cfg.mtu) && cfg.mtu >= 68 && cfg.mtu <= 65535)) {
+    throw new RangeError(`tunConfigure: mtu must be an integer from 68 to 65535, got ${cfg.mtu}`);
+  }
+  if (cfg.netns !== undefined && !/^[\w.-]+$/.test(cfg.netns)) {
+    throw new TypeError(`tunConfigure: bad netns name "${cfg.netns}"`);
+  }
+  const pre = cfg.netns ? ["-n", cfg.netns] : [];
+  const ip = async (...args: string[]): Promise<void> => {
+    try {
+      await execFileP("ip", [...pre, ...args], { timeout: 10_000 });
+    } catch (e) {
+      const err = e as { stderr?: string; message: string };
+      throw new Error(`ip ${[...pre, ...args].join(" ")}: ${(err.stderr ?? "").trim() || err.message}`, {
+        cause: e,
+      });
+    }
+  };
+  if (cfg.address !== undefined) await ip("addr", "add", cfg.address, "dev", name);
+  const link = ["link", "set", "dev", name];
+  if (cfg.mtu !== undefined) link.push("mtu", String(cfg.mtu));
+  if (cfg.up !== false) link.push("up");
+  if (link.length > 4) await ip(...link);
+}

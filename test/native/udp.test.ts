@@ -1,0 +1,266 @@
+/**
+ * Batched UDP primitive (native/src/udp.cc through src/native/io.ts) on loopback: sendmmsg/recvmmsg batches,
+ * exact delivery, peers, IPv6, argument and closed-socket errors. The exit-by-itself check runs in a namespace.
+ */
+import { describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+import { UdpSocket, type DatagramBatch } from "../../src/native/io.js";
+import { Netns, nsChildRole } from "../helpers/netns.js";
+
+/** Collects datagrams until `want` arrived or `ms` passed. */
+function collect(sock: UdpSocket): {
+  batches: DatagramBatch[];
+  until(want: number, ms?: number): Promise<number>;
+} {
+  const batches: DatagramBatch[] = [];
+  let count = 0;
+  let waiter: { want: number; res: (n: number) => void } | undefined;
+  sock.onDatagrams((b) => {
+    batches.push(b);
+    count += b.data.length;
+    if (waiter && count >= waiter.want) waiter.res(count);
+  });
+  return {
+    batches,
+    until(want, ms = 5000) {
+      if (count >= want) return Promise.resolve(count);
+      return new Promise((res) => {
+        const t = setTimeout(() => res(count), ms);
+        waiter = {
+          want,
+          res: (n) => {
+            clearTimeout(t);
+            res(n);
+          },
+        };
+      });
+    },
+  };
+}
+
+function payload(i: number, tag = 0): Buffer {
+  const b = Buffer.alloc(6 + ((i * 131) % 1450));
+  b.writeUInt32BE(i, 0);
+  b.writeUInt16BE(tag, 4);
+  for (let k = 6; k < b.length; k++) b[k] = (i * 7 + k) & 0xff;
+  return b;
+}
+
+/** Child: bind, read one datagram from itself, close — the process must then exit by itself. */
+async function exitChild(mode: string): Promise<void> {
+  const s = UdpSocket.bind("127.0.0.1", 0);
+  s.onDatagrams(() => s.close());
+  if (mode === "unref") s.unref();
+  else s.send(Buffer.from("bye"), `127.0.0.1:${s.port}`);
+}
+
+const role = nsChildRole();
+if (role === "exit-close" || role === "exit-unref") await exitChild(role.slice(5));
+else {
+  describe("UdpSocket on loopback", () => {
+    test("10,000 datagrams of varying sizes by sendMany: each received once, intact, in batches, peer right", async (t) => {
+      const rx = UdpSocket.bind("127.0.0.1", 0, { rcvbuf: 8 << 20 });
+      const tx = UdpSocket.bind("127.0.0.1", 0, { sndbuf: 4 << 20 });
+      t.after(() => {
+        rx.close();
+        tx.close();
+      });
+      assert.ok(rx.rcvbuf >= 8 << 20, `effective rcvbuf ${rx.rcvbuf}`);
+      assert.ok(tx.sndbuf >= 4 << 20, `effective sndbuf ${tx.sndbuf}`);
+      const c = collect(rx);
+      const N = 10_000;
+      const CHUNK = 1000; // flow control: the receiver drains between chunks (same thread)
+      let sent = 0;
+      for (let start = 0; start < N; start += CHUNK) {
+        const chunk = Array.from({ length: CHUNK }, (_, k) => payload(start + k));
+        sent += tx.sendMany(chunk, `127.0.0.1:${rx.port}`);
+        await c.until(start + CHUNK);
+      }
+      assert.equal(sent, N);
+      assert.equal(await c.until(N), N);
+      const seen = new Uint8Array(N);
+      const me = `127.0.0.1:${tx.port}`;
+      for (const b of c.batches) {
+        assert.equal(b.data.length, b.peers.length);
+        for (let k = 0; k < b.data.length; k++) {
+          const d = b.data[k]!;
+          const i = d.readUInt32BE(0);
+          assert.equal(seen[i], 0, `datagram ${i} twice`);
+          seen[i] = 1;
+          assert.ok(d.equals(payload(i)), `datagram ${i} altered`);
+          assert.equal(b.peers[k], me);
+        }
+      }
+      const maxBatch = Math.max(...c.batches.map((b) => b.data.length));
+      assert.ok(maxBatch > 1 && maxBatch <= 64, `largest batch ${maxBatch}`);
+      const rs = rx.stats();
+      const ts = tx.stats();
+      assert.equal(rs.rxPackets, N);
+      assert.equal(rs.rxBatches, c.batches.length);
+      assert.equal(ts.txPackets, N);
+      assert.equal(ts.txDropped + ts.txErrors, 0);
+      assert.equal(rs.rxBytes, ts.txBytes);
+    });
+
+    test("peers: several senders, and sendMany with a peer per datagram", async (t) => {
+      const rx1 = UdpSocket.bind("127.0.0.1", 0);
+      const rx2 = UdpSocket.bind("127.0.0.1", 0);
+      const txs = [0, 1, 2].map(() => UdpSocket.bind("127.0.0.1", 0));
+      t.after(() => [rx1, rx2, ...txs].forEach((s) => s.close()));
+      const c1 = collect(rx1);
+      const c2 = collect(rx2);
+      for (const [tag, tx] of txs.entries()) {
+        const d = Array.from({ length: 20 }, (_, i) => payload(i, tag));
+        const peers = d.map((_, i) => `127.0.0.1:${(i % 2 ? rx2 : rx1).port}`);
+        assert.equal(tx.sendMany(d, peers), 20);
+      }
+      assert.equal(await c1.until(30), 30);
+      assert.equal(await c2.until(30), 30);
+      for (const [c, parity] of [
+        [c1, 0],
+        [c2, 1],
+      ] as const) {
+        for (const b of c.batches) {
+          b.data.forEach((d, k) => {
+            const tag = d.readUInt16BE(4);
+            assert.equal(d.readUInt32BE(0) % 2, parity);
+            assert.equal(b.peers[k], `127.0.0.1:${txs[tag]!.port}`);
+          });
+        }
+      }
+    });
+
+    test("IPv6 on ::1, and a dual-stack socket shows IPv4 peers as IPv4", async (t) => {
+      const rx = UdpSocket.bind("::1", 0);
+      const tx = UdpSocket.bind("[::1]", 0);
+      const dual = UdpSocket.bind("::", 0);
+      const v4 = UdpSocket.bind("127.0.0.1", 0);
+      t.after(() => [rx, tx, dual, v4].forEach((s) => s.close()));
+      assert.equal(rx.family, 6);
+      assert.equal(rx.address, "::1");
+      const c = collect(rx);
+      assert.equal(
+        tx.sendMany([Buffer.from("a"), Buffer.from("bb"), Buffer.alloc(0)], `[::1]:${rx.port}`),
+        3,
+      );
+      assert.equal(await c.until(3), 3);
+      const all = c.batches.flatMap((b) => b.data.map((d, k) => [d.toString(), b.peers[k]]));
+      assert.deepEqual(all, [
+        ["a", `[::1]:${tx.port}`],
+        ["bb", `[::1]:${tx.port}`],
+        ["", `[::1]:${tx.port}`],
+      ]);
+      const cd = collect(dual);
+      const c4 = collect(v4);
+      assert.equal(v4.send(Buffer.from("to-dual"), `127.0.0.1:${dual.port}`), true);
+      assert.equal(await cd.until(1), 1);
+      assert.deepEqual(cd.batches[0]!.peers, [`127.0.0.1:${v4.port}`]);
+      assert.equal(dual.send(Buffer.from("back"), cd.batches[0]!.peers[0]!), true); // IPv4 peer from an IPv6 socket
+      assert.equal(await c4.until(1), 1);
+      assert.deepEqual(c4.batches[0]!.peers, [`127.0.0.1:${dual.port}`]);
+    });
+
+    test("sending to a port nobody listens on, closed sockets, closing twice", async (t) => {
+      const a = UdpSocket.bind("127.0.0.1", 0);
+      const b = UdpSocket.bind("127.0.0.1", 0);
+      t.after(() => a.close());
+      const gone = b.port;
+      b.close();
+      b.close(); // harmless
+      assert.equal(b.closed, true);
+      assert.throws(
+        () => b.send(Buffer.from("x"), `127.0.0.1:${a.port}`),
+        /UdpSocket\.send: the socket is closed/,
+      );
+      assert.throws(() => b.sendMany([Buffer.from("x")], `127.0.0.1:${a.port}`), /the socket is closed/);
+      assert.throws(() => b.onDatagrams(() => {}), /the socket is closed/);
+      assert.throws(() => b.pause(), /the socket is closed/);
+      // the kernel answers with ICMP port unreachable; an unconnected socket is not disturbed by it
+      const c = collect(a);
+      assert.equal(a.send(Buffer.from("nobody"), `127.0.0.1:${gone}`), true);
+      assert.equal(a.sendMany([Buffer.from("x"), Buffer.from("y")], `127.0.0.1:${gone}`), 2);
+      assert.equal(a.send(Buffer.from("self"), `127.0.0.1:${a.port}`), true);
+      assert.equal(await c.until(1), 1);
+      assert.equal(c.batches[0]!.data[0]!.toString(), "self");
+    });
+
+    test("refused datagrams are counted, not thrown; oversized ones are dropped on receive", async (t) => {
+      const rx = UdpSocket.bind("127.0.0.1", 0, { maxDatagram: 100 });
+      const tx = UdpSocket.bind("127.0.0.1", 0);
+      t.after(() => [rx, tx].forEach((s) => s.close()));
+      const c = collect(rx);
+      const to = `127.0.0.1:${rx.port}`;
+      // 70,000 bytes cannot be one UDP datagram: EMSGSIZE for that one, the others go
+      assert.equal(tx.sendMany([Buffer.from("1"), Buffer.alloc(70_000), Buffer.from("3")], to), 2);
+      assert.equal(tx.stats().txErrors, 1);
+      assert.match(tx.stats().lastError ?? "", /^sendmmsg: .+ \(EMSGSIZE\)$/);
+      assert.equal(tx.send(Buffer.alloc(70_000), to), false);
+      assert.equal(tx.stats().txErrors, 2);
+      assert.equal(tx.send(Buffer.alloc(200), to), true); // larger than rx's maxDatagram
+      assert.equal(tx.send(Buffer.from("4"), to), true);
+      assert.equal(await c.until(3), 3);
+      assert.deepEqual(
+        c.batches.flatMap((b) => b.data.map(String)),
+        ["1", "3", "4"],
+      );
+      assert.equal(rx.stats().rxTruncated, 1);
+    });
+
+    test("pause and resume", async (t) => {
+      const rx = UdpSocket.bind("127.0.0.1", 0);
+      const tx = UdpSocket.bind("127.0.0.1", 0);
+      t.after(() => [rx, tx].forEach((s) => s.close()));
+      const c = collect(rx);
+      rx.pause();
+      tx.sendMany([Buffer.from("p1"), Buffer.from("p2")], `127.0.0.1:${rx.port}`);
+      assert.equal(await c.until(1, 200), 0);
+      rx.resume();
+      assert.equal(await c.until(2), 2);
+    });
+
+    test("bad arguments throw TypeError/RangeError with a clear message", (t) => {
+      const s = UdpSocket.bind("127.0.0.1", 0);
+      t.after(() => s.close());
+      assert.throws(() => UdpSocket.bind("localhost", 0), /not a numeric IPv4 or IPv6 address/);
+      assert.throws(() => UdpSocket.bind("127.0.0.1", 70000), RangeError);
+      assert.throws(() => UdpSocket.bind("127.0.0.1", 1.5), RangeError);
+      assert.throws(() => UdpSocket.bind("127.0.0.1", 0, { batch: 5000 }), RangeError);
+      assert.throws(() => UdpSocket.bind(5 as unknown as string, 0), TypeError);
+      assert.throws(
+        () => UdpSocket.bind("192.0.2.1", 0),
+        (e: NodeJS.ErrnoException) =>
+          e.syscall === "bind" && e.code === "EADDRNOTAVAIL" && /^bind: /.test(e.message),
+      );
+      const to = `127.0.0.1:${s.port}`;
+      assert.throws(() => s.send("text" as unknown as Buffer, to), TypeError);
+      for (const peer of [
+        "127.0.0.1",
+        "127.0.0.1:0",
+        "127.0.0.1:99999",
+        "host:53",
+        "[::1]:53",
+        "::1:53",
+        "",
+      ]) {
+        assert.throws(() => s.send(Buffer.from("x"), peer), /bad peer/, peer);
+      }
+      assert.throws(() => s.send(Buffer.from("x"), 53 as unknown as string), /peer must be a string/);
+      assert.throws(() => s.sendMany([Buffer.from("x")], [to, to]), /1 datagrams but 2 peers/);
+      assert.throws(() => s.sendMany([Buffer.from("x"), "y" as unknown as Buffer], to), /datagrams\[1\]/);
+      assert.throws(() => s.sendMany([Buffer.from("x"), Buffer.from("y")], [to, "nope"]), /bad peer "nope"/);
+      assert.throws(() => s.onDatagrams(5 as unknown as () => void), TypeError);
+      assert.equal(s.stats().txPackets, 0); // nothing went out from a call that threw
+    });
+
+    test("the process exits by itself after close(), and with unref() while open", async (t) => {
+      const ns = await Netns.create("udp");
+      t.after(() => ns.delete());
+      const self = fileURLToPath(import.meta.url);
+      for (const mode of ["exit-close", "exit-unref"]) {
+        const res = await ns.runTs(self, { role: mode }).wait(20_000);
+        assert.equal(res.code, 0, `${mode}: ${res.stderr}`);
+      }
+    });
+  });
+}
