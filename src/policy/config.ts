@@ -65,7 +65,7 @@ const schema = z
             /^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$/,
             "expected the gateway's TUN address with a prefix, e.g. 100.64.0.1/32",
           ),
-        mtu: z.number().int().min(576).max(9000).default(1400),
+        mtu: z.number().int().min(576).max(4000).default(1400), // DTLS datagrams above 4096 bytes break OpenSSL 3.0 handshakes
         queues: z.number().int().min(1).max(16).default(1),
       })
       .strict(),

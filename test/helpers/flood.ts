@@ -1,0 +1,70 @@
+/**
+ * Bounded abuse of a gateway, run from a test namespace:
+ *   flood.ts <gateway ip> <port> <handshakes> <garbage>
+ * sends `handshakes` genuine DTLS ClientHellos from distinct source ports (each never completed: half-open), and
+ * `garbage` random datagrams. Prints {"sent":…} and exits; it stops by itself.
+ */
+import { generateKeyPairSync } from "node:crypto";
+import { x509 } from "../../src/attest/x509gen.js";
+import { DtlsContext, DtlsSession } from "../../src/native/dtls.js";
+import { UdpSocket } from "../../src/native/io.js";
+
+const [ip, portS, hsS, garbageS] = process.argv.slice(2);
+const peer = `${ip}:${portS}`;
+const keys = generateKeyPairSync("ec", { namedCurve: "P-256" });
+const alg = { name: "ECDSA", namedCurve: "P-256" } as const;
+const { webcrypto } = await import("node:crypto");
+const cert = await x509.X509CertificateGenerator.createSelfSigned({
+  serialNumber: "01",
+  name: "CN=flood",
+  notBefore: new Date(Date.now() - 60_000),
+  notAfter: new Date(Date.now() + 3600_000),
+  keys: {
+    privateKey: await webcrypto.subtle.importKey(
+      "pkcs8",
+      keys.privateKey.export({ type: "pkcs8", format: "der" }),
+      alg,
+      false,
+      ["sign"],
+    ),
+    publicKey: await webcrypto.subtle.importKey(
+      "spki",
+      keys.publicKey.export({ type: "spki", format: "der" }),
+      alg,
+      true,
+      ["verify"],
+    ),
+  },
+  signingAlgorithm: { name: "ECDSA", hash: "SHA-256" },
+});
+const ctx = new DtlsContext({
+  role: "client",
+  certPem: cert.toString("pem"),
+  keyPem: keys.privateKey.export({ type: "pkcs8", format: "pem" }) as string,
+});
+let sent = 0;
+const sockets: UdpSocket[] = [];
+for (let i = 0; i < Number(hsS); i++) {
+  const s = UdpSocket.bind("0.0.0.0", 0);
+  const session = DtlsSession.client(ctx);
+  // Answer HelloVerifyRequests so the gateway really creates half-open state; never finish.
+  s.onDatagrams((b) => {
+    const r = session.receiveMany(b.data);
+    if (r.out.length) s.sendMany(r.out, peer);
+  });
+  sent += s.sendMany(session.start(), peer);
+  sockets.push(s);
+}
+const g = UdpSocket.bind("0.0.0.0", 0);
+let seed = 99;
+for (let i = 0; i < Number(garbageS); i++) {
+  const b = Buffer.alloc(1 + ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) % 1200));
+  for (let k = 0; k < b.length; k++) b[k] = (seed = (seed * 1103515245 + 12345) & 0x7fffffff) & 255;
+  if (i % 3 === 0) b[0] = 22; // looks like a handshake record
+  sent += g.sendMany([b], peer);
+}
+setTimeout(() => {
+  for (const s of sockets) s.close();
+  g.close();
+  process.stdout.write(JSON.stringify({ sent }) + "\n");
+}, 1500);
