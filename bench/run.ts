@@ -1,10 +1,12 @@
 /**
- * `npm run bench [-- --quick] [-- --json]`: runs every benchmark and prints one JSON object of named figures
+ * `npm run bench [-- --quick] [-- --json] [-- --only=attest,gateway]`: runs every benchmark (the gateway ones need
+ * root, iperf3 and openvpn) and prints one JSON object of named figures
  * (with --json) or a readable table. Figures and the machine they were taken on go to docs/BENCHMARKS.md.
  */
 import { cpus } from "node:os";
 import { resolve } from "node:path";
 import { benchAttest } from "./attest.js";
+import { benchGateway } from "./gateway.js";
 
 const args = new Set(process.argv.slice(2));
 const quick = args.has("--quick");
@@ -12,8 +14,16 @@ const json = args.has("--json");
 const vectors =
   process.env.SENG_VECTORS ?? resolve(import.meta.dirname ?? ".", "../../shared/attestation-vectors");
 
+// `--only attest,gateway` runs a subset.
+const only = process.argv
+  .find((a) => a.startsWith("--only="))
+  ?.slice(7)
+  .split(",");
+const want = (name: string) => !only || only.includes(name);
+
 const figures: Record<string, number> = {};
-Object.assign(figures, await benchAttest(vectors, quick));
+if (want("attest")) Object.assign(figures, await benchAttest(vectors, quick));
+if (want("gateway")) Object.assign(figures, await benchGateway(quick));
 
 if (json) {
   process.stdout.write(JSON.stringify(figures) + "\n");
