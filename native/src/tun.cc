@@ -78,7 +78,7 @@ class TunHandle : public Napi::ObjectWrap<TunHandle> {
                        });
   }
 
-  // new TunHandle(name: string, multiQueue: boolean, batch: number)
+  // new TunHandle(name: string, multiQueue: boolean, batch: number, napi: boolean)
   explicit TunHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TunHandle>(info), env_(info.Env()) {
     Napi::Env env = info.Env();
     if (info.Length() < 1 || !info[0].IsString()) {
@@ -98,6 +98,7 @@ class TunHandle : public Napi::ObjectWrap<TunHandle> {
       return;
     }
     bool multiQueue = info.Length() > 1 && info[1].IsBoolean() && info[1].As<Napi::Boolean>().Value();
+    bool napi = info.Length() > 3 && info[3].IsBoolean() && info[3].As<Napi::Boolean>().Value();
     batch_ = kDefaultBatch;
     if (info.Length() > 2 && !info[2].IsUndefined()) {
       if (!info[2].IsNumber()) {
@@ -120,7 +121,7 @@ class TunHandle : public Napi::ObjectWrap<TunHandle> {
     }
     struct ifreq ifr;
     memset(&ifr, 0, sizeof ifr);
-    ifr.ifr_flags = IFF_TUN | IFF_NO_PI | (multiQueue ? IFF_MULTI_QUEUE : 0);
+    ifr.ifr_flags = IFF_TUN | IFF_NO_PI | (multiQueue ? IFF_MULTI_QUEUE : 0) | (napi ? IFF_NAPI : 0);
     memcpy(ifr.ifr_name, name.data(), name.size());
     if (::ioctl(fd, TUNSETIFF, &ifr) < 0) {
       int err = errno;

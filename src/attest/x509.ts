@@ -124,6 +124,14 @@ export class Cert {
     return c;
   }
 
+  /**
+   * Parses a DER certificate without caching it: for certificates seen once (a tunnel's RA-TLS certificate), where
+   * a cache would only hold memory.
+   */
+  static parseOnce(der: Buffer): Cert {
+    return new Cert(Buffer.from(der), createHash("sha256").update(der).digest("hex"));
+  }
+
   /** Parses every certificate of a PEM bundle, in order. */
   static fromPemBundle(pem: string | Buffer): Cert[] {
     const text = typeof pem === "string" ? pem : pem.toString("latin1");

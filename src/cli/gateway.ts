@@ -139,7 +139,7 @@ function testClient(): Command {
         client.on("lease", async (lease) => {
           say({ event: "lease", ...lease });
           if (!tun) {
-            tun = Tun.open(String(f.tun));
+            tun = Tun.open(String(f.tun), { napi: true });
             tun.onPackets((p) => client.send(p));
             client.on("packets", (p) => tun!.writeMany(p));
             await ip("link", "set", "dev", tun.name, "mtu", String(lease.mtu), "up");

@@ -160,7 +160,7 @@ export class Gateway {
       mtu: c.tun.mtu + DTLS_OVERHEAD,
     });
     this.listener = new DtlsListener(this.ctx);
-    this.tun = Tun.open(c.tun.name);
+    this.tun = Tun.open(c.tun.name, { napi: true });
     try {
       await this.system.configure(
         this.tun.name,
@@ -313,7 +313,7 @@ export class Gateway {
     if (!der) return this.refuse(t, "no client certificate");
     let cert: Cert;
     try {
-      cert = Cert.fromDer(der);
+      cert = Cert.parseOnce(der);
     } catch (e) {
       return this.refuse(t, `client certificate unreadable: ${(e as Error).message}`);
     }

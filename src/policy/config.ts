@@ -66,7 +66,6 @@ const schema = z
             "expected the gateway's TUN address with a prefix, e.g. 100.64.0.1/32",
           ),
         mtu: z.number().int().min(576).max(4000).default(1400), // DTLS datagrams above 4096 bytes break OpenSSL 3.0 handshakes
-        queues: z.number().int().min(1).max(16).default(1),
       })
       .strict(),
     dns: z.array(ipv4).default([]),

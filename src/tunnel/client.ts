@@ -73,7 +73,7 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
     const i = opts.gateway.lastIndexOf(":");
     const host = opts.gateway.slice(0, i).replace(/^\[|\]$/g, "");
     this.peer = opts.gateway;
-    this.udp = UdpSocket.bind(host.includes(":") ? "::" : "0.0.0.0", 0);
+    this.udp = UdpSocket.bind(host.includes(":") ? "::" : "0.0.0.0", 0, { rcvbuf: 4 << 20, sndbuf: 4 << 20 });
     this.udp.onDatagrams((b) => this.onDatagrams(b.data));
   }
 

@@ -1,7 +1,7 @@
 /**
  * Bounded abuse of a gateway, run from a test namespace:
  *   flood.ts <gateway ip> <port> <handshakes> <garbage>
- * sends `handshakes` genuine DTLS ClientHellos from distinct source ports (each never completed: half-open), and
+ * sends `handshakes` genuine DTLS ClientHellos from distinct source ports (each abandoned mid-handshake), and
  * `garbage` random datagrams. Prints {"sent":…} and exits; it stops by itself.
  */
 import { generateKeyPairSync } from "node:crypto";
@@ -47,8 +47,12 @@ const sockets: UdpSocket[] = [];
 for (let i = 0; i < Number(hsS); i++) {
   const s = UdpSocket.bind("0.0.0.0", 0);
   const session = DtlsSession.client(ctx);
-  // Answer HelloVerifyRequests so the gateway really creates half-open state; never finish.
+  // Answer the HelloVerifyRequest once, so the gateway really creates per-client state, then stop answering in the
+  // middle of the handshake (the gateway must time these out while serving everyone else).
+  let answered = false;
   s.onDatagrams((b) => {
+    if (answered) return;
+    answered = true;
     const r = session.receiveMany(b.data);
     if (r.out.length) s.sendMany(r.out, peer);
   });

@@ -143,7 +143,10 @@ export class Lab {
 
   /** Starts `seng gateway` in the gateway namespace and waits until it listens. */
   async startGateway(): Promise<NsProcess> {
+    // SENG_LAB_GATEWAY_NODE_ARGS: extra node flags for the gateway process (e.g. --cpu-prof when profiling).
+    const extra = process.env.SENG_LAB_GATEWAY_NODE_ARGS?.split(" ").filter(Boolean) ?? [];
     const p = this.gw.spawn(process.execPath, [
+      ...extra,
       "--import",
       "tsx",
       CLI,
