@@ -6,7 +6,7 @@
  * {"setups", "medianMs", "p90Ms", "perSecond"}; with --hold keeps the tunnels open until SIGTERM (memory
  * measurements), otherwise closes them.
  */
-import { simRaTlsIdentity } from "../src/runtime/sim-attester.js";
+import { makeIdentity, SimAttester } from "../src/runtime/attesters.js";
 import { TunnelClient } from "../src/tunnel/client.js";
 import { median } from "./util.js";
 
@@ -14,9 +14,9 @@ const [gateway, pin, simDir, countS, concS] = process.argv.slice(2);
 const hold = process.argv.includes("--hold");
 const count = Number(countS);
 const conc = Number(concS);
-const ids: Awaited<ReturnType<typeof simRaTlsIdentity>>[] = [];
-for (let i = 0; i < count; i++)
-  ids.push(await simRaTlsIdentity(simDir!, { mrenclave: "b0".repeat(32), mrsigner: "00".repeat(32) }));
+const ids: Awaited<ReturnType<typeof makeIdentity>>[] = [];
+const attester = new SimAttester(simDir!, { mrenclave: "b0".repeat(32), mrsigner: "00".repeat(32) });
+for (let i = 0; i < count; i++) ids.push(await makeIdentity(attester));
 
 const times: number[] = [];
 const clients: TunnelClient[] = [];

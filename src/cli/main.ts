@@ -3,6 +3,7 @@ import { Command, CommanderError } from "commander";
 import { attestCommand } from "./attest.js";
 import { demoCommand } from "./demo.js";
 import { gatewayCommands } from "./gateway.js";
+import { runtimeCommands } from "./runtime.js";
 
 export function program(): Command {
   const p = new Command("seng")
@@ -10,7 +11,7 @@ export function program(): Command {
     .version("0.1.0");
   p.addCommand(attestCommand());
   p.addCommand(demoCommand());
-  for (const c of gatewayCommands()) p.addCommand(c);
+  for (const c of [...gatewayCommands(), ...runtimeCommands()]) p.addCommand(c);
   // Settings are not inherited by commands added with addCommand: apply them to the whole tree.
   const walk = (c: Command): void => {
     c.exitOverride().showHelpAfterError("(run with --help for usage)");

@@ -1,0 +1,196 @@
+/**
+ * Attesters: where a runtime gets evidence for its fresh tunnel key.
+ *
+ *  - gramine: Gramine's pseudo-files under /dev/attestation (SGX): read `attestation_type`, write the 64-byte
+ *    `user_report_data`, read `quote`.
+ *  - tsm: Linux configfs-tsm (TDX and SEV-SNP guests, kernel 6.7+): make an entry under
+ *    /sys/kernel/config/tsm/report, write `inblob`, read `outblob` (and `auxblob`: the SNP certificate table),
+ *    with `generation` read before and after to detect a concurrent writer, then remove the entry.
+ *  - sim: the simulated SGX TEE (INSECURE; development and tests).
+ *
+ * Every attester binds the evidence to the key the same way: REPORT_DATA = raTlsReportData(SPKI of the key), so
+ * the gateway's RA-TLS check (docs/ATTESTATION.md) holds. The key is made here, in this process, inside the TEE.
+ */
+import { generateKeyPairSync, randomBytes, type KeyObject } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { createRaTlsCert, raTlsReportData } from "../attest/ratls.js";
+import { issueSimQuote, loadSimTee, type SimQuoteClaims } from "../attest/sim.js";
+
+export type AttesterKind = "gramine" | "tsm" | "sim";
+
+export interface Evidence {
+  /** Quote or report bytes. */
+  evidence: Buffer;
+  /** configfs-tsm's auxblob (SEV-SNP: the certificate table with the VCEK), when the provider gives one. */
+  aux?: Buffer;
+  /** What produced it: "sgx-dcap" (Gramine), "tdx_guest" / "sev_guest" (tsm provider), "sim". */
+  provider: string;
+}
+
+export interface Attester {
+  readonly kind: AttesterKind;
+  /** Evidence whose REPORT_DATA is exactly `reportData` (64 bytes). */
+  attest(reportData: Buffer): Evidence;
+}
+
+/** Thrown when an attester cannot work here; the message says what is missing. */
+export class AttesterError extends Error {
+  override readonly name = "AttesterError";
+}
+
+function read(path: string, what: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (e) {
+    throw new AttesterError(
+      `${what}: cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
+    );
+  }
+}
+
+function write(path: string, data: Buffer, what: string): void {
+  try {
+    writeFileSync(path, data);
+  } catch (e) {
+    throw new AttesterError(
+      `${what}: cannot write ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
+    );
+  }
+}
+
+/** Gramine's /dev/attestation interface. `root` is configurable for tests. */
+export class GramineAttester implements Attester {
+  readonly kind = "gramine" as const;
+  constructor(readonly root = "/dev/attestation") {
+    const type = read(join(root, "attestation_type"), "gramine").toString("utf8").trim();
+    if (type !== "dcap") {
+      throw new AttesterError(
+        `gramine: attestation type is "${type}"; SENG needs "dcap" (set sgx.remote_attestation = "dcap" in the manifest)`,
+      );
+    }
+  }
+
+  attest(reportData: Buffer): Evidence {
+    if (reportData.length !== 64) throw new RangeError("reportData must be 64 bytes");
+    write(join(this.root, "user_report_data"), reportData, "gramine");
+    const quote = read(join(this.root, "quote"), "gramine");
+    if (quote.length < 48) throw new AttesterError(`gramine: quote of ${quote.length} bytes is too short`);
+    return { evidence: quote, provider: "sgx-dcap" };
+  }
+}
+
+/** Linux configfs-tsm. `root` is configurable for tests. */
+export class TsmAttester implements Attester {
+  readonly kind = "tsm" as const;
+  /**
+   * @param root the configfs-tsm report directory
+   * @param entry reuse this existing entry (an administrator may pre-create one) instead of making and removing a
+   *   fresh one per request
+   */
+  constructor(
+    readonly root = "/sys/kernel/config/tsm/report",
+    readonly entry?: string,
+  ) {
+    if (!existsSync(root)) {
+      throw new AttesterError(
+        `tsm: ${root} does not exist (needs a TDX or SEV-SNP guest kernel 6.7+ with configfs mounted)`,
+      );
+    }
+  }
+
+  attest(reportData: Buffer): Evidence {
+    if (reportData.length !== 64) throw new RangeError("reportData must be 64 bytes");
+    const own = this.entry === undefined;
+    const entry = join(this.root, this.entry ?? `seng-${process.pid}-${randomBytes(4).toString("hex")}`);
+    if (own) {
+      try {
+        mkdirSync(entry);
+      } catch (e) {
+        throw new AttesterError(
+          `tsm: cannot create ${entry}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
+        );
+      }
+    }
+    try {
+      write(join(entry, "inblob"), reportData, "tsm");
+      const generation = read(join(entry, "generation"), "tsm").toString().trim();
+      const outblob = read(join(entry, "outblob"), "tsm");
+      const provider = read(join(entry, "provider"), "tsm").toString().trim();
+      const aux = existsSync(join(entry, "auxblob")) ? readFileSync(join(entry, "auxblob")) : undefined;
+      // Another writer to this entry between our write and read would have bumped the generation.
+      const after = read(join(entry, "generation"), "tsm").toString().trim();
+      if (after !== generation)
+        throw new AttesterError(
+          `tsm: ${entry} was written concurrently (generation ${generation} → ${after})`,
+        );
+      if (outblob.length === 0) throw new AttesterError(`tsm: ${provider} returned an empty outblob`);
+      return { evidence: outblob, aux: aux?.length ? aux : undefined, provider };
+    } finally {
+      if (own) {
+        try {
+          rmdirSync(entry);
+        } catch {
+          // configfs removes the attribute files with the entry; nothing more to do
+        }
+      }
+    }
+  }
+}
+
+/** The simulated SGX TEE (INSECURE). */
+export class SimAttester implements Attester {
+  readonly kind = "sim" as const;
+  private readonly sim;
+  constructor(
+    simDir: string,
+    readonly claims: Omit<SimQuoteClaims, "reportData">,
+  ) {
+    this.sim = loadSimTee(simDir);
+  }
+
+  attest(reportData: Buffer): Evidence {
+    return { evidence: issueSimQuote(this.sim, { ...this.claims, reportData }), provider: "sim" };
+  }
+}
+
+/** Picks an attester: Gramine if /dev/attestation exists, then configfs-tsm; `sim` only when asked for. */
+export function detectAttester(
+  kind: AttesterKind | "auto",
+  sim?: { dir: string; claims: Omit<SimQuoteClaims, "reportData"> },
+): Attester {
+  if (kind === "sim" || (kind === "auto" && sim)) {
+    if (!sim) throw new AttesterError("sim: no simulated TEE directory given");
+    return new SimAttester(sim.dir, sim.claims);
+  }
+  if (kind === "gramine" || (kind === "auto" && existsSync("/dev/attestation"))) return new GramineAttester();
+  if (kind === "tsm" || (kind === "auto" && existsSync("/sys/kernel/config/tsm/report")))
+    return new TsmAttester();
+  throw new AttesterError(
+    "no TEE found: neither /dev/attestation (Gramine) nor /sys/kernel/config/tsm/report (TDX/SEV-SNP); use --tee sim for development",
+  );
+}
+
+export interface RaTlsIdentity {
+  certPem: string;
+  keyPem: string;
+  key: KeyObject;
+  provider: string;
+}
+
+/**
+ * A fresh P-256 key made in this process and an RA-TLS certificate carrying evidence bound to it. The key never
+ * leaves the process: reconnections reuse the identity so the gateway recognizes the lease.
+ */
+export async function makeIdentity(attester: Attester): Promise<RaTlsIdentity> {
+  const keys = generateKeyPairSync("ec", { namedCurve: "P-256" });
+  const spki = keys.publicKey.export({ type: "spki", format: "der" });
+  const ev = attester.attest(raTlsReportData(spki));
+  const { pem } = await createRaTlsCert({ keys, evidence: ev.evidence });
+  return {
+    certPem: pem,
+    keyPem: keys.privateKey.export({ type: "pkcs8", format: "pem" }) as string,
+    key: keys.privateKey,
+    provider: ev.provider,
+  };
+}

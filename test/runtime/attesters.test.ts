@@ -1,0 +1,111 @@
+/** Attesters against fake interfaces that behave like Gramine's /dev/attestation and Linux configfs-tsm. */
+import { after, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, type ChildProcess } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { ROOT } from "../helpers/vectors.js";
+import { collateralFromBundle, verifyRaTlsCert } from "../../src/attest/index.js";
+import { createSimTee, saveSimTee, type SimTee } from "../../src/attest/sim.js";
+import { Cert } from "../../src/attest/x509.js";
+import {
+  AttesterError,
+  detectAttester,
+  GramineAttester,
+  makeIdentity,
+  TsmAttester,
+} from "../../src/runtime/attesters.js";
+
+const dir = mkdtempSync(join(tmpdir(), "seng-attesters-"));
+const children: ChildProcess[] = [];
+let sim: SimTee;
+const MR = "a1".repeat(32);
+
+after(() => {
+  for (const c of children) c.kill("SIGKILL");
+  rmSync(dir, { recursive: true, force: true });
+});
+
+async function fake(...args: string[]): Promise<void> {
+  sim ??= await (async () => {
+    const s = await createSimTee();
+    saveSimTee(s, join(dir, "sim"));
+    return s;
+  })();
+  const c = spawn(process.execPath, ["--import", "tsx", join(ROOT, "test/helpers/fake-tee.ts"), ...args], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  children.push(c);
+  await new Promise<void>((resolve, reject) => {
+    c.stdout!.once("data", () => resolve());
+    c.once("exit", (code) => reject(new Error(`fake-tee exited ${code}`)));
+  });
+}
+
+function verify(certPem: string) {
+  return verifyRaTlsCert(Cert.from(certPem), {
+    collateral: collateralFromBundle(sim.collateral),
+    extraRoots: [sim.root],
+  });
+}
+
+test("gramine: the RA-TLS identity carries a quote over the fresh key, and verifies", async () => {
+  const g = join(dir, "gramine");
+  await fake("gramine", g, join(dir, "sim"), MR);
+  const id = await makeIdentity(new GramineAttester(g));
+  assert.equal(id.provider, "sgx-dcap");
+  const v = verify(id.certPem);
+  assert.equal(v.verified, true, v.reason);
+  assert.equal(v.claims!.sgx!.mrenclave, MR);
+  // A second identity gets a second, different key and quote.
+  const id2 = await makeIdentity(new GramineAttester(g));
+  assert.notEqual(id2.certPem, id.certPem);
+  assert.equal(verify(id2.certPem).verified, true);
+});
+
+test("gramine: an enclave without DCAP attestation is refused with what to change", () => {
+  const g = join(dir, "gramine-none");
+  rmSync(g, { recursive: true, force: true });
+  mkdirSync(g, { recursive: true });
+  writeFileSync(join(g, "attestation_type"), "none\n");
+  assert.throws(
+    () => new GramineAttester(g),
+    (e: unknown) => e instanceof AttesterError && /sgx\.remote_attestation = "dcap"/.test(e.message),
+  );
+  assert.throws(
+    () => new GramineAttester(join(dir, "absent")),
+    (e: unknown) => e instanceof AttesterError && /cannot read/.test(e.message),
+  );
+});
+
+test("tsm: inblob → outblob through a report entry, provider reported", async () => {
+  const root = join(dir, "tsm");
+  await fake("tsm", root, "e1", join(dir, "sim"), MR);
+  const id = await makeIdentity(new TsmAttester(root, "e1"));
+  assert.equal(id.provider, "tdx_guest");
+  assert.equal(verify(id.certPem).verified, true);
+});
+
+test("tsm: a concurrent writer (generation changed) is detected", async () => {
+  const root = join(dir, "tsm-racy");
+  await fake("tsm", root, "e1", join(dir, "sim"), MR, "racy");
+  assert.throws(
+    () => new TsmAttester(root, "e1").attest(Buffer.alloc(64)),
+    (e: unknown) => e instanceof AttesterError && /written concurrently/.test(e.message),
+  );
+});
+
+test("tsm and auto detection: clear errors where there is no TEE", () => {
+  assert.throws(
+    () => new TsmAttester(join(dir, "nope")),
+    (e: unknown) => e instanceof AttesterError && /configfs/.test(e.message),
+  );
+  if (!existsSync("/dev/attestation") && !existsSync("/sys/kernel/config/tsm/report")) {
+    assert.throws(
+      () => detectAttester("auto"),
+      (e: unknown) => e instanceof AttesterError && /no TEE found/.test(e.message),
+    );
+  }
+  assert.throws(() => detectAttester("sim"), /no simulated TEE directory/);
+});
