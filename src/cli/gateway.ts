@@ -2,11 +2,11 @@
  * `seng gateway --config <file>` runs the gateway; `seng gateway keygen` makes its certificate and prints the
  * fingerprint runtimes pin.
  */
-import { createHash, generateKeyPairSync, webcrypto } from "node:crypto";
+import { createHash, generateKeyPairSync } from "node:crypto";
 import { mkdirSync, writeFileSync, existsSync } from "node:fs";
 import { join } from "node:path";
 import { Command } from "commander";
-import { x509 } from "../attest/x509gen.js";
+import { selfSignedCert } from "../attest/x509gen.js";
 import { Gateway } from "../gateway/server.js";
 import { ConfigError, loadConfig } from "../policy/config.js";
 import { action, UsageError } from "./errors.js";
@@ -58,35 +58,12 @@ function keygen(): Command {
         const cert = join(f.dir, "gateway.pem");
         if (existsSync(cert)) throw new UsageError(`${cert} exists; remove it first`);
         const keys = generateKeyPairSync("ec", { namedCurve: "P-256" });
-        const alg = { name: "ECDSA", namedCurve: "P-256" } as const;
-        const c = await x509.X509CertificateGenerator.createSelfSigned({
-          serialNumber: createHash("sha256").update(String(Date.now())).digest("hex").slice(0, 16),
-          name: `CN=${f.name.replace(/[,=+]/g, " ")}`,
-          notBefore: new Date(Date.now() - 3600_000),
-          notAfter: new Date(Date.now() + 5 * 365 * 86400_000),
-          keys: {
-            privateKey: await webcrypto.subtle.importKey(
-              "pkcs8",
-              keys.privateKey.export({ type: "pkcs8", format: "der" }),
-              alg,
-              false,
-              ["sign"],
-            ),
-            publicKey: await webcrypto.subtle.importKey(
-              "spki",
-              keys.publicKey.export({ type: "spki", format: "der" }),
-              alg,
-              true,
-              ["verify"],
-            ),
-          },
-          signingAlgorithm: { name: "ECDSA", hash: "SHA-256" },
-        });
+        const c = await selfSignedCert({ keys, name: `CN=${f.name.replace(/[,=+]/g, " ")}`, days: 5 * 365 });
         writeFileSync(join(f.dir, "gateway.key"), keys.privateKey.export({ type: "pkcs8", format: "pem" }), {
           mode: 0o600,
         });
-        writeFileSync(cert, c.toString("pem") + "\n");
-        const fp = createHash("sha256").update(Buffer.from(c.rawData)).digest("hex");
+        writeFileSync(cert, c.pem);
+        const fp = createHash("sha256").update(c.der).digest("hex");
         process.stdout.write(`${fp}\n`);
       }),
     );

@@ -5,41 +5,17 @@
  * `garbage` random datagrams. Prints {"sent":…} and exits; it stops by itself.
  */
 import { generateKeyPairSync } from "node:crypto";
-import { x509 } from "../../src/attest/x509gen.js";
+import { selfSignedCert } from "../../src/attest/x509gen.js";
 import { DtlsContext, DtlsSession } from "../../src/native/dtls.js";
 import { UdpSocket } from "../../src/native/io.js";
 
 const [ip, portS, hsS, garbageS] = process.argv.slice(2);
 const peer = `${ip}:${portS}`;
 const keys = generateKeyPairSync("ec", { namedCurve: "P-256" });
-const alg = { name: "ECDSA", namedCurve: "P-256" } as const;
-const { webcrypto } = await import("node:crypto");
-const cert = await x509.X509CertificateGenerator.createSelfSigned({
-  serialNumber: "01",
-  name: "CN=flood",
-  notBefore: new Date(Date.now() - 60_000),
-  notAfter: new Date(Date.now() + 3600_000),
-  keys: {
-    privateKey: await webcrypto.subtle.importKey(
-      "pkcs8",
-      keys.privateKey.export({ type: "pkcs8", format: "der" }),
-      alg,
-      false,
-      ["sign"],
-    ),
-    publicKey: await webcrypto.subtle.importKey(
-      "spki",
-      keys.publicKey.export({ type: "spki", format: "der" }),
-      alg,
-      true,
-      ["verify"],
-    ),
-  },
-  signingAlgorithm: { name: "ECDSA", hash: "SHA-256" },
-});
+const cert = await selfSignedCert({ keys, name: "CN=flood", days: 1 });
 const ctx = new DtlsContext({
   role: "client",
-  certPem: cert.toString("pem"),
+  certPem: cert.pem,
   keyPem: keys.privateKey.export({ type: "pkcs8", format: "pem" }) as string,
 });
 let sent = 0;
