@@ -4,6 +4,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitDtls(env, exports);
   InitTun(env, exports);
   InitUdp(env, exports);
+  InitLwip(env, exports);
   return exports;
 }
 

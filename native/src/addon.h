@@ -1,4 +1,5 @@
-// The SENG native addon: primitives Node lacks (DTLS on Node's own OpenSSL, TUN devices, batched UDP I/O).
+// The SENG native addon: primitives Node lacks (DTLS on Node's own OpenSSL, TUN devices, batched UDP I/O, a
+// userspace TCP/IP stack on Debian's liblwip).
 // No policy or protocol logic lives here; see src/native/*.ts for the typed wrappers and docs.
 #pragma once
 #include <napi.h>
@@ -6,3 +7,4 @@
 void InitDtls(Napi::Env env, Napi::Object exports);
 void InitTun(Napi::Env env, Napi::Object exports);
 void InitUdp(Napi::Env env, Napi::Object exports);
+void InitLwip(Napi::Env env, Napi::Object exports);

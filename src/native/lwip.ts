@@ -1,0 +1,324 @@
+/**
+ * A userspace TCP/IP stack (lwIP, Debian's liblwip 2.1.3) with one IPv4 interface whose packets are exchanged with
+ * JavaScript: {@link LwipStack.input} feeds it raw IPv4 packets (e.g. from the tunnel), {@link LwipStack.onOutput}
+ * receives what it sends, batched once per event-loop turn. TCP, UDP and ICMP echo run on lwIP's raw API
+ * (native/src/lwip.cc). A mechanism only: which addresses, what to connect to and where packets go are the caller's.
+ *
+ * One stack per process: lwIP is global. {@link LwipStack.close} ends it; a new one can be created afterwards.
+ *
+ * Sockets are numbers. Everything that happens to them arrives through {@link LwipStack.onEvent}, asynchronously
+ * (never from inside a call), in order per socket; every socket ends with exactly one "closed" event, after which its
+ * id is unknown.
+ * - TCP client: `tcpConnect` → "connected" (or "error" ECONNREFUSED/ETIMEDOUT, then "closed").
+ * - TCP server: `tcpListen` → "accept" events on the listener's id, with `child` (the new socket's id), `remote`,
+ *   `local`. Events of the child follow its "accept".
+ * - "data" (`data`): received bytes. The receive window stays closed by that much until {@link LwipStack.tcpRecved}
+ *   is called with the number of bytes consumed: that is the flow control towards the peer.
+ * - "sent" (`n`): the peer acknowledged n bytes; send buffer space is back. {@link LwipStack.tcpWrite} accepts at most
+ *   the free send buffer and returns how much it took: write again after "sent".
+ * - "end": the peer sent FIN (no more data). "error" (`error`: ECONNRESET, ECONNREFUSED, ETIMEDOUT, ECONNABORTED,
+ *   EADDRNOTAVAIL...) is always followed by "closed".
+ * - A TCP socket is finished when both directions are (our FIN via tcpShutdown(write) and their "end"), or on
+ *   tcpClose (graceful FIN, data already queued still goes) or tcpAbort (RST): "closed" follows. lwIP completes the
+ *   close itself (FIN retransmission, TIME-WAIT).
+ * - UDP: `udpBind` → "message" events with `data` and `remote` ("ip:port").
+ * - ICMP: lwIP answers echo requests to its address itself. `ping` sends a request; replies come as "pong" events
+ *   with id 0, `n` = the sequence number and `remote`.
+ *
+ * Addresses are numeric IPv4 strings; "ip:port" in events.
+ *
+ * Compiled-in limits of Debian's build (see {@link lwipBuildOptions}): TCP window and send buffer 65535 bytes each
+ * (TCP_WND, TCP_SND_BUF; window scaling shift 1), TCP_MSS 1460. The MSS used is min(1460, mtu - 40). These cannot be
+ * changed at run time: per connection, throughput is bounded by 64 KiB per round-trip time.
+ */
+import { native } from "./load.js";
+
+/** The interface's configuration (a DHCP-like lease). */
+export interface StackConfig {
+  /** lwIP's own IPv4 address. */
+  address: string;
+  /** Prefix length of the on-link subnet (0..32). */
+  prefix: number;
+  /** Default gateway; every packet leaves through the one interface anyway. */
+  gateway: string;
+  /** Interface MTU (576..65535): TCP's MSS is min(1460, mtu - 40). */
+  mtu: number;
+}
+
+export type LwipEventType =
+  "connected" | "accept" | "data" | "sent" | "end" | "error" | "closed" | "message" | "pong";
+
+export interface LwipEvent {
+  /** The socket (0 for "pong"). */
+  id: number;
+  type: LwipEventType;
+  /** "data", "message": the bytes (an own Buffer). */
+  data?: Buffer;
+  /** "accept": the new connection's socket id. */
+  child?: number;
+  /** "connected", "accept", "message": the peer, "ip:port" ("ip" for "pong"). */
+  remote?: string;
+  /** "connected", "accept": our end, "ip:port". */
+  local?: string;
+  /** "sent": bytes acknowledged; "pong": the echo sequence number. */
+  n?: number;
+  /** "error": an errno-style code. */
+  error?: string;
+}
+
+/** Counters of a stack. `mallocInUse` is the whole process's malloc'd bytes (lwIP allocates with malloc). */
+export type LwipStats = Record<string, number>;
+
+type Kind = "tcp" | "listener" | "udp";
+
+interface NativeLwip {
+  readonly closed: boolean;
+  reconfigure(cfg: StackConfig): void;
+  input(packets: Uint8Array[]): number;
+  tcpConnect(ip: string, port: number): number;
+  tcpListen(ip: string, port: number, backlog: number | undefined): number;
+  tcpWrite(id: number, data: Uint8Array): number;
+  tcpShutdown(id: number, read: boolean, write: boolean): void;
+  tcpClose(id: number): void;
+  tcpAbort(id: number): void;
+  tcpRecved(id: number, n: number): void;
+  tcpNoDelay(id: number, on: boolean): void;
+  localAddress(id: number): string | undefined;
+  udpBind(ip: string, port: number): number;
+  udpSend(id: number, data: Uint8Array, ip: string, port: number): boolean;
+  udpClose(id: number): void;
+  ping(ip: string, seq: number, size: number | undefined): boolean;
+  ref(): void;
+  unref(): void;
+  stats(): LwipStats;
+  close(): void;
+}
+
+interface Addon {
+  LwipHandle: new (
+    cfg: StackConfig,
+    onOutput: (data: Buffer, lengths: Uint32Array) => void,
+    onEvents: (events: LwipEvent[]) => void,
+  ) => NativeLwip;
+  lwipBuildOptions(): Record<string, number | string>;
+}
+
+/** The options Debian compiled liblwip with (TCP_WND, TCP_SND_BUF, TCP_MSS, MEM_LIBC_MALLOC, threading...). */
+export function lwipBuildOptions(): Record<string, number | string> {
+  return native<Addon>().lwipBuildOptions();
+}
+
+export class LwipStack {
+  readonly #h: NativeLwip;
+  readonly #kinds = new Map<number, Kind>();
+  #onOutput: ((packets: Buffer[]) => void) | undefined;
+  #onEvent: ((ev: LwipEvent) => void) | undefined;
+
+  private constructor(cfg: StackConfig) {
+    const { LwipHandle } = native<Addon>();
+    this.#h = new LwipHandle(
+      cfg,
+      (data, lengths) => this.#deliverOutput(data, lengths),
+      (events) => this.#deliverEvents(events),
+    );
+  }
+
+  /**
+   * Starts lwIP (its thread, once per process) and brings up the interface with `cfg`. The stack keeps the event
+   * loop alive until {@link LwipStack.close} (or {@link LwipStack.unref}).
+   * @throws TypeError/RangeError on a bad configuration; Error when a stack is already open in this process.
+   */
+  static create(cfg: StackConfig): LwipStack {
+    if (typeof cfg !== "object" || cfg === null)
+      throw new TypeError("LwipStack.create: cfg must be an object");
+    return new LwipStack(cfg);
+  }
+
+  /** True after {@link LwipStack.close}. */
+  get closed(): boolean {
+    return this.#h.closed;
+  }
+
+  /**
+   * Applies a new lease: address, prefix, gateway, MTU. Connections bound to an address that went away end with
+   * "error" EADDRNOTAVAIL.
+   */
+  reconfigure(cfg: StackConfig): void {
+    this.#h.reconfigure(cfg);
+  }
+
+  /**
+   * Hands raw IPv4 packets to lwIP (processed synchronously, copied: the Buffers can be reused at once). Only ICMP,
+   * TCP and UDP are passed on (Debian's lwIP aborts the process on a malformed UDP-Lite packet; nothing here uses
+   * other protocols). Returns how many were passed; lwIP checks and drops the rest of what is wrong. Dropped ones
+   * count in stats().rxDropped (rxProtoDropped for other protocols).
+   */
+  input(packets: Buffer[]): number {
+    return this.#h.input(packets);
+  }
+
+  /**
+   * Where lwIP's packets go: all packets queued since the last event-loop turn, as views into one Buffer. Copy a
+   * packet before keeping it for long (a view keeps its whole batch alive). Without a callback they are dropped.
+   */
+  onOutput(cb: (packets: Buffer[]) => void): void {
+    if (typeof cb !== "function") throw new TypeError("LwipStack.onOutput: callback must be a function");
+    this.#onOutput = cb;
+  }
+
+  /** Where socket events go (see the module documentation). Without a callback they are dropped. */
+  onEvent(cb: (ev: LwipEvent) => void): void {
+    if (typeof cb !== "function") throw new TypeError("LwipStack.onEvent: callback must be a function");
+    this.#onEvent = cb;
+  }
+
+  // ---- TCP ----
+
+  /**
+   * Opens a TCP connection from lwIP's address (ephemeral port). Returns the socket id; "connected" or "error"
+   * follows. Data may be written before "connected" (it goes once connected).
+   */
+  tcpConnect(ip: string, port: number): number {
+    const id = this.#h.tcpConnect(ip, port);
+    this.#kinds.set(id, "tcp");
+    return id;
+  }
+
+  /** Listens on `ip:port` ("0.0.0.0" for any). Connections arrive as "accept" events on the returned id. */
+  tcpListen(ip: string, port: number, backlog?: number): number {
+    const id = this.#h.tcpListen(ip, port, backlog);
+    this.#kinds.set(id, "listener");
+    return id;
+  }
+
+  /**
+   * Queues bytes for sending; returns how many were taken (at most the free send buffer; 0 when full, after
+   * shutdown(write), or once the connection is gone). Write the rest after a "sent" event.
+   */
+  tcpWrite(id: number, data: Uint8Array): number {
+    this.#check(id, "tcp", "tcpWrite");
+    return this.#h.tcpWrite(id, data);
+  }
+
+  /**
+   * Half-close. `write`: FIN after the queued data (no more writes). `read`: no more data wanted (lwIP resets the
+   * connection if more arrives). Both: same as {@link LwipStack.tcpClose}.
+   */
+  tcpShutdown(id: number, read: boolean, write: boolean): void {
+    this.#check(id, "tcp", "tcpShutdown");
+    this.#h.tcpShutdown(id, read === true, write === true);
+  }
+
+  /** Graceful close (FIN after queued data; unconsumed received data is released). "closed" follows. */
+  tcpClose(id: number): void {
+    this.#check(id, undefined, "tcpClose");
+    if (this.#kinds.get(id) === "udp") throw new TypeError(`LwipStack.tcpClose: socket ${id} is UDP`);
+    this.#h.tcpClose(id);
+  }
+
+  /** Reset (RST) and forget the connection. "closed" follows. */
+  tcpAbort(id: number): void {
+    this.#check(id, undefined, "tcpAbort");
+    if (this.#kinds.get(id) === "udp") throw new TypeError(`LwipStack.tcpAbort: socket ${id} is UDP`);
+    this.#h.tcpAbort(id);
+  }
+
+  /** The application consumed `n` received bytes: reopens the receive window by that much. */
+  tcpRecved(id: number, n: number): void {
+    this.#check(id, "tcp", "tcpRecved");
+    this.#h.tcpRecved(id, n);
+  }
+
+  /** Disables (true, the default argument) or re-enables Nagle's algorithm. */
+  tcpNoDelay(id: number, on = true): void {
+    this.#check(id, "tcp", "tcpNoDelay");
+    this.#h.tcpNoDelay(id, on);
+  }
+
+  /** "ip:port" a socket is bound to (e.g. the port picked for port 0), or undefined once it is gone. */
+  localAddress(id: number): string | undefined {
+    this.#check(id, undefined, "localAddress");
+    return this.#h.localAddress(id);
+  }
+
+  // ---- UDP ----
+
+  /** Binds a UDP socket; datagrams arrive as "message" events. */
+  udpBind(ip: string, port: number): number {
+    const id = this.#h.udpBind(ip, port);
+    this.#kinds.set(id, "udp");
+    return id;
+  }
+
+  /** Sends one datagram (up to 65507 bytes; lwIP fragments above the MTU). False when lwIP refused it. */
+  udpSend(id: number, data: Uint8Array, ip: string, port: number): boolean {
+    this.#check(id, "udp", "udpSend");
+    return this.#h.udpSend(id, data, ip, port);
+  }
+
+  udpClose(id: number): void {
+    this.#check(id, "udp", "udpClose");
+    this.#h.udpClose(id);
+  }
+
+  // ---- ICMP ----
+
+  /** Sends an ICMP echo request (`size` payload bytes, default 56); the reply arrives as a "pong" event. */
+  ping(ip: string, seq: number, size?: number): boolean {
+    return this.#h.ping(ip, seq, size);
+  }
+
+  // ---- the stack ----
+
+  stats(): LwipStats {
+    return this.#h.stats();
+  }
+
+  /** The stack keeps the event loop alive while open (the default). */
+  ref(): this {
+    this.#h.ref();
+    return this;
+  }
+
+  unref(): this {
+    this.#h.unref();
+    return this;
+  }
+
+  /**
+   * Resets every connection (their RSTs are handed to onOutput before this returns), removes the interface and
+   * stops all callbacks. No events follow. Idempotent.
+   */
+  close(): void {
+    this.#h.close();
+    this.#kinds.clear();
+  }
+
+  #check(id: number, kind: Kind | undefined, what: string): void {
+    const k = this.#kinds.get(id);
+    if (k === undefined) throw new Error(`LwipStack.${what}: unknown socket ${String(id)}`);
+    if (kind !== undefined && k !== kind)
+      throw new TypeError(`LwipStack.${what}: socket ${id} is a ${k} socket`);
+  }
+
+  #deliverOutput(data: Buffer, lengths: Uint32Array): void {
+    const cb = this.#onOutput;
+    if (!cb) return;
+    const packets = new Array<Buffer>(lengths.length);
+    let off = 0;
+    for (let i = 0; i < lengths.length; i++) {
+      const end = off + lengths[i]!;
+      packets[i] = data.subarray(off, end);
+      off = end;
+    }
+    cb(packets);
+  }
+
+  #deliverEvents(events: LwipEvent[]): void {
+    for (const ev of events) {
+      if (ev.type === "accept" && ev.child !== undefined) this.#kinds.set(ev.child, "tcp");
+      if (ev.type === "closed") this.#kinds.delete(ev.id);
+      this.#onEvent?.(ev);
+    }
+  }
+}
