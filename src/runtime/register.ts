@@ -1,0 +1,439 @@
+/**
+ * The SENG preload: `node --import seng/register app.js` runs an unmodified app with its network traffic shielded.
+ *
+ *  1. Node's networking entry points are replaced first, before anything can connect (see `installShield`):
+ *     TCP (net.connect/createConnection, net.Socket.prototype.connect, net.createServer, net.Server.prototype.listen
+ *     — so http/https/tls/http2 servers too), TLS clients (tls.connect), HTTP agents (http/https.globalAgent and
+ *     http.Agent.prototype.createConnection), DNS (dns.lookup, dns.promises.lookup, resolve4; the rest of dns, which
+ *     is c-ares on the host's network, fails closed), UDP (dgram.createSocket), and the network bindings of
+ *     process.binding. `fetch` is Node's own (its bundled undici), which opens its connections with net.connect and
+ *     tls.connect at call time and so goes through the SDK sockets as well.
+ *  2. An RA-TLS identity is made in this process (SENG_TEE: gramine, tsm, sim or auto) and the tunnel to
+ *     SENG_GATEWAY (pinned by SENG_PIN) is opened; the app starts once the lease has arrived (or after
+ *     SENG_LEASE_TIMEOUT seconds, with sockets waiting for it).
+ *
+ * Whatever still tries the host's network fails with "SENG: host networking is disabled in a shielded app: ...".
+ *
+ * Environment:
+ *   SENG_GATEWAY        gateway host:port (required)
+ *   SENG_PIN            gateway certificate SHA-256, or a file with it or the certificate (required)
+ *   SENG_TEE            auto (default) | gramine | tsm | sim
+ *   SENG_SIM_DIR, SENG_MRENCLAVE, SENG_MRSIGNER, SENG_ISVPRODID, SENG_ISVSVN, SENG_DEBUG   simulated TEE (INSECURE)
+ *   SENG_LEASE_TIMEOUT  seconds to wait for the lease before the app starts (default 30)
+ *   SENG_DEAD_SECONDS   tunnel considered lost after this long without an answer (default 30)
+ *   SENG_LOG            "json": lease and tunnel events as JSON lines on stderr
+ */
+import dgram from "node:dgram";
+import dns from "node:dns";
+import http from "node:http";
+import https from "node:https";
+import { syncBuiltinESMExports } from "node:module";
+import net from "node:net";
+import tls from "node:tls";
+import { resolve as resolvePath } from "node:path";
+import { pathToFileURL } from "node:url";
+import workerThreads, { isMainThread } from "node:worker_threads";
+import { readPin } from "../cli/runtime.js";
+import { linkRef, makeGlobalAgents, ShieldedHttpAgent } from "./agents.js";
+import { AttesterError, detectAttester, makeIdentity, type AttesterKind } from "./attesters.js";
+import * as sdkDgram from "./dgram.js";
+import * as sdkDns from "./dns.js";
+import * as sdkNet from "./net.js";
+import { hostNetworkingError, ShieldedStack, ShieldedStackError } from "./stack.js";
+
+export { ShieldedStack, shieldedStack } from "./stack.js";
+
+/** Bindings through which code could reach the host's sockets or resolver directly. */
+const NETWORK_BINDINGS = new Set([
+  "tcp_wrap",
+  "udp_wrap",
+  "pipe_wrap",
+  "cares_wrap",
+  "stream_wrap",
+  "tls_wrap",
+]);
+
+export interface RegisterConfig {
+  gateway: string;
+  pin: string;
+  tee: AttesterKind | "auto";
+  sim?: {
+    dir: string;
+    claims: { mrenclave: string; mrsigner: string; isvprodid: number; isvsvn: number; debug: boolean };
+  };
+  leaseTimeoutMs: number;
+  deadSeconds: number;
+  log: boolean;
+}
+
+/** Thrown for a missing or wrong SENG_* setting; the app does not start. */
+export class RegisterError extends Error {
+  override readonly name = "RegisterError";
+}
+
+/** Reads the SENG_* environment. */
+export function configFromEnv(env: NodeJS.ProcessEnv = process.env): RegisterConfig {
+  const gateway = env.SENG_GATEWAY ?? "";
+  if (!gateway)
+    throw new RegisterError(
+      "SENG: SENG_GATEWAY is not set (the gateway's host:port); the app is not started",
+    );
+  if (!/^[^:]+:\d+$|^\[[0-9a-fA-F:]+\]:\d+$/.test(gateway))
+    throw new RegisterError(`SENG: SENG_GATEWAY must be host:port, got ${gateway}`);
+  if (!env.SENG_PIN)
+    throw new RegisterError(
+      "SENG: SENG_PIN is not set (the gateway certificate's SHA-256, or a file with it or the certificate)",
+    );
+  let pin: string;
+  try {
+    pin = readPin(env.SENG_PIN);
+  } catch (e) {
+    throw new RegisterError(`SENG: SENG_PIN: ${(e as Error).message.replace(/^--pin: /, "")}`);
+  }
+  const tee = (env.SENG_TEE ?? "auto") as AttesterKind | "auto";
+  if (!["auto", "gramine", "tsm", "sim"].includes(tee))
+    throw new RegisterError(`SENG: SENG_TEE must be auto, gramine, tsm or sim, got ${tee}`);
+  let sim: RegisterConfig["sim"];
+  if (tee === "sim" || env.SENG_SIM_DIR) {
+    if (!env.SENG_SIM_DIR)
+      throw new RegisterError("SENG: SENG_TEE=sim needs SENG_SIM_DIR (seng attest sim init)");
+    const mrenclave = env.SENG_MRENCLAVE ?? "";
+    if (!/^[0-9a-fA-F]{64}$/.test(mrenclave))
+      throw new RegisterError("SENG: the simulated TEE needs SENG_MRENCLAVE (32 bytes of hex)");
+    sim = {
+      dir: env.SENG_SIM_DIR,
+      claims: {
+        mrenclave,
+        mrsigner: env.SENG_MRSIGNER ?? "00".repeat(32),
+        isvprodid: Number(env.SENG_ISVPRODID ?? 0),
+        isvsvn: Number(env.SENG_ISVSVN ?? 0),
+        debug: env.SENG_DEBUG === "1" || env.SENG_DEBUG === "true",
+      },
+    };
+  }
+  const seconds = (v: string | undefined, d: number, what: string) => {
+    const n = v === undefined || v === "" ? d : Number(v);
+    if (!Number.isFinite(n) || n <= 0)
+      throw new RegisterError(`SENG: ${what} must be a positive number of seconds`);
+    return n;
+  };
+  return {
+    gateway,
+    pin,
+    tee,
+    sim,
+    leaseTimeoutMs: seconds(env.SENG_LEASE_TIMEOUT, 30, "SENG_LEASE_TIMEOUT") * 1000,
+    deadSeconds: seconds(env.SENG_DEAD_SECONDS, 30, "SENG_DEAD_SECONDS"),
+    log: env.SENG_LOG === "json",
+  };
+}
+
+// ---- patching -------------------------------------------------------------------------------------------------------
+
+type AnyFn = (...args: never[]) => unknown;
+
+/** Replaces `obj[key]`, keeping the name Node gave the original for stack traces and `fn.name`. */
+function replace(obj: object, key: string, fn: (...args: never[]) => unknown): void {
+  const o = obj as Record<string, unknown>;
+  const d = Object.getOwnPropertyDescriptor(obj, key);
+  Object.defineProperty(fn, "name", { value: (o[key] as AnyFn | undefined)?.name || key });
+  if (d && !d.writable && !d.set && !d.configurable) return; // frozen: nothing to do (reported by tests)
+  Object.defineProperty(obj, key, {
+    value: fn,
+    writable: true,
+    configurable: true,
+    enumerable: d?.enumerable ?? true,
+  });
+}
+
+/** A function that always throws the fail-closed error (for callback APIs: delivers it to the callback). */
+function refuse(
+  what: string,
+  style: "throw" | "callback" | "promise" = "throw",
+): (...args: unknown[]) => unknown {
+  return (...args: unknown[]) => {
+    const err = hostNetworkingError(what);
+    if (style === "promise") return Promise.reject(err);
+    const cb = args[args.length - 1];
+    if (style === "callback" && typeof cb === "function") {
+      process.nextTick(cb as (e: Error) => void, err);
+      return undefined;
+    }
+    throw err;
+  };
+}
+
+const C_ARES_METHODS = [
+  "resolveAny",
+  "resolve6",
+  "resolveCaa",
+  "resolveCname",
+  "resolveMx",
+  "resolveNaptr",
+  "resolveNs",
+  "resolvePtr",
+  "resolveSoa",
+  "resolveSrv",
+  "resolveTxt",
+  "reverse",
+] as const;
+
+let installed: "shield" | "refuse" | undefined;
+
+/**
+ * Puts the SDK in place of Node's networking (idempotent). With `refuseAll` (worker threads, which have no stack of
+ * their own), every entry point fails closed instead.
+ */
+export function installShield(refuseAll?: string): void {
+  if (installed) return;
+  installed = refuseAll ? "refuse" : "shield";
+  const why = (what: string) => (refuseAll ? `${what} (${refuseAll})` : what);
+
+  // --- TCP
+  if (refuseAll) {
+    replace(net, "connect", refuse(why("net.connect")));
+    replace(net, "createConnection", refuse(why("net.createConnection")));
+    replace(net.Socket.prototype, "connect", refuse(why("net.Socket#connect")));
+    replace(net.Server.prototype, "listen", refuse(why("net.Server#listen")));
+    replace(tls, "connect", refuse(why("tls.connect")));
+  } else {
+    replace(net, "connect", sdkNet.createConnection as AnyFn);
+    replace(net, "createConnection", sdkNet.createConnection as AnyFn);
+    replace(net, "createServer", sdkNet.createServer as AnyFn);
+    // A socket made with `new net.Socket()` (libraries do this) becomes an SDK socket when it connects.
+    replace(net.Socket.prototype, "connect", function (this: net.Socket, ...args: unknown[]) {
+      return sdkNet.adoptHostSocket(this).connect(...args);
+    });
+    // Every net.Server (http, https, tls, http2 servers are net.Servers) listens on the shielded stack.
+    replace(net.Server.prototype, "listen", sdkNet.shieldedListen as AnyFn);
+    // TLS clients: without a `socket`, tls.connect would open a host TCP socket; give it an SDK one.
+    const tlsConnect = tls.connect;
+    replace(tls, "connect", function (...args: unknown[]) {
+      const [opts, cb] = normalizeTlsArgs(args);
+      if (opts.socket) return tlsConnect(opts as tls.ConnectionOptions, cb);
+      if (opts.path != null)
+        throw hostNetworkingError(`tls.connect to the local socket ${String(opts.path)}`);
+      const socket = sdkNet.createConnection({
+        host: (opts.host as string | undefined) ?? "localhost",
+        port: opts.port as number,
+        lookup: opts.lookup as sdkNet.ConnectOptions["lookup"],
+        highWaterMark: opts.highWaterMark as number | undefined,
+      });
+      const tlsSock = tlsConnect({ ...(opts as tls.ConnectionOptions), socket }, cb);
+      linkRef(tlsSock, socket);
+      if (typeof opts.timeout === "number" && opts.timeout > 0) tlsSock.setTimeout(opts.timeout);
+      return tlsSock;
+    });
+  }
+
+  // --- HTTP clients
+  if (!refuseAll) {
+    const agents = makeGlobalAgents();
+    http.globalAgent = agents.http;
+    (https as { globalAgent: https.Agent }).globalAgent = agents.https;
+    // `new http.Agent()` made by the app: its createConnection was captured from net before we ran.
+    replace(http.Agent.prototype, "createConnection", function (this: http.Agent, ...args: unknown[]) {
+      return ShieldedHttpAgent.prototype.createConnection.apply(this, args as [http.ClientRequestArgs]);
+    });
+  }
+
+  // --- DNS: lookups through the tunnel; c-ares (the host's network) refused.
+  const dnsP = dns.promises as unknown as Record<string, unknown>;
+  if (refuseAll) {
+    replace(dns, "lookup", refuse(why("dns.lookup"), "callback"));
+    replace(dnsP, "lookup", refuse(why("dns.promises.lookup"), "promise"));
+  } else {
+    replace(dns, "lookup", sdkDns.lookup as AnyFn);
+    replace(dnsP, "lookup", sdkDns.lookupPromise as AnyFn);
+  }
+  const resolveA = (style: "callback" | "promise") =>
+    refuseAll
+      ? refuse(why("dns.resolve4"), style)
+      : style === "callback"
+        ? sdkDns.resolve4
+        : sdkDns.resolve4Promise;
+  replace(dns, "resolve4", resolveA("callback") as AnyFn);
+  replace(dnsP, "resolve4", resolveA("promise") as AnyFn);
+  replace(dns, "resolve", function (this: unknown, host: string, rrtype: unknown, cb?: unknown) {
+    if (typeof rrtype === "function")
+      return (resolveA("callback") as AnyFn as (...a: unknown[]) => unknown)(host, rrtype);
+    if (rrtype === "A") return (resolveA("callback") as AnyFn as (...a: unknown[]) => unknown)(host, cb);
+    return refuse(`dns.resolve(${String(rrtype)}) through the host's resolver`, "callback")(host, rrtype, cb);
+  } as AnyFn);
+  replace(dnsP, "resolve", function (host: string, rrtype?: unknown) {
+    if (rrtype === undefined || rrtype === "A") return (resolveA("promise") as (h: string) => unknown)(host);
+    return Promise.reject(
+      hostNetworkingError(`dns.promises.resolve(${String(rrtype)}) through the host's resolver`),
+    );
+  } as AnyFn);
+  for (const m of C_ARES_METHODS) {
+    replace(dns, m, refuse(`dns.${m} through the host's resolver`, "callback"));
+    replace(dnsP, m, refuse(`dns.promises.${m} through the host's resolver`, "promise"));
+  }
+  replace(dns, "lookupService", refuse("dns.lookupService through the host's resolver", "callback"));
+  replace(dnsP, "lookupService", refuse("dns.promises.lookupService through the host's resolver", "promise"));
+  for (const [R, style] of [
+    [dns.Resolver, "callback"],
+    [(dns.promises as unknown as { Resolver: typeof dns.Resolver }).Resolver, "promise"],
+  ] as const) {
+    const proto = R.prototype as unknown as Record<string, unknown>;
+    for (const m of [...C_ARES_METHODS, "resolve"])
+      replace(proto, m, refuse(`dns.Resolver#${m} through the host's resolver`, style));
+    replace(proto, "resolve4", resolveA(style) as AnyFn);
+  }
+
+  // --- UDP
+  if (refuseAll) replace(dgram, "createSocket", refuse(why("dgram.createSocket")));
+  else replace(dgram, "createSocket", sdkDgram.createSocket as AnyFn);
+  // Sockets of Node's own class (`new dgram.Socket()`) would use the host's network.
+  for (const m of ["bind", "send", "connect", "addMembership", "setBroadcast"])
+    replace(
+      dgram.Socket.prototype,
+      m,
+      refuse(`dgram.Socket#${m} on a host UDP socket (use dgram.createSocket)`),
+    );
+
+  // --- bindings
+  const proc = process as unknown as { binding: (name: string) => unknown };
+  const binding = proc.binding.bind(process);
+  replace(process, "binding", ((name: string) => {
+    if (NETWORK_BINDINGS.has(name)) throw hostNetworkingError(`process.binding("${name}")`);
+    return binding(name);
+  }) as AnyFn);
+
+  // --- worker threads: Node 20 runs --import preloads in the main thread only; every worker runs the guard first.
+  if (!refuseAll) {
+    const Original = workerThreads.Worker;
+    const guard = workerGuardSource();
+    class Worker extends Original {
+      constructor(filename: string | URL, options: workerThreads.WorkerOptions = {}) {
+        if (options.eval) super(`${guard}\n${String(filename)}`, options);
+        else {
+          const href =
+            filename instanceof URL
+              ? filename.href
+              : /^(file|data):/.test(filename)
+                ? filename
+                : pathToFileURL(resolvePath(filename)).href;
+          super(
+            `${guard}\nimport(${JSON.stringify(href)}).catch((e) => process.nextTick(() => { throw e; }));`,
+            {
+              ...options,
+              eval: true,
+            },
+          );
+        }
+      }
+    }
+    replace(workerThreads, "Worker", Worker as unknown as AnyFn);
+  }
+
+  // ESM named imports of node:net, node:dns... see the replacements too.
+  syncBuiltinESMExports();
+}
+
+/**
+ * JavaScript run first in every worker thread (self-contained: no import of this package). Workers have no tunnel
+ * of their own, so each network entry point fails closed there.
+ */
+export function workerGuardSource(): string {
+  const msg = JSON.stringify(
+    "SENG: host networking is disabled in a shielded app: worker threads have no shielded stack; " +
+      "use the network from the main thread",
+  );
+  return `{
+  const fail = (what) => Object.assign(new Error(${msg} + " (" + what + ")"), { code: "ERR_SENG_HOST_NETWORKING" });
+  const put = (o, k, style) => {
+    const f = (...a) => {
+      const e = fail(k);
+      if (style === "promise") return Promise.reject(e);
+      const cb = a[a.length - 1];
+      if (style === "callback" && typeof cb === "function") return void process.nextTick(cb, e);
+      throw e;
+    };
+    try { Object.defineProperty(o, k, { value: f, writable: true, configurable: true }); } catch {}
+  };
+  const net = require("node:net"), tls = require("node:tls"), dgram = require("node:dgram"), dns = require("node:dns");
+  for (const k of ["connect", "createConnection"]) put(net, k);
+  put(net.Socket.prototype, "connect");
+  put(net.Server.prototype, "listen");
+  put(tls, "connect");
+  put(dgram, "createSocket");
+  for (const k of ["bind", "send", "connect"]) put(dgram.Socket.prototype, k);
+  for (const k of Object.keys(dns)) if (/^(lookup|resolve|reverse)/.test(k)) put(dns, k, "callback");
+  for (const k of Object.keys(dns.promises)) if (/^(lookup|resolve|reverse)/.test(k)) put(dns.promises, k, "promise");
+  for (const R of [dns.Resolver, dns.promises.Resolver])
+    for (const k of Object.getOwnPropertyNames(R.prototype)) if (/^(resolve|reverse)/.test(k)) put(R.prototype, k, R === dns.Resolver ? "callback" : "promise");
+  const binding = process.binding.bind(process);
+  const bad = new Set(${JSON.stringify([...NETWORK_BINDINGS])});
+  process.binding = (n) => { if (bad.has(n)) throw fail("process.binding(" + n + ")"); return binding(n); };
+  require("node:module").syncBuiltinESMExports();
+}`;
+}
+
+/** tls.connect's argument forms: (options[, cb]) | (port[, host][, options][, cb]) | (path[, options][, cb]). */
+function normalizeTlsArgs(args: unknown[]): [Record<string, unknown>, (() => void) | undefined] {
+  const a = [...args];
+  const cb = typeof a[a.length - 1] === "function" ? (a.pop() as () => void) : undefined;
+  if (a[0] !== null && typeof a[0] === "object") return [{ ...(a[0] as Record<string, unknown>) }, cb];
+  if (typeof a[0] === "string" && !(Number(a[0]) >= 0))
+    return [{ ...(a[1] as Record<string, unknown> | undefined), path: a[0] }, cb];
+  const rest = a.slice(1);
+  const host = typeof rest[0] === "string" ? (rest.shift() as string) : undefined;
+  const opts: Record<string, unknown> = { ...(rest[0] as Record<string, unknown> | undefined), port: a[0] };
+  if (host !== undefined) opts.host = host;
+  return [opts, cb];
+}
+
+/** Refuses to run with flags that reach Node's internals (and so its raw network bindings). */
+function checkFlags(): void {
+  const flags = [...process.execArgv, ...(process.env.NODE_OPTIONS ?? "").split(/\s+/)];
+  if (flags.some((f) => f === "--expose-internals" || f === "--expose_internals"))
+    throw hostNetworkingError("--expose-internals gives the app Node's raw socket bindings; remove the flag");
+}
+
+// ---- start ----------------------------------------------------------------------------------------------------------
+
+/** Starts the shielded stack from `cfg` (identity, tunnel) and waits for the lease. */
+export async function startFromConfig(cfg: RegisterConfig): Promise<ShieldedStack> {
+  const say = (o: Record<string, unknown>) => {
+    if (cfg.log) process.stderr.write(JSON.stringify({ seng: true, ...o }) + "\n");
+  };
+  let identity;
+  try {
+    identity = await makeIdentity(detectAttester(cfg.tee, cfg.sim));
+  } catch (e) {
+    if (e instanceof AttesterError) throw new RegisterError(`SENG: ${e.message}`);
+    throw e;
+  }
+  if (identity.provider === "sim")
+    process.stderr.write("seng: warning: simulated TEE: INSECURE, for development and tests only\n");
+  say({ event: "identity", provider: identity.provider });
+  const stack = ShieldedStack.start({
+    gateway: cfg.gateway,
+    pin: cfg.pin,
+    identity,
+    tunnel: { deadSeconds: cfg.deadSeconds },
+    log: say,
+  });
+  try {
+    await stack.ready(cfg.leaseTimeoutMs);
+  } catch (e) {
+    if (e instanceof ShieldedStackError && e.code === "ERR_SENG_NO_LEASE") {
+      process.stderr.write(`seng: warning: ${e.message}; starting the app, its sockets wait for the lease\n`);
+    } else {
+      stack.close();
+      throw e;
+    }
+  }
+  return stack;
+}
+
+if (!isMainThread) {
+  // A worker thread has no tunnel of its own: its networking fails closed.
+  installShield("worker threads have no shielded stack; use the network from the main thread");
+} else {
+  checkFlags();
+  installShield();
+  await startFromConfig(configFromEnv());
+}
