@@ -16,7 +16,7 @@
  *   1. destination address → tunnel (one Map lookup on a number); none → drop (no-route)
  *   2. group the batch per tunnel, encrypt each group in one native call, send all datagrams with one sendmmsg
  *
- * Timers (one sweep per second): handshake timeouts and DTLS retransmissions, keepalives, idle timeouts, lease
+ * Timers (one sweep every 200 ms): handshake timeouts and DTLS retransmissions, keepalives, idle timeouts, lease
  * extension in one transaction.
  */
 import { readFileSync } from "node:fs";

@@ -18,14 +18,10 @@
 import { EventEmitter } from "node:events";
 import { TunnelClient, type TunnelClientOptions } from "../tunnel/client.js";
 import type { CloseReason, Lease } from "../tunnel/protocol.js";
+import type { StackConfig } from "../native/lwip.js";
 
-/** Addressing of the in-process stack, from the lease. */
-export interface StackConfig {
-  address: string;
-  prefix: number;
-  gateway: string;
-  mtu: number;
-}
+/** Addressing of the in-process stack, from the lease (the binding's own type; a type import loads nothing). */
+export type { StackConfig };
 
 export type StackEventType =
   "connected" | "accept" | "data" | "sent" | "end" | "error" | "closed" | "message" | "pong";
@@ -89,6 +85,8 @@ export interface TunnelLike {
   on(event: "error", cb: (e: Error) => void): unknown;
   send(packets: Buffer[]): void;
   connect(): void;
+  /** Lets the process exit while the tunnel is up. */
+  unref?(): unknown;
   close(message?: string): void;
 }
 
@@ -153,17 +151,6 @@ async function lwipFactory(): Promise<(cfg: StackConfig) => NetStack> {
   return (cfg) => LwipStack.create(cfg);
 }
 
-/** Sets unref() on the tunnel client's UDP socket and timer: the app's sockets decide when the process may exit. */
-function unrefTunnel(t: TunnelLike): void {
-  const c = t as unknown as { udp?: { unref?(): void }; timer?: { unref?(): void } };
-  try {
-    c.udp?.unref?.();
-    c.timer?.unref?.();
-  } catch {
-    // a closed handle
-  }
-}
-
 export interface ShieldedStackEvents {
   lease: [Lease];
   closed: [{ reason: string; message: string; final: boolean }];
@@ -203,12 +190,7 @@ export class ShieldedStack extends EventEmitter<ShieldedStackEvents> {
       });
     }
     const t = this.tunnel;
-    // The client re-arms its timer in connect() (also from its own reconnection timer): unref it every time.
-    const connect = t.connect.bind(t);
-    t.connect = () => {
-      connect();
-      unrefTunnel(t);
-    };
+    t.unref?.(); // the app's sockets, not the tunnel, keep the process alive
     t.on("lease", (lease) => this.#onLease(lease));
     t.on("packets", (packets) => {
       try {
@@ -219,7 +201,6 @@ export class ShieldedStack extends EventEmitter<ShieldedStackEvents> {
     });
     t.on("closed", (c) => {
       this.#log({ event: "tunnel-closed", ...c });
-      setImmediate(() => unrefTunnel(t)); // the reconnection timer is set after "closed" is emitted
       this.emit("closed", c);
       if (c.final && !this.#closed)
         this.#fail(
@@ -366,7 +347,6 @@ export class ShieldedStack extends EventEmitter<ShieldedStackEvents> {
     const prev = this.lease;
     this.lease = lease;
     this.#log({ event: "lease", ...lease });
-    unrefTunnel(this.tunnel);
     this.emit("lease", lease);
     if (this.#failure) return;
     const cfg: StackConfig = {

@@ -60,6 +60,7 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
   private lastTx = 0;
   private attempt = 0;
   private stopped = false;
+  private unrefed = false;
   lease: Lease | undefined;
 
   constructor(readonly opts: TunnelClientOptions) {
@@ -86,6 +87,7 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
     this.udp.sendMany(this.session.start(), this.peer);
     clearInterval(this.timer);
     this.timer = setInterval(() => this.tick(), 100);
+    if (this.unrefed) this.timer.unref();
   }
 
   /** Sends IP packets through the tunnel (dropped while no lease is held). */
@@ -96,6 +98,21 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
     const fit = packets.every((p) => p.length <= max) ? packets : packets.filter((p) => p.length <= max);
     this.lastTx = Date.now();
     if (fit.length) this.udp.sendMany(s.send(fit), this.peer);
+  }
+
+  /**
+   * Lets the process exit while the tunnel is up (now and after reconnections): an in-process runtime's sockets,
+   * not the tunnel, decide how long an app lives.
+   */
+  unref(): this {
+    this.unrefed = true;
+    try {
+      this.udp.unref();
+    } catch {
+      // already closed
+    }
+    this.timer?.unref();
+    return this;
   }
 
   /** Closes the tunnel for good, telling the gateway. */
@@ -184,6 +201,7 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
     this.timer = setTimeout(() => {
       if (!this.stopped) this.connect();
     }, delay);
+    if (this.unrefed) this.timer.unref();
   }
 
   private tick(): void {
