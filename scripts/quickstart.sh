@@ -36,10 +36,16 @@ if [ "$node_major" -lt 20 ]; then
   exit 2
 fi
 
-# npm packages and the build (npm ci runs `prepare`, which compiles TypeScript to dist/).
+# Native addons (ours, better-sqlite3) build against the headers that come with Node, never downloaded ones.
+if [ -z "$(npm config get nodedir 2>/dev/null | grep -v '^undefined$')" ] && [ -f /usr/include/node/node.h ]; then
+  export npm_config_nodedir=/usr
+fi
+
+# npm packages and the build (npm ci runs `install`, the native build, and `prepare`, which compiles TypeScript).
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund
 else
+  npm run --silent install >/dev/null # the addon again: native sources may have changed since the last install
   npm run --silent build
 fi
 
