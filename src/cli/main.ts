@@ -8,7 +8,9 @@ import { runtimeCommands } from "./runtime.js";
 export function program(): Command {
   const p = new Command("seng")
     .description("SENG: app-grained firewall policies from TEE attestation")
-    .version("0.1.0");
+    .version("0.1.0")
+    // `seng runtime run [flags] -- node app.js --its-own-flags`: the app's options are not ours.
+    .enablePositionalOptions();
   p.addCommand(attestCommand());
   p.addCommand(demoCommand());
   for (const c of [...gatewayCommands(), ...runtimeCommands()]) p.addCommand(c);

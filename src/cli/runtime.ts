@@ -1,71 +1,90 @@
 /**
- * `seng runtime up --tun` (confidential VMs) and `seng test-client` (the same with the simulated TEE, for tests and
- * trials). `seng runtime run -- node app.js` arrives with the in-TEE TCP/IP stack.
+ * The runtime's commands:
+ *   seng runtime run [flags] -- node app.js   an unmodified Node app, shielded: node runs with the SENG preload
+ *   seng runtime up --tun [flags]             TUN mode for confidential VMs: the whole guest's traffic
+ *   seng test-client [flags]                  `runtime up --tun` with the simulated TEE (tests and trials)
+ *
+ * Flags, a config file (`--config`, see src/runtime/config.ts) and `SENG_*` variables give the same settings; flags
+ * win over variables, variables over the file. `run` passes them to the app's process as `SENG_*` variables, because
+ * the preload runs inside that process (and, under Gramine, inside the enclave).
  */
-import { readFileSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { basename, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 import { Command, Option } from "commander";
-import { Cert } from "../attest/x509.js";
-import { AttesterError, detectAttester, makeIdentity, type AttesterKind } from "../runtime/attesters.js";
+import { AttesterError, detectAttester, makeIdentity } from "../runtime/attesters.js";
+import { configFromEnv, readPin as readPinSetting, RuntimeConfigError } from "../runtime/config.js";
 import { TunMode } from "../runtime/tun-mode.js";
 import { action, UsageError } from "./errors.js";
 
 /** A pin is a SHA-256 fingerprint, a file holding one, or the gateway's certificate (PEM/DER). */
 export function readPin(pin: string): string {
-  if (/^[0-9a-fA-F]{64}$/.test(pin)) return pin.toLowerCase();
-  let data: Buffer;
   try {
-    data = readFileSync(pin);
-  } catch {
-    throw new UsageError(
-      `--pin: ${pin} is neither a SHA-256 fingerprint (64 hex digits) nor a readable file`,
-    );
-  }
-  const text = data.toString("latin1").trim();
-  if (/^[0-9a-fA-F]{64}$/.test(text)) return text.toLowerCase();
-  try {
-    return Cert.from(data).fingerprint;
-  } catch {
-    throw new UsageError(`--pin: ${pin} holds neither a fingerprint nor a certificate`);
+    return readPinSetting(pin);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
   }
 }
 
-interface UpFlags {
-  gateway: string;
-  pin: string;
-  tee: AttesterKind | "auto";
+interface RuntimeFlags {
+  config?: string;
+  gateway?: string;
+  pin?: string;
+  tee?: string;
   simDir?: string;
   mrenclave?: string;
-  mrsigner: string;
-  isvprodid: string;
-  isvsvn: string;
-  debug?: boolean;
+  mrsigner?: string;
+  isvprodid?: string;
+  isvsvn?: string;
+  debugEnclave?: boolean;
   tun?: string | boolean;
   route?: string[];
-  deadSeconds: string;
+  deadSeconds?: string;
+  leaseTimeout?: string;
+  log?: string;
 }
 
-async function up(f: UpFlags): Promise<number> {
+/** The `SENG_*` variables that carry `f` (only flags actually given, so the config file's keys still count). */
+export function flagsToEnv(f: RuntimeFlags): Record<string, string> {
+  const e: Record<string, string> = {};
+  const put = (k: string, v: string | undefined) => {
+    if (v !== undefined) e[k] = v;
+  };
+  if (f.config !== undefined) e.SENG_CONFIG = resolve(f.config);
+  put("SENG_GATEWAY", f.gateway);
+  if (f.pin !== undefined) e.SENG_PIN = /^[0-9a-fA-F]{64}$/.test(f.pin) ? f.pin : resolve(f.pin);
+  put("SENG_TEE", f.tee);
+  if (f.simDir !== undefined) e.SENG_SIM_DIR = resolve(f.simDir);
+  put("SENG_MRENCLAVE", f.mrenclave);
+  put("SENG_MRSIGNER", f.mrsigner);
+  put("SENG_ISVPRODID", f.isvprodid);
+  put("SENG_ISVSVN", f.isvsvn);
+  if (f.debugEnclave) e.SENG_DEBUG_ENCLAVE = "1";
+  if (typeof f.tun === "string") e.SENG_TUN = f.tun;
+  if (f.route) e.SENG_TUN_ROUTES = f.route.join(",");
+  put("SENG_DEAD_SECONDS", f.deadSeconds);
+  put("SENG_LEASE_TIMEOUT", f.leaseTimeout);
+  put("SENG_LOG", f.log);
+  return e;
+}
+
+function settings(env: NodeJS.ProcessEnv) {
+  try {
+    return configFromEnv(env);
+  } catch (e) {
+    if (e instanceof RuntimeConfigError) throw new UsageError(e.message.replace(/^SENG: /, ""));
+    throw e;
+  }
+}
+
+async function up(f: RuntimeFlags): Promise<number> {
   const say = (o: object) => process.stdout.write(JSON.stringify(o) + "\n");
-  const pin = readPin(f.pin);
-  if (!/^[^:]+:\d+$|^\[[0-9a-fA-F:]+\]:\d+$/.test(f.gateway))
-    throw new UsageError(`--gateway: expected host:port, got ${f.gateway}`);
+  if (f.tun === undefined && f.config === undefined)
+    throw new UsageError("runtime up: --tun is required (TUN mode is the only mode of `up`)");
+  const cfg = settings({ ...process.env, ...flagsToEnv(f) });
   let identity;
   try {
-    const sim = f.simDir
-      ? {
-          dir: f.simDir,
-          claims: {
-            mrenclave: f.mrenclave ?? "",
-            mrsigner: f.mrsigner,
-            isvprodid: Number(f.isvprodid),
-            isvsvn: Number(f.isvsvn),
-            debug: !!f.debug,
-          },
-        }
-      : undefined;
-    if ((f.tee === "sim" || sim) && !/^[0-9a-fA-F]{64}$/.test(f.mrenclave ?? ""))
-      throw new UsageError("--mrenclave: the simulated TEE needs 32 bytes of hex");
-    identity = await makeIdentity(detectAttester(f.tee, sim));
+    identity = await makeIdentity(detectAttester(cfg.tee, cfg.sim));
   } catch (e) {
     if (e instanceof AttesterError) throw new UsageError(e.message);
     throw e;
@@ -73,16 +92,13 @@ async function up(f: UpFlags): Promise<number> {
   if (identity.provider === "sim")
     process.stderr.write("seng: warning: simulated TEE: INSECURE, for development and tests only\n");
   say({ event: "identity", provider: identity.provider });
-  if (f.tun === undefined)
-    throw new UsageError("runtime up: --tun is required (TUN mode is the only mode of `up`)");
-  const tun = typeof f.tun === "string" ? f.tun : "seng-rt0";
   const mode = new TunMode({
-    gateway: f.gateway,
-    pin,
+    gateway: cfg.gateway,
+    pin: cfg.pin,
     identity,
-    tun,
-    routes: f.route ?? [],
-    deadSeconds: Number(f.deadSeconds),
+    tun: cfg.tun.name,
+    routes: cfg.tun.routes,
+    deadSeconds: cfg.deadSeconds,
     log: say,
   });
   let stopping = false;
@@ -99,48 +115,109 @@ async function up(f: UpFlags): Promise<number> {
   return closed.reason === "client-closed" ? 0 : 1;
 }
 
-function upOptions(c: Command): Command {
+/** The preload's module, next to this file (compiled JavaScript, or TypeScript when run through tsx). */
+function preload(): string[] {
+  const here = fileURLToPath(import.meta.url);
+  const ts = here.endsWith(".ts");
+  const register = resolve(here, "../../runtime/register" + (ts ? ".ts" : ".js"));
+  return ts ? ["--import", "tsx", "--import", register] : ["--import", register];
+}
+
+/** `seng runtime run -- node app.js`: starts node with the preload; the exit code is the app's. */
+async function run(command: string[], f: RuntimeFlags): Promise<number> {
+  if (!command.length) throw new UsageError("runtime run: give the app after --, e.g. -- node app.js");
+  const [prog, ...args] = command as [string, ...string[]];
+  if (prog !== "node" && prog !== process.execPath && basename(prog) !== "node")
+    throw new UsageError(
+      `runtime run: ${prog} is not node: run shields Node apps from inside their process; ` +
+        "for other programs use `seng runtime up --tun` in a confidential VM",
+    );
+  const env = { ...process.env, ...flagsToEnv(f) };
+  settings(env); // fail here, with the CLI's message, rather than inside the app's process
+  const child = spawn(process.execPath, [...preload(), ...args], { env, stdio: "inherit" });
+  const forward = (sig: NodeJS.Signals) => () => child.kill(sig);
+  for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(sig, forward(sig));
+  return new Promise((done, fail) => {
+    child.once("error", (e) => fail(new UsageError(`runtime run: cannot start node: ${e.message}`)));
+    child.once("exit", (code, signal) => {
+      for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.removeAllListeners(sig);
+      done(
+        code ?? 128 + (signal === "SIGKILL" ? 9 : signal === "SIGTERM" ? 15 : signal === "SIGINT" ? 2 : 1),
+      );
+    });
+  });
+}
+
+function commonOptions(c: Command): Command {
   return c
-    .requiredOption("--gateway <host:port>", "gateway address")
-    .requiredOption(
+    .option("--config <file>", "runtime config file (YAML); flags and SENG_* variables override its keys")
+    .option("--gateway <host:port>", "gateway address")
+    .option(
       "--pin <fingerprint|file>",
       "gateway certificate: SHA-256 fingerprint, or a file with it or the certificate",
     )
+    .option("--dead-seconds <n>", "consider the tunnel lost after this long without an answer (default 30)")
+    .option("--sim-dir <dir>", "simulated TEE (seng attest sim init): INSECURE")
+    .option("--mrenclave <hex>", "simulated TEE: MRENCLAVE to claim")
+    .option("--mrsigner <hex>", "simulated TEE: MRSIGNER (default zeros)")
+    .option("--isvprodid <n>", "simulated TEE: ISVPRODID (default 0)")
+    .option("--isvsvn <n>", "simulated TEE: ISVSVN (default 0)")
+    .option("--debug-enclave", "simulated TEE: claim a debug enclave");
+}
+
+const teeOption = () =>
+  new Option("--tee <kind>", "where evidence comes from (default auto)").choices([
+    "auto",
+    "gramine",
+    "tsm",
+    "sim",
+  ]);
+
+function tunOptions(c: Command): Command {
+  return c
     .option("--tun [name]", "TUN mode: create this TUN interface (default seng-rt0)")
     .option(
       "--route <cidr...>",
       'destinations to send through the tunnel; "default" takes over the default route',
-    )
-    .option("--dead-seconds <n>", "consider the tunnel lost after this long without an answer", "30")
-    .option("--sim-dir <dir>", "simulated TEE (seng attest sim init): INSECURE")
-    .option("--mrenclave <hex>", "simulated TEE: MRENCLAVE to claim")
-    .option("--mrsigner <hex>", "simulated TEE: MRSIGNER", "00".repeat(32))
-    .option("--isvprodid <n>", "simulated TEE: ISVPRODID", "0")
-    .option("--isvsvn <n>", "simulated TEE: ISVSVN", "0")
-    .option("--debug", "simulated TEE: claim a debug enclave");
+    );
 }
 
 export function runtimeCommands(): Command[] {
   const runtime = new Command("runtime").description(
     "the SENG runtime: attest, open the tunnel, shield the app's traffic",
   );
+  runtime.enablePositionalOptions();
   runtime.addCommand(
-    upOptions(
-      new Command("up").description(
-        "TUN mode for confidential VMs: route the guest's traffic through the tunnel",
+    commonOptions(
+      new Command("run")
+        .description(
+          "run an unmodified Node app with its network shielded: seng runtime run [flags] -- node app.js",
+        )
+        .argument("<command...>", "node and its arguments")
+        .passThroughOptions(),
+    )
+      .addOption(teeOption())
+      .option("--lease-timeout <s>", "start the app after this long even without a lease (default 30)")
+      .option("--log <json|off>", "json: runtime events as JSON lines on stderr")
+      .action(action((command: string[], f: RuntimeFlags) => run(command, f))),
+  );
+  runtime.addCommand(
+    tunOptions(
+      commonOptions(
+        new Command("up").description(
+          "TUN mode for confidential VMs: route the guest's traffic through the tunnel",
+        ),
       ),
     )
-      .addOption(
-        new Option("--tee <kind>", "where evidence comes from")
-          .choices(["auto", "gramine", "tsm", "sim"])
-          .default("auto"),
-      )
-      .action(action((f: UpFlags) => up(f))),
+      .addOption(teeOption())
+      .action(action((f: RuntimeFlags) => up(f))),
   );
-  const testClient = upOptions(
-    new Command("test-client").description(
-      "runtime up --tun with the simulated TEE (tests and trials; INSECURE)",
+  const testClient = tunOptions(
+    commonOptions(
+      new Command("test-client").description(
+        "runtime up --tun with the simulated TEE (tests and trials; INSECURE)",
+      ),
     ),
-  ).action(action((f: UpFlags) => up({ ...f, tee: "sim", tun: f.tun ?? true })));
+  ).action(action((f: RuntimeFlags) => up({ ...f, tee: "sim", tun: f.tun ?? true })));
   return [runtime, testClient];
 }

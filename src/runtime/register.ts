@@ -18,10 +18,14 @@
  *   SENG_GATEWAY        gateway host:port (required)
  *   SENG_PIN            gateway certificate SHA-256, or a file with it or the certificate (required)
  *   SENG_TEE            auto (default) | gramine | tsm | sim
- *   SENG_SIM_DIR, SENG_MRENCLAVE, SENG_MRSIGNER, SENG_ISVPRODID, SENG_ISVSVN, SENG_DEBUG   simulated TEE (INSECURE)
+ *   SENG_CONFIG         a runtime config file (YAML, see ./config.ts); the variables here override its keys
+ *   SENG_SIM_DIR, SENG_MRENCLAVE, SENG_MRSIGNER, SENG_ISVPRODID, SENG_ISVSVN, SENG_DEBUG_ENCLAVE
+ *                       simulated TEE (INSECURE)
  *   SENG_LEASE_TIMEOUT  seconds to wait for the lease before the app starts (default 30)
  *   SENG_DEAD_SECONDS   tunnel considered lost after this long without an answer (default 30)
  *   SENG_LOG            "json": lease and tunnel events as JSON lines on stderr
+ *
+ * `seng runtime run -- node app.js` sets these from its flags and config file and starts node with this preload.
  */
 import dgram from "node:dgram";
 import dns from "node:dns";
@@ -33,9 +37,9 @@ import tls from "node:tls";
 import { resolve as resolvePath } from "node:path";
 import { pathToFileURL } from "node:url";
 import workerThreads, { isMainThread } from "node:worker_threads";
-import { readPin } from "../cli/runtime.js";
 import { linkRef, makeGlobalAgents, ShieldedHttpAgent } from "./agents.js";
-import { AttesterError, detectAttester, makeIdentity, type AttesterKind } from "./attesters.js";
+import { AttesterError, detectAttester, makeIdentity } from "./attesters.js";
+import { configFromEnv, type RuntimeConfig } from "./config.js";
 import * as sdkDgram from "./dgram.js";
 import * as sdkDns from "./dns.js";
 import * as sdkNet from "./net.js";
@@ -53,80 +57,15 @@ const NETWORK_BINDINGS = new Set([
   "tls_wrap",
 ]);
 
-export interface RegisterConfig {
-  gateway: string;
-  pin: string;
-  tee: AttesterKind | "auto";
-  sim?: {
-    dir: string;
-    claims: { mrenclave: string; mrsigner: string; isvprodid: number; isvsvn: number; debug: boolean };
-  };
-  leaseTimeoutMs: number;
-  deadSeconds: number;
-  log: boolean;
-}
+/** The preload's settings (see ./config.ts for where they come from). */
+export type RegisterConfig = RuntimeConfig;
 
-/** Thrown for a missing or wrong SENG_* setting; the app does not start. */
+/** Thrown when the runtime cannot start (no evidence, no lease); the app does not start. */
 export class RegisterError extends Error {
   override readonly name = "RegisterError";
 }
 
-/** Reads the SENG_* environment. */
-export function configFromEnv(env: NodeJS.ProcessEnv = process.env): RegisterConfig {
-  const gateway = env.SENG_GATEWAY ?? "";
-  if (!gateway)
-    throw new RegisterError(
-      "SENG: SENG_GATEWAY is not set (the gateway's host:port); the app is not started",
-    );
-  if (!/^[^:]+:\d+$|^\[[0-9a-fA-F:]+\]:\d+$/.test(gateway))
-    throw new RegisterError(`SENG: SENG_GATEWAY must be host:port, got ${gateway}`);
-  if (!env.SENG_PIN)
-    throw new RegisterError(
-      "SENG: SENG_PIN is not set (the gateway certificate's SHA-256, or a file with it or the certificate)",
-    );
-  let pin: string;
-  try {
-    pin = readPin(env.SENG_PIN);
-  } catch (e) {
-    throw new RegisterError(`SENG: SENG_PIN: ${(e as Error).message.replace(/^--pin: /, "")}`);
-  }
-  const tee = (env.SENG_TEE ?? "auto") as AttesterKind | "auto";
-  if (!["auto", "gramine", "tsm", "sim"].includes(tee))
-    throw new RegisterError(`SENG: SENG_TEE must be auto, gramine, tsm or sim, got ${tee}`);
-  let sim: RegisterConfig["sim"];
-  if (tee === "sim" || env.SENG_SIM_DIR) {
-    if (!env.SENG_SIM_DIR)
-      throw new RegisterError("SENG: SENG_TEE=sim needs SENG_SIM_DIR (seng attest sim init)");
-    const mrenclave = env.SENG_MRENCLAVE ?? "";
-    if (!/^[0-9a-fA-F]{64}$/.test(mrenclave))
-      throw new RegisterError("SENG: the simulated TEE needs SENG_MRENCLAVE (32 bytes of hex)");
-    sim = {
-      dir: env.SENG_SIM_DIR,
-      claims: {
-        mrenclave,
-        mrsigner: env.SENG_MRSIGNER ?? "00".repeat(32),
-        isvprodid: Number(env.SENG_ISVPRODID ?? 0),
-        isvsvn: Number(env.SENG_ISVSVN ?? 0),
-        debug: env.SENG_DEBUG === "1" || env.SENG_DEBUG === "true",
-      },
-    };
-  }
-  const seconds = (v: string | undefined, d: number, what: string) => {
-    const n = v === undefined || v === "" ? d : Number(v);
-    if (!Number.isFinite(n) || n <= 0)
-      throw new RegisterError(`SENG: ${what} must be a positive number of seconds`);
-    return n;
-  };
-  return {
-    gateway,
-    pin,
-    tee,
-    sim,
-    leaseTimeoutMs: seconds(env.SENG_LEASE_TIMEOUT, 30, "SENG_LEASE_TIMEOUT") * 1000,
-    deadSeconds: seconds(env.SENG_DEAD_SECONDS, 30, "SENG_DEAD_SECONDS"),
-    log: env.SENG_LOG === "json",
-  };
-}
+export { configFromEnv };
 
 // ---- patching -------------------------------------------------------------------------------------------------------
 
@@ -433,7 +372,16 @@ if (!isMainThread) {
   // A worker thread has no tunnel of its own: its networking fails closed.
   installShield("worker threads have no shielded stack; use the network from the main thread");
 } else {
-  checkFlags();
-  installShield();
-  await startFromConfig(configFromEnv());
+  try {
+    checkFlags();
+    installShield();
+    await startFromConfig(configFromEnv());
+  } catch (e) {
+    // The app must not start without its shield; the user gets one line, not a stack trace (SENG_DEBUG=1 for it).
+    const err = e as Error;
+    const msg = err.message.startsWith("SENG:") ? err.message : `SENG: ${err.message}`;
+    process.stderr.write(`${msg}; the app is not started\n`);
+    if (process.env.SENG_DEBUG) process.stderr.write(`${err.stack}\n`);
+    process.exit(1);
+  }
 }

@@ -1,0 +1,229 @@
+/**
+ * The runtime's settings: where the gateway is, how it is pinned, where evidence comes from, and (TUN mode) the
+ * interface and routes. They come from, in increasing precedence: defaults, a YAML file (`SENG_CONFIG` or
+ * `--config`), `SENG_*` environment variables, and command-line flags (which `seng runtime` turns into `SENG_*`
+ * variables for the app's process). The preload reads the environment because it runs inside the app's process,
+ * where no command line of ours exists. Errors name the file or variable, the key and what was expected.
+ *
+ * File (paths are relative to the file's folder):
+ *
+ *   gateway: 198.18.1.1:4433        # host:port (required)
+ *   pin: gateway.pem                # SHA-256 fingerprint (64 hex), or a file with it or the certificate (required)
+ *   tee: auto                       # auto | gramine | tsm | sim
+ *   sim: { dir: sim, mrenclave: <64 hex>, mrsigner: <64 hex>, isvprodid: 0, isvsvn: 0, debug: false }  # INSECURE
+ *   leaseTimeoutSeconds: 30         # the app starts after this long even without a lease (its sockets wait)
+ *   deadSeconds: 30                 # the tunnel counts as lost after this long without an answer
+ *   log: json                       # json: runtime events as JSON lines on stderr; off (default)
+ *   tun: { name: seng-rt0, routes: [default] }   # `seng runtime up --tun`
+ */
+import { readFileSync } from "node:fs";
+import { dirname, resolve } from "node:path";
+import { parseDocument } from "yaml";
+import { z } from "zod";
+import { Cert } from "../attest/x509.js";
+import type { AttesterKind } from "./attesters.js";
+
+/** The settings the preload and `seng runtime` run with. */
+export interface RuntimeConfig {
+  gateway: string;
+  /** The gateway certificate's SHA-256 fingerprint (lower-case hex). */
+  pin: string;
+  tee: AttesterKind | "auto";
+  sim?: {
+    dir: string;
+    claims: { mrenclave: string; mrsigner: string; isvprodid: number; isvsvn: number; debug: boolean };
+  };
+  leaseTimeoutMs: number;
+  deadSeconds: number;
+  log: boolean;
+  /** TUN mode: interface name and routes ("default" takes over the default route). */
+  tun: { name: string; routes: string[] };
+}
+
+/** A missing or wrong setting; the message names where it came from and what was expected. */
+export class RuntimeConfigError extends Error {
+  override readonly name = "RuntimeConfigError";
+}
+
+const HEX32 = /^[0-9a-fA-F]{64}$/;
+const GATEWAY = /^[^:\s]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$/;
+
+const fileSchema = z
+  .object({
+    gateway: z.string().regex(GATEWAY, "expected host:port such as 198.18.1.1:4433"),
+    pin: z.string().min(1, "expected a SHA-256 fingerprint or a file"),
+    tee: z.enum(["auto", "gramine", "tsm", "sim"]),
+    sim: z
+      .object({
+        dir: z.string().min(1),
+        mrenclave: z.string().regex(HEX32, "expected 32 bytes of hex"),
+        mrsigner: z.string().regex(HEX32, "expected 32 bytes of hex").optional(),
+        isvprodid: z.number().int().min(0).max(65535).optional(),
+        isvsvn: z.number().int().min(0).max(65535).optional(),
+        debug: z.boolean().optional(),
+      })
+      .strict(),
+    leaseTimeoutSeconds: z.number().positive(),
+    deadSeconds: z.number().positive(),
+    log: z.enum(["json", "off"]),
+    tun: z
+      .object({
+        name: z
+          .string()
+          .regex(/^[A-Za-z0-9_.-]{1,15}$/, "expected an interface name (1-15 letters, digits, _ . -)"),
+        routes: z.array(z.string().min(1)),
+      })
+      .partial()
+      .strict(),
+  })
+  .partial()
+  .strict();
+
+type FileSettings = z.infer<typeof fileSchema>;
+
+function keyPath(path: readonly PropertyKey[]): string {
+  return path.map((k) => (typeof k === "number" ? `[${k}]` : String(k))).join(".") || "(top level)";
+}
+
+/** Reads and validates a runtime config file; relative paths are resolved against its folder. */
+export function loadRuntimeConfigFile(file: string): FileSettings {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new RuntimeConfigError(`${file}: cannot read: ${code === "ENOENT" ? "no such file" : code}`);
+  }
+  const doc = parseDocument(text);
+  if (doc.errors.length) {
+    const e = doc.errors[0]!;
+    const at = e.linePos?.[0];
+    throw new RuntimeConfigError(
+      `${file}${at ? `:${at.line}:${at.col}` : ""}: not valid YAML: ${e.message.split("\n")[0]!}`,
+    );
+  }
+  const r = fileSchema.safeParse(doc.toJS() ?? {});
+  if (!r.success) {
+    const issue = r.error.issues[0]!;
+    let msg = issue.message;
+    if (issue.code === "unrecognized_keys") msg = `unknown key(s) ${issue.keys.join(", ")}`;
+    else if (issue.code === "invalid_type") msg = `expected ${issue.expected}`;
+    throw new RuntimeConfigError(`${file}: ${keyPath(issue.path)}: ${msg}`);
+  }
+  const s = r.data;
+  const base = dirname(resolve(file));
+  if (s.pin && !HEX32.test(s.pin)) s.pin = resolve(base, s.pin);
+  if (s.sim) s.sim.dir = resolve(base, s.sim.dir);
+  return s;
+}
+
+/**
+ * A pin is a SHA-256 fingerprint, a file holding one, or the gateway's certificate (PEM/DER). `what` names the
+ * setting in errors.
+ */
+export function readPin(pin: string, what = "--pin"): string {
+  if (HEX32.test(pin)) return pin.toLowerCase();
+  let data: Buffer;
+  try {
+    data = readFileSync(pin);
+  } catch {
+    throw new RuntimeConfigError(
+      `${what}: ${pin} is neither a SHA-256 fingerprint (64 hex digits) nor a readable file`,
+    );
+  }
+  const text = data.toString("latin1").trim();
+  if (HEX32.test(text)) return text.toLowerCase();
+  try {
+    return Cert.from(data).fingerprint;
+  } catch {
+    throw new RuntimeConfigError(`${what}: ${pin} holds neither a fingerprint nor a certificate`);
+  }
+}
+
+/**
+ * The settings for this process: `SENG_CONFIG`'s file (if set) under the `SENG_*` variables. Throws
+ * {@link RuntimeConfigError} naming the variable or file key at fault.
+ */
+export function configFromEnv(env: NodeJS.ProcessEnv = process.env): RuntimeConfig {
+  const file = env.SENG_CONFIG ? loadRuntimeConfigFile(env.SENG_CONFIG) : {};
+  const src = (v: string, k: string) =>
+    env[v] !== undefined && env[v] !== "" ? v : `${env.SENG_CONFIG}: ${k}`;
+  const get = (v: string): string | undefined => (env[v] === "" ? undefined : env[v]);
+
+  const gateway = get("SENG_GATEWAY") ?? file.gateway;
+  if (!gateway)
+    throw new RuntimeConfigError(
+      "SENG: no gateway: set SENG_GATEWAY (or --gateway, or `gateway:` in the config file) to its host:port",
+    );
+  if (!GATEWAY.test(gateway))
+    throw new RuntimeConfigError(
+      `SENG: ${src("SENG_GATEWAY", "gateway")}: expected host:port, got ${gateway}`,
+    );
+
+  const pinSetting = get("SENG_PIN") ?? file.pin;
+  if (!pinSetting)
+    throw new RuntimeConfigError(
+      "SENG: no gateway pin: set SENG_PIN (or --pin, or `pin:` in the config file) to the gateway " +
+        "certificate's SHA-256, or a file with it or the certificate",
+    );
+  const pin = readPin(pinSetting, `SENG: ${src("SENG_PIN", "pin")}`);
+
+  const tee = (get("SENG_TEE") ?? file.tee ?? "auto") as AttesterKind | "auto";
+  if (!["auto", "gramine", "tsm", "sim"].includes(tee))
+    throw new RuntimeConfigError(`SENG: SENG_TEE: expected auto, gramine, tsm or sim, got ${tee}`);
+
+  let sim: RuntimeConfig["sim"];
+  const simDir = get("SENG_SIM_DIR") ?? file.sim?.dir;
+  if (tee === "sim" || simDir) {
+    if (!simDir)
+      throw new RuntimeConfigError(
+        "SENG: the simulated TEE needs its directory: SENG_SIM_DIR or `sim.dir` (made by seng attest sim init)",
+      );
+    const mrenclave = get("SENG_MRENCLAVE") ?? file.sim?.mrenclave ?? "";
+    if (!HEX32.test(mrenclave))
+      throw new RuntimeConfigError(
+        "SENG: the simulated TEE needs an MRENCLAVE of 32 bytes of hex: SENG_MRENCLAVE or `sim.mrenclave`",
+      );
+    const mrsigner = get("SENG_MRSIGNER") ?? file.sim?.mrsigner ?? "00".repeat(32);
+    if (!HEX32.test(mrsigner)) throw new RuntimeConfigError("SENG: SENG_MRSIGNER: expected 32 bytes of hex");
+    const u16 = (v: string, d: number) => {
+      const n = get(v) === undefined ? d : Number(get(v));
+      if (!Number.isInteger(n) || n < 0 || n > 65535)
+        throw new RuntimeConfigError(`SENG: ${v}: expected an integer from 0 to 65535`);
+      return n;
+    };
+    const debugEnv = get("SENG_DEBUG_ENCLAVE");
+    sim = {
+      dir: simDir,
+      claims: {
+        mrenclave,
+        mrsigner,
+        isvprodid: u16("SENG_ISVPRODID", file.sim?.isvprodid ?? 0),
+        isvsvn: u16("SENG_ISVSVN", file.sim?.isvsvn ?? 0),
+        debug: debugEnv !== undefined ? debugEnv === "1" || debugEnv === "true" : (file.sim?.debug ?? false),
+      },
+    };
+  }
+
+  const seconds = (v: string, fromFile: number | undefined, d: number) => {
+    const raw = get(v);
+    const n = raw === undefined ? (fromFile ?? d) : Number(raw);
+    if (!Number.isFinite(n) || n <= 0)
+      throw new RuntimeConfigError(`SENG: ${v}: expected a positive number of seconds, got ${raw}`);
+    return n;
+  };
+  const routes = get("SENG_TUN_ROUTES");
+  return {
+    gateway,
+    pin,
+    tee,
+    sim,
+    leaseTimeoutMs: seconds("SENG_LEASE_TIMEOUT", file.leaseTimeoutSeconds, 30) * 1000,
+    deadSeconds: seconds("SENG_DEAD_SECONDS", file.deadSeconds, 30),
+    log: (get("SENG_LOG") ?? file.log) === "json",
+    tun: {
+      name: get("SENG_TUN") ?? file.tun?.name ?? "seng-rt0",
+      routes: routes !== undefined ? routes.split(",").filter(Boolean) : (file.tun?.routes ?? []),
+    },
+  };
+}
