@@ -52,7 +52,7 @@ function rssKb(pid: number): number {
   return Number(m?.[1] ?? 0);
 }
 
-async function openvpn(lab: Lab): Promise<{ stop: () => Promise<void> }> {
+export async function openvpn(lab: Lab): Promise<{ stop: () => Promise<void> }> {
   const d = join(lab.dir, "ovpn");
   execFileSync("mkdir", ["-p", d]);
   const ossl = (...a: string[]) => execFileSync("openssl", a, { cwd: d, stdio: "ignore" });

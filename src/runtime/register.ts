@@ -372,6 +372,8 @@ if (!isMainThread) {
   // A worker thread has no tunnel of its own: its networking fails closed.
   installShield("worker threads have no shielded stack; use the network from the main thread");
 } else {
+  // When the runtime began (after module loading): benchmarks read it to time start → first byte.
+  (globalThis as Record<symbol, unknown>)[Symbol.for("seng.runtime.startMs")] = performance.now();
   try {
     checkFlags();
     installShield();
