@@ -5,10 +5,10 @@ import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { ROOT } from "../helpers/vectors.js";
 
-test("seng demo --quiet: every case as expected, exit 0, only the table", () => {
+test("seng demo attest --quiet: every case as expected, exit 0, only the table", () => {
   const r = spawnSync(
     process.execPath,
-    ["--import", "tsx", join(ROOT, "src/cli/main.ts"), "demo", "--quiet"],
+    ["--import", "tsx", join(ROOT, "src/cli/main.ts"), "demo", "attest", "--quiet"],
     { encoding: "utf8" },
   );
   assert.equal(r.status, 0, r.stdout + r.stderr);
