@@ -902,7 +902,20 @@ class ListenHandle {
     si._server = server;
     server._connections++;
     server.emit("connection", s);
+    announceEstablished(s); // a tls/https server wrapped it: let its TLSSocket write
   }
+}
+
+/**
+ * Node's TLSSocket takes a net.Socket without a native handle for one still connecting, and holds its writes until
+ * that socket emits 'connect'. SDK sockets have no native handle, so an established one wrapped by TLS (accepted by
+ * a tls/https server, or connected before TLS starts, as with STARTTLS) emits 'connect' once more, on the next
+ * tick, when something waits for it.
+ */
+export function announceEstablished(s: net.Socket): void {
+  process.nextTick(() => {
+    if (!s.destroyed && !s.connecting && s.listenerCount("connect") > 0) s.emit("connect");
+  });
 }
 
 /**

@@ -149,7 +149,11 @@ export function installShield(refuseAll?: string): void {
     const tlsConnect = tls.connect;
     replace(tls, "connect", function (...args: unknown[]) {
       const [opts, cb] = normalizeTlsArgs(args);
-      if (opts.socket) return tlsConnect(opts as tls.ConnectionOptions, cb);
+      if (opts.socket) {
+        const t = tlsConnect(opts as tls.ConnectionOptions, cb);
+        if (opts.socket instanceof sdkNet.Socket) sdkNet.announceEstablished(opts.socket);
+        return t;
+      }
       if (opts.path != null)
         throw hostNetworkingError(`tls.connect to the local socket ${String(opts.path)}`);
       const socket = sdkNet.createConnection({

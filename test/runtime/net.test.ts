@@ -14,7 +14,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { EventEmitter, once } from "node:events";
+import { once } from "node:events";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
@@ -29,8 +29,8 @@ import {
 import { createConnection, createServer, errorCode, Socket, type Server } from "../../src/runtime/net.js";
 import { createSocket } from "../../src/runtime/dgram.js";
 import { ShieldedStack } from "../../src/runtime/stack.js";
-import type { Lease } from "../../src/tunnel/protocol.js";
 import { Lab, SERVER_IP, TCP_TOOL, waitLine } from "../helpers/lab.js";
+import { LeaseOnlyTunnel } from "../helpers/loopback-tunnel.js";
 import { ROOT, type NsProcess } from "../helpers/netns.js";
 
 /** Megabytes each way for the transfer test: the 100 by default (SENG_TEST_XFER_MB to change). */
@@ -120,26 +120,6 @@ test("lwIP error codes map to Node's", () => {
 });
 
 /** A tunnel that only hands out a lease: lwIP's own address is reached over its loopback. */
-class LeaseOnlyTunnel extends EventEmitter {
-  sent = 0;
-  send(p: Buffer[]): void {
-    this.sent += p.length;
-  }
-  connect(): void {
-    const lease: Lease = {
-      address: "100.64.99.2",
-      prefix: 24,
-      gateway: "100.64.99.1",
-      mtu: 1400,
-      dns: [],
-      lifetime: 60,
-      app: "loopback",
-    };
-    setTimeout(() => this.emit("lease", lease), 20);
-  }
-  close(): void {}
-}
-
 function xorshift(seed: number, size: number): Buffer {
   const b = Buffer.allocUnsafe(size + 3);
   let x = seed >>> 0 || 1;
