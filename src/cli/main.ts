@@ -1,6 +1,8 @@
 /** The `seng` command. Each area (attest, gateway, runtime, …) registers its subcommands from its own file. */
 import { Command, CommanderError } from "commander";
 import { attestCommand } from "./attest.js";
+import { auditCommand } from "./audit.js";
+import { policyCommand } from "./policy.js";
 import { demoCommand } from "./demo.js";
 import { gatewayCommands } from "./gateway.js";
 import { runtimeCommands } from "./runtime.js";
@@ -11,6 +13,8 @@ export function program(): Command {
     .version("0.1.0");
   p.addCommand(attestCommand());
   p.addCommand(demoCommand());
+  p.addCommand(policyCommand());
+  p.addCommand(auditCommand());
   for (const c of [...gatewayCommands(), ...runtimeCommands()]) p.addCommand(c);
   // Settings are not inherited by commands added with addCommand: apply them to the whole tree.
   const walk = (c: Command): void => {
