@@ -13,8 +13,10 @@ import { ConfigError, loadConfig } from "../policy/config.js";
 import { action, UsageError } from "./errors.js";
 
 function gatewayRun(): Command {
+  // Positional options: `seng gateway reload --config f` gives --config to reload, not to the gateway itself.
   return new Command("gateway")
     .description("run the SENG gateway")
+    .enablePositionalOptions()
     .option("--config <file>", "gateway configuration (YAML); required")
     .action(
       action(async (f: { config?: string }) => {

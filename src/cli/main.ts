@@ -10,7 +10,8 @@ import { runtimeCommands } from "./runtime.js";
 export function program(): Command {
   const p = new Command("seng")
     .description("SENG: app-grained firewall policies from TEE attestation")
-    .version("0.1.0");
+    .version("0.1.0")
+    .enablePositionalOptions(); // options after a subcommand are that subcommand's (gateway reload --config)
   p.addCommand(attestCommand());
   p.addCommand(demoCommand());
   p.addCommand(policyCommand());

@@ -224,7 +224,12 @@ export async function removeTable(table: string): Promise<void> {
 
 /** Packets counted per rule comment (key path) and the named counters, from the live table. */
 export async function readCounters(table: string): Promise<Record<string, number>> {
-  const out = JSON.parse(await nft(["-j", "list", "table", "inet", table])) as {
+  return parseCounters(await nft(["-j", "list", "table", "inet", table]));
+}
+
+/** Counters from `nft -j list table` output: per rule comment (summed over its families) and named counters. */
+export function parseCounters(json: string): Record<string, number> {
+  const out = JSON.parse(json) as {
     nftables: {
       rule?: { comment?: string; expr: { counter?: { packets: number } }[] };
       counter?: { name: string; packets: number };
