@@ -1,11 +1,12 @@
 /**
- * `npm run bench [-- --quick] [-- --json] [-- --only=attest,gateway]`: runs every benchmark (the gateway ones need
- * root, iperf3 and openvpn) and prints one JSON object of named figures
+ * `npm run bench [-- --quick] [-- --json] [-- --only=attest,gateway,firewall]`: runs every benchmark (the gateway
+ * and firewall ones need root, iperf3, openvpn and nft) and prints one JSON object of named figures
  * (with --json) or a readable table. Figures and the machine they were taken on go to docs/BENCHMARKS.md.
  */
 import { cpus } from "node:os";
 import { resolve } from "node:path";
 import { benchAttest } from "./attest.js";
+import { benchFirewall } from "./firewall.js";
 import { benchGateway } from "./gateway.js";
 
 const args = new Set(process.argv.slice(2));
@@ -30,6 +31,7 @@ const gatewayParts = new Set(
     .flatMap((o) => (o === "gateway" ? ["throughput", "setup", "memory"] : [o.slice(8)])),
 );
 if (gatewayParts.size) Object.assign(figures, await benchGateway(quick, gatewayParts));
+if (want("firewall")) Object.assign(figures, await benchFirewall(quick));
 
 if (json) {
   process.stdout.write(JSON.stringify(figures) + "\n");
