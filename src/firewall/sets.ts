@@ -44,6 +44,7 @@ export class SetSync {
   private stderr = "";
   private inflight: { seq: number; addrs: Map<string, number> } | undefined;
   private scheduled = false;
+  private retryAt = 0;
   private needResync = false;
   private closed = false;
   private exclusive: Promise<void> = Promise.resolve();
@@ -106,7 +107,8 @@ export class SetSync {
 
   /** Resolves when nothing is queued or in flight. */
   async flushed(): Promise<void> {
-    while (this.dirty.size || this.inflight) await new Promise<void>((r) => this.waiters.push(r));
+    while (this.dirty.size || this.inflight || this.needResync)
+      await new Promise<void>((r) => this.waiters.push(r));
   }
 
   private idle(): Promise<void> {
@@ -132,10 +134,14 @@ export class SetSync {
       return;
     }
     this.scheduled = true;
-    setImmediate(() => {
+    const run = () => {
       this.scheduled = false;
-      if (!this.inflight && !this.exclusiveDepth) this.send();
-    });
+      if (!this.inflight && !this.exclusiveDepth && !this.closed) this.send();
+    };
+    // After a failed batch, wait a little: a resync that keeps failing (our table deleted) must not spin.
+    const wait = this.retryAt - performance.now();
+    if (wait > 0) setTimeout(run, wait).unref();
+    else setImmediate(run);
   }
 
   private wake(): void {
@@ -164,7 +170,8 @@ export class SetSync {
     if (f) for (const [a, t] of f.addrs) if (!this.dirty.has(a)) this.dirty.set(a, t);
     this.wake();
     // Back off a little so a missing nft binary does not spin.
-    setTimeout(() => this.schedule(), 200);
+    this.retryAt = performance.now() + 500;
+    this.schedule();
   }
 
   private send(): void {
@@ -249,6 +256,7 @@ export class SetSync {
       this.stats.errors++;
       this.onError(errors);
       this.needResync = true;
+      this.retryAt = performance.now() + 500;
     } else {
       const now = performance.now();
       for (const [a, t] of f.addrs) {
