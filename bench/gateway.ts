@@ -16,7 +16,7 @@ import { round } from "./util.js";
 
 const SETUP = join(ROOT, "bench/setup-client.ts");
 
-async function iperf(
+export async function iperf(
   lab: Lab,
   client: Netns,
   secs: number,

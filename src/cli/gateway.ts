@@ -1,9 +1,10 @@
 /**
  * `seng gateway --config <file>` runs the gateway; `seng gateway keygen` makes its certificate and prints the
- * fingerprint runtimes pin.
+ * fingerprint runtimes pin; `seng gateway reload --config <file>` makes the running gateway reload (SIGHUP to the
+ * pid in `<database>.pid`) and prints the result it writes to `<database>.reload.json`.
  */
 import { createHash, generateKeyPairSync } from "node:crypto";
-import { mkdirSync, writeFileSync, existsSync } from "node:fs";
+import { mkdirSync, writeFileSync, existsSync, readFileSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { Command } from "commander";
 import { selfSignedCert } from "../attest/x509gen.js";
@@ -12,8 +13,10 @@ import { ConfigError, loadConfig } from "../policy/config.js";
 import { action, UsageError } from "./errors.js";
 
 function gatewayRun(): Command {
+  // Positional options: `seng gateway reload --config f` gives --config to reload, not to the gateway itself.
   return new Command("gateway")
     .description("run the SENG gateway")
+    .enablePositionalOptions()
     .option("--config <file>", "gateway configuration (YAML); required")
     .action(
       action(async (f: { config?: string }) => {
@@ -28,9 +31,23 @@ function gatewayRun(): Command {
         }
         const gw = new Gateway(config);
         await gw.start();
-        process.on("SIGUSR1", () =>
-          process.stdout.write(JSON.stringify({ event: "stats", ...gw.stats() }) + "\n"),
-        );
+        const pidFile = `${config.database}.pid`;
+        writeFileSync(pidFile, `${process.pid}\n`);
+        process.on("SIGUSR1", () => {
+          void gw
+            .firewallCounters()
+            .catch(() => ({}))
+            .then((firewallCounters) =>
+              process.stdout.write(
+                JSON.stringify({ event: "stats", ...gw.stats(), firewallCounters }) + "\n",
+              ),
+            );
+        });
+        process.on("SIGHUP", () => {
+          void gw.reload(f.config).then((r) => {
+            writeFileSync(`${config.database}.reload.json`, JSON.stringify({ at: Date.now(), ...r }) + "\n");
+          });
+        });
         await new Promise<void>((resolve) => {
           const stop = () => {
             process.off("SIGINT", stop);
@@ -41,10 +58,54 @@ function gatewayRun(): Command {
           process.on("SIGTERM", stop);
         });
         await gw.stop();
+        rmSync(pidFile, { force: true });
         return 0;
       }),
     )
-    .addCommand(keygen());
+    .addCommand(keygen())
+    .addCommand(reload());
+}
+
+function reload(): Command {
+  return new Command("reload")
+    .description("make the running gateway reload its configuration (SIGHUP) and print the result")
+    .requiredOption("--config <file>", "the gateway's configuration (YAML)")
+    .option("--timeout <seconds>", "how long to wait for the result", "15")
+    .action(
+      action(async (f: { config: string; timeout: string }) => {
+        let config;
+        try {
+          config = loadConfig(f.config); // a broken file is reported here, before the gateway is disturbed
+        } catch (e) {
+          if (e instanceof ConfigError) throw new UsageError(e.message, 1);
+          throw e;
+        }
+        const pidFile = `${config.database}.pid`;
+        let pid: number;
+        try {
+          pid = Number(readFileSync(pidFile, "utf8").trim());
+        } catch {
+          throw new UsageError(`${pidFile}: no pid file: is the gateway running with this configuration?`);
+        }
+        const resultFile = `${config.database}.reload.json`;
+        const mtime = () => (existsSync(resultFile) ? statSync(resultFile).mtimeMs : 0);
+        const before = mtime();
+        try {
+          process.kill(pid, "SIGHUP");
+        } catch (e) {
+          throw new UsageError(`cannot signal gateway pid ${pid}: ${(e as NodeJS.ErrnoException).code}`);
+        }
+        const end = Date.now() + Number(f.timeout) * 1000;
+        while (mtime() === before) {
+          if (Date.now() > end)
+            throw new UsageError(`no reload result in ${resultFile} after ${f.timeout} s`);
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        const text = readFileSync(resultFile, "utf8");
+        process.stdout.write(text);
+        return (JSON.parse(text) as { ok: boolean }).ok ? 0 : 1;
+      }),
+    );
 }
 
 function keygen(): Command {

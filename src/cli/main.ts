@@ -1,6 +1,8 @@
 /** The `seng` command. Each area (attest, gateway, runtime, …) registers its subcommands from its own file. */
 import { Command, CommanderError } from "commander";
 import { attestCommand } from "./attest.js";
+import { auditCommand } from "./audit.js";
+import { policyCommand } from "./policy.js";
 import { demoCommand } from "./demo.js";
 import { gatewayCommands } from "./gateway.js";
 import { runtimeCommands } from "./runtime.js";
@@ -9,10 +11,12 @@ export function program(): Command {
   const p = new Command("seng")
     .description("SENG: app-grained firewall policies from TEE attestation")
     .version("0.1.0")
-    // `seng runtime run [flags] -- node app.js --its-own-flags`: the app's options are not ours.
+    // Options after a subcommand are that subcommand's (`gateway reload --config`, `runtime run -- node app.js --x`).
     .enablePositionalOptions();
   p.addCommand(attestCommand());
   p.addCommand(demoCommand());
+  p.addCommand(policyCommand());
+  p.addCommand(auditCommand());
   for (const c of [...gatewayCommands(), ...runtimeCommands()]) p.addCommand(c);
   // Settings are not inherited by commands added with addCommand: apply them to the whole tree.
   const walk = (c: Command): void => {

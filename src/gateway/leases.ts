@@ -6,9 +6,13 @@
  *
  * Invariant, enforced by the database itself: an address has at most one lease that is not released
  * (a partial unique index), so no address is ever given to two live tunnels.
+ *
+ * Apps with the same subnet (the shared `pool`) share one address pool. Every grant, renewal and release is also
+ * written to the audit log (audit.ts) in the same transaction.
  */
 import Database from "better-sqlite3";
 import { intToIp, ipToInt, parseCidr } from "../packet/ip.js";
+import { AuditLog } from "./audit.js";
 
 export interface LeaseRecord {
   id: number;
@@ -40,6 +44,7 @@ export class LeaseStore {
   private readonly db: Database.Database;
   private readonly pools = new Map<string, Pool>();
   private readonly stmts;
+  readonly audit: AuditLog;
 
   /**
    * @param path SQLite file (":memory:" for tests)
@@ -82,21 +87,38 @@ export class LeaseStore {
       release: this.db.prepare(
         "UPDATE leases SET released = ?, end = MIN(end, ?) WHERE id = ? AND released IS NULL",
       ),
-      expired: this.db.prepare("SELECT id, address, app FROM leases WHERE released IS NULL AND end < ?"),
+      expired: this.db.prepare("SELECT * FROM leases WHERE released IS NULL AND end < ?"),
       get: this.db.prepare("SELECT * FROM leases WHERE id = ?"),
     };
+    this.audit = new AuditLog(this.db);
+    this.reserved = reserved;
+    this.addApps(apps);
+  }
+
+  private readonly reserved: readonly number[];
+  private readonly byCidr = new Map<string, Pool>();
+
+  /** Adds address pools for apps not seen yet (at start, and for apps a reload adds). */
+  addApps(apps: readonly { name: string; subnet: string }[]): void {
+    const added: string[] = [];
     for (const app of apps) {
-      const { network, size } = parseCidr(app.subnet);
-      const pool: Pool = {
-        first: network + 1,
-        last: network + size - 2,
-        cursor: network + 1,
-        used: new Set(reserved),
-      };
+      if (this.pools.has(app.name)) continue;
+      let pool = this.byCidr.get(app.subnet);
+      if (!pool) {
+        const { network, size } = parseCidr(app.subnet);
+        pool = {
+          first: network + 1,
+          last: network + size - 2,
+          cursor: network + 1,
+          used: new Set(this.reserved),
+        };
+        this.byCidr.set(app.subnet, pool);
+      }
       this.pools.set(app.name, pool);
+      added.push(app.name);
     }
     for (const row of this.stmts.live.all() as { id: number; address: string; app: string; end: number }[]) {
-      this.pools.get(row.app)?.used.add(ipToInt(row.address));
+      if (added.includes(row.app)) this.pools.get(row.app)?.used.add(ipToInt(row.address));
     }
   }
 
@@ -114,23 +136,36 @@ export class LeaseStore {
   ): AcquireResult | null {
     const pool = this.pools.get(app);
     if (!pool) throw new Error(`no address pool for app ${app}`);
-    const held = this.stmts.byKey.get(keyFp, app) as { id: number; address: string; end: number } | undefined;
-    if (held && held.end >= now) {
-      this.stmts.extend.run(until, outer, held.id);
-      return { address: ipToInt(held.address), resumed: true, id: held.id };
-    }
-    if (held) this.releaseRow(held.id, ipToInt(held.address), app, now);
-    let address = this.findFree(pool);
-    if (address === undefined) {
-      this.expire(now);
-      address = this.findFree(pool);
-      if (address === undefined) return null;
-    }
-    const id = Number(
-      this.stmts.insert.run(intToIp(address), app, keyFp, measurement, outer, now, until).lastInsertRowid,
-    );
-    pool.used.add(address);
-    return { address, resumed: false, id };
+    return this.db.transaction((): AcquireResult | null => {
+      const held = this.stmts.byKey.get(keyFp, app) as
+        { id: number; address: string; end: number } | undefined;
+      if (held && held.end >= now) {
+        this.stmts.extend.run(until, outer, held.id);
+        this.audit.record("renew", now, {
+          id: held.id,
+          address: held.address,
+          app,
+          measurement,
+          keyFp,
+          outer,
+        });
+        return { address: ipToInt(held.address), resumed: true, id: held.id };
+      }
+      if (held) this.releaseRow(held.id, now, "expired", held.end);
+      let address = this.findFree(pool);
+      if (address === undefined) {
+        this.expire(now);
+        address = this.findFree(pool);
+        if (address === undefined) return null;
+      }
+      const ip = intToIp(address);
+      const id = Number(
+        this.stmts.insert.run(ip, app, keyFp, measurement, outer, now, until).lastInsertRowid,
+      );
+      pool.used.add(address);
+      this.audit.record("grant", now, { id, address: ip, app, measurement, keyFp, outer });
+      return { address, resumed: false, id };
+    })();
   }
 
   private findFree(pool: Pool): number | undefined {
@@ -153,22 +188,24 @@ export class LeaseStore {
   }
 
   /** Releases a lease now (revocation, or a grace period that ran out); its address becomes free. */
-  release(id: number, now: number): void {
-    const row = this.stmts.get.get(id) as
-      { address: string; app: string; released: number | null } | undefined;
-    if (row && row.released === null) this.releaseRow(id, ipToInt(row.address), row.app, now);
+  release(id: number, now: number, reason = "released"): void {
+    this.db.transaction(() => this.releaseRow(id, now, reason))();
   }
 
-  private releaseRow(id: number, address: number, app: string, now: number): void {
+  /** Marks a lease released at min(now, end) and logs it; `at` is when it lapsed, for expiries found late. */
+  private releaseRow(id: number, now: number, reason: string, at = now): void {
+    const r = this.get(id);
+    if (!r || r.released !== null) return;
     this.stmts.release.run(now, now, id);
-    this.pools.get(app)?.used.delete(address);
+    this.pools.get(r.app)?.used.delete(ipToInt(r.address));
+    this.audit.record("release", Math.min(at, now), r, reason);
   }
 
-  /** Releases every lease whose end has passed. Returns how many. */
+  /** Releases every lease whose end has passed (audit time: when it lapsed). Returns how many. */
   expire(now: number): number {
-    const rows = this.stmts.expired.all(now) as { id: number; address: string; app: string }[];
+    const rows = this.stmts.expired.all(now) as { id: number; end: number }[];
     if (rows.length)
-      this.db.transaction(() => rows.forEach((r) => this.releaseRow(r.id, ipToInt(r.address), r.app, now)))();
+      this.db.transaction(() => rows.forEach((r) => this.releaseRow(r.id, now, "expired", r.end)))();
     return rows.length;
   }
 

@@ -18,8 +18,13 @@
  *
  * Timers (one sweep every 200 ms): handshake timeouts and DTLS retransmissions, keepalives, idle timeouts, lease
  * extension in one transaction.
+ *
+ * Firewall (src/firewall/, off the packet path): a leased tunnel's address joins its app's nftables sets and leaves
+ * them when the tunnel closes; the policy table is applied at start and by reload(), which also revokes tunnels
+ * whose identity the new configuration no longer allows (src/gateway/reload.ts).
  */
 import { readFileSync } from "node:fs";
+import { Firewall, type FirewallStats } from "../firewall/firewall.js";
 import { matchApp } from "../attest/policy.js";
 import { primaryMeasurement } from "../attest/claims.js";
 import { loadCollateral } from "../attest/intel/collateral.js";
@@ -28,7 +33,7 @@ import { Cert } from "../attest/x509.js";
 import { DtlsContext, DtlsListener, DtlsSession, type DtlsResult } from "../native/dtls.js";
 import { Tun, UdpSocket } from "../native/io.js";
 import { checkTunnelPacket, intToIp, ipToInt, ipv4Dst, parseCidr, type DropReason } from "../packet/ip.js";
-import type { GatewayConfig } from "../policy/config.js";
+import { ConfigError, loadConfig, type GatewayConfig } from "../policy/config.js";
 import {
   decodeControl,
   encodeControl,
@@ -42,6 +47,7 @@ import { LeaseStore } from "./leases.js";
 import { jsonLogger, type Logger } from "./log.js";
 import { RateLimiter, sourceIp } from "./ratelimit.js";
 import { SystemSetup } from "./system.js";
+import { immutableChange, revocationReason, type ReloadResult } from "./reload.js";
 
 /** Room for the DTLS record header, explicit nonce and AEAD tag around one tunnelled packet (37 bytes, rounded up). */
 export const DTLS_OVERHEAD = 64;
@@ -69,6 +75,8 @@ export class Tunnel {
   acked = false;
   /** Largest packet the DTLS session can carry in one record (set when established). */
   maxRecord = 0;
+  /** The runtime's RA-TLS certificate, kept so a reload can re-check its identity (revocation). */
+  cert: Cert | undefined;
   readonly counters = zero();
   lastRx: number;
   lastTx: number;
@@ -94,6 +102,7 @@ export interface GatewayStats {
   drops: Record<string, number>;
   apps: Record<string, Counters & { tunnels: number }>;
   tunnelList: { peer: string; app: string; address: string; measurement: string; counters: Counters }[];
+  firewall: FirewallStats;
 }
 
 export interface GatewayOptions {
@@ -113,7 +122,9 @@ export class Gateway {
   private readonly appCounters = new Map<string, Counters>();
   private readonly limiter: RateLimiter;
   private readonly system = new SystemSetup();
-  private readonly verifyOpts: VerifyOptions;
+  private verifyOpts: VerifyOptions;
+  private readonly firewall: Firewall;
+  private reloading: Promise<ReloadResult> | undefined;
   private readonly gatewayAddress: number;
   private leases!: LeaseStore;
   private ctx!: DtlsContext;
@@ -125,7 +136,7 @@ export class Gateway {
   private stopping = false;
 
   constructor(
-    readonly config: GatewayConfig,
+    public config: GatewayConfig,
     opts: GatewayOptions = {},
   ) {
     this.log = opts.logger ?? jsonLogger();
@@ -135,11 +146,9 @@ export class Gateway {
       config.limits.handshakeBurstPerSource,
     );
     this.gatewayAddress = ipToInt(config.tun.address.split("/")[0]!);
-    this.verifyOpts = {
-      collateral: config.trust.collateral.length ? loadCollateral(config.trust.collateral) : undefined,
-      extraRoots: config.trust.simulatedRoots.flatMap((p) => Cert.fromPemBundle(readFileSync(p))),
-    };
+    this.verifyOpts = verifyOptions(config);
     for (const app of config.apps) this.appCounters.set(app.name, zero());
+    this.firewall = new Firewall(config.model, this.log);
   }
 
   /** Opens the database, the TUN and the UDP socket, and configures the kernel. */
@@ -162,16 +171,15 @@ export class Gateway {
     this.listener = new DtlsListener(this.ctx);
     this.tun = Tun.open(c.tun.name, { napi: true });
     try {
-      await this.system.configure(
-        this.tun.name,
-        c.tun.address,
-        c.tun.mtu,
-        c.apps.map((a) => a.subnet),
-      );
+      await this.system.configure(this.tun.name, c.tun.address, c.tun.mtu, [
+        ...new Set(c.apps.map((a) => a.subnet)),
+      ]);
+      await this.firewall.start();
       const [host, port] = splitHostPort(c.listen);
       this.udp = UdpSocket.bind(host, port, { rcvbuf: 4 << 20, sndbuf: 4 << 20 });
     } catch (e) {
       this.tun.close();
+      await this.firewall.stop();
       await this.system.undo();
       throw e;
     }
@@ -194,6 +202,7 @@ export class Gateway {
     for (const t of [...this.byPeer.values()]) this.close(t, "shutting-down", "gateway is shutting down");
     this.udp?.close();
     this.tun?.close();
+    await this.firewall.stop();
     await this.system.undo();
     this.leases?.close();
     this.log.log("info", "gateway-stopped");
@@ -350,8 +359,10 @@ export class Gateway {
       keyFp: cert.fingerprint,
       measurement,
       maxRecord: t.session.maxRecord(),
+      cert,
     });
     this.byAddress.set(lease.address, t);
+    this.firewall.tunnelUp(intToIp(lease.address), app.name);
     const msg: Lease = {
       address: intToIp(lease.address),
       prefix: parseCidr(app.subnet).prefix,
@@ -486,10 +497,13 @@ export class Gateway {
     this.halfOpen.delete(t);
     if (this.byPeer.get(t.peer) === t) this.byPeer.delete(t.peer);
     if (wasLeased) {
-      if (this.byAddress.get(t.address) === t) this.byAddress.delete(t.address);
+      if (this.byAddress.get(t.address) === t) {
+        this.byAddress.delete(t.address);
+        this.firewall.tunnelDown(intToIp(t.address));
+      }
       const now = this.now();
       if (keepLease) this.leases.extendMany([[t.leaseId, now + this.config.tunnel.leaseGraceSeconds * 1000]]);
-      else this.leases.release(t.leaseId, now);
+      else this.leases.release(t.leaseId, now, reason);
       this.log.log("info", "tunnel-down", {
         peer: t.peer,
         app: t.app,
@@ -543,6 +557,86 @@ export class Gateway {
     this.handshakes.set(result, (this.handshakes.get(result) ?? 0) + 1);
   }
 
+  /**
+   * Reloads the configuration file: validates it, applies the new policy atomically, and closes with `revoked`
+   * every tunnel whose identity is no longer allowed (its set elements removed and its conntrack entries deleted,
+   * so established flows end too). On any error the old configuration and policy stay. Concurrent calls share
+   * one reload.
+   */
+  reload(file = this.config.file): Promise<ReloadResult> {
+    this.reloading ??= this.doReload(file).finally(() => (this.reloading = undefined));
+    return this.reloading;
+  }
+
+  private async doReload(file: string): Promise<ReloadResult> {
+    const t0 = performance.now();
+    const fail = (error: string): ReloadResult => {
+      this.log.log("error", "reload-failed", { file, error });
+      return { ok: false, error, revoked: [], added: [], ms: Math.round(performance.now() - t0) };
+    };
+    let next: GatewayConfig;
+    let verify: VerifyOptions;
+    try {
+      next = loadConfig(file);
+      verify = verifyOptions(next);
+    } catch (e) {
+      return fail(e instanceof ConfigError ? e.message : `${file}: ${(e as Error).message}`);
+    }
+    const immutable = immutableChange(this.config, next);
+    if (immutable) return fail(immutable);
+    const revoke: { t: Tunnel; reason: string }[] = [];
+    for (const t of this.byAddress.values()) {
+      const reason = revocationReason(t.cert, t.app, next.apps, verify);
+      if (reason) revoke.push({ t, reason });
+    }
+    const added = next.apps.filter((a) => !this.config.apps.some((o) => o.name === a.name));
+    try {
+      // New subnets first, so the new policy never names an app the kernel cannot route.
+      await this.system.addRoutes(this.tun.name, [
+        ...new Set(added.filter((a) => !a.shared).map((a) => a.subnet)),
+      ]);
+      await this.firewall.apply(
+        next.model,
+        revoke.map((r) => intToIp(r.t.address)),
+      );
+    } catch (e) {
+      return fail(`policy not applied: ${(e as Error).message}`);
+    }
+    this.leases.addApps(added);
+    for (const a of added) this.appCounters.set(a.name, zero());
+    this.config = next;
+    this.verifyOpts = verify;
+    const revoked: ReloadResult["revoked"] = [];
+    for (const { t, reason } of revoke) {
+      const address = intToIp(t.address);
+      revoked.push({ address, app: t.app, measurement: t.measurement, reason });
+      this.close(t, "revoked", reason);
+    }
+    // Flows of revoked addresses end now, not when they time out.
+    await Promise.all(
+      revoked.map((r) =>
+        this.firewall
+          .cutFlows(r.address)
+          .catch((e: Error) =>
+            this.log.log("error", "conntrack-failed", { address: r.address, error: e.message }),
+          ),
+      ),
+    );
+    const res: ReloadResult = {
+      ok: true,
+      revoked,
+      added: added.map((a) => a.name),
+      ms: Math.round(performance.now() - t0),
+    };
+    this.log.log("info", "reloaded", { file, ...res });
+    return res;
+  }
+
+  /** Live packet counters of the policy table (per rule key path, and the named counters). */
+  firewallCounters(): Promise<Record<string, number>> {
+    return this.firewall.counters();
+  }
+
   stats(): GatewayStats {
     const apps: GatewayStats["apps"] = {};
     for (const [name, c] of this.appCounters) apps[name] = { ...c, tunnels: 0 };
@@ -560,8 +654,16 @@ export class Gateway {
         measurement: t.measurement,
         counters: { ...t.counters },
       })),
+      firewall: this.firewall.stats(),
     };
   }
+}
+
+function verifyOptions(config: GatewayConfig): VerifyOptions {
+  return {
+    collateral: config.trust.collateral.length ? loadCollateral(config.trust.collateral) : undefined,
+    extraRoots: config.trust.simulatedRoots.flatMap((p) => Cert.fromPemBundle(readFileSync(p))),
+  };
 }
 
 function splitHostPort(s: string): [string, number] {

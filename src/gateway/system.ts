@@ -36,6 +36,14 @@ export class SystemSetup {
     }
   }
 
+  /** Routes more subnets to the TUN (apps added by a reload); undone with the rest. */
+  async addRoutes(tun: string, subnets: readonly string[]): Promise<void> {
+    for (const s of subnets) {
+      await ip("route", "replace", s, "dev", tun);
+      this.undos.push(() => ip("route", "del", s, "dev", tun).catch(() => {}));
+    }
+  }
+
   /** Undoes everything, newest first. The TUN itself disappears when its file descriptor is closed. */
   async undo(): Promise<void> {
     while (this.undos.length) await this.undos.pop()!();

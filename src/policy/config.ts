@@ -10,6 +10,7 @@ import { z } from "zod";
 import { compileApps, PolicyError, type AppSpec } from "../attest/policy.js";
 import { TCB_STATUSES } from "../attest/claims.js";
 import { parseCidr } from "../packet/ip.js";
+import { compilePolicy, FirewallConfigError, type PolicyModel } from "../firewall/model.js";
 
 const hostPort = z
   .string()
@@ -25,6 +26,16 @@ const cidr = z.string().refine(
   },
   { message: "expected an IPv4 CIDR such as 100.64.1.0/24 (no host bits set)" },
 );
+const name = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$/, "expected 1-32 letters, digits, - or _");
+const ports = z
+  .array(
+    z.union([
+      z.number().int().min(1).max(65535),
+      z.string().regex(/^\d{1,5}(-\d{1,5})?$/, "expected a port or a range such as 8000-8080"),
+    ]),
+  )
+  .min(1, "expected at least one port");
+const proto = z.enum(["any", "tcp", "udp", "icmp"]);
 const ipv4 = z.string().regex(/^(\d{1,3}\.){3}\d{1,3}$/, "expected an IPv4 address");
 const hex = (bytes: number) =>
   z.string().regex(new RegExp(`^(0x)?[0-9a-fA-F]{${bytes * 2}}$`), `expected ${bytes} bytes of hex`);
@@ -111,12 +122,68 @@ const schema = z
             name: z
               .string()
               .regex(/^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$/, "expected 1-32 letters, digits, - or _"),
-            subnet: cidr,
+            subnet: cidr.optional(),
+            categories: z.array(name).default([]),
+            mark: z.number().int().min(1).max(0xffffffff).optional(),
             identities: z.array(identity).min(1, "expected at least one identity"),
           })
           .strict(),
       )
       .min(1, "expected at least one app"),
+    /** Shared address pool for apps without their own subnet: only the nftables sets identify the app. */
+    pool: cidr.optional(),
+    firewall: z
+      .object({
+        enabled: z.boolean().default(true),
+        table: name.default("seng"),
+        marks: z.boolean().default(true),
+        exportSets: z
+          .array(
+            z
+              .string()
+              .regex(
+                /^(inet|ip|ip6) [A-Za-z][A-Za-z0-9_-]{0,63}$/,
+                "expected a table as <family> <name>, e.g. inet filter",
+              ),
+          )
+          .default([]),
+        unshielded: z
+          .object({
+            drop: z.boolean().default(false),
+            interfaces: z.array(z.string().regex(/^[A-Za-z0-9_.@-]{1,15}$/, "expected an interface name")),
+            allow: z
+              .array(
+                z
+                  .object({ to: z.string().optional(), proto: proto.default("any"), ports: ports.optional() })
+                  .strict(),
+              )
+              .default([]),
+          })
+          .strict()
+          .optional(),
+      })
+      .strict()
+      .default({ enabled: true, table: "seng", marks: true, exportSets: [] }),
+    policy: z
+      .object({
+        default: z.enum(["allow", "deny"]).default("deny"),
+        sets: z.record(name, z.array(z.string()).min(1, "expected at least one address or CIDR")).default({}),
+        rules: z
+          .array(
+            z
+              .object({
+                from: z.string().min(1).default("any"),
+                to: z.string().min(1).default("any"),
+                proto: proto.default("any"),
+                ports: ports.optional(),
+                action: z.enum(["allow", "deny"]),
+              })
+              .strict(),
+          )
+          .default([]),
+      })
+      .strict()
+      .optional(),
   })
   .strict();
 
@@ -125,7 +192,10 @@ export type GatewayConfigFile = z.infer<typeof schema>;
 /** The validated configuration, with paths resolved and identities compiled. */
 export interface GatewayConfig extends Omit<GatewayConfigFile, "apps"> {
   file: string;
-  apps: (AppSpec & { subnet: string })[];
+  /** `subnet` is the app's own subnet, or the shared pool (`shared` true) when it has none. */
+  apps: (AppSpec & { subnet: string; shared: boolean; categories: string[]; mark: number })[];
+  /** The firewall policy compiled from `apps`, `firewall` and `policy` (src/firewall/model.ts). */
+  model: PolicyModel;
 }
 
 /** A configuration error: `file: key.path: what was expected`. */
@@ -169,17 +239,50 @@ export function parseConfig(text: string, file: string): GatewayConfig {
     if (e instanceof PolicyError) throw new ConfigError(`${file}: ${e.message}`);
     throw e;
   }
-  // App subnets must not overlap each other or the TUN address: an address must name exactly one app.
-  const ranges = c.apps.map((a, i) => ({ ...parseCidr(a.subnet), i }));
-  for (const a of ranges) {
-    for (const b of ranges) {
-      if (a.i < b.i && a.network < b.network + b.size && b.network < a.network + a.size) {
-        throw new ConfigError(
-          `${file}: apps[${b.i}].subnet: overlaps apps[${a.i}].subnet (${c.apps[a.i]!.subnet})`,
-        );
+  // App subnets (and the shared pool) must not overlap: an address in a subnet must name exactly one app.
+  const ranges = c.apps.flatMap((a, i) =>
+    a.subnet ? [{ ...parseCidr(a.subnet), key: `apps[${i}].subnet`, cidr: a.subnet }] : [],
+  );
+  if (c.pool) ranges.push({ ...parseCidr(c.pool), key: "pool", cidr: c.pool });
+  for (const [i, a] of ranges.entries()) {
+    for (const b of ranges.slice(i + 1)) {
+      if (a.network < b.network + b.size && b.network < a.network + a.size) {
+        throw new ConfigError(`${file}: ${b.key}: overlaps ${a.key} (${a.cidr})`);
       }
     }
-    if (a.size < 4) throw new ConfigError(`${file}: apps[${a.i}].subnet: expected a /30 or larger subnet`);
+    if (a.size < 4) throw new ConfigError(`${file}: ${a.key}: expected a /30 or larger subnet`);
+  }
+  for (const [i, a] of c.apps.entries()) {
+    if (!a.subnet && !c.pool)
+      throw new ConfigError(
+        `${file}: apps[${i}].subnet: expected a subnet, or a top-level pool for apps without one`,
+      );
+  }
+  const marks = new Map<number, number>();
+  const resolved = apps.map((a, i) => {
+    const mark = c.apps[i]!.mark ?? 0x5e000000 + i + 1;
+    if (marks.has(mark))
+      throw new ConfigError(`${file}: apps[${i}].mark: the same as apps[${marks.get(mark)}] (${mark})`);
+    marks.set(mark, i);
+    return {
+      ...a,
+      subnet: c.apps[i]!.subnet ?? c.pool!,
+      shared: !c.apps[i]!.subnet,
+      categories: c.apps[i]!.categories,
+      mark,
+    };
+  });
+  let model: PolicyModel;
+  try {
+    model = compilePolicy({
+      apps: resolved,
+      tun: c.tun.name,
+      firewall: c.firewall,
+      policy: c.policy,
+    });
+  } catch (e) {
+    if (e instanceof FirewallConfigError) throw new ConfigError(`${file}: ${e.message}`);
+    throw e;
   }
   return {
     ...c,
@@ -191,7 +294,8 @@ export function parseConfig(text: string, file: string): GatewayConfig {
       simulatedRoots: c.trust.simulatedRoots.map((p) => resolve(base, p)),
       collateral: c.trust.collateral.map((p) => resolve(base, p)),
     },
-    apps: apps.map((a, i) => ({ ...a, subnet: c.apps[i]!.subnet })),
+    apps: resolved,
+    model,
   };
 }
 

@@ -19,7 +19,9 @@ export const SERVER_IP = "198.18.2.2";
 
 export interface LabApp {
   name: string;
-  subnet: string;
+  /** Without a subnet the app leases from the config's shared `pool` (set extraYaml). */
+  subnet?: string;
+  categories?: string[];
   identities: Record<string, unknown>[];
 }
 
@@ -118,11 +120,23 @@ export class Lab {
     return `198.18.${2 * client + 1}.1:4433`;
   }
 
-  configText(): string {
-    const apps = this.opts.apps
+  get configFile(): string {
+    return join(this.dir, "gateway.yaml");
+  }
+
+  /** Rewrites the gateway's configuration file (for reloads); `opts` as in {@link Lab.create}. */
+  writeConfig(opts: Partial<LabOptions>): void {
+    writeFileSync(this.configFile, this.configText({ ...this.opts, ...opts }));
+  }
+
+  configText(opts: LabOptions = this.opts): string {
+    const apps = opts.apps
       .map(
         (a) =>
-          `  - name: ${a.name}\n    subnet: ${a.subnet}\n    identities: ${JSON.stringify(a.identities)}`,
+          `  - name: ${a.name}\n` +
+          (a.subnet ? `    subnet: ${a.subnet}\n` : "") +
+          (a.categories ? `    categories: ${JSON.stringify(a.categories)}\n` : "") +
+          `    identities: ${JSON.stringify(a.identities)}`,
       )
       .join("\n");
     return [
@@ -134,7 +148,7 @@ export class Lab {
       "trust:",
       "  simulatedRoots: [sim/root.pem]",
       "  collateral: [sim/collateral.json]",
-      this.opts.extraYaml ?? "",
+      opts.extraYaml ?? "",
       "apps:",
       apps,
       "",

@@ -1,0 +1,117 @@
+/**
+ * The gateway's firewall: applies the compiled policy (nft.ts) at start and on reload, keeps each live tunnel's
+ * address in its app's and categories' sets (sets.ts), and on revocation removes it and deletes its flows
+ * (conntrack.ts). The gateway calls tunnelUp/tunnelDown from its lease lifecycle; nothing here is on the packet path.
+ */
+import type { Logger } from "../gateway/log.js";
+import { deleteFlows } from "./conntrack.js";
+import type { PolicyModel } from "./model.js";
+import { applyPolicy, readCounters } from "./nft.js";
+import { SetSync, type SetRef, type SetSyncStats } from "./sets.js";
+
+export interface FirewallStats extends SetSyncStats {
+  enabled: boolean;
+}
+
+export class Firewall {
+  private readonly sets: SetSync;
+  /** address → app, for the live tunnels */
+  private readonly live = new Map<string, string>();
+
+  constructor(
+    private model: PolicyModel,
+    private readonly log: Logger,
+  ) {
+    this.sets = new SetSync((message) =>
+      this.log.limited("nft-set-error", 5000, "error", "nft-set-error", { message }),
+    );
+  }
+
+  get enabled(): boolean {
+    return this.model.enabled;
+  }
+
+  /** Applies the policy (tunnels: none yet, so the sets start empty). */
+  async start(): Promise<void> {
+    if (!this.enabled) return;
+    await this.apply(this.model);
+  }
+
+  private refs(app: string, model = this.model): SetRef[] {
+    const a = model.apps.find((x) => x.name === app);
+    if (!a) return [];
+    const names = [`seng_app_${app}`, ...a.categories.map((c) => `seng_cat_${c}`)];
+    const tables = [
+      `inet ${model.table}`,
+      ...model.exportTables.filter((t) => t.family !== "ip6").map((t) => `${t.family} ${t.name}`),
+    ];
+    return tables.flatMap((t) => names.map((n) => `${t} ${n}`));
+  }
+
+  tunnelUp(address: string, app: string): void {
+    this.live.set(address, app);
+    if (this.enabled) this.sets.set(address, this.refs(app));
+  }
+
+  tunnelDown(address: string): void {
+    this.live.delete(address);
+    if (this.enabled) this.sets.set(address, []);
+  }
+
+  /** After tunnelDown: waits until the address is out of the sets, then deletes its conntrack entries. */
+  async cutFlows(address: string): Promise<number> {
+    if (this.enabled) await this.sets.flushed();
+    return deleteFlows(address);
+  }
+
+  /**
+   * Applies `model` atomically, with the sets rebuilt from the live tunnels in the same transaction (category
+   * membership may have changed). Throws (nft's error) and keeps the old policy when nft refuses it.
+   */
+  async apply(model: PolicyModel, revoked: readonly string[] = []): Promise<void> {
+    if (!model.enabled) {
+      this.model = model;
+      return;
+    }
+    await this.sets.withExclusive(async () => {
+      const members = new Map<string, string[]>();
+      for (const [addr, app] of this.live) {
+        const refs = revoked.includes(addr) ? [] : this.refs(app, model);
+        this.sets.set(addr, refs);
+        for (const ref of refs) {
+          const name = ref.split(" ")[2]!;
+          const list = members.get(name) ?? members.set(name, []).get(name)!;
+          if (list[list.length - 1] !== addr) list.push(addr);
+        }
+      }
+      try {
+        await applyPolicy(model, members);
+      } catch (e) {
+        for (const [addr, app] of this.live) this.sets.set(addr, this.refs(app));
+        throw e;
+      }
+      this.model = model;
+    }, true);
+    // The apply wrote every set's members (ours and exported) in its own transaction.
+    await this.sets.flushed();
+  }
+
+  stats(): FirewallStats {
+    return { enabled: this.enabled, ...this.sets.getStats() };
+  }
+
+  /** Live counters of our table: per rule (key path) and the named counters. */
+  async counters(): Promise<Record<string, number>> {
+    return this.enabled ? readCounters(this.model.table) : {};
+  }
+
+  /** Empties the sets (no tunnels are left); the table and its rules stay, so the gateway fails closed. */
+  async stop(): Promise<void> {
+    if (this.enabled) {
+      for (const a of this.live.keys()) this.sets.set(a, []);
+      await Promise.race([this.sets.flushed(), new Promise((r) => setTimeout(r, 2000))]);
+    }
+    this.live.clear();
+    await this.sets.close();
+  }
+}

@@ -1,0 +1,247 @@
+/**
+ * Renders the compiled policy (model.ts) as one nftables script and applies it atomically with `nft -f -`.
+ *
+ * The script touches only SENG's own table (default `inet seng`), plus `add set` of the app and category sets in the
+ * tables named by `firewall.exportSets`. It never flushes the ruleset. One `nft -f` is one kernel transaction:
+ *
+ *   add table inet seng; flush table inet seng            (rules go, sets and their elements stay)
+ *   delete chain … / delete set …                           (what the previous policy had and this one does not)
+ *   add set seng_app_<app> / seng_cat_<category> …           (kept: live tunnel addresses survive a re-apply)
+ *   sets from policy.sets, named counters, chains and rules
+ *
+ * Chains (all in our table):
+ *   forward (hook forward, priority filter, policy accept)
+ *     iifname <LAN>  jump unshielded      when firewall.unshielded.drop
+ *     iifname <tun>  ct state new jump marks
+ *     iifname <tun>  jump rules            traffic from tunnels
+ *     oifname <tun>  jump rules            traffic to tunnels
+ *   unshielded: allow-list entries accept, then `counter name seng_unshielded_drops drop`
+ *   marks: `ip saddr @seng_app_<app> ct mark set <mark>` per app (connection accounting)
+ *   rules: `ct state established,related accept`, the rules in order (each with a counter and its key path as
+ *     comment), then the default with the named counter seng_policy_default
+ * An accept here ends only our chain; other tables' chains still see the packet, so admins' own rules keep working.
+ */
+import { spawn } from "node:child_process";
+import type { AllowEntry, Endpoint, PolicyModel, Rule } from "./model.js";
+
+export class NftError extends Error {
+  override readonly name = "NftError";
+}
+
+/** Runs `nft <args>` with `input` on stdin; resolves stdout, rejects with nft's error text. */
+export function nft(args: string[], input?: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const p = spawn("nft", args, { stdio: ["pipe", "pipe", "pipe"] });
+    let out = "";
+    let err = "";
+    p.stdout.setEncoding("utf8").on("data", (d: string) => (out += d));
+    p.stderr.setEncoding("utf8").on("data", (d: string) => (err += d));
+    p.on("error", (e) => reject(new NftError(`nft: ${e.message}`)));
+    p.on("close", (code) =>
+      code === 0
+        ? resolve(out)
+        : reject(new NftError(`nft ${args.join(" ")}: ${err.trim() || `exit ${code}`}`)),
+    );
+    p.stdin.on("error", () => {}); // nft may exit before reading everything; its exit code tells
+    p.stdin.end(input ?? "");
+  });
+}
+
+/** Chains and sets our table has now (empty when it does not exist). */
+export async function listTable(table: string): Promise<{ chains: string[]; sets: string[] }> {
+  let out: string;
+  try {
+    out = await nft(["-j", "list", "table", "inet", table]);
+  } catch (e) {
+    if (/No such file or directory/.test((e as Error).message)) return { chains: [], sets: [] };
+    throw e;
+  }
+  const items = (JSON.parse(out) as { nftables: Record<string, { name: string }>[] }).nftables;
+  return {
+    chains: items.filter((i) => i.chain).map((i) => i.chain!.name),
+    sets: items.filter((i) => i.set).map((i) => i.set!.name),
+  };
+}
+
+/** Names of the sets holding app addresses: per app and per category, IPv4 and IPv6. */
+export function memberSets(model: PolicyModel): { name: string; v6: boolean }[] {
+  const out: { name: string; v6: boolean }[] = [];
+  for (const a of model.apps)
+    out.push({ name: `seng_app_${a.name}`, v6: false }, { name: `seng_app6_${a.name}`, v6: true });
+  for (const c of Object.keys(model.categories))
+    out.push({ name: `seng_cat_${c}`, v6: false }, { name: `seng_cat6_${c}`, v6: true });
+  return out;
+}
+
+const q = (s: string) => JSON.stringify(s);
+
+function addrMatch(dir: "saddr" | "daddr", e: Endpoint, fam: 4 | 6): string | null {
+  const ip = fam === 4 ? "ip" : "ip6";
+  if (e.kind === "any") return "";
+  if (e.kind === "apps") return `${ip} ${dir} @${fam === 4 ? e.set : e.set6}`;
+  const list = fam === 4 ? e.v4 : e.v6;
+  if (list.length === 0) return null; // this family cannot match
+  if (e.set) return `${ip} ${dir} @${fam === 4 ? e.set : e.set6}`;
+  return `${ip} ${dir} ${list.length === 1 ? list[0] : `{ ${list.join(", ")} }`}`;
+}
+
+function l4(proto: Rule["proto"], ports: [number, number][], fam: 4 | 6 | 0): string {
+  if (proto === "any") return "";
+  if (proto === "icmp")
+    return fam === 4
+      ? "meta l4proto icmp"
+      : fam === 6
+        ? "meta l4proto ipv6-icmp"
+        : "meta l4proto { icmp, ipv6-icmp }";
+  if (!ports.length) return `meta l4proto ${proto}`;
+  const p = ports.map(([a, b]) => (a === b ? `${a}` : `${a}-${b}`));
+  return `${proto} dport ${p.length === 1 ? p[0] : `{ ${p.join(", ")} }`}`;
+}
+
+/** One nftables rule per address family the rule can match (one family-less rule when both ends are `any`). */
+function renderMatch(
+  from: Endpoint,
+  to: Endpoint,
+  proto: Rule["proto"],
+  ports: [number, number][],
+): string[] {
+  if (from.kind === "any" && to.kind === "any") return [l4(proto, ports, 0)];
+  const out: string[] = [];
+  for (const fam of [4, 6] as const) {
+    const s = addrMatch("saddr", from, fam);
+    const d = addrMatch("daddr", to, fam);
+    if (s === null || d === null) continue;
+    out.push([s, d, l4(proto, ports, fam)].filter(Boolean).join(" "));
+  }
+  return out;
+}
+
+export interface RenderOptions {
+  /** What the table has now (from {@link listTable}): deleted unless still wanted. */
+  existing?: { chains: string[]; sets: string[] };
+  /**
+   * Live members per set name (the gateway's view): the sets are flushed and filled with exactly these, in the
+   * same transaction. Without it (`seng policy apply` from the shell), existing members are kept.
+   */
+  members?: ReadonlyMap<string, readonly string[]>;
+}
+
+/** The whole policy as one nft script (one transaction). */
+export function renderScript(model: PolicyModel, opts: RenderOptions = {}): string {
+  const T = `inet ${model.table}`;
+  const L: string[] = [`add table ${T}`, `flush table ${T}`];
+  const wantedSets = new Set([
+    ...memberSets(model).map((s) => s.name),
+    ...Object.keys(model.sets).flatMap((n) => [`seng_net_${n}`, `seng_net6_${n}`]),
+  ]);
+  for (const c of opts.existing?.chains ?? []) L.push(`delete chain ${T} ${c}`);
+  // Config sets are rebuilt from the config every time; app/category sets keep their elements.
+  for (const s of opts.existing?.sets ?? [])
+    if (!wantedSets.has(s) || s.startsWith("seng_net")) L.push(`delete set ${T} ${s}`);
+  const memberTables = [{ family: "inet", name: model.table }, ...model.exportTables];
+  for (const t of memberTables) {
+    for (const s of memberSets(model)) {
+      if ((t.family === "ip" && s.v6) || (t.family === "ip6" && !s.v6)) continue;
+      const ref = `${t.family} ${t.name} ${s.name}`;
+      L.push(`add set ${ref} { type ${s.v6 ? "ipv6_addr" : "ipv4_addr"}; }`);
+      const m = opts.members?.get(s.name);
+      if (opts.members) {
+        L.push(`flush set ${ref}`);
+        if (m?.length) L.push(`add element ${ref} { ${m.join(", ")} }`);
+      }
+    }
+  }
+  for (const [n, s] of Object.entries(model.sets)) {
+    for (const [name, list, type] of [
+      [`seng_net_${n}`, s.v4, "ipv4_addr"],
+      [`seng_net6_${n}`, s.v6, "ipv6_addr"],
+    ] as const) {
+      L.push(`add set ${T} ${name} { type ${type}; flags interval; auto-merge; }`);
+      if (list.length) L.push(`add element ${T} ${name} { ${list.join(", ")} }`);
+    }
+  }
+  for (const c of ["seng_policy_default", "seng_unshielded_drops", "seng_sync"])
+    L.push(`add counter ${T} ${c}`);
+
+  const tun = q(model.tun);
+  L.push(`add chain ${T} forward { type filter hook forward priority filter; policy accept; }`);
+  if (model.unshielded) L.push(`add chain ${T} unshielded`);
+  if (model.marks) L.push(`add chain ${T} marks`);
+  if (model.filtering) L.push(`add chain ${T} rules`);
+  const rule = (chain: string, text: string) => L.push(`add rule ${T} ${chain} ${text}`);
+
+  if (model.unshielded)
+    rule("forward", `iifname { ${model.unshielded.interfaces.map(q).join(", ")} } jump unshielded`);
+  if (model.marks) rule("forward", `iifname ${tun} ct state new jump marks`);
+  if (model.filtering) {
+    rule("forward", `iifname ${tun} jump rules`);
+    rule("forward", `oifname ${tun} jump rules`);
+  }
+  if (model.unshielded) {
+    for (const a of model.unshielded.allow as AllowEntry[])
+      for (const m of renderMatch({ kind: "any", label: "any" }, a.to, a.proto, a.ports))
+        rule("unshielded", `${m} counter accept comment ${q(a.path)}`.trim());
+    rule("unshielded", `counter name "seng_unshielded_drops" drop comment "firewall.unshielded"`);
+  }
+  if (model.marks) {
+    for (const a of model.apps) {
+      rule(
+        "marks",
+        `ip saddr @seng_app_${a.name} ct mark set 0x${a.mark.toString(16)} comment ${q(`app:${a.name}`)}`,
+      );
+      rule(
+        "marks",
+        `ip6 saddr @seng_app6_${a.name} ct mark set 0x${a.mark.toString(16)} comment ${q(`app:${a.name}`)}`,
+      );
+    }
+  }
+  if (model.filtering) {
+    rule("rules", "ct state established,related accept");
+    for (const r of model.rules)
+      for (const m of renderMatch(r.from, r.to, r.proto, r.ports))
+        rule("rules", `${m} counter ${r.action} comment ${q(r.path)}`.replace(/^ /, ""));
+    rule("rules", `counter name "seng_policy_default" ${model.defaultAction} comment "policy.default"`);
+  }
+  return L.join("\n") + "\n";
+}
+
+/** Renders against the table's current state and applies in one transaction. */
+export async function applyPolicy(
+  model: PolicyModel,
+  members?: ReadonlyMap<string, readonly string[]>,
+): Promise<string> {
+  const script = renderScript(model, { existing: await listTable(model.table), members });
+  await nft(["-f", "-"], script);
+  return script;
+}
+
+/** Deletes our table (and nothing else). */
+export async function removeTable(table: string): Promise<void> {
+  await nft(["delete", "table", "inet", table]).catch((e: Error) => {
+    if (!/No such file or directory/.test(e.message)) throw e;
+  });
+}
+
+/** Packets counted per rule comment (key path) and the named counters, from the live table. */
+export async function readCounters(table: string): Promise<Record<string, number>> {
+  return parseCounters(await nft(["-j", "list", "table", "inet", table]));
+}
+
+/** Counters from `nft -j list table` output: per rule comment (summed over its families) and named counters. */
+export function parseCounters(json: string): Record<string, number> {
+  const out = JSON.parse(json) as {
+    nftables: {
+      rule?: { comment?: string; expr: { counter?: { packets: number } }[] };
+      counter?: { name: string; packets: number };
+    }[];
+  };
+  const c: Record<string, number> = {};
+  for (const i of out.nftables) {
+    if (i.counter) c[i.counter.name] = i.counter.packets;
+    if (i.rule?.comment) {
+      const n = i.rule.expr.find((e) => e.counter)?.counter?.packets;
+      if (n !== undefined) c[i.rule.comment] = (c[i.rule.comment] ?? 0) + n;
+    }
+  }
+  return c;
+}

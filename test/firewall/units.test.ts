@@ -1,0 +1,191 @@
+/** Firewall building blocks without the network: config errors, the compiled model and its nft text, explain, audit. */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { ConfigError, parseConfig } from "../../src/policy/config.js";
+import { explain, parseService } from "../../src/firewall/explain.js";
+import { renderScript } from "../../src/firewall/nft.js";
+import { LeaseStore } from "../../src/gateway/leases.js";
+import { AuditLog } from "../../src/gateway/audit.js";
+import { ipToInt } from "../../src/packet/ip.js";
+
+const BASE = `listen: 0.0.0.0:4433
+certificate: gw.pem
+key: gw.key
+tun: { address: 100.64.0.1/32 }
+`;
+const APPS = `apps:
+  - name: browser
+    subnet: 100.64.1.0/24
+    categories: [web]
+    identities: [{ mrenclave: "${"b0".repeat(32)}" }]
+  - name: mail
+    categories: [web]
+    identities: [{ mrenclave: "${"a0".repeat(32)}" }]
+`;
+
+const cfg = (extra: string, apps = APPS) => parseConfig(BASE + apps + extra, "gw.yaml");
+
+test("config errors name the file, the key path and what was expected", () => {
+  const cases: [string, RegExp][] = [
+    ["", /gw\.yaml: apps\[1\]\.subnet: expected a subnet, or a top-level pool/],
+    ["pool: 100.64.1.128/25\n", /gw\.yaml: pool: overlaps apps\[0\]\.subnet \(100\.64\.1\.0\/24\)/],
+    [
+      "pool: 100.64.128.0/24\npolicy: { rules: [{ from: nobody, to: any, action: allow }] }\n",
+      /gw\.yaml: policy\.rules\[0\]\.from: no app, category or set named nobody/,
+    ],
+    [
+      "pool: 100.64.128.0/24\npolicy: { rules: [{ from: browser, proto: icmp, ports: [1], action: allow }] }\n",
+      /gw\.yaml: policy\.rules\[0\]\.ports: ports need proto tcp or udp/,
+    ],
+    [
+      "pool: 100.64.128.0/24\npolicy: { rules: [{ from: browser, proto: tcp, ports: [70000], action: allow }] }\n",
+      /gw\.yaml: policy\.rules\[0\]\.ports\[0\]/,
+    ],
+    [
+      "pool: 100.64.128.0/24\npolicy: { rules: [{ from: 10.0.0.0/8, to: 1.2.3.4, action: allow }] }\n",
+      /gw\.yaml: policy\.rules\[0\]: from or to must name an app or category/,
+    ],
+    [
+      "pool: 100.64.128.0/24\npolicy: { sets: { s: [10.0.0.1/8] } }\n",
+      /gw\.yaml: policy\.sets\.s\[0\]: expected an IPv4 or IPv6 address or CIDR/,
+    ],
+    [
+      "pool: 100.64.128.0/24\npolicy: { rules: [{ from: browser, action: maybe }] }\n",
+      /gw\.yaml: policy\.rules\[0\]\.action: /,
+    ],
+    [
+      "pool: 100.64.128.0/24\nfirewall: { unshielded: { drop: true, interfaces: [] } }\n",
+      /gw\.yaml: firewall\.unshielded\.interfaces: expected at least one LAN interface/,
+    ],
+  ];
+  for (const [extra, re] of cases)
+    assert.throws(
+      () => cfg(extra),
+      (e: Error) => e instanceof ConfigError && re.test(e.message),
+      extra,
+    );
+});
+
+test("pool mode: apps without a subnet lease from one shared pool; marks and categories", () => {
+  const c = cfg("pool: 100.64.128.0/24\n");
+  const mail = c.apps.find((a) => a.name === "mail")!;
+  assert.equal(mail.subnet, "100.64.128.0/24");
+  assert.equal(mail.shared, true);
+  assert.equal(mail.mark, 0x5e000002);
+  assert.deepEqual(c.model.categories, { web: ["browser", "mail"] });
+  assert.equal(c.model.filtering, false, "no policy section: not filtered");
+});
+
+test("compiled rules: one nft rule per family, our table only, default counted", () => {
+  const c = cfg(`pool: 100.64.128.0/24
+policy:
+  sets: { servers: [198.18.2.2, "2001:db8::/32"] }
+  rules:
+    - { from: browser, to: set:servers, proto: tcp, ports: [443, "8000-8080"], action: allow }
+    - { from: category:web, to: 198.18.2.0/24, proto: icmp, action: allow }
+`);
+  const s = renderScript(c.model);
+  assert.match(s, /^add table inet seng\nflush table inet seng\n/);
+  assert.ok(!/flush ruleset/.test(s));
+  for (const line of s.trim().split("\n")) assert.match(line, / inet seng\b/, line);
+  assert.match(
+    s,
+    /ip saddr @seng_app_browser ip daddr @seng_net_servers tcp dport \{ 443, 8000-8080 \} counter accept comment "policy.rules\[0\]"/,
+  );
+  assert.match(s, /ip6 saddr @seng_app6_browser ip6 daddr @seng_net6_servers/);
+  assert.match(s, /ip saddr @seng_cat_web ip daddr 198\.18\.2\.0\/24 meta l4proto icmp counter accept/);
+  assert.ok(!/ip6 saddr @seng_cat6_web ip6 daddr/.test(s), "no IPv6 rule for an IPv4-only destination");
+  assert.match(s, /counter name "seng_policy_default" drop comment "policy.default"\n$/);
+  // A re-apply deletes what the table had and keeps app sets (with their live members) unless told the members.
+  const again = renderScript(c.model, {
+    existing: { chains: ["forward", "old"], sets: ["seng_app_gone", "seng_app_mail"] },
+  });
+  assert.match(again, /delete chain inet seng old/);
+  assert.match(again, /delete set inet seng seng_app_gone/);
+  assert.ok(!/delete set inet seng seng_app_mail/.test(again));
+});
+
+test("explain: first match wins, the default decides the rest, unshielded and non-tunnel traffic", () => {
+  const c = cfg(`pool: 100.64.128.0/24
+firewall: { unshielded: { drop: true, interfaces: [lan0], allow: [{ to: 10.0.0.53, proto: udp, ports: [53] }] } }
+policy:
+  rules:
+    - { from: browser, to: 198.18.2.2, proto: tcp, ports: [443], action: allow }
+    - { from: category:web, to: 198.18.2.2, proto: tcp, action: deny }
+    - { from: mail, to: any, proto: tcp, ports: [25], action: allow }
+    - { from: 198.18.2.0/24, to: mail, proto: tcp, ports: [8080], action: allow }
+`);
+  const live = new Map([
+    ["100.64.1.5", "browser"],
+    ["100.64.128.9", "mail"],
+  ]);
+  const ex = (from: string, to: string, svc: string, inIf?: string) =>
+    explain(c.model, { from, to, ...parseService(svc), inInterface: inIf }, (a) => live.get(a));
+  const table: [string, string, string, string | undefined, string, string][] = [
+    ["browser", "198.18.2.2", "tcp/443", undefined, "accept", "policy.rules[0]"],
+    ["100.64.1.5", "198.18.2.2", "tcp/80", undefined, "drop", "policy.rules[1]"],
+    ["100.64.128.9", "198.18.2.2", "tcp/25", undefined, "drop", "policy.rules[1]"],
+    ["100.64.128.9", "9.9.9.9", "tcp/25", undefined, "accept", "policy.rules[2]"],
+    ["100.64.128.9", "9.9.9.9", "udp/53", undefined, "drop", "policy.default"],
+    ["198.18.2.7", "100.64.128.9", "tcp/8080", undefined, "accept", "policy.rules[3]"],
+    ["198.18.2.7", "100.64.1.5", "tcp/8080", undefined, "drop", "policy.default"],
+    ["10.1.1.1", "9.9.9.9", "tcp/80", "lan0", "drop", "firewall.unshielded"],
+    ["10.1.1.1", "10.0.0.53", "udp/53", "lan0", "accept", "firewall.unshielded.allow[0]"],
+    ["10.1.1.1", "9.9.9.9", "tcp/80", "wan0", "accept", "none"],
+    // An address of the pool with no live tunnel is no app: rules naming mail do not match it.
+    ["100.64.128.10", "9.9.9.9", "tcp/25", undefined, "accept", "none"],
+  ];
+  for (const [from, to, svc, inIf, verdict, by] of table) {
+    const r = ex(from, to, svc, inIf);
+    assert.deepEqual(
+      [r.verdict, r.decidedBy],
+      [verdict, by],
+      `${from} → ${to} ${svc}: ${r.trace.join("; ")}`,
+    );
+  }
+  assert.throws(() => parseService("tcp/0"), /port out of range/);
+  assert.throws(() => parseService("sctp/1"), /expected tcp\/<port>/);
+});
+
+test("audit: who held an address at a time, after address reuse by another app and key, and after reopening", () => {
+  const dir = mkdtempSync(join(tmpdir(), "seng-audit-"));
+  try {
+    const db = join(dir, "seng.db");
+    const apps = [
+      { name: "a", subnet: "100.64.9.0/30" },
+      { name: "b", subnet: "100.64.9.0/30" }, // a shared pool: one address for both
+    ];
+    let s = new LeaseStore(db, apps);
+    const l1 = s.acquire("a", "key-a", "m-a", "198.18.1.2:1000", 1000, 2000)!;
+    s.acquire("a", "key-a", "m-a", "198.18.1.2:2000", 1500, 2500); // renewal from a new outer port
+    s.release(l1.id, 3000, "revoked");
+    const x = s.acquire("b", "key-b", "m-b", "198.18.3.2:1000", 4000, 5000)!;
+    const y = s.acquire("b", "key-c", "m-b", "198.18.3.2:1001", 4000, 5000)!;
+    assert.ok([x.address, y.address].includes(l1.address), "the address was reused");
+    const reused = x.address === l1.address ? x : y;
+    s.close(); // as after a kill -9: nothing else is written
+    s = new LeaseStore(db, apps);
+    s.close();
+    const { audit, close } = AuditLog.openReadOnly(db);
+    const addr = `100.64.9.${l1.address - ipToInt("100.64.9.0")}`;
+    const at = (t: number) => audit.who(addr, t);
+    assert.equal(at(500).holder, null);
+    assert.equal(at(1200).holder?.app, "a");
+    assert.equal(at(1200).holder?.outer, "198.18.1.2:1000");
+    assert.equal(at(1700).holder?.outer, "198.18.1.2:2000", "the renewal moved the outer address");
+    assert.equal(at(2999).holder?.releaseReason, "revoked");
+    assert.equal(at(3500).holder, null);
+    assert.equal(at(3500).previous?.app, "a");
+    const later = at(4500).holder!;
+    assert.equal(later.app, "b");
+    assert.equal(later.keyFp, reused === x ? "key-b" : "key-c");
+    const rows = [...audit.since(0)].map((r) => r.event);
+    assert.deepEqual(rows, ["grant", "renew", "release", "grant", "grant"]);
+    close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
