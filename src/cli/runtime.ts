@@ -120,7 +120,8 @@ function preload(): string[] {
   const here = fileURLToPath(import.meta.url);
   const ts = here.endsWith(".ts");
   const register = resolve(here, "../../runtime/register" + (ts ? ".ts" : ".js"));
-  return ts ? ["--import", "tsx", "--import", register] : ["--import", register];
+  // tsx is resolved here: the app may run from any folder.
+  return ts ? ["--import", import.meta.resolve("tsx"), "--import", register] : ["--import", register];
 }
 
 /** `seng runtime run -- node app.js`: starts node with the preload; the exit code is the app's. */

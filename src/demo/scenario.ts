@@ -15,6 +15,7 @@
  */
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { parseCounters } from "../firewall/nft.js";
 import { BROWSER, DB_CLIENT, DB_SERVER, ENCLAVE_SERVER, WEB_SERVER } from "./apps.js";
 import { ADDR, DemoNet, NS, type DemoProcess, type Host } from "./network.js";
 
@@ -173,6 +174,26 @@ export async function runNetworkDemo(opts: DemoOptions): Promise<DemoResult> {
       const app = up[up.length - 1]?.app;
       return typeof app === "string" ? `${app} @ ${address}` : address ? `? @ ${address}` : "-";
     };
+    /** Our nftables counters in the gateway namespace (per rule key path, and the named counters). */
+    const counters = async (): Promise<Record<string, number>> => {
+      const r = await net.run("gw", "nft", ["-j", "list", "table", "inet", "seng"]);
+      return r.code === 0 ? parseCounters(r.stdout) : {};
+    };
+    /** `seng policy explain`'s first line for a flow. */
+    const explainLine = async (from: string, to: string, svc: string): Promise<string> => {
+      const cfg = join(dir, "gateway.yaml");
+      const r = await net.run("gw", process.execPath, [
+        ...seng,
+        "policy",
+        "explain",
+        "--config",
+        cfg,
+        from,
+        to,
+        svc,
+      ]);
+      return (r.stdout || r.stderr).split("\n")[0]!.trim();
+    };
     const record = (c: Omit<DemoCase, "ok">) => {
       const ok = c.happened === c.expected;
       cases.push({ ...c, ok });
@@ -212,6 +233,7 @@ export async function runNetworkDemo(opts: DemoOptions): Promise<DemoResult> {
 
     // 2 + 3. db-client: the web server is not in its policy; the database is.
     log("  [2] bob runs the db-client app: it tries the web server, then queries the database ...");
+    const deniedBefore = (await counters()).seng_policy_default ?? 0;
     const dbc = shielded(
       "bob",
       "db-client",
@@ -229,22 +251,39 @@ export async function runNetworkDemo(opts: DemoOptions): Promise<DemoResult> {
       happened: firstRow && dbSeen?.remote === dbAddr ? "allowed" : "failed",
       attributed: attributed(dbAddr),
     });
+    const denied = ((await counters()).seng_policy_default ?? 0) - deniedBefore;
+    log(
+      `       policy explain db-client ${ADDR.web} tcp/80: ${await explainLine("db-client", ADDR.web, "tcp/80")}`,
+    );
+    log(`       the policy's default-deny counter went up by ${denied} packet(s)`);
     record({
       name: "db-client app → web server",
       expected: "dropped by policy",
-      happened: webTry.web === "failed" ? "dropped by policy" : `reached it (${String(webTry.web)})`,
+      happened:
+        webTry.web === "failed" && denied > 0
+          ? "dropped by policy"
+          : webTry.web === "failed"
+            ? "failed, but not counted by the policy"
+            : `reached it (${String(webTry.web)})`,
       attributed: attributed(dbAddr),
     });
 
     // 4. alice without the runtime.
     log("  [3] alice tries the web server without the runtime (unshielded) ...");
     {
+      const before = (await counters()).seng_unshielded_drops ?? 0;
       const r = await net.run("alice", "curl", ["-sS", "--max-time", "2", `http://${ADDR.web}/`], 10_000);
+      const dropped = ((await counters()).seng_unshielded_drops ?? 0) - before;
+      log(`       the gateway's unshielded-drop counter went up by ${dropped} packet(s)`);
       record({
         name: "alice without runtime → web server",
         expected: "dropped (unshielded)",
         happened:
-          r.code === 28 ? "dropped (unshielded)" : r.code === 0 ? "reached it" : `curl exit ${r.code}`,
+          r.code === 28 && dropped > 0
+            ? "dropped (unshielded)"
+            : r.code === 0
+              ? "reached it"
+              : `curl exit ${r.code}, ${dropped} counted`,
         attributed: "-",
       });
     }
@@ -296,6 +335,9 @@ export async function runNetworkDemo(opts: DemoOptions): Promise<DemoResult> {
         await new Promise((r) => setTimeout(r, 500)); // rows still flowing after the cut would show up here
         const rows = dbc.lines().filter((o) => typeof o.db === "string" && o.db.startsWith("row"));
         const lastMs = ((rows[rows.length - 1]?.t as number | undefined) ?? t0) - t0;
+        log(
+          `       the runtime saw "revoked" ${closedMs} ms after SIGHUP; last answer ${Math.max(0, lastMs)} ms after it`,
+        );
         happened =
           rows.length >= rowsBefore && closedMs < 1000 && lastMs < 1000
             ? "cut within 1 s"
