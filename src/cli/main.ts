@@ -4,6 +4,7 @@ import { attestCommand } from "./attest.js";
 import { demoCommand } from "./demo.js";
 import { gatewayCommands } from "./gateway.js";
 import { runtimeCommands } from "./runtime.js";
+import { statusCommand } from "./status.js";
 
 export function program(): Command {
   const p = new Command("seng")
@@ -11,6 +12,7 @@ export function program(): Command {
     .version("0.1.0");
   p.addCommand(attestCommand());
   p.addCommand(demoCommand());
+  p.addCommand(statusCommand());
   for (const c of [...gatewayCommands(), ...runtimeCommands()]) p.addCommand(c);
   // Settings are not inherited by commands added with addCommand: apply them to the whole tree.
   const walk = (c: Command): void => {
