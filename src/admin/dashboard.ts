@@ -18,6 +18,7 @@ th, td { text-align: left; padding: 0.3rem 0.5rem; border-bottom: 1px solid #e3e
 th { background: #eef1f4; font-weight: 600; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.mono { font-family: ui-monospace, monospace; }
+td.wrap { white-space: normal; overflow-wrap: anywhere; min-width: 16rem; }
 button { font: inherit; padding: 0.15rem 0.6rem; cursor: pointer; }
 form.inline { display: flex; gap: 0.5rem; flex-wrap: wrap; align-items: center; }
 input { font: inherit; padding: 0.2rem 0.4rem; }
@@ -192,7 +193,7 @@ function render(s) {
     cell(tr, new Date(e.t).toLocaleTimeString()); cell(tr, e.event); cell(tr, f.app || "");
     cell(tr, f.peer || f.source || "", "mono");
     cell(tr, String(f.measurement || "").slice(0, 16), "mono");
-    cell(tr, f.reason || f.error || f.note || ""); cell(tr, f.suppressed ? String(f.suppressed) : "", "num");
+    cell(tr, f.reason || f.error || f.note || "", "wrap"); cell(tr, f.suppressed ? String(f.suppressed) : "", "num");
   }
 }
 async function refresh() {
@@ -220,7 +221,7 @@ async function searchAudit(ev) {
       const { t, time, event, app, ...rest } = e;
       const when = t ?? time;
       cell(tr, when === undefined ? "" : new Date(when).toLocaleString()); cell(tr, event || ""); cell(tr, app || "");
-      cell(tr, JSON.stringify(rest), "mono");
+      cell(tr, JSON.stringify(rest), "mono wrap");
     }
     $("audit-status").textContent = r.entries.length + " entries";
   } catch (e) {
