@@ -357,12 +357,17 @@ export class Gateway {
     const started = t.createdAt;
     this.halfOpen.delete(t);
     const der = t.session.peerCertificate();
-    if (!der) return this.refuse(t, "no client certificate", "", "no-certificate");
+    if (!der) return this.refuse(t, "no client certificate", "", "no_certificate");
     let cert: Cert;
     try {
       cert = Cert.parseOnce(der);
     } catch (e) {
-      return this.refuse(t, `client certificate unreadable: ${(e as Error).message}`, "", "bad-certificate");
+      return this.refuse(
+        t,
+        `client certificate unreadable: ${(e as Error).message}`,
+        "",
+        "certificate_unreadable",
+      );
     }
     const verdict = verifyRaTlsCert(cert, this.verifyOpts);
     const measurement = verdict.claims ? primaryMeasurement(verdict.claims) : "";
@@ -371,11 +376,11 @@ export class Gateway {
         t,
         `attestation failed (${verdict.code}): ${verdict.reason}`,
         measurement,
-        verdict.code ?? "attestation-failed",
+        verdict.code ?? "attestation_failed",
       );
     const match = matchApp(verdict, this.config.apps);
     if (!match.matched)
-      return this.refuse(t, `no app matches: ${match.reasons.join("; ")}`, measurement, "no-app-match");
+      return this.refuse(t, `no app matches: ${match.reasons.join("; ")}`, measurement, "no_app_match");
     const app = this.config.apps.find((a) => a.name === match.app)!;
     const now = this.now();
     const grace = this.config.tunnel.leaseGraceSeconds * 1000;
@@ -443,6 +448,7 @@ export class Gateway {
       peer: t.peer,
       measurement,
       reason,
+      code,
     });
     this.close(t, "policy-rejected", reason);
   }

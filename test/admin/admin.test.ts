@@ -172,7 +172,7 @@ describe("admin API, metrics and status", { concurrency: false }, () => {
     await waitLine(c, (o) => o.event === "closed");
     await c.kill();
     const m = await scrape();
-    assert.ok((m.get('seng_attestation_verdicts_total{result="refused",reason="no-app-match"}') ?? 0) >= 1);
+    assert.ok((m.get('seng_attestation_verdicts_total{result="refused",reason="no_app_match"}') ?? 0) >= 1);
     const s = await adminJson<StatusView>({ socket }, "GET", "/v1/status");
     const refused = s.recent.find((e) => e.event === "tunnel-refused" && e.fields.measurement === STRANGER);
     assert.ok(refused, JSON.stringify(s.recent));

@@ -16,7 +16,19 @@ const BROWSER = "b0".repeat(32);
 const STRANGER = "ee".repeat(32);
 const TOKEN = "5a".repeat(32);
 const ADMIN = "http://198.18.2.1:9443";
-const SCREENSHOT = join(ROOT, "docs/dashboard.png");
+/** docs/dashboard.png with SENG_UPDATE_SCREENSHOT=1 (so ordinary test runs leave the work tree clean). */
+const SCREENSHOT_TO_DOCS = process.env.SENG_UPDATE_SCREENSHOT === "1";
+
+/**
+ * The page's document in functions run by the browser (the project compiles without the DOM library; those
+ * functions are sent as source, so they can use nothing from this module but types).
+ */
+interface Dom {
+  document: {
+    querySelector(s: string): { textContent: string | null } | null;
+    getElementById(id: string): { textContent: string | null } | null;
+  };
+}
 
 if (nsChildRole() === "browser") {
   const { chromium } = await import("playwright-core");
@@ -66,6 +78,18 @@ if (nsChildRole() === "browser") {
         await page.waitForSelector(row(address), { state: "detached", timeout: 15_000 });
         return true;
       },
+      /** Waits until the app's row shows `packets` packets in; returns the row's cells. */
+      async waitAppPackets(arg: { app: string; packets: number }) {
+        const sel = `#apps tr[data-app="${arg.app}"] td:nth-child(4)`;
+        await page.waitForFunction(
+          (a) => (globalThis as unknown as Dom).document.querySelector(a.sel)?.textContent === a.want,
+          { sel, want: String(arg.packets) },
+          { timeout: 15_000 },
+        );
+        return (await page.locator(`#apps tr[data-app="${arg.app}"]`).innerText())
+          .split("\t")
+          .map((x) => x.trim());
+      },
       async clickClose(address: string) {
         await page.click(`${row(address)} button.close`);
         return true;
@@ -76,7 +100,12 @@ if (nsChildRole() === "browser") {
       },
       async searchAudit() {
         await page.click('#audit-form button[type="submit"]');
-        await page.waitForFunction('!/searching/.test(document.getElementById("audit-status").textContent)');
+        await page.waitForFunction(
+          () =>
+            !/searching/.test(
+              (globalThis as unknown as Dom).document.getElementById("audit-status")?.textContent ?? "",
+            ),
+        );
         return page.locator("#audit-status").innerText();
       },
       async screenshot(path: string) {
@@ -134,14 +163,18 @@ if (nsChildRole() === "browser") {
       const cells = await browser.call<string[]>("waitTunnel", la.address, 30_000);
       assert.ok(cells.includes("browser") && cells.includes(la.address), cells.join(" | "));
       await browser.call("waitTunnel", lb.address, 30_000);
-      // Some traffic so the screenshot shows counters.
-      await lab.clients[0]!.exec("ping", ["-c", "3", "-i", "0.2", "-W", "2", "198.18.2.2"], {
+      // Traffic shows up live: 3 echo requests of 84 bytes (20 IP + 8 ICMP + 56) from the first tunnel.
+      const ping = await lab.clients[0]!.exec("ping", ["-c", "3", "-i", "0.2", "-W", "2", "198.18.2.2"], {
         check: false,
         timeoutMs: 10_000,
       });
+      assert.equal(ping.code, 0, ping.stdout);
+      const app = await browser.call<string[]>("waitAppPackets", { app: "browser", packets: 3 }, 30_000);
+      assert.deepEqual(app.slice(0, 5), ["browser", "100.64.1.0/24", "2", "3", "252 B"]);
       assert.match(await browser.call<string>("searchAudit", undefined, 30_000), /audit log: .*issue 5/);
-      await browser.call("screenshot", SCREENSHOT, 30_000);
-      assert.ok(statSync(SCREENSHOT).size > 10_000, "a real screenshot");
+      const shot = SCREENSHOT_TO_DOCS ? join(ROOT, "docs/dashboard.png") : join(lab.dir, "dashboard.png");
+      await browser.call("screenshot", shot, 30_000);
+      assert.ok(statSync(shot).size > 10_000, "a real screenshot");
 
       // The client ends its tunnel: the row goes away by itself.
       await a.kill("SIGTERM");

@@ -125,7 +125,7 @@ test("metrics: figures are read from the gateway's counters at scrape time", asy
     { stats: () => stats, firewallDrops: () => ({ policy: 5 }) },
     { processMetrics: false },
   );
-  m.verdict("refused", "no-app-match", 12);
+  m.verdict("refused", "no_app_match", 12);
   const text = (await m.render()).body;
   for (const line of [
     'seng_tunnels{app="a"} 1',
@@ -137,7 +137,7 @@ test("metrics: figures are read from the gateway's counters at scrape time", asy
     'seng_drops_total{reason="spoofed-source"} 7',
     'seng_drops_total{reason="malformed"} 0',
     'seng_drops_total{reason="policy"} 5',
-    'seng_attestation_verdicts_total{result="refused",reason="no-app-match"} 1',
+    'seng_attestation_verdicts_total{result="refused",reason="no_app_match"} 1',
     'seng_handshake_duration_seconds_bucket{le="0.025",result="refused"} 1',
   ])
     assert.ok(text.split("\n").includes(line), `${line}\n${text}`);
