@@ -435,15 +435,15 @@ export class Gateway {
       tcbStatus: verdict.tcbStatus,
       setupMs: now - started,
     });
-    for (const o of this.observers) {
+    this.notify((o) => {
       o.verdict?.("accepted", "accepted", now - started);
       o.tunnelUp?.(this.info(t));
-    }
+    });
   }
 
   private refuse(t: Tunnel, reason: string, measurement: string, code: string): void {
     this.handshake("refused");
-    for (const o of this.observers) o.verdict?.("refused", code, this.now() - t.createdAt);
+    this.notify((o) => o.verdict?.("refused", code, this.now() - t.createdAt));
     this.log.limited(`refused:${measurement}:${reason.slice(0, 40)}`, 5000, "warn", "tunnel-refused", {
       peer: t.peer,
       measurement,
@@ -566,7 +566,7 @@ export class Gateway {
         message,
         ...t.counters,
       });
-      for (const o of this.observers) o.tunnelDown?.(this.info(t), reason, message);
+      this.notify((o) => o.tunnelDown?.(this.info(t), reason, message));
     }
   }
 
@@ -616,6 +616,19 @@ export class Gateway {
   /** Registers an observer (metrics, admin API). */
   observe(o: GatewayObserver): void {
     this.observers.push(o);
+  }
+
+  /** Tells the observers; one that throws is logged, never allowed to break the gateway's own work. */
+  private notify(f: (o: GatewayObserver) => void): void {
+    for (const o of this.observers) {
+      try {
+        f(o);
+      } catch (e) {
+        this.log.limited("observer-error", 10_000, "error", "observer-error", {
+          error: (e as Error).message,
+        });
+      }
+    }
   }
 
   private info(t: Tunnel): TunnelInfo {

@@ -6,12 +6,14 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { writeFileSync } from "node:fs";
+import { generateKeyPairSync } from "node:crypto";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { Lab, SERVER_IP, CLI, waitLine } from "../helpers/lab.js";
 import { ROOT } from "../helpers/netns.js";
 import { adminJson, adminRequest } from "../../src/admin/client.js";
+import { selfSignedCert, x509 } from "../../src/attest/x509gen.js";
 import type { StatusView } from "../../src/admin/backend.js";
 import type { TunnelDetail, TunnelInfo } from "../../src/gateway/server.js";
 
@@ -293,6 +295,75 @@ describe("admin API, metrics and status", { concurrency: false }, () => {
     const m = await scrape();
     assert.ok((m.get('seng_tunnel_closes_total{app="browser",reason="revoked"}') ?? 0) >= 1);
     await c.kill();
+  });
+
+  test("with admin.tls the TCP listener speaks HTTPS: status with --ca, a Secure session cookie", async () => {
+    const keys = generateKeyPairSync("ec", { namedCurve: "P-256" });
+    const cert = await selfSignedCert({
+      keys,
+      name: "CN=seng admin",
+      days: 1,
+      extensions: [new x509.SubjectAlternativeNameExtension([{ type: "ip", value: "198.18.2.1" }])],
+    });
+    const pem = join(lab.dir, "admin.pem");
+    writeFileSync(pem, cert.pem);
+    writeFileSync(join(lab.dir, "admin.key"), keys.privateKey.export({ type: "pkcs8", format: "pem" }), {
+      mode: 0o600,
+    });
+    const yaml = join(lab.dir, "gateway.yaml");
+    writeFileSync(
+      yaml,
+      readFileSync(yaml, "utf8").replace(
+        "admin: { tcp: 198.18.2.1:9443, tokenFile: admin.token }",
+        "admin: { tcp: 198.18.2.1:9443, tokenFile: admin.token, tls: { certificate: admin.pem, key: admin.key } }",
+      ),
+    );
+    await lab.stopGateway();
+    const gw = await lab.startGateway();
+    assert.equal((await waitLine(gw, (o) => o.event === "admin-started")).tls, true);
+    const status = await lab.srv.exec(
+      node,
+      [
+        "--import",
+        "tsx",
+        CLI,
+        "status",
+        "--url",
+        "https://198.18.2.1:9443",
+        "--token-file",
+        join(lab.dir, "admin.token"),
+        "--ca",
+        pem,
+        "--json",
+      ],
+      { timeoutMs: 20_000 },
+    );
+    assert.deepEqual(
+      (JSON.parse(status.stdout) as StatusView).apps.map((a) => a.name),
+      ["browser"],
+    );
+    const env = { ...process.env, NODE_EXTRA_CA_CERTS: pem };
+    const login = await lab.srv.exec(
+      node,
+      ["--import", "tsx", HTTP_TOOL, "POST", "https://198.18.2.1:9443/login", "--form", `token=${TOKEN}`],
+      { timeoutMs: 20_000, env },
+    );
+    const r = JSON.parse(login.stdout) as HttpResult;
+    assert.equal(r.status, 303);
+    assert.match(
+      r.headers["set-cookie"]!,
+      /^seng_session=[\w-]{43}; Path=\/; HttpOnly; SameSite=Strict; .*; Secure$/,
+    );
+    // Plain HTTP to the TLS listener gets nothing.
+    const plain = await lab.srv.exec(
+      node,
+      ["--import", "tsx", HTTP_TOOL, "GET", ADMIN + "/v1/status", "--token", TOKEN],
+      {
+        timeoutMs: 20_000,
+        check: false,
+      },
+    );
+    assert.notEqual(plain.code, 0);
   });
 
   test("policy reload and audit answer 503 not-available until the gateway has them", async () => {
