@@ -3,12 +3,18 @@
  * fingerprint runtimes pin; `seng gateway reload --config <file>` makes the running gateway reload (SIGHUP to the
  * pid in `<database>.pid`) and prints the result it writes to `<database>.reload.json`.
  */
-import { createHash, generateKeyPairSync } from "node:crypto";
+import { createHash, generateKeyPairSync, randomBytes } from "node:crypto";
 import { mkdirSync, writeFileSync, existsSync, readFileSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { Command } from "commander";
 import { selfSignedCert } from "../attest/x509gen.js";
 import { Gateway } from "../gateway/server.js";
+import { jsonLogger, LEVELS, type Level } from "../gateway/log.js";
+import { AdminServer } from "../admin/server.js";
+import { gatewayBackend } from "../admin/backend.js";
+import { RecentEvents } from "../admin/recent.js";
+import { GatewayMetrics } from "../metrics/metrics.js";
+import { MetricsServer } from "../metrics/server.js";
 import { ConfigError, loadConfig } from "../policy/config.js";
 import { action, UsageError } from "./errors.js";
 
@@ -18,8 +24,9 @@ function gatewayRun(): Command {
     .description("run the SENG gateway")
     .enablePositionalOptions()
     .option("--config <file>", "gateway configuration (YAML); required")
+    .option("--log-level <level>", `lowest log level written: ${LEVELS.join(", ")}`, "info")
     .action(
-      action(async (f: { config?: string }) => {
+      action(async (f: { config?: string; logLevel: string }) => {
         // Not a requiredOption: commander would demand it of the subcommands (keygen) too.
         if (!f.config) throw new UsageError("gateway: --config <file> is required");
         let config;
@@ -29,8 +36,36 @@ function gatewayRun(): Command {
           if (e instanceof ConfigError) throw new UsageError(e.message);
           throw e;
         }
-        const gw = new Gateway(config);
+        if (!LEVELS.includes(f.logLevel as Level))
+          throw new UsageError(`gateway: --log-level: expected one of ${LEVELS.join(", ")}`);
+        const recent = new RecentEvents();
+        const logger = jsonLogger({ level: f.logLevel as Level, onEntry: recent.add });
+        const gw = new Gateway(config, { logger });
+        const metrics = new GatewayMetrics(gw);
+        gw.observe(metrics);
+        gw.onSetUpdate((seconds) => metrics.observeSetUpdate("add", seconds));
+        const admin = new AdminServer({
+          config: config.admin,
+          configFile: config.file,
+          backend: gatewayBackend(gw, metrics, recent),
+        });
+        const scrape = config.metrics && new MetricsServer(metrics, config.metrics.listen);
         await gw.start();
+        try {
+          await admin.start();
+          await scrape?.start(`${config.file}: metrics.listen`);
+        } catch (e) {
+          await admin.stop();
+          await gw.stop();
+          // Listening and token-file failures: one line naming the configuration key.
+          throw new UsageError((e as Error).message);
+        }
+        logger.log("info", "admin-started", {
+          socket: config.admin.socket,
+          tcp: config.admin.tcp ? `${config.admin.tcp.replace(/:\d+$/, "")}:${admin.tcpPort}` : undefined,
+          tls: Boolean(config.admin.tls),
+          metrics: scrape ? `${config.metrics!.listen.replace(/:\d+$/, "")}:${scrape.port}` : undefined,
+        });
         const pidFile = `${config.database}.pid`;
         writeFileSync(pidFile, `${process.pid}\n`);
         process.on("SIGUSR1", () => {
@@ -57,13 +92,16 @@ function gatewayRun(): Command {
           process.on("SIGINT", stop);
           process.on("SIGTERM", stop);
         });
+        await scrape?.stop();
+        await admin.stop();
         await gw.stop();
         rmSync(pidFile, { force: true });
         return 0;
       }),
     )
     .addCommand(keygen())
-    .addCommand(reload());
+    .addCommand(reload())
+    .addCommand(adminToken());
 }
 
 function reload(): Command {
@@ -104,6 +142,18 @@ function reload(): Command {
         const text = readFileSync(resultFile, "utf8");
         process.stdout.write(text);
         return (JSON.parse(text) as { ok: boolean }).ok ? 0 : 1;
+      }),
+    );
+}
+
+function adminToken(): Command {
+  return new Command("admin-token")
+    .description("create a random admin API token file (mode 600) for admin.tokenFile")
+    .requiredOption("--file <path>", "where to write the token")
+    .action(
+      action((f: { file: string }) => {
+        if (existsSync(f.file)) throw new UsageError(`${f.file} exists; remove it first`);
+        writeFileSync(f.file, randomBytes(32).toString("hex") + "\n", { mode: 0o600, flag: "wx" });
       }),
     );
 }

@@ -6,6 +6,7 @@ import { policyCommand } from "./policy.js";
 import { demoCommand } from "./demo.js";
 import { gatewayCommands } from "./gateway.js";
 import { runtimeCommands } from "./runtime.js";
+import { statusCommand } from "./status.js";
 
 export function program(): Command {
   const p = new Command("seng")
@@ -17,6 +18,7 @@ export function program(): Command {
   p.addCommand(demoCommand());
   p.addCommand(policyCommand());
   p.addCommand(auditCommand());
+  p.addCommand(statusCommand());
   for (const c of [...gatewayCommands(), ...runtimeCommands()]) p.addCommand(c);
   // Settings are not inherited by commands added with addCommand: apply them to the whole tree.
   const walk = (c: Command): void => {

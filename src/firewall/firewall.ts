@@ -100,6 +100,23 @@ export class Firewall {
     return { enabled: this.enabled, ...this.sets.getStats() };
   }
 
+  /** Reports each set addition's latency (queued → confirmed by nft), in seconds. */
+  onSetUpdate(fn: (seconds: number) => void): void {
+    this.sets.onAdded = fn;
+  }
+
+  /**
+   * Packets our rules dropped, by reason: `policy` (deny rules and a deny default) and `unshielded`, read from the
+   * live table's counters.
+   */
+  async drops(): Promise<Record<string, number>> {
+    if (!this.enabled) return {};
+    const c = await this.counters();
+    let policy = this.model.defaultAction === "drop" ? (c.seng_policy_default ?? 0) : 0;
+    for (const r of this.model.rules) if (r.action === "drop") policy += c[r.path] ?? 0;
+    return { policy, unshielded: c.seng_unshielded_drops ?? 0 };
+  }
+
   /** Live counters of our table: per rule (key path) and the named counters. */
   async counters(): Promise<Record<string, number>> {
     return this.enabled ? readCounters(this.model.table) : {};

@@ -52,6 +52,8 @@ export class SetSync {
   private readonly latencies: number[] = [];
   private readonly waiters: (() => void)[] = [];
   readonly stats = { updates: 0, batches: 0, errors: 0, resyncs: 0 };
+  /** Called with the seconds from an address being queued to nft confirming it in its sets (metrics). */
+  onAdded: ((seconds: number) => void) | undefined;
 
   /**
    * @param onError called with nft's error text for a failed batch (the sets are resynced afterwards)
@@ -272,6 +274,7 @@ export class SetSync {
   }
 
   private recordLatency(ms: number): void {
+    this.onAdded?.(ms / 1000);
     this.latencies.push(ms);
     if (this.latencies.length > 1000) this.latencies.splice(0, this.latencies.length - 1000);
   }

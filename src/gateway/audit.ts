@@ -164,6 +164,44 @@ export class AuditLog {
     };
   }
 
+  /**
+   * Rows matching every given filter, newest first, at most `limit` (1-1000, default 100): the admin API's audit
+   * search. Filters are bound parameters, never pasted into the SQL.
+   */
+  query(q: {
+    app?: string;
+    event?: string;
+    address?: string;
+    since?: number;
+    until?: number;
+    limit?: number;
+  }): AuditRow[] {
+    const where: string[] = [];
+    const args: (string | number)[] = [];
+    const eq = (col: string, v: string | undefined) => {
+      if (v === undefined) return;
+      where.push(`${col} = ?`);
+      args.push(v);
+    };
+    eq("app", q.app);
+    eq("event", q.event);
+    eq("address", q.address);
+    if (q.since !== undefined) {
+      where.push("t >= ?");
+      args.push(q.since);
+    }
+    if (q.until !== undefined) {
+      where.push("t <= ?");
+      args.push(q.until);
+    }
+    const limit = Math.min(1000, Math.max(1, Math.trunc(q.limit ?? 100)));
+    const sql = `SELECT * FROM audit${where.length ? ` WHERE ${where.join(" AND ")}` : ""} ORDER BY t DESC, id DESC LIMIT ${limit}`;
+    return this.db
+      .prepare(sql)
+      .all(...args)
+      .map((r) => toRow(r as Record<string, unknown>));
+  }
+
   /** Every row since `since` (ms), oldest first. */
   *since(since: number): Generator<AuditRow> {
     for (const r of this.stmts.since.iterate(since)) yield toRow(r as Record<string, unknown>);

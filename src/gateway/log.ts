@@ -1,9 +1,13 @@
 /**
- * Structured logs: one JSON object per line on stdout (`{"t":…,"level":"info","event":"tunnel-up",…}`), and a
- * per-key limiter so a flood of identical events (spoofed packets, refused handshakes) logs once per interval with
- * a count of what was suppressed.
+ * Structured logs with pino: one JSON object per line on stdout (`{"level":"info","t":"…","event":"tunnel-up",…}`),
+ * and a per-key limiter so a flood of identical events (spoofed packets, refused handshakes) logs once per interval
+ * with a count of what was suppressed.
  */
+import { pino, type DestinationStream } from "pino";
+
 export type Level = "debug" | "info" | "warn" | "error";
+
+export const LEVELS: readonly Level[] = ["debug", "info", "warn", "error"];
 
 export interface Logger {
   log(level: Level, event: string, fields?: Record<string, unknown>): void;
@@ -17,15 +21,36 @@ export interface Logger {
   ): void;
 }
 
-export function jsonLogger(
-  write: (line: string) => void = (l) => process.stdout.write(l),
-  minLevel: Level = "info",
-): Logger {
-  const order: Record<Level, number> = { debug: 0, info: 1, warn: 2, error: 3 };
+export interface JsonLoggerOptions {
+  /** Where lines go (default: stdout, written synchronously so nothing is lost on a crash). */
+  write?: (line: string) => void;
+  /** Lowest level written (default info). */
+  level?: Level;
+  /** Sees every entry that was written (after level filtering and rate limiting): the admin API's recent events. */
+  onEntry?: (level: Level, event: string, fields: Record<string, unknown>) => void;
+}
+
+const ORDER: Record<Level, number> = { debug: 0, info: 1, warn: 2, error: 3 };
+
+export function jsonLogger(opts: JsonLoggerOptions = {}): Logger {
+  const minLevel = opts.level ?? "info";
+  const dest: DestinationStream = opts.write
+    ? { write: opts.write }
+    : pino.destination({ dest: 1, sync: true, mkdir: false });
+  const p = pino(
+    {
+      level: minLevel,
+      base: undefined, // no pid/hostname: the gateway is one process and the lines say what they are
+      timestamp: () => `,"t":"${new Date().toISOString()}"`,
+      formatters: { level: (label) => ({ level: label }) },
+    },
+    dest,
+  );
   const last = new Map<string, { at: number; suppressed: number }>();
   const log = (level: Level, event: string, fields: Record<string, unknown> = {}) => {
-    if (order[level] < order[minLevel]) return;
-    write(JSON.stringify({ t: new Date().toISOString(), level, event, ...fields }) + "\n");
+    if (ORDER[level] < ORDER[minLevel]) return;
+    p[level]({ event, ...fields });
+    opts.onEntry?.(level, event, fields);
   };
   return {
     log,

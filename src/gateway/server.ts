@@ -26,7 +26,7 @@
 import { readFileSync } from "node:fs";
 import { Firewall, type FirewallStats } from "../firewall/firewall.js";
 import { matchApp } from "../attest/policy.js";
-import { primaryMeasurement } from "../attest/claims.js";
+import { primaryMeasurement, type Claims, type TcbStatus } from "../attest/claims.js";
 import { loadCollateral } from "../attest/intel/collateral.js";
 import { verifyRaTlsCert, type VerifyOptions } from "../attest/verify.js";
 import { Cert } from "../attest/x509.js";
@@ -64,8 +64,12 @@ const zero = (): Counters => ({ rxPackets: 0, rxBytes: 0, txPackets: 0, txBytes:
 
 type State = "handshake" | "leased" | "closed";
 
+let nextTunnelId = 0;
+
 /** One runtime's tunnel. */
 export class Tunnel {
+  /** Stable id for the admin API, unique within the process. */
+  readonly id = ++nextTunnelId;
   state: State = "handshake";
   app = "";
   address = 0;
@@ -77,6 +81,10 @@ export class Tunnel {
   maxRecord = 0;
   /** The runtime's RA-TLS certificate, kept so a reload can re-check its identity (revocation). */
   cert: Cert | undefined;
+  /** Verified attestation claims and TCB status (set when leased), for the admin API. */
+  claims: Claims | undefined;
+  tcbStatus: TcbStatus | null = null;
+  leasedAt = 0;
   readonly counters = zero();
   lastRx: number;
   lastTx: number;
@@ -103,6 +111,41 @@ export interface GatewayStats {
   apps: Record<string, Counters & { tunnels: number }>;
   tunnelList: { peer: string; app: string; address: string; measurement: string; counters: Counters }[];
   firewall: FirewallStats;
+}
+
+/** A read-only view of one live tunnel (admin API, dashboard). */
+export interface TunnelInfo {
+  id: number;
+  app: string;
+  address: string;
+  /** The runtime's outer UDP address (ip:port). */
+  peer: string;
+  measurement: string;
+  /** SHA-256 of the runtime's RA-TLS key (certificate), hex. */
+  key: string;
+  /** ms since the epoch. */
+  createdAt: number;
+  leasedAt: number;
+  lastRx: number;
+  lastTx: number;
+  counters: Counters;
+}
+
+/** One tunnel with its attestation claims. */
+export interface TunnelDetail extends TunnelInfo {
+  tcbStatus: TcbStatus | null;
+  claims: Claims | undefined;
+}
+
+/**
+ * Told about events the counters cannot show (metrics, admin API). Called synchronously on the event loop: keep
+ * the work small. Observers never see packets; per-packet figures are read from {@link Gateway.stats}.
+ */
+export interface GatewayObserver {
+  /** An attestation verdict at the end of a handshake: `accepted`, or `refused` with a short stable reason. */
+  verdict?(result: "accepted" | "refused", reason: string, setupMs: number): void;
+  tunnelUp?(t: TunnelInfo): void;
+  tunnelDown?(t: TunnelInfo, reason: CloseReason, message: string): void;
 }
 
 export interface GatewayOptions {
@@ -134,6 +177,9 @@ export class Gateway {
   private sweepTimer: NodeJS.Timeout | undefined;
   private lastLeaseFlush = 0;
   private stopping = false;
+  private readonly observers: GatewayObserver[] = [];
+  /** ms since the epoch when {@link start} finished. */
+  startedAt = 0;
 
   constructor(
     public config: GatewayConfig,
@@ -186,6 +232,7 @@ export class Gateway {
     this.udp.onDatagrams((b) => this.onDatagrams(b.data, b.peers));
     this.tun.onPackets((p) => this.onTunPackets(p));
     this.sweepTimer = setInterval(() => this.sweep(), 200);
+    this.startedAt = this.now();
     this.log.log("info", "gateway-started", {
       listen: c.listen,
       port: this.udp.port,
@@ -319,19 +366,30 @@ export class Gateway {
     const started = t.createdAt;
     this.halfOpen.delete(t);
     const der = t.session.peerCertificate();
-    if (!der) return this.refuse(t, "no client certificate");
+    if (!der) return this.refuse(t, "no client certificate", "", "no_certificate");
     let cert: Cert;
     try {
       cert = Cert.parseOnce(der);
     } catch (e) {
-      return this.refuse(t, `client certificate unreadable: ${(e as Error).message}`);
+      return this.refuse(
+        t,
+        `client certificate unreadable: ${(e as Error).message}`,
+        "",
+        "certificate_unreadable",
+      );
     }
     const verdict = verifyRaTlsCert(cert, this.verifyOpts);
     const measurement = verdict.claims ? primaryMeasurement(verdict.claims) : "";
     if (!verdict.verified)
-      return this.refuse(t, `attestation failed (${verdict.code}): ${verdict.reason}`, measurement);
+      return this.refuse(
+        t,
+        `attestation failed (${verdict.code}): ${verdict.reason}`,
+        measurement,
+        verdict.code ?? "attestation_failed",
+      );
     const match = matchApp(verdict, this.config.apps);
-    if (!match.matched) return this.refuse(t, `no app matches: ${match.reasons.join("; ")}`, measurement);
+    if (!match.matched)
+      return this.refuse(t, `no app matches: ${match.reasons.join("; ")}`, measurement, "no_app_match");
     const app = this.config.apps.find((a) => a.name === match.app)!;
     const now = this.now();
     const grace = this.config.tunnel.leaseGraceSeconds * 1000;
@@ -360,6 +418,9 @@ export class Gateway {
       measurement,
       maxRecord: t.session.maxRecord(),
       cert,
+      claims: verdict.claims,
+      tcbStatus: verdict.tcbStatus,
+      leasedAt: now,
     });
     this.byAddress.set(lease.address, t);
     this.firewall.tunnelUp(intToIp(lease.address), app.name);
@@ -385,14 +446,20 @@ export class Gateway {
       tcbStatus: verdict.tcbStatus,
       setupMs: now - started,
     });
+    this.notify((o) => {
+      o.verdict?.("accepted", "accepted", now - started);
+      o.tunnelUp?.(this.info(t));
+    });
   }
 
-  private refuse(t: Tunnel, reason: string, measurement = ""): void {
+  private refuse(t: Tunnel, reason: string, measurement: string, code: string): void {
     this.handshake("refused");
+    this.notify((o) => o.verdict?.("refused", code, this.now() - t.createdAt));
     this.log.limited(`refused:${measurement}:${reason.slice(0, 40)}`, 5000, "warn", "tunnel-refused", {
       peer: t.peer,
       measurement,
       reason,
+      code,
     });
     this.close(t, "policy-rejected", reason);
   }
@@ -513,6 +580,7 @@ export class Gateway {
         message,
         ...t.counters,
       });
+      this.notify((o) => o.tunnelDown?.(this.info(t), reason, message));
     }
   }
 
@@ -632,9 +700,88 @@ export class Gateway {
     return res;
   }
 
+  /** The audit log's rows matching `q`, newest first (the admin API's audit search). */
+  auditQuery(q: Parameters<LeaseStore["audit"]["query"]>[0]): ReturnType<LeaseStore["audit"]["query"]> {
+    return this.leases.audit.query(q);
+  }
+
+  /** Packets the policy table dropped, by reason (`policy`, `unshielded`); for metrics. */
+  firewallDrops(): Promise<Record<string, number>> {
+    return this.firewall.drops().catch(() => ({}));
+  }
+
+  /** Reports each set addition's latency in seconds (metrics). */
+  onSetUpdate(fn: (seconds: number) => void): void {
+    this.firewall.onSetUpdate(fn);
+  }
+
   /** Live packet counters of the policy table (per rule key path, and the named counters). */
   firewallCounters(): Promise<Record<string, number>> {
     return this.firewall.counters();
+  }
+
+  // ---- read-only views and actions for the admin API ----
+
+  /** Registers an observer (metrics, admin API). */
+  observe(o: GatewayObserver): void {
+    this.observers.push(o);
+  }
+
+  /** Tells the observers; one that throws is logged, never allowed to break the gateway's own work. */
+  private notify(f: (o: GatewayObserver) => void): void {
+    for (const o of this.observers) {
+      try {
+        f(o);
+      } catch (e) {
+        this.log.limited("observer-error", 10_000, "error", "observer-error", {
+          error: (e as Error).message,
+        });
+      }
+    }
+  }
+
+  private info(t: Tunnel): TunnelInfo {
+    return {
+      id: t.id,
+      app: t.app,
+      address: intToIp(t.address),
+      peer: t.peer,
+      measurement: t.measurement,
+      key: t.keyFp,
+      createdAt: t.createdAt,
+      leasedAt: t.leasedAt,
+      lastRx: t.lastRx,
+      lastTx: t.lastTx,
+      counters: { ...t.counters },
+    };
+  }
+
+  /** The leased tunnels, oldest first. */
+  tunnels(): TunnelInfo[] {
+    return [...this.byAddress.values()].map((t) => this.info(t)).sort((a, b) => a.id - b.id);
+  }
+
+  /** One leased tunnel with its attestation claims; undefined when no live tunnel has this id. */
+  tunnel(id: number): TunnelDetail | undefined {
+    const t = this.findTunnel(id);
+    return t && { ...this.info(t), tcbStatus: t.tcbStatus, claims: t.claims };
+  }
+
+  /**
+   * Closes a leased tunnel on an administrator's request (CLOSE is sent to the runtime). `revoked` frees the address
+   * and tells the runtime not to reconnect; `shutting-down` keeps the lease and lets it reconnect. False when no live
+   * tunnel has this id.
+   */
+  closeTunnel(id: number, reason: "revoked" | "shutting-down", message: string): boolean {
+    const t = this.findTunnel(id);
+    if (!t) return false;
+    this.close(t, reason, message);
+    return true;
+  }
+
+  private findTunnel(id: number): Tunnel | undefined {
+    for (const t of this.byAddress.values()) if (t.id === id) return t;
+    return undefined;
   }
 
   stats(): GatewayStats {

@@ -4,7 +4,7 @@
  * Paths in the file are relative to the file's folder.
  */
 import { readFileSync } from "node:fs";
-import { dirname, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { parseDocument } from "yaml";
 import { z } from "zod";
 import { compileApps, PolicyError, type AppSpec } from "../attest/policy.js";
@@ -115,6 +115,25 @@ const schema = z
         maxHalfOpen: 2000,
         maxTunnels: 100_000,
       }),
+    admin: z
+      .object({
+        // Default: admin.sock next to the database (the gateway's state folder).
+        socket: z.string().min(1).optional(),
+        tcp: hostPort.optional(),
+        tokenFile: z.string().min(1).optional(),
+        tls: z
+          .object({ certificate: z.string().min(1), key: z.string().min(1) })
+          .strict()
+          .optional(),
+      })
+      .strict()
+      .default({}),
+    metrics: z
+      .object({
+        listen: hostPort,
+      })
+      .strict()
+      .optional(),
     apps: z
       .array(
         z
@@ -190,12 +209,21 @@ const schema = z
 export type GatewayConfigFile = z.infer<typeof schema>;
 
 /** The validated configuration, with paths resolved and identities compiled. */
-export interface GatewayConfig extends Omit<GatewayConfigFile, "apps"> {
+export interface GatewayConfig extends Omit<GatewayConfigFile, "apps" | "admin"> {
   file: string;
   /** `subnet` is the app's own subnet, or the shared pool (`shared` true) when it has none. */
   apps: (AppSpec & { subnet: string; shared: boolean; categories: string[]; mark: number })[];
   /** The firewall policy compiled from `apps`, `firewall` and `policy` (src/firewall/model.ts). */
   model: PolicyModel;
+  /** Admin API: always on the Unix socket; on TCP only with a token. Paths are absolute. */
+  admin: AdminConfig;
+}
+
+export interface AdminConfig {
+  socket: string;
+  tcp?: string;
+  tokenFile?: string;
+  tls?: { certificate: string; key: string };
 }
 
 /** A configuration error: `file: key.path: what was expected`. */
@@ -232,6 +260,13 @@ export function parseConfig(text: string, file: string): GatewayConfig {
   }
   const c = r.data;
   const base = dirname(resolve(file));
+  // The admin API can close tunnels and change policy: never reachable over TCP without a token.
+  if (c.admin.tcp && !c.admin.tokenFile)
+    throw new ConfigError(
+      `${file}: admin.tokenFile: required when admin.tcp is set (a file holding the bearer token; the admin API is never unauthenticated on TCP)`,
+    );
+  if (c.admin.tls && !c.admin.tcp)
+    throw new ConfigError(`${file}: admin.tls: only meaningful with admin.tcp (the Unix socket has no TLS)`);
   let apps;
   try {
     apps = compileApps(c.apps as AppSpec[]);
@@ -290,6 +325,15 @@ export function parseConfig(text: string, file: string): GatewayConfig {
     certificate: resolve(base, c.certificate),
     key: resolve(base, c.key),
     database: resolve(base, c.database),
+    admin: {
+      socket: resolve(base, c.admin.socket ?? join(dirname(c.database), "admin.sock")),
+      tcp: c.admin.tcp,
+      tokenFile: c.admin.tokenFile && resolve(base, c.admin.tokenFile),
+      tls: c.admin.tls && {
+        certificate: resolve(base, c.admin.tls.certificate),
+        key: resolve(base, c.admin.tls.key),
+      },
+    },
     trust: {
       simulatedRoots: c.trust.simulatedRoots.map((p) => resolve(base, p)),
       collateral: c.trust.collateral.map((p) => resolve(base, p)),

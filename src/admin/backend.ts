@@ -1,0 +1,91 @@
+/**
+ * What the admin API needs from the gateway, as an interface, so the HTTP side can be tested and the parts that
+ * arrive with other issues (policy reload, audit log) plug in without touching it.
+ */
+import type { Gateway, GatewayStats, TunnelDetail, TunnelInfo } from "../gateway/server.js";
+import type { GatewayMetrics } from "../metrics/metrics.js";
+import type { RecentEvent, RecentEvents } from "./recent.js";
+
+/** A query of the audit log (`GET /v1/audit`). All filters optional; times in ms since the epoch. */
+export interface AuditQuery {
+  app?: string;
+  address?: string;
+  event?: string;
+  since?: number;
+  until?: number;
+  /** 1-1000, default 100. */
+  limit?: number;
+}
+
+export interface AppView {
+  name: string;
+  subnet: string;
+  tunnels: number;
+  rxPackets: number;
+  rxBytes: number;
+  txPackets: number;
+  txBytes: number;
+}
+
+/** `GET /v1/status`: everything `seng status` and the dashboard show, in one answer. */
+export interface StatusView {
+  gateway: { listen: string; port: number; tun: string; startedAt: number; uptimeSeconds: number };
+  apps: AppView[];
+  tunnels: TunnelInfo[];
+  halfOpen: number;
+  handshakes: Record<string, number>;
+  drops: Record<string, number>;
+  recent: RecentEvent[];
+}
+
+export interface AdminBackend {
+  status(): StatusView;
+  apps(): AppView[];
+  tunnels(): TunnelInfo[];
+  tunnel(id: number): TunnelDetail | undefined;
+  closeTunnel(id: number, reason: "revoked" | "shutting-down", message: string): boolean;
+  recent(limit: number): RecentEvent[];
+  metrics(): Promise<{ contentType: string; body: string }>;
+  /** Re-reads the configuration file and applies it (as SIGHUP); resolves to the reload's result. */
+  reload(): Promise<unknown>;
+  /** Queries the audit log. */
+  auditQuery(q: AuditQuery): Promise<unknown[]> | unknown[];
+}
+
+/** The admin backend of a running gateway. */
+export function gatewayBackend(gw: Gateway, metrics: GatewayMetrics, recent: RecentEvents): AdminBackend {
+  const apps = (s: GatewayStats = gw.stats()): AppView[] =>
+    gw.config.apps.map((a) => {
+      const c = s.apps[a.name] ?? { tunnels: 0, rxPackets: 0, rxBytes: 0, txPackets: 0, txBytes: 0 };
+      return { name: a.name, subnet: a.subnet, ...c };
+    });
+  return {
+    status() {
+      const s = gw.stats();
+      const now = Date.now();
+      return {
+        gateway: {
+          listen: gw.config.listen,
+          port: gw.port,
+          tun: gw.config.tun.name,
+          startedAt: gw.startedAt,
+          uptimeSeconds: Math.round((now - gw.startedAt) / 1000),
+        },
+        apps: apps(s),
+        tunnels: gw.tunnels(),
+        halfOpen: s.halfOpen,
+        handshakes: s.handshakes,
+        drops: s.drops,
+        recent: recent.list(20),
+      };
+    },
+    apps: () => apps(),
+    tunnels: () => gw.tunnels(),
+    tunnel: (id) => gw.tunnel(id),
+    closeTunnel: (id, reason, message) => gw.closeTunnel(id, reason, message),
+    recent: (limit) => recent.list(limit),
+    metrics: () => metrics.render(),
+    reload: () => gw.reload(),
+    auditQuery: (q) => gw.auditQuery(q),
+  };
+}
