@@ -42,6 +42,7 @@ interface UpFlags {
   tun?: string | boolean;
   route?: string[];
   deadSeconds: string;
+  offload: boolean;
 }
 
 async function up(f: UpFlags): Promise<number> {
@@ -83,6 +84,7 @@ async function up(f: UpFlags): Promise<number> {
     tun,
     routes: f.route ?? [],
     deadSeconds: Number(f.deadSeconds),
+    offload: f.offload,
     log: say,
   });
   let stopping = false;
@@ -112,6 +114,7 @@ function upOptions(c: Command): Command {
       'destinations to send through the tunnel; "default" takes over the default route',
     )
     .option("--dead-seconds <n>", "consider the tunnel lost after this long without an answer", "30")
+    .option("--no-offload", "TUN mode: no TUN offloads (one packet per read and write)")
     .option("--sim-dir <dir>", "simulated TEE (seng attest sim init): INSECURE")
     .option("--mrenclave <hex>", "simulated TEE: MRENCLAVE to claim")
     .option("--mrsigner <hex>", "simulated TEE: MRSIGNER", "00".repeat(32))

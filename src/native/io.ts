@@ -24,11 +24,19 @@ const execFileP = promisify(execFile);
 
 /** Counters of a {@link Tun}. Numbers since open; `rxBatches` counts reader callbacks. */
 export interface TunStats {
+  /** IP packets handed to the reader (with offload: after splitting super-packets). */
   rxPackets: number;
   rxBytes: number;
   rxBatches: number;
+  /** read() calls that returned a packet (with offload, one may carry up to 64 KiB of TCP segments). */
+  rxReads: number;
+  /** Offload only: reads dropped because their virtio_net_hdr or headers made no sense (see `lastError`). */
+  rxDropped: number;
+  /** IP packets written (with offload, several may have gone in one write). */
   txPackets: number;
   txBytes: number;
+  /** write()/writev() calls that succeeded. */
+  txWrites: number;
   /** Packets not written because the device would block (EAGAIN/ENOBUFS), including the rest of a writeMany. */
   txDropped: number;
   /** Packets the kernel refused (e.g. EINVAL for a packet that is not IPv4/IPv6). */
@@ -59,6 +67,7 @@ export interface UdpStats {
 interface NativeTun {
   readonly name: string;
   readonly closed: boolean;
+  readonly offload: boolean;
   start(
     onBatch: (data: Buffer, count: number) => void,
     onError: (err: Error) => void,
@@ -97,7 +106,15 @@ interface NativeUdp {
 }
 
 interface Addon {
-  TunHandle: new (name: string, multiQueue: boolean, batch: number | undefined, napi: boolean) => NativeTun;
+  TunHandle: new (
+    name: string,
+    multiQueue: boolean,
+    batch: number | undefined,
+    napi: boolean,
+    offload: boolean,
+  ) => NativeTun;
+  offloadSplit(read: Uint8Array): Buffer[];
+  offloadCoalesce(packets: Uint8Array[]): { data: Buffer; count: number }[];
   UdpHandle: new (address: string, port: number, opts: UdpBindOptions | undefined) => NativeUdp;
 }
 
@@ -114,6 +131,15 @@ export interface TunOpenOptions {
    * merged before the network stack sees them (fewer traversals per byte). Linux 4.15+.
    */
   napi?: boolean;
+  /**
+   * TUN offloads (IFF_VNET_HDR, TUNSETOFFLOAD with TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6): the kernel may hand over
+   * TCP super-packets of up to 64 KiB and packets without their final checksum; the reader splits and completes
+   * them, so callbacks still get ordinary MTU-sized IP packets with valid checksums. {@link Tun.writeMany} merges
+   * consecutive in-order TCP segments of one flow into one write the kernel forwards as one super-packet. Fewer
+   * syscalls and fewer trips through the kernel's stack per byte. Packets of different flows may be reordered
+   * relative to each other within a batch; a flow's packets never are.
+   */
+  offload?: boolean;
 }
 
 /** Called with an Error when a reader stops for good (e.g. the device was deleted: "read: ... (EBADFD)"). */
@@ -153,7 +179,30 @@ export class Tun {
     if (typeof opts !== "object" || opts === null) throw new TypeError("Tun.open: opts must be an object");
     const batch = opts.batch ?? DEFAULT_BATCH;
     const { TunHandle } = native<Addon>();
-    return new Tun(new TunHandle(name, opts.multiQueue === true, batch, opts.napi === true), batch);
+    return new Tun(
+      new TunHandle(name, opts.multiQueue === true, batch, opts.napi === true, opts.offload === true),
+      batch,
+    );
+  }
+
+  /**
+   * Like {@link Tun.open} with `offload: true`, but falls back to a plain TUN when the kernel refuses offloads;
+   * `onFallback` hears why.
+   */
+  static openOffloaded(name: string, opts: TunOpenOptions, onFallback: (err: Error) => void): Tun {
+    try {
+      return Tun.open(name, { ...opts, offload: true });
+    } catch (e) {
+      const sys = (e as { syscall?: string }).syscall;
+      if (sys !== "ioctl(TUNSETOFFLOAD)" && sys !== "ioctl(TUNSETVNETHDRSZ)") throw e;
+      onFallback(e as Error);
+      return Tun.open(name, { ...opts, offload: false });
+    }
+  }
+
+  /** True when opened with working offloads (see {@link TunOpenOptions.offload}). */
+  get offload(): boolean {
+    return this.#h.offload;
   }
 
   /** True after {@link Tun.close}. */
@@ -196,8 +245,9 @@ export class Tun {
   }
 
   /**
-   * Writes each packet with its own write() syscall, in order. Returns how many were written: a refused packet is
-   * skipped (txErrors), a would-block stops the batch (the rest count in txDropped).
+   * Writes the packets in order, each with its own write() syscall; with offload, consecutive in-order TCP segments
+   * of one flow go in one write (see {@link TunOpenOptions.offload}). Returns how many packets were written: a
+   * refused write is skipped (txErrors), a would-block stops the batch (the rest count in txDropped).
    */
   writeMany(packets: Uint8Array[]): number {
     return this.#h.writeMany(packets);
@@ -419,4 +469,20 @@ export async function tunConfigure(name: string, cfg: TunConfig): Promise<void> 
   if (cfg.mtu !== undefined) link.push("mtu", String(cfg.mtu));
   if (cfg.up !== false) link.push("up");
   if (link.length > 4) await ip(...link);
+}
+
+/**
+ * The TUN offload code on plain buffers, for tests and fuzzing: what the reader of an offloaded {@link Tun} makes of
+ * one read (`read` = virtio_net_hdr + packet). Throws an Error naming the reason when the read would be dropped.
+ */
+export function offloadSplit(read: Uint8Array): Buffer[] {
+  return native<Addon>().offloadSplit(read);
+}
+
+/**
+ * The TUN offload code on plain buffers, for tests and fuzzing: the writes an offloaded {@link Tun.writeMany} makes
+ * of `packets`, each virtio_net_hdr + IP packet, with how many input packets went into it.
+ */
+export function offloadCoalesce(packets: Uint8Array[]): { data: Buffer; count: number }[] {
+  return native<Addon>().offloadCoalesce(packets);
 }
