@@ -1,14 +1,15 @@
 /**
  * Gateway benchmarks in namespaces (test/helpers/lab.ts), all in one run so the figures compare:
  *  - one TCP stream (iperf3, 5 s; 3 s with --quick) client → server: direct (routed by the gateway namespace, no
- *    tunnel), through SENG, and through OpenVPN 2.6 (UDP, AES-256-GCM, TLS mode) over the same namespaces;
+ *    tunnel), through SENG (TUN offloads on, and off: gateway_nooffload_tcp_mbps), and through OpenVPN 2.6 (UDP,
+ *    AES-256-GCM, TLS mode) over the same namespaces;
  *  - UDP packets per second (iperf3 -u, 64-byte payloads, unlimited rate) received at the server, SENG and OpenVPN;
  *  - tunnel setup: handshake + attestation + lease, median latency one at a time, and setups per second with 32 in
  *    flight (per gateway CPU-second, i.e. on one core, and by the wall clock);
  *  - gateway memory per idle tunnel (RSS growth / tunnels) with 10,000 tunnels (2,000 with --quick).
  */
 import { execFileSync } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Lab, SERVER_IP, waitLine } from "../test/helpers/lab.js";
 import { ROOT, type Netns, type NsProcess } from "../test/helpers/netns.js";
@@ -199,6 +200,18 @@ export async function benchGateway(
       out.openvpn_tcp_mbps = round((await iperf(lab, cli, secs, false)).mbps, 0);
       out.openvpn_udp_kpps = round((await iperf(lab, cli, secs, true)).kpps, 1);
       await ovpn.stop();
+
+      // SENG without TUN offloads (one packet per TUN read and write) on gateway and client, for comparison.
+      const yaml = join(lab.dir, "gateway.yaml");
+      writeFileSync(yaml, lab.configText().replace("mtu: 1400 }", "mtu: 1400, offload: false }"));
+      await lab.startGateway();
+      const plain = lab.startClient("b0".repeat(32), { args: ["--no-offload"] });
+      procs.push(plain);
+      await waitLine(plain, (o) => o.event === "lease");
+      out.gateway_nooffload_tcp_mbps = round((await iperf(lab, cli, secs, false)).mbps, 0);
+      await plain.kill();
+      await lab.stopGateway();
+      writeFileSync(yaml, lab.configText());
     }
     await lab.startGateway();
     if (parts.has("throughput")) {

@@ -6,10 +6,10 @@
 // 64 KiB that the reader splits into ordinary packets before JavaScript sees them, and writeMany() merges in-order
 // TCP segments of one flow into one GSO write (offload.h). JavaScript sees the same packets either way.
 //
-// Batch hand-off: packets are read back to back into a native scratch area, then copied with one memcpy into one
-// Node Buffer per batch. Packet lengths go into a Uint32Array that the JS wrapper owns and passes once to start(),
-// so a batch costs one Buffer allocation and one call into JS whatever its packet count; the wrapper cuts the
-// batch into per-packet Buffer views (subarray, no copy).
+// Batch hand-off: packets are read back to back into a scratch Buffer that the JS wrapper owns and passes once to
+// start(), with a Uint32Array for the packet lengths; each batch reuses both, so a batch costs no allocation, no
+// copy and one call into JS whatever its packet count (allocating per batch made V8 collect garbage all the time).
+// The wrapper cuts the batch into per-packet Buffer views (subarray), valid until the callback returns.
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/if.h>
@@ -158,7 +158,6 @@ class TunHandle : public Napi::ObjectWrap<TunHandle> {
     fd_ = fd;
     name_.assign(ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ));
     scratchSize_ = kMaxPacket + static_cast<size_t>(batch_) * kSlotEstimate;
-    scratch_.resize(scratchSize_);
     lens_.resize(batch_);
     napi_add_env_cleanup_hook(env, &TunHandle::EnvCleanup, this);
     hookAdded_ = true;
@@ -212,7 +211,7 @@ class TunHandle : public Napi::ObjectWrap<TunHandle> {
     }
   }
 
-  // start(onBatch: (batch: Buffer, count: number) => void, onError: (err: Error) => void, lengths: Uint32Array)
+  // start(onBatch: (count: number) => void, onError: (err: Error) => void, lengths: Uint32Array, scratch: Buffer)
   Napi::Value Start(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (!CheckOpen(env, "onPackets")) return env.Undefined();
@@ -220,9 +219,14 @@ class TunHandle : public Napi::ObjectWrap<TunHandle> {
       Napi::Error::New(env, "Tun.onPackets: a reader is already started").ThrowAsJavaScriptException();
       return env.Undefined();
     }
-    if (info.Length() < 3 || !info[0].IsFunction() || !info[1].IsFunction() || !info[2].IsTypedArray() ||
-        info[2].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array) {
-      Napi::TypeError::New(env, "TunHandle.start(onBatch, onError, lengths: Uint32Array)")
+    if (info.Length() < 4 || !info[0].IsFunction() || !info[1].IsFunction() || !info[2].IsTypedArray() ||
+        info[2].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array || !info[3].IsBuffer()) {
+      Napi::TypeError::New(env, "TunHandle.start(onBatch, onError, lengths: Uint32Array, scratch: Buffer)")
+          .ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    if (info[3].As<Napi::Buffer<uint8_t>>().Length() < scratchSize_) {
+      Napi::RangeError::New(env, "TunHandle.start: scratch must hold " + std::to_string(scratchSize_) + " bytes")
           .ThrowAsJavaScriptException();
       return env.Undefined();
     }
@@ -248,6 +252,9 @@ class TunHandle : public Napi::ObjectWrap<TunHandle> {
     onBatch_ = Napi::Persistent(info[0].As<Napi::Function>());
     onError_ = Napi::Persistent(info[1].As<Napi::Function>());
     lengths_ = Napi::Persistent(info[2].As<Napi::Uint32Array>());
+    // Held until the handle is destroyed (not reset by close(): a read round may still be filling it).
+    scratchRef_ = Napi::Persistent(info[3].As<Napi::Buffer<uint8_t>>());
+    sbuf_ = scratchRef_.Value().Data();
     if (!asyncCtx_) {
       napi_value resName = Napi::String::New(env, "SengTun");
       napi_async_init(env, Value(), resName, &asyncCtx_);
@@ -329,7 +336,7 @@ class TunHandle : public Napi::ObjectWrap<TunHandle> {
   // a fatal errno, or 0.
   int ReadPlain() {
     while (n_ < batch_ && off_ + kMaxPacket <= scratchSize_) {
-      ssize_t r = ::read(fd_, scratch_.data() + off_, kMaxPacket);
+      ssize_t r = ::read(fd_, sbuf_ + off_, kMaxPacket);
       if (r < 0) {
         if (errno == EINTR) continue;
         return errno != EAGAIN && errno != EWOULDBLOCK ? errno : 0;
@@ -366,7 +373,7 @@ class TunHandle : public Napi::ObjectWrap<TunHandle> {
     explicit ScratchSink(TunHandle* h) : h_(h) {}
     uint8_t* Reserve(size_t len) override {
       if (h_->n_ >= h_->batch_ || h_->off_ + len > h_->scratchSize_) h_->Deliver(h_->env_);
-      uint8_t* p = h_->scratch_.data() + h_->off_;
+      uint8_t* p = h_->sbuf_ + h_->off_;
       h_->lens_[h_->n_++] = static_cast<uint32_t>(len);
       h_->off_ += len;
       return p;
@@ -393,9 +400,8 @@ class TunHandle : public Napi::ObjectWrap<TunHandle> {
       return;
     }
     memcpy(lengths.Data(), lens_.data(), n * sizeof(uint32_t));
-    Napi::Buffer<uint8_t> buf = Napi::Buffer<uint8_t>::Copy(env, scratch_.data(), off);
-    napi_value argv[2] = {buf, Napi::Number::New(env, n)};
-    CallJs(env, onBatch_, 2, argv);
+    napi_value argv[1] = {Napi::Number::New(env, n)};
+    CallJs(env, onBatch_, 1, argv);
   }
 
   // A fatal reader error: stop reading and tell JS through onError (the handle stays open for writes and close()).
@@ -560,7 +566,8 @@ class TunHandle : public Napi::ObjectWrap<TunHandle> {
   int fd_ = -1;
   std::string name_;
   uint32_t batch_ = kDefaultBatch;
-  std::vector<uint8_t> scratch_;
+  Napi::Reference<Napi::Buffer<uint8_t>> scratchRef_;
+  uint8_t* sbuf_ = nullptr;  // scratchRef_'s bytes
   size_t scratchSize_ = 0;
   std::vector<uint32_t> lens_;
   std::vector<Span> pending_;

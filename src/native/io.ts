@@ -5,8 +5,10 @@
  * firewalling are decided by the caller.
  *
  * Batches: a reader callback receives every packet that was ready at once (up to `batch`, default 64), as Buffer
- * views into one Buffer per batch (one native allocation and one call into JS per batch, not per packet). A view
- * keeps its whole batch alive: copy a packet (`Buffer.from(p)`) before keeping it for long.
+ * views into one Buffer per batch (one call into JS per batch, not per packet). UDP: one native allocation per
+ * batch, and a view keeps its whole batch alive: copy a datagram (`Buffer.from(p)`) before keeping it for long.
+ * TUN: the next batch reuses the same Buffer, so packets are valid only until the callback returns: copy what you
+ * keep.
  *
  * Errors: bad arguments throw TypeError/RangeError; using a closed handle throws Error; failed setup syscalls throw
  * an Error shaped like Node's system errors (`code`, `errno`, `syscall`, message "syscall: text (CODE)"). The data
@@ -69,9 +71,10 @@ interface NativeTun {
   readonly closed: boolean;
   readonly offload: boolean;
   start(
-    onBatch: (data: Buffer, count: number) => void,
+    onBatch: (count: number) => void,
     onError: (err: Error) => void,
     lengths: Uint32Array,
+    scratch: Buffer,
   ): void;
   pause(): void;
   resume(): void;
@@ -119,6 +122,8 @@ interface Addon {
 }
 
 const DEFAULT_BATCH = 64;
+/** Bytes of a TUN reader's scratch Buffer: one largest packet plus 2 KiB per batch slot (as tun.cc expects). */
+const tunScratchBytes = (batch: number): number => 65536 + batch * 2048;
 
 /** Options of {@link Tun.open}. */
 export interface TunOpenOptions {
@@ -212,13 +217,15 @@ export class Tun {
 
   /**
    * Starts reading: `cb` receives every packet that was ready (1..batch) each time the device is readable. Call
-   * once per handle. The Buffers are views into one per-batch Buffer.
+   * once per handle. The Buffers are views into a Buffer the next batch reuses: valid until `cb` returns, so copy
+   * (`Buffer.from(p)`) any packet kept longer.
    */
   onPackets(cb: (packets: Buffer[]) => void): void {
     if (typeof cb !== "function") throw new TypeError("Tun.onPackets: callback must be a function");
     const lengths = new Uint32Array(this.#batch);
+    const data = Buffer.allocUnsafeSlow(tunScratchBytes(this.#batch));
     this.#h.start(
-      (data, count) => {
+      (count) => {
         const packets = new Array<Buffer>(count);
         let off = 0;
         for (let i = 0; i < count; i++) {
@@ -230,6 +237,7 @@ export class Tun {
       },
       (err) => (this.#onError ?? defaultOnError(`Tun ${this.name}`))(err),
       lengths,
+      data,
     );
   }
 
