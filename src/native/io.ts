@@ -63,6 +63,13 @@ export interface UdpStats {
   txDropped: number;
   /** Datagrams the kernel refused (EMSGSIZE, ENETUNREACH, EPERM from a firewall...). */
   txErrors: number;
+  /**
+   * sendMany messages that carried a run of datagrams with UDP GSO (UDP_SEGMENT): equal-sized datagrams to one
+   * peer, adjacent in memory (as DTLS output is), go through the stack as one buffer the kernel cuts late.
+   */
+  txGsoMessages: number;
+  /** GSO messages the kernel refused as a whole (e.g. above the path MTU), then sent datagram by datagram. */
+  txGsoRefused: number;
   lastError?: string;
 }
 
@@ -395,8 +402,10 @@ export class UdpSocket {
   }
 
   /**
-   * Sends datagrams with sendmmsg() (one syscall per up to 1024), each to `peers[i]` or all to one `peers` string.
-   * Returns how many were sent. Arguments are all checked before anything is sent.
+   * Sends datagrams with sendmmsg() (one syscall per up to 1024 messages), each to `peers[i]` or all to one `peers`
+   * string; runs of equal-sized datagrams to one peer that are adjacent in memory go as one UDP GSO message (see
+   * {@link UdpStats.txGsoMessages}). Returns how many datagrams were sent. Arguments are all checked before anything
+   * is sent.
    */
   sendMany(datagrams: Uint8Array[], peers: string[] | string): number {
     return this.#h.sendMany(datagrams, peers);
