@@ -1,7 +1,7 @@
 /**
- * Batched UDP primitive (native/src/udp.cc through src/native/io.ts) on loopback: sendmmsg/recvmmsg batches, UDP GSO
- * runs (and their fallback when refused),
- * exact delivery, peers, IPv6, argument and closed-socket errors. The exit-by-itself check runs in a namespace.
+ * Batched UDP primitive (native/src/udp.cc through src/native/io.ts) on loopback: sendmmsg/recvmmsg batches, UDP
+ * GSO runs, exact delivery, peers, IPv6, argument and closed-socket errors. The exit-by-itself check and the GSO
+ * fallback (loopback MTU lowered) run in namespaces.
  */
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
