@@ -1,14 +1,15 @@
 /**
  * Gateway benchmarks in namespaces (test/helpers/lab.ts), all in one run so the figures compare:
  *  - one TCP stream (iperf3, 5 s; 3 s with --quick) client → server: direct (routed by the gateway namespace, no
- *    tunnel), through SENG, and through OpenVPN 2.6 (UDP, AES-256-GCM, TLS mode) over the same namespaces;
+ *    tunnel), through SENG (TUN offloads on, and off: gateway_nooffload_tcp_mbps), and through OpenVPN 2.6 (UDP,
+ *    AES-256-GCM, TLS mode) over the same namespaces; and the CPU both ends of each VPN spent per GB carried;
  *  - UDP packets per second (iperf3 -u, 64-byte payloads, unlimited rate) received at the server, SENG and OpenVPN;
  *  - tunnel setup: handshake + attestation + lease, median latency one at a time, and setups per second with 32 in
  *    flight (per gateway CPU-second, i.e. on one core, and by the wall clock);
  *  - gateway memory per idle tunnel (RSS growth / tunnels) with 10,000 tunnels (2,000 with --quick).
  */
 import { execFileSync } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Lab, SERVER_IP, waitLine } from "../test/helpers/lab.js";
 import { ROOT, type Netns, type NsProcess } from "../test/helpers/netns.js";
@@ -47,12 +48,29 @@ function cpuSeconds(pid: number): number {
   return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100)
 }
 
+/**
+ * Runs a TCP measurement and the CPU the VPN's two ends (`pids`) spent on it per GB carried: a figure that holds
+ * when other work shares the machine, unlike Mbit/s.
+ */
+async function perGb(
+  pids: number[],
+  secs: number,
+  measure: () => Promise<{ mbps: number }>,
+): Promise<{ mbps: number; cpuPerGb: number }> {
+  const cpu = () => pids.reduce((s, p) => s + cpuSeconds(p), 0);
+  const c0 = cpu();
+  const r = await measure();
+  const used = cpu() - c0;
+  const gb = (r.mbps * secs) / 8000; // iperf3's average over its `secs`
+  return { mbps: r.mbps, cpuPerGb: gb > 0 ? used / gb : 0 };
+}
+
 function rssKb(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
   return Number(m?.[1] ?? 0);
 }
 
-export async function openvpn(lab: Lab): Promise<{ stop: () => Promise<void> }> {
+export async function openvpn(lab: Lab): Promise<{ pids: number[]; stop: () => Promise<void> }> {
   const d = join(lab.dir, "ovpn");
   execFileSync("mkdir", ["-p", d]);
   const ossl = (...a: string[]) => execFileSync("openssl", a, { cwd: d, stdio: "ignore" });
@@ -166,6 +184,7 @@ export async function openvpn(lab: Lab): Promise<{ stop: () => Promise<void> }> 
     await new Promise((r) => setTimeout(r, 200));
   }
   return {
+    pids: [srv.pid!, cli.pid!],
     stop: async () => {
       await cli.kill();
       await srv.kill();
@@ -196,16 +215,32 @@ export async function benchGateway(
       await cli.ip("route", "del", "198.18.2.0/24");
 
       const ovpn = await openvpn(lab);
-      out.openvpn_tcp_mbps = round((await iperf(lab, cli, secs, false)).mbps, 0);
+      const ov = await perGb(ovpn.pids, secs, () => iperf(lab, cli, secs, false));
+      out.openvpn_tcp_mbps = round(ov.mbps, 0);
+      out.openvpn_cpu_s_per_gb = round(ov.cpuPerGb, 2);
       out.openvpn_udp_kpps = round((await iperf(lab, cli, secs, true)).kpps, 1);
       await ovpn.stop();
+
+      // SENG without TUN offloads (one packet per TUN read and write) on gateway and client, for comparison.
+      const yaml = join(lab.dir, "gateway.yaml");
+      writeFileSync(yaml, lab.configText().replace("mtu: 1400 }", "mtu: 1400, offload: false }"));
+      await lab.startGateway();
+      const plain = lab.startClient("b0".repeat(32), { args: ["--no-offload"] });
+      procs.push(plain);
+      await waitLine(plain, (o) => o.event === "lease");
+      out.gateway_nooffload_tcp_mbps = round((await iperf(lab, cli, secs, false)).mbps, 0);
+      await plain.kill();
+      await lab.stopGateway();
+      writeFileSync(yaml, lab.configText());
     }
     await lab.startGateway();
     if (parts.has("throughput")) {
       const client = lab.startClient("b0".repeat(32));
       procs.push(client);
       await waitLine(client, (o) => o.event === "lease");
-      out.gateway_tcp_mbps = round((await iperf(lab, cli, secs, false)).mbps, 0);
+      const gw = await perGb([lab.gateway!.pid!, client.pid!], secs, () => iperf(lab, cli, secs, false));
+      out.gateway_tcp_mbps = round(gw.mbps, 0);
+      out.gateway_cpu_s_per_gb = round(gw.cpuPerGb, 2);
       out.gateway_udp_kpps = round((await iperf(lab, cli, secs, true)).kpps, 1);
       await client.kill();
     }

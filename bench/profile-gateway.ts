@@ -2,8 +2,10 @@
  * Profiles the gateway under one TCP stream (not part of `npm run bench`):
  *   SENG_LAB_GATEWAY_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" node --import tsx bench/profile-gateway.ts
  * then open the .cpuprofile in Chrome DevTools. Prints the stream's Mbit/s and the gateway's and client's CPU use.
+ * `--no-offload`: gateway and test client without TUN offloads (tun.offload: false, --no-offload).
  */
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { Lab, SERVER_IP, waitLine } from "../test/helpers/lab.js";
 
 const cpu = (pid: number): number => {
@@ -15,10 +17,18 @@ const lab = await Lab.create({
   clients: 1,
   apps: [{ name: "b", subnet: "100.64.1.0/24", identities: [{ mrenclave: "b0".repeat(32) }] }],
 });
+const offload = !process.argv.includes("--no-offload");
 try {
+  if (!offload)
+    writeFileSync(
+      join(lab.dir, "gateway.yaml"),
+      lab.configText().replace("mtu: 1400 }", "mtu: 1400, offload: false }"),
+    );
   await lab.startGateway();
-  const c = lab.startClient("b0".repeat(32));
+  const c = lab.startClient("b0".repeat(32), { args: offload ? [] : ["--no-offload"] });
   await waitLine(c, (o) => o.event === "lease");
+  // for `perf record -p` and the like
+  process.stdout.write(`pids: gateway ${lab.gateway!.pid} client ${c.pid}\n`);
   const srv = lab.server("iperf3", ["-s", "-1", "-B", SERVER_IP]);
   await new Promise((r) => setTimeout(r, 300));
   const g0 = cpu(lab.gateway!.pid!);
@@ -32,7 +42,8 @@ try {
   const gw = (cpu(lab.gateway!.pid!) - g0) / secs;
   const cl = (cpu(c.pid!) - c0) / secs;
   process.stdout.write(
-    `${mbps.toFixed(0)} Mbit/s; gateway ${gw.toFixed(2)} cores, client ${cl.toFixed(2)} cores\n`,
+    `offload ${offload}: ${mbps.toFixed(0)} Mbit/s; gateway ${gw.toFixed(2)} cores, client ${cl.toFixed(2)} cores; ` +
+      `CPU-seconds per GB: gateway ${((gw * 8000) / mbps).toFixed(2)}, client ${((cl * 8000) / mbps).toFixed(2)}\n`,
   );
   await srv.kill("SIGKILL");
   await c.kill("SIGTERM");

@@ -5,6 +5,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitTun(env, exports);
   InitUdp(env, exports);
   InitLwip(env, exports);
+  InitOffload(env, exports);
   return exports;
 }
 

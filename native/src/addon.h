@@ -8,3 +8,4 @@ void InitDtls(Napi::Env env, Napi::Object exports);
 void InitTun(Napi::Env env, Napi::Object exports);
 void InitUdp(Napi::Env env, Napi::Object exports);
 void InitLwip(Napi::Env env, Napi::Object exports);
+void InitOffload(Napi::Env env, Napi::Object exports);

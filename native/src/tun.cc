@@ -1,17 +1,22 @@
 // TUN device primitive: open /dev/net/tun (IFF_TUN | IFF_NO_PI [| IFF_MULTI_QUEUE], non-blocking), a uv_poll reader
-// that hands JavaScript a whole batch of packets per callback, and writes of exactly one packet per write() syscall.
+// that hands JavaScript a whole batch of packets per callback, and writes of one packet per write() syscall.
 // No policy: addresses, routes and what to do with packets are decided in TypeScript (src/native/io.ts).
 //
-// Batch hand-off: packets are read back to back into a native scratch area, then copied with one memcpy into one
-// Node Buffer per batch. Packet lengths go into a Uint32Array that the JS wrapper owns and passes once to start(),
-// so a batch costs one Buffer allocation and one call into JS whatever its packet count; the wrapper cuts the
-// batch into per-packet Buffer views (subarray, no copy).
+// With offload (IFF_VNET_HDR + TUNSETOFFLOAD TUN_F_CSUM | TSO4 | TSO6), reads may be TCP super-packets of up to
+// 64 KiB that the reader splits into ordinary packets before JavaScript sees them, and writeMany() merges in-order
+// TCP segments of one flow into one GSO write (offload.h). JavaScript sees the same packets either way.
+//
+// Batch hand-off: packets are read back to back into a scratch Buffer that the JS wrapper owns and passes once to
+// start(), with a Uint32Array for the packet lengths; each batch reuses both, so a batch costs no allocation, no
+// copy and one call into JS whatever its packet count (allocating per batch made V8 collect garbage all the time).
+// The wrapper cuts the batch into per-packet Buffer views (subarray), valid until the callback returns.
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/if.h>
 #include <linux/if_tun.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/uio.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -20,6 +25,7 @@
 #include <vector>
 
 #include "addon.h"
+#include "offload.h"
 
 namespace {
 
@@ -66,6 +72,7 @@ class TunHandle : public Napi::ObjectWrap<TunHandle> {
                        {
                            InstanceAccessor<&TunHandle::GetName>("name"),
                            InstanceAccessor<&TunHandle::GetClosed>("closed"),
+                           InstanceAccessor<&TunHandle::GetOffload>("offload"),
                            InstanceMethod<&TunHandle::Start>("start"),
                            InstanceMethod<&TunHandle::Pause>("pause"),
                            InstanceMethod<&TunHandle::Resume>("resume"),
@@ -78,7 +85,7 @@ class TunHandle : public Napi::ObjectWrap<TunHandle> {
                        });
   }
 
-  // new TunHandle(name: string, multiQueue: boolean, batch: number, napi: boolean)
+  // new TunHandle(name: string, multiQueue: boolean, batch: number, napi: boolean, offload: boolean)
   explicit TunHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TunHandle>(info), env_(info.Env()) {
     Napi::Env env = info.Env();
     if (info.Length() < 1 || !info[0].IsString()) {
@@ -99,6 +106,7 @@ class TunHandle : public Napi::ObjectWrap<TunHandle> {
     }
     bool multiQueue = info.Length() > 1 && info[1].IsBoolean() && info[1].As<Napi::Boolean>().Value();
     bool napi = info.Length() > 3 && info[3].IsBoolean() && info[3].As<Napi::Boolean>().Value();
+    bool offload = info.Length() > 4 && info[4].IsBoolean() && info[4].As<Napi::Boolean>().Value();
     batch_ = kDefaultBatch;
     if (info.Length() > 2 && !info[2].IsUndefined()) {
       if (!info[2].IsNumber()) {
@@ -121,7 +129,8 @@ class TunHandle : public Napi::ObjectWrap<TunHandle> {
     }
     struct ifreq ifr;
     memset(&ifr, 0, sizeof ifr);
-    ifr.ifr_flags = IFF_TUN | IFF_NO_PI | (multiQueue ? IFF_MULTI_QUEUE : 0) | (napi ? IFF_NAPI : 0);
+    ifr.ifr_flags = IFF_TUN | IFF_NO_PI | (multiQueue ? IFF_MULTI_QUEUE : 0) | (napi ? IFF_NAPI : 0) |
+                    (offload ? IFF_VNET_HDR : 0);
     memcpy(ifr.ifr_name, name.data(), name.size());
     if (::ioctl(fd, TUNSETIFF, &ifr) < 0) {
       int err = errno;
@@ -129,10 +138,26 @@ class TunHandle : public Napi::ObjectWrap<TunHandle> {
       SysError(env, "ioctl(TUNSETIFF)", err).ThrowAsJavaScriptException();
       return;
     }
+    if (offload) {
+      int hdrLen = static_cast<int>(seng_offload::kVnetHdrLen);
+      const char* what = "ioctl(TUNSETVNETHDRSZ)";
+      int rc = ::ioctl(fd, TUNSETVNETHDRSZ, &hdrLen);
+      if (rc == 0) {
+        what = "ioctl(TUNSETOFFLOAD)";
+        rc = ::ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6);
+      }
+      if (rc < 0) {
+        int err = errno;
+        ::close(fd);
+        SysError(env, what, err).ThrowAsJavaScriptException();
+        return;
+      }
+      offload_ = true;
+      rbuf_.resize(seng_offload::kVnetHdrLen + kMaxPacket);
+    }
     fd_ = fd;
     name_.assign(ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ));
     scratchSize_ = kMaxPacket + static_cast<size_t>(batch_) * kSlotEstimate;
-    scratch_.resize(scratchSize_);
     lens_.resize(batch_);
     napi_add_env_cleanup_hook(env, &TunHandle::EnvCleanup, this);
     hookAdded_ = true;
@@ -174,6 +199,7 @@ class TunHandle : public Napi::ObjectWrap<TunHandle> {
 
   Napi::Value GetName(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), name_); }
   Napi::Value GetClosed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), fd_ < 0); }
+  Napi::Value GetOffload(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), offload_); }
 
   void HoldJs(bool hold) {
     if (hold && !jsHeld_) {
@@ -185,7 +211,7 @@ class TunHandle : public Napi::ObjectWrap<TunHandle> {
     }
   }
 
-  // start(onBatch: (batch: Buffer, count: number) => void, onError: (err: Error) => void, lengths: Uint32Array)
+  // start(onBatch: (count: number) => void, onError: (err: Error) => void, lengths: Uint32Array, scratch: Buffer)
   Napi::Value Start(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (!CheckOpen(env, "onPackets")) return env.Undefined();
@@ -193,9 +219,14 @@ class TunHandle : public Napi::ObjectWrap<TunHandle> {
       Napi::Error::New(env, "Tun.onPackets: a reader is already started").ThrowAsJavaScriptException();
       return env.Undefined();
     }
-    if (info.Length() < 3 || !info[0].IsFunction() || !info[1].IsFunction() || !info[2].IsTypedArray() ||
-        info[2].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array) {
-      Napi::TypeError::New(env, "TunHandle.start(onBatch, onError, lengths: Uint32Array)")
+    if (info.Length() < 4 || !info[0].IsFunction() || !info[1].IsFunction() || !info[2].IsTypedArray() ||
+        info[2].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array || !info[3].IsBuffer()) {
+      Napi::TypeError::New(env, "TunHandle.start(onBatch, onError, lengths: Uint32Array, scratch: Buffer)")
+          .ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    if (info[3].As<Napi::Buffer<uint8_t>>().Length() < scratchSize_) {
+      Napi::RangeError::New(env, "TunHandle.start: scratch must hold " + std::to_string(scratchSize_) + " bytes")
           .ThrowAsJavaScriptException();
       return env.Undefined();
     }
@@ -221,6 +252,9 @@ class TunHandle : public Napi::ObjectWrap<TunHandle> {
     onBatch_ = Napi::Persistent(info[0].As<Napi::Function>());
     onError_ = Napi::Persistent(info[1].As<Napi::Function>());
     lengths_ = Napi::Persistent(info[2].As<Napi::Uint32Array>());
+    // Held until the handle is destroyed (not reset by close(): a read round may still be filling it).
+    scratchRef_ = Napi::Persistent(info[3].As<Napi::Buffer<uint8_t>>());
+    sbuf_ = scratchRef_.Value().Data();
     if (!asyncCtx_) {
       napi_value resName = Napi::String::New(env, "SengTun");
       napi_async_init(env, Value(), resName, &asyncCtx_);
@@ -293,34 +327,81 @@ class TunHandle : public Napi::ObjectWrap<TunHandle> {
       }
       return;
     }
-    size_t off = 0;
-    uint32_t n = 0;
-    int err = 0;
-    while (n < batch_ && off + kMaxPacket <= scratchSize_) {
-      ssize_t r = ::read(fd_, scratch_.data() + off, kMaxPacket);
+    int err = offload_ ? ReadSplit() : ReadPlain();
+    Deliver(env);
+    if (err != 0 && fd_ >= 0) Fail(env, "read", err);
+  }
+
+  // Reads packets back to back into the scratch area until the batch is full or the device is drained. Returns
+  // a fatal errno, or 0.
+  int ReadPlain() {
+    while (n_ < batch_ && off_ + kMaxPacket <= scratchSize_) {
+      ssize_t r = ::read(fd_, sbuf_ + off_, kMaxPacket);
       if (r < 0) {
         if (errno == EINTR) continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK) err = errno;
-        break;
+        return errno != EAGAIN && errno != EWOULDBLOCK ? errno : 0;
       }
-      lens_[n++] = static_cast<uint32_t>(r);
-      off += static_cast<size_t>(r);
+      rxReads_++;
+      lens_[n_++] = static_cast<uint32_t>(r);
+      off_ += static_cast<size_t>(r);
     }
-    if (n > 0) {
-      rxPackets_ += n;
-      rxBytes_ += off;
-      rxBatches_++;
-      Napi::Uint32Array lengths = lengths_.Value();
-      if (lengths.IsEmpty() || lengths.ElementLength() < n) {
-        Fail(env, "read", EFAULT);  // the wrapper's lengths array was detached: cannot deliver
-        return;
+    return 0;
+  }
+
+  // Offload: each read is a virtio_net_hdr and a packet, maybe a super-packet; its segments go to the scratch area,
+  // which is handed to JavaScript whenever it is full (so one read may span two callbacks).
+  int ReadSplit() {
+    while (n_ < batch_ && fd_ >= 0 && !paused_) {
+      ssize_t r = ::read(fd_, rbuf_.data(), rbuf_.size());
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        return errno != EAGAIN && errno != EWOULDBLOCK ? errno : 0;
       }
-      memcpy(lengths.Data(), lens_.data(), n * sizeof(uint32_t));
-      Napi::Buffer<uint8_t> buf = Napi::Buffer<uint8_t>::Copy(env, scratch_.data(), off);
-      napi_value argv[2] = {buf, Napi::Number::New(env, n)};
-      CallJs(env, onBatch_, 2, argv);
+      rxReads_++;
+      seng_offload::SplitError e = seng_offload::Split(rbuf_.data(), static_cast<size_t>(r), sink_);
+      if (e != seng_offload::SplitError::kNone) {
+        rxDropped_++;
+        lastError_ = std::string("read: ") + seng_offload::SplitErrorText(e);
+      }
     }
-    if (err != 0 && fd_ >= 0) Fail(env, "read", err);
+    return 0;
+  }
+
+  // The scratch area as the reader's sink: flushes to JavaScript when a packet does not fit.
+  class ScratchSink : public seng_offload::Sink {
+   public:
+    explicit ScratchSink(TunHandle* h) : h_(h) {}
+    uint8_t* Reserve(size_t len) override {
+      if (h_->n_ >= h_->batch_ || h_->off_ + len > h_->scratchSize_) h_->Deliver(h_->env_);
+      uint8_t* p = h_->sbuf_ + h_->off_;
+      h_->lens_[h_->n_++] = static_cast<uint32_t>(len);
+      h_->off_ += len;
+      return p;
+    }
+
+   private:
+    TunHandle* h_;
+  };
+
+  // Hands the packets in the scratch area to JavaScript, in one Buffer.
+  void Deliver(Napi::Env env) {
+    uint32_t n = n_;
+    size_t off = off_;
+    n_ = 0;
+    off_ = 0;
+    if (n == 0) return;
+    rxPackets_ += n;
+    rxBytes_ += off;
+    rxBatches_++;
+    if (onBatch_.IsEmpty()) return;  // closed by an earlier callback of this round
+    Napi::Uint32Array lengths = lengths_.Value();
+    if (lengths.IsEmpty() || lengths.ElementLength() < n) {
+      Fail(env, "read", EFAULT);  // the wrapper's lengths array was detached: cannot deliver
+      return;
+    }
+    memcpy(lengths.Data(), lens_.data(), n * sizeof(uint32_t));
+    napi_value argv[1] = {Napi::Number::New(env, n)};
+    CallJs(env, onBatch_, 1, argv);
   }
 
   // A fatal reader error: stop reading and tell JS through onError (the handle stays open for writes and close()).
@@ -357,21 +438,33 @@ class TunHandle : public Napi::ObjectWrap<TunHandle> {
 
   // 1 written, 0 not written (counted as dropped or as an error), -1 stop: the device would block.
   int WriteOne(const uint8_t* data, size_t len) {
+    if (offload_) {
+      static const uint8_t zero[seng_offload::kVnetHdrLen] = {0};
+      iovec iov[2] = {{const_cast<uint8_t*>(zero), sizeof zero}, {const_cast<uint8_t*>(data), len}};
+      return WriteV(iov, 2, 1, len);
+    }
+    iovec iov = {const_cast<uint8_t*>(data), len};
+    return WriteV(&iov, 1, 1, len);
+  }
+
+  // One write of `packets` IP packets (`bytes` long in all), counted as a whole.
+  int WriteV(const iovec* iov, int cnt, uint32_t packets, size_t bytes) {
     for (;;) {
-      ssize_t r = ::write(fd_, data, len);
+      ssize_t r = cnt == 1 ? ::write(fd_, iov[0].iov_base, iov[0].iov_len) : ::writev(fd_, iov, cnt);
       if (r >= 0) {
-        txPackets_++;
-        txBytes_ += static_cast<uint64_t>(r);
+        txPackets_ += packets;
+        txBytes_ += bytes;
+        txWrites_++;
         return 1;
       }
       int err = errno;
       if (err == EINTR) continue;
       lastError_ = std::string("write: ") + ErrnoText(err);
       if (IsDropErrno(err)) {
-        txDropped_++;
+        txDropped_ += packets;
         return -1;
       }
-      txErrors_++;
+      txErrors_ += packets;
       return 0;
     }
   }
@@ -399,6 +492,7 @@ class TunHandle : public Napi::ObjectWrap<TunHandle> {
       }
     }
     if (!CheckOpen(env, "writeMany")) return env.Undefined();
+    if (offload_) return Napi::Number::New(env, WriteCoalesced(n));
     uint32_t written = 0;
     for (uint32_t i = 0; i < n; i++) {
       int r = WriteOne(pending_[i].data, pending_[i].len);
@@ -412,16 +506,42 @@ class TunHandle : public Napi::ObjectWrap<TunHandle> {
     return Napi::Number::New(env, written);
   }
 
+  // Offload: consecutive TCP segments of a flow go in one GSO write. Returns how many packets were written.
+  uint32_t WriteCoalesced(uint32_t n) {
+    ptrs_.resize(n);
+    plens_.resize(n);
+    for (uint32_t i = 0; i < n; i++) {
+      ptrs_[i] = pending_[i].data;
+      plens_[i] = pending_[i].len;
+    }
+    const auto& writes = coalescer_.Plan(ptrs_.data(), plens_.data(), n);
+    uint32_t written = 0;
+    for (size_t k = 0; k < writes.size(); k++) {
+      const seng_offload::PlannedWrite& w = writes[k];
+      int r = WriteV(coalescer_.iovs() + w.iovOff, static_cast<int>(w.iovCnt), w.count, w.bytes);
+      if (r == 1) {
+        written += w.count;
+      } else if (r < 0) {
+        for (size_t j = k + 1; j < writes.size(); j++) txDropped_ += writes[j].count;
+        break;
+      }
+    }
+    return written;
+  }
+
   Napi::Value Stats(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     Napi::Object o = Napi::Object::New(env);
     o.Set("rxPackets", Napi::Number::New(env, static_cast<double>(rxPackets_)));
     o.Set("rxBytes", Napi::Number::New(env, static_cast<double>(rxBytes_)));
     o.Set("rxBatches", Napi::Number::New(env, static_cast<double>(rxBatches_)));
+    o.Set("rxReads", Napi::Number::New(env, static_cast<double>(rxReads_)));
+    o.Set("rxDropped", Napi::Number::New(env, static_cast<double>(rxDropped_)));
     o.Set("txPackets", Napi::Number::New(env, static_cast<double>(txPackets_)));
     o.Set("txBytes", Napi::Number::New(env, static_cast<double>(txBytes_)));
     o.Set("txDropped", Napi::Number::New(env, static_cast<double>(txDropped_)));
     o.Set("txErrors", Napi::Number::New(env, static_cast<double>(txErrors_)));
+    o.Set("txWrites", Napi::Number::New(env, static_cast<double>(txWrites_)));
     if (!lastError_.empty()) o.Set("lastError", Napi::String::New(env, lastError_));
     return o;
   }
@@ -446,10 +566,19 @@ class TunHandle : public Napi::ObjectWrap<TunHandle> {
   int fd_ = -1;
   std::string name_;
   uint32_t batch_ = kDefaultBatch;
-  std::vector<uint8_t> scratch_;
+  Napi::Reference<Napi::Buffer<uint8_t>> scratchRef_;
+  uint8_t* sbuf_ = nullptr;  // scratchRef_'s bytes
   size_t scratchSize_ = 0;
   std::vector<uint32_t> lens_;
   std::vector<Span> pending_;
+  bool offload_ = false;
+  std::vector<uint8_t> rbuf_;  // one offload read: virtio_net_hdr + up to 64 KiB
+  uint32_t n_ = 0;             // packets in the scratch area
+  size_t off_ = 0;             // bytes in the scratch area
+  ScratchSink sink_{this};
+  seng_offload::Coalescer coalescer_;
+  std::vector<const uint8_t*> ptrs_;
+  std::vector<size_t> plens_;
   uv_poll_t* poll_ = nullptr;
   bool polling_ = false;
   bool paused_ = false;
@@ -460,8 +589,8 @@ class TunHandle : public Napi::ObjectWrap<TunHandle> {
   Napi::FunctionReference onBatch_;
   Napi::FunctionReference onError_;
   Napi::Reference<Napi::Uint32Array> lengths_;
-  uint64_t rxPackets_ = 0, rxBytes_ = 0, rxBatches_ = 0;
-  uint64_t txPackets_ = 0, txBytes_ = 0, txDropped_ = 0, txErrors_ = 0;
+  uint64_t rxPackets_ = 0, rxBytes_ = 0, rxBatches_ = 0, rxReads_ = 0, rxDropped_ = 0;
+  uint64_t txPackets_ = 0, txBytes_ = 0, txDropped_ = 0, txErrors_ = 0, txWrites_ = 0;
   std::string lastError_;
 };
 

@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <net/if.h>
 #include <netinet/in.h>
+#include <netinet/udp.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -29,7 +30,11 @@ constexpr uint32_t kDefaultBatch = 64;
 constexpr uint32_t kMaxBatch = 1024;
 constexpr uint32_t kDefaultMaxDatagram = 65536;
 constexpr unsigned kSendChunk = 1024;  // UIO_MAXIOV: the most sendmmsg() takes at once
-constexpr int kRoundsPerWakeup = 4;     // full batches drained per readiness event before yielding to the loop
+constexpr int kRoundsPerWakeup = 4;
+// UDP GSO (UDP_SEGMENT): equal-sized datagrams to one peer, adjacent in memory, go down the stack as one buffer
+// that the kernel cuts into datagrams as late as possible. Older kernels take at most 64 segments per send.
+constexpr uint32_t kGsoMaxSegs = 64;
+constexpr size_t kGsoMaxBytes = 65000;  // below 64 KiB with the IP and UDP headers     // full batches drained per readiness event before yielding to the loop
 
 std::string ErrnoText(int err) {
   const char* name = strerrorname_np(err);
@@ -645,8 +650,10 @@ class UdpHandle : public Napi::ObjectWrap<UdpHandle> {
   }
 
   // sendMany(datagrams: Uint8Array[], peers: string[] | string): number sent. Everything is validated before the
-  // first byte goes out; then sendmmsg() per up to 1024 datagrams. Would-block stops and counts the rest as
+  // first byte goes out; then sendmmsg() per up to 1024 messages. Would-block stops and counts the rest as
   // dropped; a datagram the kernel refuses (EMSGSIZE, unreachable...) is counted in txErrors and skipped.
+  // Runs of equal-sized datagrams (the last may be shorter) to one peer that are adjacent in memory go as one
+  // UDP GSO message; one the kernel refuses is sent again datagram by datagram.
   Napi::Value SendMany(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (info.Length() < 2 || !info[0].IsArray() || !(info[1].IsArray() || info[1].IsString())) {
@@ -672,6 +679,10 @@ class UdpHandle : public Napi::ObjectWrap<UdpHandle> {
       txMsgs_.resize(n);
       txIov_.resize(n);
       txNames_.resize(n);
+      txNameLens_.resize(n);
+      txSegs_.resize(n);
+      txGsoIov_.resize(n);
+      txCmsg_.resize(static_cast<size_t>(n) * kCmsgSpace);
     }
     sockaddr_storage to;
     socklen_t tolen = 0;
@@ -695,36 +706,105 @@ class UdpHandle : public Napi::ObjectWrap<UdpHandle> {
       txNames_[i] = to;
       txIov_[i].iov_base = const_cast<uint8_t*>(data);
       txIov_[i].iov_len = len;
-      msghdr& h = txMsgs_[i].msg_hdr;
-      memset(&h, 0, sizeof h);
-      h.msg_name = &txNames_[i];
-      h.msg_namelen = tolen;
-      h.msg_iov = &txIov_[i];
-      h.msg_iovlen = 1;
-      txMsgs_[i].msg_len = 0;
+      txNameLens_[i] = tolen;
     }
-    uint32_t i = 0, sent = 0;
-    while (i < n) {
-      unsigned chunk = n - i < kSendChunk ? n - i : kSendChunk;
-      int r = ::sendmmsg(fd_, &txMsgs_[i], chunk, MSG_DONTWAIT);
+    uint32_t m = BuildMessages(n, gso_);
+    uint32_t k = 0, sent = 0;
+    while (k < m) {
+      unsigned chunk = m - k < kSendChunk ? m - k : kSendChunk;
+      int r = ::sendmmsg(fd_, &txMsgs_[k], chunk, MSG_DONTWAIT);
       if (r > 0) {
-        for (uint32_t k = i; k < i + static_cast<uint32_t>(r); k++) txBytes_ += txMsgs_[k].msg_len;
-        txPackets_ += static_cast<uint64_t>(r);
-        sent += static_cast<uint32_t>(r);
-        i += static_cast<uint32_t>(r);
+        for (uint32_t j = k; j < k + static_cast<uint32_t>(r); j++) {
+          txBytes_ += txMsgs_[j].msg_len;
+          txPackets_ += txSegs_[j].count;
+          sent += txSegs_[j].count;
+        }
+        k += static_cast<uint32_t>(r);
         continue;
       }
       int err = r < 0 ? errno : EAGAIN;
       if (err == EINTR) continue;
       lastError_ = std::string("sendmmsg: ") + ErrnoText(err);
       if (IsDropErrno(err)) {
-        txDropped_ += n - i;
+        for (uint32_t j = k; j < m; j++) txDropped_ += txSegs_[j].count;
         break;
       }
-      txErrors_++;
-      i++;
+      if (txSegs_[k].count > 1) {
+        // Refused as a whole (e.g. a datagram above the path MTU, which GSO cannot fragment): one by one.
+        gsoRefused_++;
+        uint32_t first = txSegs_[k].first, cnt = txSegs_[k].count;
+        for (uint32_t d = first; d < first + cnt; d++) {
+          ssize_t w;
+          do {
+            w = ::sendto(fd_, txIov_[d].iov_base, txIov_[d].iov_len, MSG_DONTWAIT,
+                         reinterpret_cast<sockaddr*>(&txNames_[d]), txNameLens_[d]);
+          } while (w < 0 && errno == EINTR);
+          if (w >= 0) {
+            txBytes_ += static_cast<uint64_t>(w);
+            txPackets_++;
+            sent++;
+          } else {
+            CountSendError("sendto", errno);
+          }
+        }
+      } else {
+        txErrors_++;
+      }
+      k++;
     }
     return Napi::Number::New(env, sent);
+  }
+
+  // Fills txMsgs_ for datagrams 0..n-1 (txIov_, txNames_, txNameLens_), merging runs into UDP GSO messages when
+  // `gso`. Returns the message count.
+  uint32_t BuildMessages(uint32_t n, bool gso) {
+    uint32_t m = 0;
+    for (uint32_t i = 0; i < n;) {
+      uint32_t j = i + 1;
+      size_t seg = txIov_[i].iov_len, total = seg;
+      if (gso && seg > 0) {
+        // Extend while the next datagram follows in memory, goes to the same peer and fits the run.
+        while (j < n && j - i < kGsoMaxSegs) {
+          const iovec& prev = txIov_[j - 1];
+          const iovec& next = txIov_[j];
+          if (static_cast<uint8_t*>(prev.iov_base) + prev.iov_len != next.iov_base) break;
+          if (prev.iov_len != seg || next.iov_len > seg || next.iov_len == 0) break;
+          if (total + next.iov_len > kGsoMaxBytes) break;
+          if (txNameLens_[j] != txNameLens_[i] || memcmp(&txNames_[j], &txNames_[i], txNameLens_[i]) != 0) break;
+          total += next.iov_len;
+          j++;
+        }
+      }
+      msghdr& h = txMsgs_[m].msg_hdr;
+      memset(&h, 0, sizeof h);
+      h.msg_name = &txNames_[i];
+      h.msg_namelen = txNameLens_[i];
+      txMsgs_[m].msg_len = 0;
+      txSegs_[m] = {i, j - i};
+      if (j - i > 1) {
+        txGsoIov_[m].iov_base = txIov_[i].iov_base;
+        txGsoIov_[m].iov_len = total;
+        h.msg_iov = &txGsoIov_[m];
+        h.msg_iovlen = 1;
+        char* cbuf = txCmsg_.data() + m * kCmsgSpace;
+        memset(cbuf, 0, kCmsgSpace);
+        h.msg_control = cbuf;
+        h.msg_controllen = CMSG_SPACE(sizeof(uint16_t));
+        cmsghdr* c = CMSG_FIRSTHDR(&h);
+        c->cmsg_level = SOL_UDP;
+        c->cmsg_type = UDP_SEGMENT;
+        c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+        uint16_t gsoSize = static_cast<uint16_t>(seg);
+        memcpy(CMSG_DATA(c), &gsoSize, sizeof gsoSize);
+        gsoMessages_++;
+      } else {
+        h.msg_iov = &txIov_[i];
+        h.msg_iovlen = 1;
+      }
+      m++;
+      i = j;
+    }
+    return m;
   }
 
   Napi::Value Stats(const Napi::CallbackInfo& info) {
@@ -739,6 +819,8 @@ class UdpHandle : public Napi::ObjectWrap<UdpHandle> {
     o.Set("txBytes", Napi::Number::New(env, static_cast<double>(txBytes_)));
     o.Set("txDropped", Napi::Number::New(env, static_cast<double>(txDropped_)));
     o.Set("txErrors", Napi::Number::New(env, static_cast<double>(txErrors_)));
+    o.Set("txGsoMessages", Napi::Number::New(env, static_cast<double>(gsoMessages_)));
+    o.Set("txGsoRefused", Napi::Number::New(env, static_cast<double>(gsoRefused_)));
     if (!lastError_.empty()) o.Set("lastError", Napi::String::New(env, lastError_));
     return o;
   }
@@ -771,6 +853,16 @@ class UdpHandle : public Napi::ObjectWrap<UdpHandle> {
   std::vector<mmsghdr> txMsgs_;
   std::vector<iovec> txIov_;
   std::vector<sockaddr_storage> txNames_;
+  std::vector<socklen_t> txNameLens_;
+  struct SegRun {
+    uint32_t first, count;  // datagrams in a message
+  };
+  static constexpr size_t kCmsgSpace = CMSG_SPACE(sizeof(uint16_t));
+  std::vector<SegRun> txSegs_;
+  std::vector<iovec> txGsoIov_;
+  std::vector<char> txCmsg_;
+  bool gso_ = true;
+  uint64_t gsoMessages_ = 0, gsoRefused_ = 0;
   std::string lastPeerText_;
   sockaddr_storage lastPeer_;
   socklen_t lastPeerLen_ = 0;

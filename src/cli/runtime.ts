@@ -42,6 +42,8 @@ interface RuntimeFlags {
   deadSeconds?: string;
   leaseTimeout?: string;
   log?: string;
+  /** commander's --no-offload: false when given. */
+  offload?: boolean;
 }
 
 /** The `SENG_*` variables that carry `f` (only flags actually given, so the config file's keys still count). */
@@ -99,6 +101,7 @@ async function up(f: RuntimeFlags): Promise<number> {
     tun: cfg.tun.name,
     routes: cfg.tun.routes,
     deadSeconds: cfg.deadSeconds,
+    offload: f.offload !== false,
     log: say,
   });
   let stopping = false;
@@ -180,7 +183,8 @@ function tunOptions(c: Command): Command {
     .option(
       "--route <cidr...>",
       'destinations to send through the tunnel; "default" takes over the default route',
-    );
+    )
+    .option("--no-offload", "TUN mode: no TUN offloads (one packet per read and write)");
 }
 
 export function runtimeCommands(): Command[] {

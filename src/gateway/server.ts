@@ -6,13 +6,15 @@
  *   2. DTLS: decrypt the tunnel's datagrams of the batch in one native call
  *   3. control records (first byte 0) → control handler; others are IP packets
  *   4. check version, header, length and that the source is the tunnel's leased address; else drop and count
- *   5. write the batch of accepted packets to the TUN, one write per packet
+ *   5. write the batch of accepted packets to the TUN: with offload (tun.offload), consecutive in-order TCP
+ *      segments of one flow go in one write as a GSO super-packet; everything else one write per packet
  *   6. unknown source: per-source rate limit and a cap on half-open handshakes, then the stateless cookie
  *      check; a valid cookie creates the session, whose handshake continues in step 2
  *   7. handshake done: verify the RA-TLS certificate's evidence and key binding, match an app, lease an address
  *      from its subnet, send LEASE
  *
- * Send path (TUN → UDP), per batch of packets from the TUN:
+ * Send path (TUN → UDP), per batch of packets from the TUN (with offload, the addon has split the kernel's TCP
+ * super-packets into MTU-sized packets and completed checksums left to it):
  *   1. destination address → tunnel (one Map lookup on a number); none → drop (no-route)
  *   2. group the batch per tunnel, encrypt each group in one native call, send all datagrams with one sendmmsg
  *
@@ -215,7 +217,11 @@ export class Gateway {
       mtu: c.tun.mtu + DTLS_OVERHEAD,
     });
     this.listener = new DtlsListener(this.ctx);
-    this.tun = Tun.open(c.tun.name, { napi: true });
+    this.tun = c.tun.offload
+      ? Tun.openOffloaded(c.tun.name, { napi: true }, (e) =>
+          this.log.log("warn", "tun-offload-unavailable", { error: e.message }),
+        )
+      : Tun.open(c.tun.name, { napi: true });
     try {
       await this.system.configure(this.tun.name, c.tun.address, c.tun.mtu, [
         ...new Set(c.apps.map((a) => a.subnet)),
@@ -237,6 +243,7 @@ export class Gateway {
       listen: c.listen,
       port: this.udp.port,
       tun: this.tun.name,
+      offload: this.tun.offload,
       apps: c.apps.map((a) => `${a.name}=${a.subnet}`),
     });
   }

@@ -5,8 +5,10 @@
  * firewalling are decided by the caller.
  *
  * Batches: a reader callback receives every packet that was ready at once (up to `batch`, default 64), as Buffer
- * views into one Buffer per batch (one native allocation and one call into JS per batch, not per packet). A view
- * keeps its whole batch alive: copy a packet (`Buffer.from(p)`) before keeping it for long.
+ * views into one Buffer per batch (one call into JS per batch, not per packet). UDP: one native allocation per
+ * batch, and a view keeps its whole batch alive: copy a datagram (`Buffer.from(p)`) before keeping it for long.
+ * TUN: the next batch reuses the same Buffer, so packets are valid only until the callback returns: copy what you
+ * keep.
  *
  * Errors: bad arguments throw TypeError/RangeError; using a closed handle throws Error; failed setup syscalls throw
  * an Error shaped like Node's system errors (`code`, `errno`, `syscall`, message "syscall: text (CODE)"). The data
@@ -24,11 +26,19 @@ const execFileP = promisify(execFile);
 
 /** Counters of a {@link Tun}. Numbers since open; `rxBatches` counts reader callbacks. */
 export interface TunStats {
+  /** IP packets handed to the reader (with offload: after splitting super-packets). */
   rxPackets: number;
   rxBytes: number;
   rxBatches: number;
+  /** read() calls that returned a packet (with offload, one may carry up to 64 KiB of TCP segments). */
+  rxReads: number;
+  /** Offload only: reads dropped because their virtio_net_hdr or headers made no sense (see `lastError`). */
+  rxDropped: number;
+  /** IP packets written (with offload, several may have gone in one write). */
   txPackets: number;
   txBytes: number;
+  /** write()/writev() calls that succeeded. */
+  txWrites: number;
   /** Packets not written because the device would block (EAGAIN/ENOBUFS), including the rest of a writeMany. */
   txDropped: number;
   /** Packets the kernel refused (e.g. EINVAL for a packet that is not IPv4/IPv6). */
@@ -53,16 +63,25 @@ export interface UdpStats {
   txDropped: number;
   /** Datagrams the kernel refused (EMSGSIZE, ENETUNREACH, EPERM from a firewall...). */
   txErrors: number;
+  /**
+   * sendMany messages that carried a run of datagrams with UDP GSO (UDP_SEGMENT): equal-sized datagrams to one
+   * peer, adjacent in memory (as DTLS output is), go through the stack as one buffer the kernel cuts late.
+   */
+  txGsoMessages: number;
+  /** GSO messages the kernel refused as a whole (e.g. above the path MTU), then sent datagram by datagram. */
+  txGsoRefused: number;
   lastError?: string;
 }
 
 interface NativeTun {
   readonly name: string;
   readonly closed: boolean;
+  readonly offload: boolean;
   start(
-    onBatch: (data: Buffer, count: number) => void,
+    onBatch: (count: number) => void,
     onError: (err: Error) => void,
     lengths: Uint32Array,
+    scratch: Buffer,
   ): void;
   pause(): void;
   resume(): void;
@@ -97,11 +116,21 @@ interface NativeUdp {
 }
 
 interface Addon {
-  TunHandle: new (name: string, multiQueue: boolean, batch: number | undefined, napi: boolean) => NativeTun;
+  TunHandle: new (
+    name: string,
+    multiQueue: boolean,
+    batch: number | undefined,
+    napi: boolean,
+    offload: boolean,
+  ) => NativeTun;
+  offloadSplit(read: Uint8Array): Buffer[];
+  offloadCoalesce(packets: Uint8Array[]): { data: Buffer; count: number }[];
   UdpHandle: new (address: string, port: number, opts: UdpBindOptions | undefined) => NativeUdp;
 }
 
 const DEFAULT_BATCH = 64;
+/** Bytes of a TUN reader's scratch Buffer: one largest packet plus 2 KiB per batch slot (as tun.cc expects). */
+const tunScratchBytes = (batch: number): number => 65536 + batch * 2048;
 
 /** Options of {@link Tun.open}. */
 export interface TunOpenOptions {
@@ -114,6 +143,15 @@ export interface TunOpenOptions {
    * merged before the network stack sees them (fewer traversals per byte). Linux 4.15+.
    */
   napi?: boolean;
+  /**
+   * TUN offloads (IFF_VNET_HDR, TUNSETOFFLOAD with TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6): the kernel may hand over
+   * TCP super-packets of up to 64 KiB and packets without their final checksum; the reader splits and completes
+   * them, so callbacks still get ordinary MTU-sized IP packets with valid checksums. {@link Tun.writeMany} merges
+   * consecutive in-order TCP segments of one flow into one write the kernel forwards as one super-packet. Fewer
+   * syscalls and fewer trips through the kernel's stack per byte. Packets of different flows may be reordered
+   * relative to each other within a batch; a flow's packets never are.
+   */
+  offload?: boolean;
 }
 
 /** Called with an Error when a reader stops for good (e.g. the device was deleted: "read: ... (EBADFD)"). */
@@ -153,7 +191,30 @@ export class Tun {
     if (typeof opts !== "object" || opts === null) throw new TypeError("Tun.open: opts must be an object");
     const batch = opts.batch ?? DEFAULT_BATCH;
     const { TunHandle } = native<Addon>();
-    return new Tun(new TunHandle(name, opts.multiQueue === true, batch, opts.napi === true), batch);
+    return new Tun(
+      new TunHandle(name, opts.multiQueue === true, batch, opts.napi === true, opts.offload === true),
+      batch,
+    );
+  }
+
+  /**
+   * Like {@link Tun.open} with `offload: true`, but falls back to a plain TUN when the kernel refuses offloads;
+   * `onFallback` hears why.
+   */
+  static openOffloaded(name: string, opts: TunOpenOptions, onFallback: (err: Error) => void): Tun {
+    try {
+      return Tun.open(name, { ...opts, offload: true });
+    } catch (e) {
+      const sys = (e as { syscall?: string }).syscall;
+      if (sys !== "ioctl(TUNSETOFFLOAD)" && sys !== "ioctl(TUNSETVNETHDRSZ)") throw e;
+      onFallback(e as Error);
+      return Tun.open(name, { ...opts, offload: false });
+    }
+  }
+
+  /** True when opened with working offloads (see {@link TunOpenOptions.offload}). */
+  get offload(): boolean {
+    return this.#h.offload;
   }
 
   /** True after {@link Tun.close}. */
@@ -163,13 +224,15 @@ export class Tun {
 
   /**
    * Starts reading: `cb` receives every packet that was ready (1..batch) each time the device is readable. Call
-   * once per handle. The Buffers are views into one per-batch Buffer.
+   * once per handle. The Buffers are views into a Buffer the next batch reuses: valid until `cb` returns, so copy
+   * (`Buffer.from(p)`) any packet kept longer.
    */
   onPackets(cb: (packets: Buffer[]) => void): void {
     if (typeof cb !== "function") throw new TypeError("Tun.onPackets: callback must be a function");
     const lengths = new Uint32Array(this.#batch);
+    const data = Buffer.allocUnsafeSlow(tunScratchBytes(this.#batch));
     this.#h.start(
-      (data, count) => {
+      (count) => {
         const packets = new Array<Buffer>(count);
         let off = 0;
         for (let i = 0; i < count; i++) {
@@ -181,6 +244,7 @@ export class Tun {
       },
       (err) => (this.#onError ?? defaultOnError(`Tun ${this.name}`))(err),
       lengths,
+      data,
     );
   }
 
@@ -196,8 +260,9 @@ export class Tun {
   }
 
   /**
-   * Writes each packet with its own write() syscall, in order. Returns how many were written: a refused packet is
-   * skipped (txErrors), a would-block stops the batch (the rest count in txDropped).
+   * Writes the packets in order, each with its own write() syscall; with offload, consecutive in-order TCP segments
+   * of one flow go in one write (see {@link TunOpenOptions.offload}). Returns how many packets were written: a
+   * refused write is skipped (txErrors), a would-block stops the batch (the rest count in txDropped).
    */
   writeMany(packets: Uint8Array[]): number {
     return this.#h.writeMany(packets);
@@ -337,8 +402,10 @@ export class UdpSocket {
   }
 
   /**
-   * Sends datagrams with sendmmsg() (one syscall per up to 1024), each to `peers[i]` or all to one `peers` string.
-   * Returns how many were sent. Arguments are all checked before anything is sent.
+   * Sends datagrams with sendmmsg() (one syscall per up to 1024 messages), each to `peers[i]` or all to one `peers`
+   * string; runs of equal-sized datagrams to one peer that are adjacent in memory go as one UDP GSO message (see
+   * {@link UdpStats.txGsoMessages}). Returns how many datagrams were sent. Arguments are all checked before anything
+   * is sent.
    */
   sendMany(datagrams: Uint8Array[], peers: string[] | string): number {
     return this.#h.sendMany(datagrams, peers);
@@ -419,4 +486,20 @@ export async function tunConfigure(name: string, cfg: TunConfig): Promise<void> 
   if (cfg.mtu !== undefined) link.push("mtu", String(cfg.mtu));
   if (cfg.up !== false) link.push("up");
   if (link.length > 4) await ip(...link);
+}
+
+/**
+ * The TUN offload code on plain buffers, for tests and fuzzing: what the reader of an offloaded {@link Tun} makes of
+ * one read (`read` = virtio_net_hdr + packet). Throws an Error naming the reason when the read would be dropped.
+ */
+export function offloadSplit(read: Uint8Array): Buffer[] {
+  return native<Addon>().offloadSplit(read);
+}
+
+/**
+ * The TUN offload code on plain buffers, for tests and fuzzing: the writes an offloaded {@link Tun.writeMany} makes
+ * of `packets`, each virtio_net_hdr + IP packet, with how many input packets went into it.
+ */
+export function offloadCoalesce(packets: Uint8Array[]): { data: Buffer; count: number }[] {
+  return native<Addon>().offloadCoalesce(packets);
 }

@@ -77,6 +77,8 @@ const schema = z
             "expected the gateway's TUN address with a prefix, e.g. 100.64.0.1/32",
           ),
         mtu: z.number().int().min(576).max(4000).default(1400), // DTLS datagrams above 4096 bytes break OpenSSL 3.0 handshakes
+        // TUN offloads (TSO/checksum): TCP super-packets in, merged TCP writes out; off = one packet per syscall
+        offload: z.boolean().default(true),
       })
       .strict(),
     dns: z.array(ipv4).default([]),

@@ -33,6 +33,8 @@ export interface TunModeOptions {
   /** Destinations to route through the tunnel; "default" takes over the default route. */
   routes: string[];
   deadSeconds?: number;
+  /** TUN offloads (default true; falls back to a plain TUN when the kernel refuses): see TunOpenOptions.offload. */
+  offload?: boolean;
   log: (event: Record<string, unknown>) => void;
 }
 
@@ -74,8 +76,14 @@ export class TunMode {
   private async apply(lease: Lease): Promise<void> {
     this.opts.log({ event: "lease", ...lease });
     if (!this.tun) {
-      this.tun = Tun.open(this.opts.tun, { napi: true });
+      this.tun =
+        this.opts.offload === false
+          ? Tun.open(this.opts.tun, { napi: true })
+          : Tun.openOffloaded(this.opts.tun, { napi: true }, (e) =>
+              this.opts.log({ event: "tun-offload-unavailable", error: e.message }),
+            );
       const tun = this.tun;
+      this.opts.log({ event: "tun", name: tun.name, offload: tun.offload });
       tun.onPackets((p) => this.client.send(p));
       this.client.on("packets", (p) => tun.writeMany(p));
       await ip("link", "set", "dev", tun.name, "mtu", String(lease.mtu), "up");

@@ -69,6 +69,9 @@ describe("gateway in namespaces", { concurrency: false }, () => {
   test("100 MB over TCP through the tunnel arrives intact; garbage and a handshake flood do not disturb it", async () => {
     const client = lab.startClient(BROWSER, { client: 0 });
     const lease = await waitLine<{ address: string }>(client, (o) => o.event === "lease");
+    // both ends run the data path with TUN offloads (super-packets split on read, TCP segments merged on write)
+    await waitLine(client, (o) => o.event === "tun" && o.offload === true);
+    await waitLine(lab.gateway!, (o) => o.event === "gateway-started" && o.offload === true);
     const sink = lab.server(node, ["--import", "tsx", TCP_TOOL, "sink", SERVER_IP, "7001"]);
     await waitLine(sink, (o) => o.listening === true);
     const source = lab.clients[0]!.spawn(node, [

@@ -1,11 +1,12 @@
 /**
- * Batched UDP primitive (native/src/udp.cc through src/native/io.ts) on loopback: sendmmsg/recvmmsg batches,
- * exact delivery, peers, IPv6, argument and closed-socket errors. The exit-by-itself check runs in a namespace.
+ * Batched UDP primitive (native/src/udp.cc through src/native/io.ts) on loopback: sendmmsg/recvmmsg batches, UDP
+ * GSO runs, exact delivery, peers, IPv6, argument and closed-socket errors. The exit-by-itself check and the GSO
+ * fallback (loopback MTU lowered) run in namespaces.
  */
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { UdpSocket, type DatagramBatch } from "../../src/native/io.js";
+import { UdpSocket, type DatagramBatch, type UdpStats } from "../../src/native/io.js";
 import { Netns, nsChildRole } from "../helpers/netns.js";
 
 /** Collects datagrams until `want` arrived or `ms` passed. */
@@ -55,8 +56,32 @@ async function exitChild(mode: string): Promise<void> {
   else s.send(Buffer.from("bye"), `127.0.0.1:${s.port}`);
 }
 
+/** One Buffer cut into adjacent views: `count` of `size` bytes and a shorter last one (a UDP GSO run). */
+function run(count: number, size: number, last: number): Buffer[] {
+  const all = Buffer.alloc(count * size + last);
+  for (let k = 0; k < all.length; k++) all[k] = (k * 13 + (k >> 8)) & 0xff;
+  const views: Buffer[] = [];
+  for (let i = 0; i <= count; i++) views.push(all.subarray(i * size, Math.min(all.length, (i + 1) * size)));
+  return views;
+}
+
+/** Child: loopback MTU is 1280 here, so a GSO run of 1400-byte datagrams is refused and must go one by one. */
+async function gsoFallbackChild(): Promise<void> {
+  const rx = UdpSocket.bind("127.0.0.1", 0);
+  const tx = UdpSocket.bind("127.0.0.1", 0);
+  const c = collect(rx);
+  const views = run(3, 1400, 100);
+  const sent = tx.sendMany(views, `127.0.0.1:${rx.port}`);
+  const got = await c.until(views.length);
+  const same = c.batches.flatMap((b) => b.data).every((d, i) => d.equals(views[i]!));
+  process.stdout.write(JSON.stringify({ sent, got, same, stats: tx.stats() }) + "\n");
+  rx.close();
+  tx.close();
+}
+
 const role = nsChildRole();
 if (role === "exit-close" || role === "exit-unref") await exitChild(role.slice(5));
+else if (role === "gso-fallback") await gsoFallbackChild();
 else {
   describe("UdpSocket on loopback", () => {
     test("10,000 datagrams of varying sizes by sendMany: each received once, intact, in batches, peer right", async (t) => {
@@ -251,6 +276,39 @@ else {
       assert.throws(() => s.sendMany([Buffer.from("x"), Buffer.from("y")], [to, "nope"]), /bad peer "nope"/);
       assert.throws(() => s.onDatagrams(5 as unknown as () => void), TypeError);
       assert.equal(s.stats().txPackets, 0); // nothing went out from a call that threw
+    });
+
+    test("adjacent equal-sized datagrams go as UDP GSO and arrive one by one, byte for byte, in order", async (t) => {
+      const rx = UdpSocket.bind("127.0.0.1", 0);
+      const tx = UdpSocket.bind("127.0.0.1", 0);
+      t.after(() => [rx, tx].forEach((s) => s.close()));
+      const c = collect(rx);
+      const views = [...run(40, 1000, 300), Buffer.from("apart")]; // the last is not adjacent: sent alone
+      assert.equal(tx.sendMany(views, `127.0.0.1:${rx.port}`), views.length);
+      assert.equal(await c.until(views.length), views.length);
+      const got = c.batches.flatMap((b) => b.data);
+      got.forEach((d, i) => assert.ok(d.equals(views[i]!), `datagram ${i}`));
+      const st = tx.stats();
+      assert.ok(st.txGsoMessages >= 1, JSON.stringify(st));
+      assert.equal(st.txPackets, views.length);
+      assert.equal(st.txGsoRefused, 0);
+    });
+
+    test("a GSO run the kernel refuses (above the MTU) is sent datagram by datagram", async (t) => {
+      const ns = await Netns.create("udpgso");
+      t.after(() => ns.delete());
+      await ns.ip("link", "set", "lo", "mtu", "1280");
+      const res = await ns.runTs(fileURLToPath(import.meta.url), { role: "gso-fallback" }).wait(20_000);
+      assert.equal(res.code, 0, res.stderr);
+      const r = JSON.parse(res.stdout.trim()) as {
+        sent: number;
+        got: number;
+        same: boolean;
+        stats: UdpStats;
+      };
+      assert.deepEqual([r.sent, r.got, r.same], [4, 4, true]);
+      assert.equal(r.stats.txGsoRefused, 1);
+      assert.equal(r.stats.txErrors, 0);
     });
 
     test("the process exits by itself after close(), and with unref() while open", async (t) => {
