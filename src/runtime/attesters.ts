@@ -5,7 +5,9 @@
  *    `user_report_data`, read `quote`.
  *  - tsm: Linux configfs-tsm (TDX and SEV-SNP guests, kernel 6.7+): make an entry under
  *    /sys/kernel/config/tsm/report, write `inblob`, read `outblob` (and `auxblob`: the SNP certificate table),
- *    with `generation` read before and after to detect a concurrent writer, then remove the entry.
+ *    with `generation` read before and after to detect a concurrent writer, then remove the entry. For SEV-SNP
+ *    (provider `sev_guest`) the VCEK or VLEK, and the ASK/ARK when present, come from the certificate table and
+ *    travel in the RA-TLS certificate: the report alone cannot be verified.
  *  - sim: the simulated SGX TEE (INSECURE; development and tests).
  *
  * Every attester binds the evidence to the key the same way: REPORT_DATA = raTlsReportData(SPKI of the key), so
@@ -16,6 +18,9 @@ import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from "n
 import { join } from "node:path";
 import { createRaTlsCert, raTlsReportData } from "../attest/ratls.js";
 import { issueSimQuote, loadSimTee, type SimQuoteClaims } from "../attest/sim.js";
+import { endorsementsFromCertTable } from "../attest/amd/certtable.js";
+import { parseSnpReport } from "../attest/amd/report.js";
+import { AttestError } from "../attest/errors.js";
 
 export type AttesterKind = "gramine" | "tsm" | "sim";
 
@@ -24,6 +29,8 @@ export interface Evidence {
   evidence: Buffer;
   /** configfs-tsm's auxblob (SEV-SNP: the certificate table with the VCEK), when the provider gives one. */
   aux?: Buffer;
+  /** SEV-SNP: the report's endorsement certificates (DER, VCEK or VLEK first), for the RA-TLS certificate. */
+  endorsements?: Buffer[];
   /** What produced it: "sgx-dcap" (Gramine), "tdx_guest" / "sev_guest" (tsm provider), "sim". */
   provider: string;
 }
@@ -125,7 +132,9 @@ export class TsmAttester implements Attester {
           `tsm: ${entry} was written concurrently (generation ${generation} → ${after})`,
         );
       if (outblob.length === 0) throw new AttesterError(`tsm: ${provider} returned an empty outblob`);
-      return { evidence: outblob, aux: aux?.length ? aux : undefined, provider };
+      const ev: Evidence = { evidence: outblob, aux: aux?.length ? aux : undefined, provider };
+      if (provider === "sev_guest") ev.endorsements = snpEndorsements(outblob, ev.aux);
+      return ev;
     } finally {
       if (own) {
         try {
@@ -135,6 +144,35 @@ export class TsmAttester implements Attester {
         }
       }
     }
+  }
+}
+
+/**
+ * The endorsements of an SEV-SNP report from the host's certificate table: the VCEK (or VLEK, as the report's
+ * SIGNING_KEY says), then the ASK/ASVK and ARK when the table has them.
+ */
+function snpEndorsements(report: Buffer, aux: Buffer | undefined): Buffer[] {
+  let signingKey: "vcek" | "vlek";
+  try {
+    const k = parseSnpReport(report).signingKey;
+    if (k === "none")
+      throw new AttesterError("tsm: sev_guest returned an unsigned report (SIGNING_KEY = none)");
+    signingKey = k;
+  } catch (e) {
+    if (e instanceof AttesterError) throw e;
+    throw new AttesterError(
+      `tsm: sev_guest returned something that is not an SNP report: ${(e as Error).message}`,
+    );
+  }
+  if (!aux) {
+    throw new AttesterError(
+      "tsm: sev_guest gave no certificate table (auxblob), so the report's VCEK is unknown; the host must provide its certificates (e.g. snphost import, SNP_SET_CONFIG)",
+    );
+  }
+  try {
+    return endorsementsFromCertTable(aux, signingKey);
+  } catch (e) {
+    throw new AttesterError(`tsm: sev_guest auxblob: ${(e as Error).message}`);
   }
 }
 
@@ -186,7 +224,14 @@ export async function makeIdentity(attester: Attester): Promise<RaTlsIdentity> {
   const keys = generateKeyPairSync("ec", { namedCurve: "P-256" });
   const spki = keys.publicKey.export({ type: "spki", format: "der" });
   const ev = attester.attest(raTlsReportData(spki));
-  const { pem } = await createRaTlsCert({ keys, evidence: ev.evidence });
+  let pem: string;
+  try {
+    ({ pem } = await createRaTlsCert({ keys, evidence: ev.evidence, endorsements: ev.endorsements }));
+  } catch (e) {
+    // Evidence that can never verify (wrong REPORT_DATA, no VCEK): say so here, once, not at every gateway.
+    if (e instanceof AttestError) throw new AttesterError(`${attester.kind}: ${ev.provider}: ${e.message}`);
+    throw e;
+  }
   return {
     certPem: pem,
     keyPem: keys.privateKey.export({ type: "pkcs8", format: "pem" }) as string,
