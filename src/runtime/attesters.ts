@@ -8,7 +8,8 @@
  *    with `generation` read before and after to detect a concurrent writer, then remove the entry. For SEV-SNP
  *    (provider `sev_guest`) the VCEK or VLEK, and the ASK/ARK when present, come from the certificate table and
  *    travel in the RA-TLS certificate: the report alone cannot be verified.
- *  - sim: the simulated SGX TEE (INSECURE; development and tests).
+ *  - sim: the simulated SGX TEE, or a simulated SEV-SNP VM when the directory holds one (INSECURE; development
+ *    and tests).
  *
  * Every attester binds the evidence to the key the same way: REPORT_DATA = raTlsReportData(SPKI of the key), so
  * the gateway's RA-TLS check (docs/ATTESTATION.md) holds. The key is made here, in this process, inside the TEE.
@@ -19,10 +20,21 @@ import { join } from "node:path";
 import { createRaTlsCert, raTlsReportData } from "../attest/ratls.js";
 import { issueSimQuote, loadSimTee, type SimQuoteClaims } from "../attest/sim.js";
 import { endorsementsFromCertTable } from "../attest/amd/certtable.js";
+import {
+  issueSimSnpReport,
+  loadSimSnp,
+  simSnpCertTable,
+  type SimSnpReportClaims,
+} from "../attest/sim-snp.js";
 import { parseSnpReport } from "../attest/amd/report.js";
 import { AttestError } from "../attest/errors.js";
 
 export type AttesterKind = "gramine" | "tsm" | "sim";
+
+/** A simulated TEE: SGX (`claims`) or SEV-SNP (`snp`, when the directory holds a simulated SNP platform). */
+export type SimSpec =
+  | { dir: string; claims: Omit<SimQuoteClaims, "reportData">; snp?: undefined }
+  | { dir: string; snp: Omit<SimSnpReportClaims, "reportData">; claims?: undefined };
 
 export interface Evidence {
   /** Quote or report bytes. */
@@ -31,7 +43,7 @@ export interface Evidence {
   aux?: Buffer;
   /** SEV-SNP: the report's endorsement certificates (DER, VCEK or VLEK first), for the RA-TLS certificate. */
   endorsements?: Buffer[];
-  /** What produced it: "sgx-dcap" (Gramine), "tdx_guest" / "sev_guest" (tsm provider), "sim". */
+  /** What produced it: "sgx-dcap" (Gramine), "tdx_guest" / "sev_guest" (tsm provider), "sim", "sim-snp". */
   provider: string;
 }
 
@@ -151,28 +163,25 @@ export class TsmAttester implements Attester {
  * The endorsements of an SEV-SNP report from the host's certificate table: the VCEK (or VLEK, as the report's
  * SIGNING_KEY says), then the ASK/ASVK and ARK when the table has them.
  */
-function snpEndorsements(report: Buffer, aux: Buffer | undefined): Buffer[] {
+function snpEndorsements(report: Buffer, aux: Buffer | undefined, who = "tsm: sev_guest"): Buffer[] {
   let signingKey: "vcek" | "vlek";
   try {
     const k = parseSnpReport(report).signingKey;
-    if (k === "none")
-      throw new AttesterError("tsm: sev_guest returned an unsigned report (SIGNING_KEY = none)");
+    if (k === "none") throw new AttesterError(`${who} returned an unsigned report (SIGNING_KEY = none)`);
     signingKey = k;
   } catch (e) {
     if (e instanceof AttesterError) throw e;
-    throw new AttesterError(
-      `tsm: sev_guest returned something that is not an SNP report: ${(e as Error).message}`,
-    );
+    throw new AttesterError(`${who} returned something that is not an SNP report: ${(e as Error).message}`);
   }
   if (!aux) {
     throw new AttesterError(
-      "tsm: sev_guest gave no certificate table (auxblob), so the report's VCEK is unknown; the host must provide its certificates (e.g. snphost import, SNP_SET_CONFIG)",
+      `${who} gave no certificate table (auxblob), so the report's VCEK is unknown; the host must provide its certificates (e.g. snphost import, SNP_SET_CONFIG)`,
     );
   }
   try {
     return endorsementsFromCertTable(aux, signingKey);
   } catch (e) {
-    throw new AttesterError(`tsm: sev_guest auxblob: ${(e as Error).message}`);
+    throw new AttesterError(`${who} auxblob: ${(e as Error).message}`);
   }
 }
 
@@ -192,14 +201,42 @@ export class SimAttester implements Attester {
   }
 }
 
+/**
+ * The simulated SEV-SNP VM (INSECURE): reports signed by the sim's VCEK, endorsed through the same certificate
+ * table path as configfs-tsm's sev_guest (VCEK and ASK; the ARK stays with whoever trusts it).
+ */
+export class SimSnpAttester implements Attester {
+  readonly kind = "sim" as const;
+  private readonly sim;
+  private readonly table;
+  constructor(
+    simDir: string,
+    readonly claims: Omit<SimSnpReportClaims, "reportData">,
+  ) {
+    try {
+      this.sim = loadSimSnp(simDir);
+    } catch (e) {
+      throw new AttesterError(`sim: ${simDir}: ${(e as Error).message}`);
+    }
+    this.table = simSnpCertTable(this.sim, ["ark"]);
+  }
+
+  attest(reportData: Buffer): Evidence {
+    const evidence = issueSimSnpReport(this.sim, { ...this.claims, reportData });
+    return {
+      evidence,
+      aux: this.table,
+      endorsements: snpEndorsements(evidence, this.table, "sim-snp"),
+      provider: "sim-snp",
+    };
+  }
+}
+
 /** Picks an attester: Gramine if /dev/attestation exists, then configfs-tsm; `sim` only when asked for. */
-export function detectAttester(
-  kind: AttesterKind | "auto",
-  sim?: { dir: string; claims: Omit<SimQuoteClaims, "reportData"> },
-): Attester {
+export function detectAttester(kind: AttesterKind | "auto", sim?: SimSpec): Attester {
   if (kind === "sim" || (kind === "auto" && sim)) {
     if (!sim) throw new AttesterError("sim: no simulated TEE directory given");
-    return new SimAttester(sim.dir, sim.claims);
+    return sim.snp ? new SimSnpAttester(sim.dir, sim.snp) : new SimAttester(sim.dir, sim.claims);
   }
   if (kind === "gramine" || (kind === "auto" && existsSync("/dev/attestation"))) return new GramineAttester();
   if (kind === "tsm" || (kind === "auto" && existsSync("/sys/kernel/config/tsm/report")))
