@@ -12,6 +12,13 @@
  *   with hash-alg-id from the IANA Named Information registry (1 = SHA-256, 7 = SHA-384, 8 = SHA-512), and the
  *   quote's REPORT_DATA[0..32] = SHA-256(claims bytes): the quote binds the claims, the claims bind the key.
  *
+ * AMD SEV-SNP evidence (no IANA CBOR tag exists for it) uses the same DICE layout under a SENG tag, and carries its
+ * endorsement certificates, which the report does not contain, in the interoperable RA-TLS endorsements extension:
+ *     2.23.133.5.4.9  = 1397641298([ bstr report, bstr claims ])      tag 0x534E5052 "SNPR", SENG-defined
+ *     2.23.133.5.4.2  = 1397641298([ bstr VCEK-or-VLEK, ? bstr ASK-or-ASVK, ? bstr ARK ])   DER, leaf first
+ *   with REPORT_DATA[0..32] = SHA-256(claims bytes) as for Intel. The endorsements are untrusted transport: the
+ *   verifier checks them up to a built-in or explicitly configured ARK, never trusting an ARK because it is here.
+ *
  * Sources: CCC-Attestation/interoperable-ra-tls (docs/Interoperable-RA-TLS-cert-edvidence-formats.md,
  * docs/Interoperable-RA-TLS-SGX-TDX-evidence-formats.md); Gramine tools/sgx/ra-tls/ra_tls_attest.c and
  * ra_tls_verify_common.c (v1.8+); the IANA CBOR tag registry (60000-60002, Intel TEE evidence).
@@ -26,7 +33,8 @@ import { createHash, KeyObject, randomBytes, timingSafeEqual, webcrypto } from "
 import { CborTag, cborDecode, cborEncode, type CborValue } from "./cbor.js";
 import { derBytes, derChild, derChildren, derParse, TAG } from "./der.js";
 import { AttestError, need } from "./errors.js";
-import { parseQuote, quoteReportData } from "./intel/quote.js";
+import { looksLikeQuote, parseQuote, quoteReportData } from "./intel/quote.js";
+import { looksLikeSnpReport, parseSnpReport, type SnpSigningKey } from "./amd/report.js";
 import { Cert } from "./x509.js";
 
 type CryptoKey = webcrypto.CryptoKey;
@@ -40,7 +48,19 @@ export const OID_GRAMINE_LEGACY_INTENDED = "1.2.840.113741.1337.6";
 /** IANA CBOR tag: attestation evidence with an Intel TEE (SGX/TDX ECDSA) quote. */
 export const CBOR_TAG_INTEL_TEE_QUOTE = 60000;
 
+/**
+ * SENG's CBOR tag for SEV-SNP evidence ("SNPR"; not IANA-registered: no tag is registered for SNP reports). Verifiers
+ * that do not know it reject the certificate as unsupported evidence, which is the safe outcome.
+ */
+export const CBOR_TAG_SENG_SNP_REPORT = 0x534e5052;
+/** tcg-dice-endorsement-manifest: the interoperable RA-TLS extension for endorsements of the evidence. */
+export const OID_TCG_DICE_ENDORSEMENT_MANIFEST = "2.23.133.5.4.2";
+/** A VCEK/VLEK plus its ASK/ASVK and ARK: anything longer is not an AMD chain. */
+const MAX_ENDORSEMENTS = 3;
+
 export type RaTlsFormat = "gramine-legacy" | "tcg-dice";
+/** What the evidence is, from its CBOR tag (legacy certificates hold Intel quotes). */
+export type RaTlsEvidenceKind = "intel" | "sev-snp";
 
 /** The hash algorithms a `pubkey-hash` claim may use (IANA Named Information ids). */
 const HASHES: Record<number, { name: string; len: number }> = {
@@ -53,8 +73,11 @@ export interface RaTlsEvidence {
   /** The extension's OID as found in the certificate. */
   oid: string;
   format: RaTlsFormat;
-  /** The quote. */
+  kind: RaTlsEvidenceKind;
+  /** The quote or report. */
   evidence: Buffer;
+  /** SEV-SNP: the endorsement certificates (DER, VCEK or VLEK first), unverified. */
+  endorsements?: Buffer[];
   /** `tcg-dice` only: the claims bytes whose SHA-256 REPORT_DATA must carry, and what they say. */
   claims?: { raw: Buffer; pubkeyHash: { alg: number; value: Buffer }; nonce?: Buffer };
 }
@@ -68,7 +91,10 @@ export function extractEvidence(cert: Cert): RaTlsEvidence {
   const dice = cert.extensions.get(OID_TCG_DICE_TAGGED_EVIDENCE);
   if (dice) {
     try {
-      return decodeDice(dice.value);
+      const ev = decodeDice(dice.value);
+      const end = cert.extensions.get(OID_TCG_DICE_ENDORSEMENT_MANIFEST);
+      if (end) ev.endorsements = decodeEndorsements(end.value, ev.kind);
+      return ev;
     } catch (e) {
       if (e instanceof AttestError && e.code === "malformed") throw e;
       throw new AttestError("malformed", `RA-TLS DICE evidence: ${(e as Error).message}`);
@@ -79,7 +105,7 @@ export function extractEvidence(cert: Cert): RaTlsEvidence {
     if (!ext) continue;
     if (ext.value.length === 0)
       throw new AttestError("malformed", "RA-TLS legacy evidence extension is empty");
-    return { oid, format: "gramine-legacy", evidence: ext.value };
+    return { oid, format: "gramine-legacy", kind: "intel", evidence: ext.value };
   }
   throw new AttestError(
     "no_evidence",
@@ -94,8 +120,7 @@ function malformed(msg: string): never {
 function decodeDice(value: Buffer): RaTlsEvidence {
   const top = cborDecode(value);
   if (!(top instanceof CborTag)) malformed("not a CBOR tag");
-  if (top.tag !== CBOR_TAG_INTEL_TEE_QUOTE)
-    malformed(`unsupported CBOR tag ${top.tag} (only 60000, Intel TEE quote)`);
+  const kind = tagKind(top.tag);
   const arr = top.value;
   if (!Array.isArray(arr) || arr.length !== 2) malformed("expected [quote, claims]");
   const [quote, raw] = arr;
@@ -127,9 +152,34 @@ function decodeDice(value: Buffer): RaTlsEvidence {
   return {
     oid: OID_TCG_DICE_TAGGED_EVIDENCE,
     format: "tcg-dice",
+    kind,
     evidence: quote,
     claims: { raw, pubkeyHash, ...(nonce ? { nonce } : {}) },
   };
+}
+
+function tagKind(tag: number): RaTlsEvidenceKind {
+  if (tag === CBOR_TAG_INTEL_TEE_QUOTE) return "intel";
+  if (tag === CBOR_TAG_SENG_SNP_REPORT) return "sev-snp";
+  return malformed(
+    `unsupported CBOR tag ${tag} (known: 60000, Intel TEE quote; ${CBOR_TAG_SENG_SNP_REPORT}, SENG SEV-SNP report)`,
+  );
+}
+
+/** The endorsements extension: the evidence's tag around a list of 1-3 DER certificates. */
+function decodeEndorsements(value: Buffer, kind: RaTlsEvidenceKind): Buffer[] {
+  const top = cborDecode(value);
+  if (!(top instanceof CborTag)) malformed("endorsements are not a CBOR tag");
+  if (tagKind(top.tag) !== kind)
+    malformed("endorsements are tagged for another kind of evidence than the evidence");
+  if (kind !== "sev-snp") malformed("endorsements are only defined for SEV-SNP evidence");
+  const list = top.value;
+  if (!Array.isArray(list) || list.length === 0 || list.length > MAX_ENDORSEMENTS)
+    malformed(`endorsements must be a list of 1 to ${MAX_ENDORSEMENTS} certificates`);
+  return list.map((c) => {
+    if (!Buffer.isBuffer(c) || c.length === 0) malformed("an endorsement is not a non-empty byte string");
+    return c;
+  });
 }
 
 function sha(alg: string, data: Buffer): Buffer {
@@ -203,8 +253,13 @@ export interface NodeKeyPair {
 export interface RaTlsCertOptions {
   /** The TLS key pair: ECDSA P-256, as WebCrypto keys or node KeyObjects. */
   keys: CryptoKeyPair | NodeKeyPair;
-  /** An Intel quote whose REPORT_DATA is `raTlsReportData(spki, format)`. */
+  /** An Intel quote or AMD SEV-SNP report whose REPORT_DATA is `raTlsReportData(spki, format)`. */
   evidence: Buffer;
+  /**
+   * SEV-SNP: the report's endorsement certificates (DER), VCEK or VLEK first, then optionally the ASK/ASVK and ARK,
+   * as the host's certificate table gives them (see amd/certtable.ts). Required for a report.
+   */
+  endorsements?: readonly Buffer[];
   /** Default `tcg-dice`: the standardized, self-describing encoding (see {@link createRaTlsCert}). */
   format?: RaTlsFormat;
   /** Subject (and issuer) name; default `CN=SENG RA-TLS`. */
@@ -250,20 +305,37 @@ export async function createRaTlsCert(opts: RaTlsCertOptions): Promise<{ cert: C
   const format = opts.format ?? "tcg-dice";
   const keys = await toCryptoKeys(opts.keys);
   const spki = Buffer.from(await webcrypto.subtle.exportKey("spki", keys.publicKey));
-  const bound = quoteReportData(parseQuote(opts.evidence)).subarray(0, 32);
+  const snp = !looksLikeQuote(opts.evidence) && looksLikeSnpReport(opts.evidence);
+  if (!snp && opts.endorsements?.length)
+    throw new AttestError("unsupported", "endorsements are only carried for SEV-SNP reports");
+  if (snp && format !== "tcg-dice") {
+    throw new AttestError(
+      "unsupported",
+      "SEV-SNP reports travel only in the tcg-dice format (the Gramine legacy extension is defined for SGX quotes)",
+    );
+  }
+  const report = snp ? parseSnpReport(opts.evidence) : undefined;
+  const bound = (report ? report.reportData : quoteReportData(parseQuote(opts.evidence))).subarray(0, 32);
   if (!bound.equals(raTlsReportData(spki, format).subarray(0, 32))) {
     throw new AttestError(
       "key_binding_invalid",
-      `the quote's REPORT_DATA does not bind this key in the ${format} format (request it with raTlsReportData(spki, "${format}"))`,
+      `the ${report ? "report" : "quote"}'s REPORT_DATA does not bind this key in the ${format} format (request it with raTlsReportData(spki, "${format}"))`,
     );
   }
-  const [oid, value] =
-    format === "tcg-dice"
-      ? [
-          OID_TCG_DICE_TAGGED_EVIDENCE,
-          cborEncode(new CborTag(CBOR_TAG_INTEL_TEE_QUOTE, [opts.evidence, diceClaims(spki)])),
-        ]
-      : [OID_GRAMINE_LEGACY, opts.evidence];
+  const extensions: x509.Extension[] = [];
+  if (report) {
+    const certs = checkEndorsements(report.signingKey, opts.endorsements ?? []);
+    const value = (v: CborValue): Buffer => cborEncode(new CborTag(CBOR_TAG_SENG_SNP_REPORT, v));
+    extensions.push(
+      new x509.Extension(OID_TCG_DICE_TAGGED_EVIDENCE, false, value([report.raw, diceClaims(spki)])),
+      new x509.Extension(OID_TCG_DICE_ENDORSEMENT_MANIFEST, false, value(certs)),
+    );
+  } else if (format === "tcg-dice") {
+    const value = cborEncode(new CborTag(CBOR_TAG_INTEL_TEE_QUOTE, [opts.evidence, diceClaims(spki)]));
+    extensions.push(new x509.Extension(OID_TCG_DICE_TAGGED_EVIDENCE, false, value));
+  } else {
+    extensions.push(new x509.Extension(OID_GRAMINE_LEGACY, false, opts.evidence));
+  }
   const notBefore = opts.notBefore ?? new Date(Date.now() - 3600_000);
   const notAfter = opts.notAfter ?? new Date(notBefore.getTime() + 365 * 86400_000);
   const serial = randomBytes(16);
@@ -279,9 +351,44 @@ export async function createRaTlsCert(opts: RaTlsCertOptions): Promise<{ cert: C
       new x509.BasicConstraintsExtension(false, undefined, true),
       new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
       // Non-critical, as Gramine writes it: TLS stacks must not reject the certificate for an unknown extension.
-      new x509.Extension(oid, false, value),
+      ...extensions,
     ],
   });
   // PEM from the generator: Cert.toPem() goes through Node's parse, which sees the quote's embedded PCK chain.
   return { cert: Cert.fromDer(Buffer.from(generated.rawData)), pem: generated.toString("pem") };
+}
+
+/**
+ * Checks what a certificate is about to carry for an SNP report: 1-3 DER certificates, the first a VCEK or VLEK as
+ * the report's SIGNING_KEY needs. Nothing is verified (the verifier does that); this catches a wrong or missing
+ * certificate table at the attester, where it can be reported, instead of at every gateway.
+ */
+function checkEndorsements(signingKey: SnpSigningKey, certs: readonly Buffer[]): Buffer[] {
+  if (signingKey === "none")
+    throw new AttestError("report_signature_invalid", "the SNP report is not signed");
+  const want = signingKey === "vcek" ? "SEV-VCEK" : "SEV-VLEK";
+  if (certs.length === 0)
+    throw new AttestError(
+      "vcek_missing",
+      `an SNP report needs its ${want} certificate in the RA-TLS certificate`,
+    );
+  if (certs.length > MAX_ENDORSEMENTS)
+    throw new AttestError(
+      "malformed",
+      `at most ${MAX_ENDORSEMENTS} endorsement certificates (leaf, ASK, ARK)`,
+    );
+  let leaf: Cert;
+  try {
+    certs.forEach((c) => Cert.fromDer(c));
+    leaf = Cert.fromDer(certs[0]!);
+  } catch (e) {
+    throw new AttestError("malformed", `endorsement certificate: ${(e as Error).message}`);
+  }
+  if (!new RegExp(`^CN=${want}$`, "m").test(leaf.x509.subject)) {
+    throw new AttestError(
+      "vcek_missing",
+      `the report is signed by a ${signingKey.toUpperCase()}, but the first endorsement is "${leaf.subject}"`,
+    );
+  }
+  return [...certs];
 }

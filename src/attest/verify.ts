@@ -11,8 +11,10 @@ import { quoteClaims, verifyQuote } from "./intel/verify.js";
 import type { Collateral } from "./intel/collateral.js";
 import { looksLikeSnpReport, parseSnpReport } from "./amd/report.js";
 import { verifySnp } from "./amd/verify.js";
-import type { Cert } from "./x509.js";
-import { extractEvidence, keyBindingOk } from "./ratls.js";
+import { amdRoots, type AmdRoot } from "./amd/roots.js";
+import type { SnpProduct } from "./claims.js";
+import { Cert, isSignedBy } from "./x509.js";
+import { extractEvidence, keyBindingOk, type RaTlsEvidence } from "./ratls.js";
 
 export interface VerifyOptions {
   /** The time to verify at (certificate and collateral validity). Default: now. */
@@ -59,8 +61,14 @@ export function verifyEvidence(input: Buffer | Uint8Array | string, opts: Verify
     if (looksLikeSnpReport(buf)) {
       const report = parseSnpReport(buf);
       claims = report.claims; // unverified view, for logging a rejection
-      claims = verifySnp(report, { at, vcek: opts.vcek, chain: opts.chain });
-      return { verified: true, claims, tcbStatus: null, advisoryIds: [], warnings: [] };
+      const roots = [...amdRoots(), ...amdExtraRoots(opts.extraRoots ?? [])];
+      claims = verifySnp(report, { at, vcek: opts.vcek, chain: opts.chain, roots });
+      const warnings = claims.simulated
+        ? [
+            `INSECURE: trusted through a non-AMD root (ARK-${claims.snp!.product} configured as an extra root): simulated or test TEE, no hardware protection`,
+          ]
+        : [];
+      return { verified: true, claims, tcbStatus: null, advisoryIds: [], warnings };
     }
     throw new AttestError(
       "unsupported",
@@ -73,6 +81,24 @@ export function verifyEvidence(input: Buffer | Uint8Array | string, opts: Verify
     }
     return reject(e.code, e.message, claims, e.detail);
   }
+}
+
+/**
+ * The configured extra roots that can anchor AMD chains: self-signed certificates named like an ARK
+ * ("CN=ARK-Milan", "-Genoa", "-Turin"), each with the ASK ("CN=SEV-<product>") found among the extra roots and
+ * signed by it, if any (otherwise the evidence must bring its ASK).
+ */
+export function amdExtraRoots(extra: readonly Cert[]): AmdRoot[] {
+  const cn = (c: Cert): string => /^CN=(.*)$/m.exec(c.x509.subject)?.[1] ?? "";
+  const out: AmdRoot[] = [];
+  for (const ark of extra) {
+    const m = /^ARK-(Milan|Genoa|Turin)$/.exec(cn(ark));
+    if (!m || !ark.issuerDer.equals(ark.subjectDer)) continue;
+    const product = m[1] as SnpProduct;
+    const ask = extra.find((c) => c !== ark && cn(c) === `SEV-${product}` && isSignedBy(c, ark));
+    out.push(ask ? { product, ark, ask } : { product, ark });
+  }
+  return out;
 }
 
 function reject(
@@ -98,16 +124,36 @@ function reject(
  * with `key_binding_invalid` even when the evidence itself is genuine.
  */
 export function verifyRaTlsCert(cert: Cert, opts: VerifyOptions = {}): Verdict {
-  let evidence: Buffer;
+  let ev: RaTlsEvidence;
+  let endorsed: Pick<VerifyOptions, "vcek" | "chain"> = {};
   try {
-    evidence = extractEvidence(cert).evidence;
+    ev = extractEvidence(cert);
+    if (ev.endorsements) {
+      const [vcek, ...chain] = ev.endorsements.map((der) => {
+        try {
+          return Cert.fromDer(der);
+        } catch (e) {
+          throw new AttestError("malformed", `RA-TLS endorsement certificate: ${(e as Error).message}`);
+        }
+      });
+      // The certificate's own endorsements replace any given in opts: they belong to this evidence.
+      endorsed = { vcek, chain };
+    }
   } catch (e) {
     if (e instanceof AttestError) return reject(e.code, e.message, undefined);
     throw e;
   }
-  const v = verifyEvidence(evidence, opts);
+  const v = verifyEvidence(ev.evidence, { ...opts, ...endorsed });
   if (!v.verified || !v.claims) return v;
-  if (!keyBindingOk(cert, Buffer.from(v.claims.reportData, "hex"))) {
+  // The tag says what the evidence is; evidence of another kind under it is not what was signed for.
+  if ((v.claims.tee === "sev-snp") !== (ev.kind === "sev-snp")) {
+    return reject(
+      "malformed",
+      `RA-TLS evidence is ${v.claims.tee} but its extension is tagged as ${ev.kind} evidence`,
+      v.claims,
+    );
+  }
+  if (!keyBindingOk(cert, Buffer.from(v.claims.reportData, "hex"), ev)) {
     return {
       ...reject(
         "key_binding_invalid",

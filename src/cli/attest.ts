@@ -11,6 +11,7 @@ import { verifyEvidence, verifyRaTlsCert, type VerifyOptions } from "../attest/v
 import { Cert } from "../attest/x509.js";
 import { looksLikeQuote } from "../attest/intel/quote.js";
 import { createSimTee, issueSimQuote, loadSimTee, saveSimTee } from "../attest/sim.js";
+import { createSimSnp, saveSimSnp } from "../attest/sim-snp.js";
 import { action, UsageError } from "./errors.js";
 
 function readInput(path: string, what: string): Buffer {
@@ -219,7 +220,7 @@ function intArg(name: string, v: string | undefined, max: number): number | unde
 
 function simCommand(): Command {
   const sim = new Command("sim").description(
-    "simulated SGX TEE for machines without one (INSECURE: for development and tests)",
+    "simulated SGX TEE or SEV-SNP platform for machines without one (INSECURE: for development and tests)",
   );
   sim
     .command("init")
@@ -227,8 +228,19 @@ function simCommand(): Command {
     .requiredOption("--dir <dir>", "directory to write (root.pem, pck-chain.pem, collateral.json, keys)")
     .option("--days <n>", "collateral validity in days", "30")
     .option("--force", "replace a simulated TEE already in --dir")
+    .option("--snp", "a simulated SEV-SNP platform instead (ark.pem, ask.pem, vcek.pem, keys)")
     .action(
-      action(async (f: { dir: string; days: string; force?: boolean }) => {
+      action(async (f: { dir: string; days: string; force?: boolean; snp?: boolean }) => {
+        if (f.snp) {
+          saveSimSnp(await createSimSnp(), f.dir, { overwrite: !!f.force });
+          process.stdout.write(
+            `simulated SEV-SNP platform written to ${f.dir}\n  trust it explicitly with: --root ${f.dir}/ark.pem (gateway: trust.simulatedRoots)\n`,
+          );
+          process.stderr.write(
+            "seng: warning: a simulated TEE gives no protection; never trust its root in production\n",
+          );
+          return;
+        }
         const days = intArg("days", f.days, 3650)!;
         const tee = await createSimTee({ collateralDays: days });
         saveSimTee(tee, f.dir, { overwrite: !!f.force });

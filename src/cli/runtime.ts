@@ -33,6 +33,8 @@ interface RuntimeFlags {
   tee?: string;
   simDir?: string;
   mrenclave?: string;
+  measurement?: string;
+  hostData?: string;
   mrsigner?: string;
   isvprodid?: string;
   isvsvn?: string;
@@ -58,6 +60,8 @@ export function flagsToEnv(f: RuntimeFlags): Record<string, string> {
   put("SENG_TEE", f.tee);
   if (f.simDir !== undefined) e.SENG_SIM_DIR = resolve(f.simDir);
   put("SENG_MRENCLAVE", f.mrenclave);
+  put("SENG_MEASUREMENT", f.measurement);
+  put("SENG_HOST_DATA", f.hostData);
   put("SENG_MRSIGNER", f.mrsigner);
   put("SENG_ISVPRODID", f.isvprodid);
   put("SENG_ISVSVN", f.isvsvn);
@@ -91,7 +95,7 @@ async function up(f: RuntimeFlags): Promise<number> {
     if (e instanceof AttesterError) throw new UsageError(e.message);
     throw e;
   }
-  if (identity.provider === "sim")
+  if (identity.provider.startsWith("sim"))
     process.stderr.write("seng: warning: simulated TEE: INSECURE, for development and tests only\n");
   say({ event: "identity", provider: identity.provider });
   const mode = new TunMode({
@@ -163,10 +167,12 @@ function commonOptions(c: Command): Command {
     .option("--dead-seconds <n>", "consider the tunnel lost after this long without an answer (default 30)")
     .option("--sim-dir <dir>", "simulated TEE (seng attest sim init): INSECURE")
     .option("--mrenclave <hex>", "simulated TEE: MRENCLAVE to claim")
+    .option("--measurement <hex>", "simulated SEV-SNP VM (sim init --snp): MEASUREMENT to claim (48 bytes)")
+    .option("--host-data <hex>", "simulated SEV-SNP VM: HOST_DATA to claim (32 bytes, default zeros)")
     .option("--mrsigner <hex>", "simulated TEE: MRSIGNER (default zeros)")
     .option("--isvprodid <n>", "simulated TEE: ISVPRODID (default 0)")
     .option("--isvsvn <n>", "simulated TEE: ISVSVN (default 0)")
-    .option("--debug-enclave", "simulated TEE: claim a debug enclave");
+    .option("--debug-enclave", "simulated TEE: claim a debug enclave (SEV-SNP: a debug guest policy)");
 }
 
 const teeOption = () =>

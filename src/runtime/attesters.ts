@@ -5,8 +5,11 @@
  *    `user_report_data`, read `quote`.
  *  - tsm: Linux configfs-tsm (TDX and SEV-SNP guests, kernel 6.7+): make an entry under
  *    /sys/kernel/config/tsm/report, write `inblob`, read `outblob` (and `auxblob`: the SNP certificate table),
- *    with `generation` read before and after to detect a concurrent writer, then remove the entry.
- *  - sim: the simulated SGX TEE (INSECURE; development and tests).
+ *    with `generation` read before and after to detect a concurrent writer, then remove the entry. For SEV-SNP
+ *    (provider `sev_guest`) the VCEK or VLEK, and the ASK/ARK when present, come from the certificate table and
+ *    travel in the RA-TLS certificate: the report alone cannot be verified.
+ *  - sim: the simulated SGX TEE, or a simulated SEV-SNP VM when the directory holds one (INSECURE; development
+ *    and tests).
  *
  * Every attester binds the evidence to the key the same way: REPORT_DATA = raTlsReportData(SPKI of the key), so
  * the gateway's RA-TLS check (docs/ATTESTATION.md) holds. The key is made here, in this process, inside the TEE.
@@ -16,15 +19,31 @@ import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from "n
 import { join } from "node:path";
 import { createRaTlsCert, raTlsReportData } from "../attest/ratls.js";
 import { issueSimQuote, loadSimTee, type SimQuoteClaims } from "../attest/sim.js";
+import { endorsementsFromCertTable } from "../attest/amd/certtable.js";
+import {
+  issueSimSnpReport,
+  loadSimSnp,
+  simSnpCertTable,
+  type SimSnpReportClaims,
+} from "../attest/sim-snp.js";
+import { parseSnpReport } from "../attest/amd/report.js";
+import { AttestError } from "../attest/errors.js";
 
 export type AttesterKind = "gramine" | "tsm" | "sim";
+
+/** A simulated TEE: SGX (`claims`) or SEV-SNP (`snp`, when the directory holds a simulated SNP platform). */
+export type SimSpec =
+  | { dir: string; claims: Omit<SimQuoteClaims, "reportData">; snp?: undefined }
+  | { dir: string; snp: Omit<SimSnpReportClaims, "reportData">; claims?: undefined };
 
 export interface Evidence {
   /** Quote or report bytes. */
   evidence: Buffer;
   /** configfs-tsm's auxblob (SEV-SNP: the certificate table with the VCEK), when the provider gives one. */
   aux?: Buffer;
-  /** What produced it: "sgx-dcap" (Gramine), "tdx_guest" / "sev_guest" (tsm provider), "sim". */
+  /** SEV-SNP: the report's endorsement certificates (DER, VCEK or VLEK first), for the RA-TLS certificate. */
+  endorsements?: Buffer[];
+  /** What produced it: "sgx-dcap" (Gramine), "tdx_guest" / "sev_guest" (tsm provider), "sim", "sim-snp". */
   provider: string;
 }
 
@@ -125,7 +144,9 @@ export class TsmAttester implements Attester {
           `tsm: ${entry} was written concurrently (generation ${generation} → ${after})`,
         );
       if (outblob.length === 0) throw new AttesterError(`tsm: ${provider} returned an empty outblob`);
-      return { evidence: outblob, aux: aux?.length ? aux : undefined, provider };
+      const ev: Evidence = { evidence: outblob, aux: aux?.length ? aux : undefined, provider };
+      if (provider === "sev_guest") ev.endorsements = snpEndorsements(outblob, ev.aux);
+      return ev;
     } finally {
       if (own) {
         try {
@@ -135,6 +156,32 @@ export class TsmAttester implements Attester {
         }
       }
     }
+  }
+}
+
+/**
+ * The endorsements of an SEV-SNP report from the host's certificate table: the VCEK (or VLEK, as the report's
+ * SIGNING_KEY says), then the ASK/ASVK and ARK when the table has them.
+ */
+function snpEndorsements(report: Buffer, aux: Buffer | undefined, who = "tsm: sev_guest"): Buffer[] {
+  let signingKey: "vcek" | "vlek";
+  try {
+    const k = parseSnpReport(report).signingKey;
+    if (k === "none") throw new AttesterError(`${who} returned an unsigned report (SIGNING_KEY = none)`);
+    signingKey = k;
+  } catch (e) {
+    if (e instanceof AttesterError) throw e;
+    throw new AttesterError(`${who} returned something that is not an SNP report: ${(e as Error).message}`);
+  }
+  if (!aux) {
+    throw new AttesterError(
+      `${who} gave no certificate table (auxblob), so the report's VCEK is unknown; the host must provide its certificates (e.g. snphost import, SNP_SET_CONFIG)`,
+    );
+  }
+  try {
+    return endorsementsFromCertTable(aux, signingKey);
+  } catch (e) {
+    throw new AttesterError(`${who} auxblob: ${(e as Error).message}`);
   }
 }
 
@@ -154,14 +201,42 @@ export class SimAttester implements Attester {
   }
 }
 
+/**
+ * The simulated SEV-SNP VM (INSECURE): reports signed by the sim's VCEK, endorsed through the same certificate
+ * table path as configfs-tsm's sev_guest (VCEK and ASK; the ARK stays with whoever trusts it).
+ */
+export class SimSnpAttester implements Attester {
+  readonly kind = "sim" as const;
+  private readonly sim;
+  private readonly table;
+  constructor(
+    simDir: string,
+    readonly claims: Omit<SimSnpReportClaims, "reportData">,
+  ) {
+    try {
+      this.sim = loadSimSnp(simDir);
+    } catch (e) {
+      throw new AttesterError(`sim: ${simDir}: ${(e as Error).message}`);
+    }
+    this.table = simSnpCertTable(this.sim, ["ark"]);
+  }
+
+  attest(reportData: Buffer): Evidence {
+    const evidence = issueSimSnpReport(this.sim, { ...this.claims, reportData });
+    return {
+      evidence,
+      aux: this.table,
+      endorsements: snpEndorsements(evidence, this.table, "sim-snp"),
+      provider: "sim-snp",
+    };
+  }
+}
+
 /** Picks an attester: Gramine if /dev/attestation exists, then configfs-tsm; `sim` only when asked for. */
-export function detectAttester(
-  kind: AttesterKind | "auto",
-  sim?: { dir: string; claims: Omit<SimQuoteClaims, "reportData"> },
-): Attester {
+export function detectAttester(kind: AttesterKind | "auto", sim?: SimSpec): Attester {
   if (kind === "sim" || (kind === "auto" && sim)) {
     if (!sim) throw new AttesterError("sim: no simulated TEE directory given");
-    return new SimAttester(sim.dir, sim.claims);
+    return sim.snp ? new SimSnpAttester(sim.dir, sim.snp) : new SimAttester(sim.dir, sim.claims);
   }
   if (kind === "gramine" || (kind === "auto" && existsSync("/dev/attestation"))) return new GramineAttester();
   if (kind === "tsm" || (kind === "auto" && existsSync("/sys/kernel/config/tsm/report")))
@@ -186,7 +261,14 @@ export async function makeIdentity(attester: Attester): Promise<RaTlsIdentity> {
   const keys = generateKeyPairSync("ec", { namedCurve: "P-256" });
   const spki = keys.publicKey.export({ type: "spki", format: "der" });
   const ev = attester.attest(raTlsReportData(spki));
-  const { pem } = await createRaTlsCert({ keys, evidence: ev.evidence });
+  let pem: string;
+  try {
+    ({ pem } = await createRaTlsCert({ keys, evidence: ev.evidence, endorsements: ev.endorsements }));
+  } catch (e) {
+    // Evidence that can never verify (wrong REPORT_DATA, no VCEK): say so here, once, not at every gateway.
+    if (e instanceof AttestError) throw new AttesterError(`${attester.kind}: ${ev.provider}: ${e.message}`);
+    throw e;
+  }
   return {
     certPem: pem,
     keyPem: keys.privateKey.export({ type: "pkcs8", format: "pem" }) as string,

@@ -11,6 +11,7 @@
  *   pin: gateway.pem                # SHA-256 fingerprint (64 hex), or a file with it or the certificate (required)
  *   tee: auto                       # auto | gramine | tsm | sim
  *   sim: { dir: sim, mrenclave: <64 hex>, mrsigner: <64 hex>, isvprodid: 0, isvsvn: 0, debug: false }  # INSECURE
+ *   sim: { dir: sim-snp, measurement: <96 hex>, hostData: <64 hex>, debug: false }  # a simulated SEV-SNP VM
  *   leaseTimeoutSeconds: 30         # the app starts after this long even without a lease (its sockets wait)
  *   deadSeconds: 30                 # the tunnel counts as lost after this long without an answer
  *   log: json                       # json: runtime events as JSON lines on stderr; off (default)
@@ -22,6 +23,7 @@ import { parseDocument } from "yaml";
 import { z } from "zod";
 import { Cert } from "../attest/x509.js";
 import type { AttesterKind } from "./attesters.js";
+import { isSimSnpDir } from "../attest/sim-snp.js";
 
 /** The settings the preload and `seng runtime` run with. */
 export interface RuntimeConfig {
@@ -29,10 +31,8 @@ export interface RuntimeConfig {
   /** The gateway certificate's SHA-256 fingerprint (lower-case hex). */
   pin: string;
   tee: AttesterKind | "auto";
-  sim?: {
-    dir: string;
-    claims: { mrenclave: string; mrsigner: string; isvprodid: number; isvsvn: number; debug: boolean };
-  };
+  /** The simulated TEE: an SGX one (`claims`) or, when `dir` holds a simulated SEV-SNP platform, `snp`. */
+  sim?: SimSetting;
   leaseTimeoutMs: number;
   deadSeconds: number;
   log: boolean;
@@ -45,7 +45,17 @@ export class RuntimeConfigError extends Error {
   override readonly name = "RuntimeConfigError";
 }
 
+/** Which simulated TEE to run and what it claims (INSECURE). */
+export type SimSetting =
+  | {
+      dir: string;
+      claims: { mrenclave: string; mrsigner: string; isvprodid: number; isvsvn: number; debug: boolean };
+      snp?: undefined;
+    }
+  | { dir: string; snp: { measurement: string; hostData?: string; debug: boolean }; claims?: undefined };
+
 const HEX32 = /^[0-9a-fA-F]{64}$/;
+const HEX48 = /^[0-9a-fA-F]{96}$/;
 const GATEWAY = /^[^:\s]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$/;
 
 const fileSchema = z
@@ -56,13 +66,24 @@ const fileSchema = z
     sim: z
       .object({
         dir: z.string().min(1),
-        mrenclave: z.string().regex(HEX32, "expected 32 bytes of hex"),
+        mrenclave: z.string().regex(HEX32, "expected 32 bytes of hex").optional(),
         mrsigner: z.string().regex(HEX32, "expected 32 bytes of hex").optional(),
         isvprodid: z.number().int().min(0).max(65535).optional(),
         isvsvn: z.number().int().min(0).max(65535).optional(),
+        measurement: z.string().regex(HEX48, "expected 48 bytes of hex").optional(),
+        hostData: z.string().regex(HEX32, "expected 32 bytes of hex").optional(),
         debug: z.boolean().optional(),
       })
-      .strict(),
+      .strict()
+      .superRefine((v, ctx) => {
+        if (v.mrenclave === undefined && v.measurement === undefined)
+          ctx.addIssue({
+            code: "custom",
+            path: ["mrenclave"],
+            message:
+              "expected string (an SGX sim's MRENCLAVE), or sim.measurement for a simulated SEV-SNP VM",
+          });
+      }),
     leaseTimeoutSeconds: z.number().positive(),
     deadSeconds: z.number().positive(),
     log: z.enum(["json", "off"]),
@@ -179,30 +200,52 @@ export function configFromEnv(env: NodeJS.ProcessEnv = process.env): RuntimeConf
       throw new RuntimeConfigError(
         "SENG: the simulated TEE needs its directory: SENG_SIM_DIR or `sim.dir` (made by seng attest sim init)",
       );
-    const mrenclave = get("SENG_MRENCLAVE") ?? file.sim?.mrenclave ?? "";
-    if (!HEX32.test(mrenclave))
-      throw new RuntimeConfigError(
-        "SENG: the simulated TEE needs an MRENCLAVE of 32 bytes of hex: SENG_MRENCLAVE or `sim.mrenclave`",
-      );
-    const mrsigner = get("SENG_MRSIGNER") ?? file.sim?.mrsigner ?? "00".repeat(32);
-    if (!HEX32.test(mrsigner)) throw new RuntimeConfigError("SENG: SENG_MRSIGNER: expected 32 bytes of hex");
-    const u16 = (v: string, d: number) => {
-      const n = get(v) === undefined ? d : Number(get(v));
-      if (!Number.isInteger(n) || n < 0 || n > 65535)
-        throw new RuntimeConfigError(`SENG: ${v}: expected an integer from 0 to 65535`);
-      return n;
-    };
     const debugEnv = get("SENG_DEBUG_ENCLAVE");
-    sim = {
-      dir: simDir,
-      claims: {
-        mrenclave,
-        mrsigner,
-        isvprodid: u16("SENG_ISVPRODID", file.sim?.isvprodid ?? 0),
-        isvsvn: u16("SENG_ISVSVN", file.sim?.isvsvn ?? 0),
-        debug: debugEnv !== undefined ? debugEnv === "1" || debugEnv === "true" : (file.sim?.debug ?? false),
-      },
-    };
+    const debug =
+      debugEnv !== undefined ? debugEnv === "1" || debugEnv === "true" : (file.sim?.debug ?? false);
+    if (isSimSnpDir(simDir)) {
+      const measurement = get("SENG_MEASUREMENT") ?? file.sim?.measurement ?? "";
+      if (!HEX48.test(measurement))
+        throw new RuntimeConfigError(
+          `SENG: ${simDir} is a simulated SEV-SNP platform: it needs a MEASUREMENT of 48 bytes of hex: SENG_MEASUREMENT or \`sim.measurement\``,
+        );
+      const hostData = get("SENG_HOST_DATA") ?? file.sim?.hostData;
+      if (hostData !== undefined && !HEX32.test(hostData))
+        throw new RuntimeConfigError("SENG: SENG_HOST_DATA: expected 32 bytes of hex");
+      sim = {
+        dir: simDir,
+        snp: {
+          measurement: measurement.toLowerCase(),
+          ...(hostData ? { hostData: hostData.toLowerCase() } : {}),
+          debug,
+        },
+      };
+    } else {
+      const mrenclave = get("SENG_MRENCLAVE") ?? file.sim?.mrenclave ?? "";
+      if (!HEX32.test(mrenclave))
+        throw new RuntimeConfigError(
+          "SENG: the simulated TEE needs an MRENCLAVE of 32 bytes of hex: SENG_MRENCLAVE or `sim.mrenclave`",
+        );
+      const mrsigner = get("SENG_MRSIGNER") ?? file.sim?.mrsigner ?? "00".repeat(32);
+      if (!HEX32.test(mrsigner))
+        throw new RuntimeConfigError("SENG: SENG_MRSIGNER: expected 32 bytes of hex");
+      const u16 = (v: string, d: number) => {
+        const n = get(v) === undefined ? d : Number(get(v));
+        if (!Number.isInteger(n) || n < 0 || n > 65535)
+          throw new RuntimeConfigError(`SENG: ${v}: expected an integer from 0 to 65535`);
+        return n;
+      };
+      sim = {
+        dir: simDir,
+        claims: {
+          mrenclave,
+          mrsigner,
+          isvprodid: u16("SENG_ISVPRODID", file.sim?.isvprodid ?? 0),
+          isvsvn: u16("SENG_ISVSVN", file.sim?.isvsvn ?? 0),
+          debug,
+        },
+      };
+    }
   }
 
   const seconds = (v: string, fromFile: number | undefined, d: number) => {

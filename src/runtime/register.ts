@@ -349,7 +349,7 @@ export async function startFromConfig(cfg: RegisterConfig): Promise<ShieldedStac
     if (e instanceof AttesterError) throw new RegisterError(`SENG: ${e.message}`);
     throw e;
   }
-  if (identity.provider === "sim")
+  if (identity.provider.startsWith("sim"))
     process.stderr.write("seng: warning: simulated TEE: INSECURE, for development and tests only\n");
   say({ event: "identity", provider: identity.provider });
   const stack = ShieldedStack.start({

@@ -18,7 +18,7 @@ import {
   SNP_REPORT_LEN,
   type SnpReport,
 } from "../../src/attest/amd/report.js";
-import { amdRoots, type AmdRoot } from "../../src/attest/amd/roots.js";
+import { amdRoots, type AmdRoot, type BuiltinAmdRoot } from "../../src/attest/amd/roots.js";
 import {
   checkChipId,
   checkSnpReport,
@@ -36,7 +36,7 @@ const milanVcek = Cert.from(vector("amd/virtee-sev/vcek_milan.der"));
 const goBytes = vector("amd/go-sev-guest/attestation.bin");
 const goVcek = Cert.from(vector("amd/go-sev-guest/vcek.der"));
 const turinVcek = Cert.from(vector("amd/virtee-sev/vcek_turin.der"));
-const root = (p: string): AmdRoot => amdRoots().find((r) => r.product === p)!;
+const root = (p: string): BuiltinAmdRoot => amdRoots().find((r) => r.product === p)!;
 
 /** The rejection code of `f`, or "ok"; anything thrown that is not an AttestError fails the test. */
 function codeOf(f: () => unknown): string {

@@ -12,6 +12,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { execFileSync } from "node:child_process";
 import { Netns, veth, ROOT, type NsProcess } from "./netns.js";
+import { createSimSnp, saveSimSnp } from "../../src/attest/sim-snp.js";
 
 export const CLI = join(ROOT, "src/cli/main.ts");
 export const TCP_TOOL = join(ROOT, "test/helpers/tcp-tool.ts");
@@ -69,6 +70,8 @@ export async function waitLine<T = Record<string, unknown>>(
 export class Lab {
   readonly dir: string;
   readonly simDir: string;
+  /** A simulated SEV-SNP platform, trusted by the gateway like the SGX sim: pass `--sim-dir` it to a client. */
+  readonly simSnpDir: string;
   pin = "";
   gw!: Netns;
   srv!: Netns;
@@ -79,6 +82,7 @@ export class Lab {
   private constructor(readonly opts: LabOptions) {
     this.dir = mkdtempSync(join(tmpdir(), "seng-lab-"));
     this.simDir = join(this.dir, "sim");
+    this.simSnpDir = join(this.dir, "sim-snp");
   }
 
   static async create(opts: LabOptions): Promise<Lab> {
@@ -94,6 +98,7 @@ export class Lab {
 
   private async build(): Promise<void> {
     seng(["attest", "sim", "init", "--dir", this.simDir]);
+    saveSimSnp(await createSimSnp(), this.simSnpDir); // in process: no second CLI start per lab
     this.pin = seng(["gateway", "keygen", "--dir", this.dir]).trim();
     this.gw = await Netns.create("gw");
     this.srv = await Netns.create("srv");
@@ -146,7 +151,7 @@ export class Lab {
       "database: seng.db",
       "tun: { name: seng0, address: 100.64.0.1/32, mtu: 1400 }",
       "trust:",
-      "  simulatedRoots: [sim/root.pem]",
+      "  simulatedRoots: [sim/root.pem, sim-snp/ark.pem]",
       "  collateral: [sim/collateral.json]",
       opts.extraYaml ?? "",
       "apps:",

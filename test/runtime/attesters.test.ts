@@ -8,6 +8,9 @@ import { join } from "node:path";
 import { ROOT } from "../helpers/vectors.js";
 import { collateralFromBundle, verifyRaTlsCert } from "../../src/attest/index.js";
 import { createSimTee, saveSimTee, type SimTee } from "../../src/attest/sim.js";
+import { createSimSnp, saveSimSnp, type SimSnp } from "../../src/attest/sim-snp.js";
+import { certSpki, extractEvidence, raTlsReportData } from "../../src/attest/ratls.js";
+import { matchApp } from "../../src/attest/policy.js";
 import { Cert } from "../../src/attest/x509.js";
 import {
   AttesterError,
@@ -109,3 +112,72 @@ test("tsm and auto detection: clear errors where there is no TEE", () => {
   }
   assert.throws(() => detectAttester("sim"), /no simulated TEE directory/);
 });
+
+let snp: SimSnp | undefined;
+const MEASUREMENT = "5e".repeat(48);
+
+async function fakeSnp(root: string, aux?: string): Promise<SimSnp> {
+  snp ??= await (async () => {
+    const s = await createSimSnp();
+    saveSimSnp(s, join(dir, "sim-snp"));
+    return s;
+  })();
+  const c = spawn(
+    process.execPath,
+    [
+      "--import",
+      "tsx",
+      join(ROOT, "test/helpers/fake-tee.ts"),
+      "tsm-snp",
+      root,
+      "e1",
+      join(dir, "sim-snp"),
+      MEASUREMENT,
+      ...(aux ? [aux] : []),
+    ],
+    { stdio: ["ignore", "pipe", "inherit"] },
+  );
+  children.push(c);
+  await new Promise<void>((resolve, reject) => {
+    c.stdout!.once("data", () => resolve());
+    c.once("exit", (code) => reject(new Error(`fake-tee exited ${code}`)));
+  });
+  return snp;
+}
+
+test("tsm (sev_guest): the VCEK from the auxblob travels in the RA-TLS certificate, which verifies under the sim ARK", async () => {
+  const s = await fakeSnp(join(dir, "tsm-snp"));
+  const id = await makeIdentity(new TsmAttester(join(dir, "tsm-snp"), "e1"));
+  assert.equal(id.provider, "sev_guest");
+  const cert = Cert.from(id.certPem);
+  const ev = extractEvidence(cert);
+  assert.equal(ev.kind, "sev-snp");
+  assert.ok(ev.endorsements![0]!.equals(s.vcek.der), "the VCEK comes first");
+  // REPORT_DATA binds the fresh key.
+  const spki = certSpki(cert);
+  assert.ok(ev.evidence.subarray(0x50, 0x90).equals(raTlsReportData(spki)));
+  const v = verifyRaTlsCert(cert, { extraRoots: [s.ark] });
+  assert.equal(v.verified, true, v.reason);
+  assert.equal(v.claims!.snp!.measurement, MEASUREMENT);
+  assert.equal(
+    matchApp(v, [{ name: "vm", identities: [{ measurement: MEASUREMENT, hostData: "d4".repeat(32) }] }])
+      .matched,
+    true,
+  );
+  assert.equal(verifyRaTlsCert(cert).code, "untrusted_root", "not without the simulated ARK configured");
+});
+
+for (const [aux, message] of [
+  ["no-vcek", /no VCEK/],
+  ["no-terminator", /no terminating zero entry/],
+  ["none", /no certificate table/],
+] as const) {
+  test(`tsm (sev_guest): an auxblob with ${aux} is refused with a clear message`, async () => {
+    const root = join(dir, `tsm-snp-${aux}`);
+    await fakeSnp(root, aux);
+    await assert.rejects(
+      makeIdentity(new TsmAttester(root, "e1")),
+      (e: unknown) => e instanceof AttesterError && message.test(e.message),
+    );
+  });
+}

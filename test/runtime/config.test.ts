@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { configFromEnv, RuntimeConfigError } from "../../src/runtime/config.js";
 import { flagsToEnv } from "../../src/cli/runtime.js";
+import { createSimSnp, saveSimSnp } from "../../src/attest/sim-snp.js";
 import { ROOT } from "../helpers/netns.js";
 
 const dir = mkdtempSync(join(tmpdir(), "seng-rtcfg-"));
@@ -100,6 +101,33 @@ describe("runtime config", () => {
         (e: Error) => e instanceof RuntimeConfigError && re.test(e.message),
       );
     });
+  });
+
+  test("a simulated SEV-SNP directory takes a MEASUREMENT (and HOST_DATA) instead of an MRENCLAVE", async () => {
+    const snpDir = join(dir, "sim-snp");
+    saveSimSnp(await createSimSnp(), snpDir);
+    const base = { SENG_GATEWAY: "x:1", SENG_PIN: FP, SENG_SIM_DIR: snpDir };
+    const c = configFromEnv({ ...base, SENG_MEASUREMENT: "AB".repeat(48), SENG_HOST_DATA: "cd".repeat(32) });
+    assert.deepEqual(c.sim, {
+      dir: snpDir,
+      snp: { measurement: "ab".repeat(48), hostData: "cd".repeat(32), debug: false },
+    });
+    const f = file(
+      "snp.yaml",
+      `gateway: a:1\npin: "${FP}"\nsim: { dir: sim-snp, measurement: "${"ef".repeat(48)}", debug: true }\n`,
+    );
+    assert.deepEqual(configFromEnv({ SENG_CONFIG: f }).sim, {
+      dir: snpDir,
+      snp: { measurement: "ef".repeat(48), debug: true },
+    });
+    assert.throws(
+      () => configFromEnv({ ...base, SENG_MRENCLAVE: MR }),
+      /simulated SEV-SNP platform: it needs a MEASUREMENT/,
+    );
+    assert.throws(
+      () => configFromEnv({ ...base, SENG_MEASUREMENT: "ab".repeat(48), SENG_HOST_DATA: "12" }),
+      /SENG_HOST_DATA: expected 32 bytes/,
+    );
   });
 
   test("a missing file, a missing gateway or pin, a bad variable: each says what and where", () => {

@@ -13,8 +13,11 @@ export interface AmdRoot {
   readonly product: SnpProduct;
   /** AMD Root Key certificate (self-signed, RSA-4096, RSASSA-PSS with SHA-384). */
   readonly ark: Cert;
-  /** AMD SEV Key certificate: signed by the ARK, signs the product's VCEKs. */
-  readonly ask: Cert;
+  /**
+   * AMD SEV Key certificate: signed by the ARK, signs the product's VCEKs. Always set for the built-in roots; a
+   * configured extra root may come without one, and then the evidence must carry its ASK.
+   */
+  readonly ask?: Cert;
 }
 
 const MILAN_ARK = `-----BEGIN CERTIFICATE-----
@@ -280,7 +283,10 @@ function load(pem: string, fingerprint: string, what: string): Cert {
   return cert;
 }
 
-const ROOTS: readonly AmdRoot[] = Object.freeze(
+/** A built-in root: always with its ASK. */
+export type BuiltinAmdRoot = AmdRoot & { readonly ask: Cert };
+
+const ROOTS: readonly BuiltinAmdRoot[] = Object.freeze(
   PINNED.map(({ product, ark: [arkPem, arkFp], ask: [askPem, askFp] }) => {
     const ark = load(arkPem, arkFp, `ARK-${product}`);
     const ask = load(askPem, askFp, `ASK-${product}`);
@@ -294,6 +300,6 @@ const ROOTS: readonly AmdRoot[] = Object.freeze(
 );
 
 /** The built-in ARK and ASK of every supported product (Milan, Genoa, Turin), verified at load. */
-export function amdRoots(): readonly AmdRoot[] {
+export function amdRoots(): readonly BuiltinAmdRoot[] {
   return ROOTS;
 }

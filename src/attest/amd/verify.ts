@@ -43,6 +43,11 @@ export interface SnpVerifyOptions {
    * ones; an ASK/ASVK must be signed by one. Without it the built-in ASKs are used (a VLEK always needs its ASVK).
    */
   chain?: readonly Cert[];
+  /**
+   * The trusted ARKs (and their ASKs). Default: the built-in AMD roots. Claims verified through an ARK that is not
+   * built in are marked `simulated`.
+   */
+  roots?: readonly AmdRoot[];
 }
 
 /**
@@ -53,7 +58,10 @@ export interface SnpVerifyOptions {
 export function verifySnp(report: SnpReport, opts: SnpVerifyOptions): Claims {
   if (!opts.vcek)
     throw new AttestError("vcek_missing", "no VCEK or VLEK certificate was supplied for the SNP report");
-  return checkSnpReport(report, opts.vcek, verifyAmdChain(opts.vcek, opts));
+  const chain = verifyAmdChain(opts.vcek, opts, opts.roots);
+  const claims = checkSnpReport(report, opts.vcek, chain);
+  if (!amdRoots().some((r) => r.ark === chain.ark)) claims.simulated = true;
+  return claims;
 }
 
 /**
@@ -65,6 +73,7 @@ export function verifyAmdChain(
   opts: { at: Date; chain?: readonly Cert[] },
   roots: readonly AmdRoot[] = amdRoots(),
 ): AmdChain {
+  // Built-in ARKs and configured ones are compared by DER below; a certificate's own ARK is never trusted.
   const leafCn = commonName(leaf.x509.subject);
   const kind = leafCn === "SEV-VCEK" ? "vcek" : leafCn === "SEV-VLEK" ? "vlek" : undefined;
   check(
@@ -97,7 +106,7 @@ export function verifyAmdChain(
   );
   // Only VCEKs have built-in issuers: an ASVK must come with the chain.
   const issuer =
-    givenCas[0] ?? (kind === "vcek" ? roots.find((r) => isSignedBy(leaf, r.ask))?.ask : undefined);
+    givenCas[0] ?? (kind === "vcek" ? roots.find((r) => r.ask && isSignedBy(leaf, r.ask))?.ask : undefined);
   if (!issuer) {
     throw kind === "vlek"
       ? new AttestError(
