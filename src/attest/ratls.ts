@@ -22,7 +22,7 @@
  * certificate carries a quote with a PEM chain, and an attacker can add the PEM of any certificate.
  */
 import { x509 } from "./x509gen.js";
-import { createHash, KeyObject, randomBytes, timingSafeEqual, webcrypto } from "node:crypto";
+import { createHash, KeyObject, randomBytes, sign, timingSafeEqual, webcrypto } from "node:crypto";
 import { CborTag, cborDecode, cborEncode, type CborValue } from "./cbor.js";
 import { derBytes, derChild, derChildren, derParse, TAG } from "./der.js";
 import { AttestError, need } from "./errors.js";
@@ -248,26 +248,14 @@ async function toCryptoKeys(keys: CryptoKeyPair | NodeKeyPair): Promise<CryptoKe
  */
 export async function createRaTlsCert(opts: RaTlsCertOptions): Promise<{ cert: Cert; pem: string }> {
   const format = opts.format ?? "tcg-dice";
+  const cn = /^CN=([^,+=\\]+)$/.exec(opts.subject ?? "CN=SENG RA-TLS")?.[1];
+  // The runtime's path (node:crypto keys, a plain CN): DER built here and signed synchronously, in well under a
+  // millisecond; WebCrypto and the generator take 15-30 ms at start, on the way to the app's first byte.
+  if (opts.keys.privateKey instanceof KeyObject && cn !== undefined) return selfSignedRaTls(opts, format, cn);
   const keys = await toCryptoKeys(opts.keys);
   const spki = Buffer.from(await webcrypto.subtle.exportKey("spki", keys.publicKey));
-  const bound = quoteReportData(parseQuote(opts.evidence)).subarray(0, 32);
-  if (!bound.equals(raTlsReportData(spki, format).subarray(0, 32))) {
-    throw new AttestError(
-      "key_binding_invalid",
-      `the quote's REPORT_DATA does not bind this key in the ${format} format (request it with raTlsReportData(spki, "${format}"))`,
-    );
-  }
-  const [oid, value] =
-    format === "tcg-dice"
-      ? [
-          OID_TCG_DICE_TAGGED_EVIDENCE,
-          cborEncode(new CborTag(CBOR_TAG_INTEL_TEE_QUOTE, [opts.evidence, diceClaims(spki)])),
-        ]
-      : [OID_GRAMINE_LEGACY, opts.evidence];
-  const notBefore = opts.notBefore ?? new Date(Date.now() - 3600_000);
-  const notAfter = opts.notAfter ?? new Date(notBefore.getTime() + 365 * 86400_000);
-  const serial = randomBytes(16);
-  serial[0] = (serial[0]! & 0x7f) | 0x01; // positive and without a leading zero byte
+  const [oid, value] = evidenceExtension(opts.evidence, spki, format);
+  const { notBefore, notAfter, serial } = certDefaults(opts);
   const generated = await x509.X509CertificateGenerator.createSelfSigned({
     serialNumber: serial.toString("hex"),
     name: opts.subject ?? "CN=SENG RA-TLS",
@@ -284,4 +272,119 @@ export async function createRaTlsCert(opts: RaTlsCertOptions): Promise<{ cert: C
   });
   // PEM from the generator: Cert.toPem() goes through Node's parse, which sees the quote's embedded PCK chain.
   return { cert: Cert.fromDer(Buffer.from(generated.rawData)), pem: generated.toString("pem") };
+}
+
+/** The evidence extension (OID, value) for `format`; throws when the quote does not bind `spki` in it. */
+function evidenceExtension(evidence: Buffer, spki: Buffer, format: RaTlsFormat): [string, Buffer] {
+  const bound = quoteReportData(parseQuote(evidence)).subarray(0, 32);
+  if (!bound.equals(raTlsReportData(spki, format).subarray(0, 32))) {
+    throw new AttestError(
+      "key_binding_invalid",
+      `the quote's REPORT_DATA does not bind this key in the ${format} format (request it with raTlsReportData(spki, "${format}"))`,
+    );
+  }
+  return format === "tcg-dice"
+    ? [
+        OID_TCG_DICE_TAGGED_EVIDENCE,
+        cborEncode(new CborTag(CBOR_TAG_INTEL_TEE_QUOTE, [evidence, diceClaims(spki)])),
+      ]
+    : [OID_GRAMINE_LEGACY, evidence];
+}
+
+function certDefaults(opts: RaTlsCertOptions): { notBefore: Date; notAfter: Date; serial: Buffer } {
+  const notBefore = opts.notBefore ?? new Date(Date.now() - 3600_000);
+  const notAfter = opts.notAfter ?? new Date(notBefore.getTime() + 365 * 86400_000);
+  const serial = randomBytes(16);
+  serial[0] = (serial[0]! & 0x7f) | 0x01; // positive and without a leading zero byte
+  return { notBefore, notAfter, serial };
+}
+
+// ---- DER encoding of the self-signed certificate (the same structure as the generator's) ----------------------------
+
+function tlv(tag: number, ...parts: Buffer[]): Buffer {
+  const body = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+  const n = body.length;
+  const len =
+    n < 0x80
+      ? [n]
+      : n < 0x100
+        ? [0x81, n]
+        : n < 0x10000
+          ? [0x82, n >> 8, n & 0xff]
+          : [0x83, n >> 16, (n >> 8) & 0xff, n & 0xff];
+  return Buffer.concat([Buffer.from([tag, ...len]), body]);
+}
+
+function oidDer(oid: string): Buffer {
+  const arcs = oid.split(".").map(Number);
+  const out = [40 * arcs[0]! + arcs[1]!];
+  for (const arc of arcs.slice(2)) {
+    const b = [arc & 0x7f];
+    for (let v = Math.floor(arc / 128); v > 0; v = Math.floor(v / 128)) b.unshift((v & 0x7f) | 0x80);
+    out.push(...b);
+  }
+  return tlv(TAG.OID, Buffer.from(out));
+}
+
+/** UTCTime until 2049, GeneralizedTime from 2050 (RFC 5280 4.1.2.5), whole seconds. */
+function timeDer(d: Date): Buffer {
+  const iso = d.toISOString(); // YYYY-MM-DDTHH:MM:SS.mmmZ
+  const digits = iso.slice(0, 19).replace(/[-T:]/g, "") + "Z";
+  const year = d.getUTCFullYear();
+  return year >= 1950 && year < 2050
+    ? tlv(0x17, Buffer.from(digits.slice(2), "latin1"))
+    : tlv(0x18, Buffer.from(digits, "latin1"));
+}
+
+function nameDer(cn: string): Buffer {
+  // PrintableString when the value allows it (as the generator writes it), UTF8String otherwise.
+  const printable = /^[A-Za-z0-9 '()+,\-./:=?]*$/.test(cn);
+  const value = tlv(printable ? 0x13 : 0x0c, Buffer.from(cn, printable ? "latin1" : "utf8"));
+  return tlv(TAG.SEQUENCE, tlv(0x31, tlv(TAG.SEQUENCE, oidDer("2.5.4.3"), value)));
+}
+
+const ECDSA_SHA256 = tlv(TAG.SEQUENCE, oidDer("1.2.840.10045.4.3.2"));
+const TRUE = Buffer.from([0x01, 0x01, 0xff]);
+
+function extensionDer(oid: string, critical: boolean, value: Buffer): Buffer {
+  return tlv(TAG.SEQUENCE, oidDer(oid), ...(critical ? [TRUE] : []), tlv(TAG.OCTET_STRING, value));
+}
+
+function selfSignedRaTls(
+  opts: RaTlsCertOptions,
+  format: RaTlsFormat,
+  cn: string,
+): { cert: Cert; pem: string } {
+  const { privateKey, publicKey } = opts.keys as NodeKeyPair;
+  if (privateKey.asymmetricKeyType !== "ec" || privateKey.asymmetricKeyDetails?.namedCurve !== "prime256v1")
+    throw new TypeError("RA-TLS keys must be ECDSA P-256");
+  const spki = publicKey.export({ type: "spki", format: "der" });
+  const [oid, value] = evidenceExtension(opts.evidence, spki, format);
+  const { notBefore, notAfter, serial } = certDefaults(opts);
+  const name = nameDer(cn);
+  const tbs = tlv(
+    TAG.SEQUENCE,
+    tlv(0xa0, Buffer.from([0x02, 0x01, 0x02])), // v3
+    tlv(TAG.INTEGER, serial),
+    ECDSA_SHA256,
+    name,
+    tlv(TAG.SEQUENCE, timeDer(notBefore), timeDer(notAfter)),
+    name,
+    spki,
+    tlv(
+      0xa3,
+      tlv(
+        TAG.SEQUENCE,
+        extensionDer("2.5.29.19", true, tlv(TAG.SEQUENCE)), // basicConstraints: not a CA
+        extensionDer("2.5.29.15", true, Buffer.from([0x03, 0x02, 0x07, 0x80])), // keyUsage: digitalSignature
+        // Non-critical, as Gramine writes it: TLS stacks must not reject the certificate for an unknown extension.
+        extensionDer(oid, false, value),
+      ),
+    ),
+  );
+  const signature = sign("sha256", tbs, privateKey); // DER ECDSA-Sig-Value
+  const der = tlv(TAG.SEQUENCE, tbs, ECDSA_SHA256, tlv(TAG.BIT_STRING, Buffer.from([0]), signature));
+  const b64 = der.toString("base64").replace(/.{64}/g, "$&\n");
+  const pem = `-----BEGIN CERTIFICATE-----\n${b64}${b64.endsWith("\n") ? "" : "\n"}-----END CERTIFICATE-----`;
+  return { cert: Cert.fromDer(der), pem };
 }
