@@ -29,7 +29,7 @@
  * certificate carries a quote with a PEM chain, and an attacker can add the PEM of any certificate.
  */
 import { x509 } from "./x509gen.js";
-import { createHash, KeyObject, randomBytes, timingSafeEqual, webcrypto } from "node:crypto";
+import { createHash, KeyObject, randomBytes, sign, timingSafeEqual, webcrypto } from "node:crypto";
 import { CborTag, cborDecode, cborEncode, type CborValue } from "./cbor.js";
 import { derBytes, derChild, derChildren, derParse, TAG } from "./der.js";
 import { AttestError, need } from "./errors.js";
@@ -303,43 +303,14 @@ async function toCryptoKeys(keys: CryptoKeyPair | NodeKeyPair): Promise<CryptoKe
  */
 export async function createRaTlsCert(opts: RaTlsCertOptions): Promise<{ cert: Cert; pem: string }> {
   const format = opts.format ?? "tcg-dice";
+  const cn = /^CN=([^,+=\\]+)$/.exec(opts.subject ?? "CN=SENG RA-TLS")?.[1];
+  // The runtime's path (node:crypto keys, a plain CN): DER built here and signed synchronously, in well under a
+  // millisecond; WebCrypto and the generator take 15-30 ms at start, on the way to the app's first byte.
+  if (opts.keys.privateKey instanceof KeyObject && cn !== undefined) return selfSignedRaTls(opts, format, cn);
   const keys = await toCryptoKeys(opts.keys);
   const spki = Buffer.from(await webcrypto.subtle.exportKey("spki", keys.publicKey));
-  const snp = !looksLikeQuote(opts.evidence) && looksLikeSnpReport(opts.evidence);
-  if (!snp && opts.endorsements?.length)
-    throw new AttestError("unsupported", "endorsements are only carried for SEV-SNP reports");
-  if (snp && format !== "tcg-dice") {
-    throw new AttestError(
-      "unsupported",
-      "SEV-SNP reports travel only in the tcg-dice format (the Gramine legacy extension is defined for SGX quotes)",
-    );
-  }
-  const report = snp ? parseSnpReport(opts.evidence) : undefined;
-  const bound = (report ? report.reportData : quoteReportData(parseQuote(opts.evidence))).subarray(0, 32);
-  if (!bound.equals(raTlsReportData(spki, format).subarray(0, 32))) {
-    throw new AttestError(
-      "key_binding_invalid",
-      `the ${report ? "report" : "quote"}'s REPORT_DATA does not bind this key in the ${format} format (request it with raTlsReportData(spki, "${format}"))`,
-    );
-  }
-  const extensions: x509.Extension[] = [];
-  if (report) {
-    const certs = checkEndorsements(report.signingKey, opts.endorsements ?? []);
-    const value = (v: CborValue): Buffer => cborEncode(new CborTag(CBOR_TAG_SENG_SNP_REPORT, v));
-    extensions.push(
-      new x509.Extension(OID_TCG_DICE_TAGGED_EVIDENCE, false, value([report.raw, diceClaims(spki)])),
-      new x509.Extension(OID_TCG_DICE_ENDORSEMENT_MANIFEST, false, value(certs)),
-    );
-  } else if (format === "tcg-dice") {
-    const value = cborEncode(new CborTag(CBOR_TAG_INTEL_TEE_QUOTE, [opts.evidence, diceClaims(spki)]));
-    extensions.push(new x509.Extension(OID_TCG_DICE_TAGGED_EVIDENCE, false, value));
-  } else {
-    extensions.push(new x509.Extension(OID_GRAMINE_LEGACY, false, opts.evidence));
-  }
-  const notBefore = opts.notBefore ?? new Date(Date.now() - 3600_000);
-  const notAfter = opts.notAfter ?? new Date(notBefore.getTime() + 365 * 86400_000);
-  const serial = randomBytes(16);
-  serial[0] = (serial[0]! & 0x7f) | 0x01; // positive and without a leading zero byte
+  const exts = evidenceExtensions(opts, spki, format);
+  const { notBefore, notAfter, serial } = certDefaults(opts);
   const generated = await x509.X509CertificateGenerator.createSelfSigned({
     serialNumber: serial.toString("hex"),
     name: opts.subject ?? "CN=SENG RA-TLS",
@@ -351,7 +322,7 @@ export async function createRaTlsCert(opts: RaTlsCertOptions): Promise<{ cert: C
       new x509.BasicConstraintsExtension(false, undefined, true),
       new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
       // Non-critical, as Gramine writes it: TLS stacks must not reject the certificate for an unknown extension.
-      ...extensions,
+      ...exts.map(([oid, value]) => new x509.Extension(oid, false, value)),
     ],
   });
   // PEM from the generator: Cert.toPem() goes through Node's parse, which sees the quote's embedded PCK chain.
@@ -391,4 +362,143 @@ function checkEndorsements(signingKey: SnpSigningKey, certs: readonly Buffer[]):
     );
   }
   return [...certs];
+}
+
+/**
+ * The evidence extensions (OID, value) for `format`: an Intel quote in the TCG DICE tagged-evidence extension (or
+ * Gramine's legacy one); an SEV-SNP report there under SENG's tag, with its VCEK/VLEK (and ASK/ARK) in the DICE
+ * endorsement manifest. Throws when the evidence does not bind `spki` in `format`.
+ */
+function evidenceExtensions(opts: RaTlsCertOptions, spki: Buffer, format: RaTlsFormat): [string, Buffer][] {
+  const snp = !looksLikeQuote(opts.evidence) && looksLikeSnpReport(opts.evidence);
+  if (!snp && opts.endorsements?.length)
+    throw new AttestError("unsupported", "endorsements are only carried for SEV-SNP reports");
+  if (snp && format !== "tcg-dice") {
+    throw new AttestError(
+      "unsupported",
+      "SEV-SNP reports travel only in the tcg-dice format (the Gramine legacy extension is defined for SGX quotes)",
+    );
+  }
+  const report = snp ? parseSnpReport(opts.evidence) : undefined;
+  const bound = (report ? report.reportData : quoteReportData(parseQuote(opts.evidence))).subarray(0, 32);
+  if (!bound.equals(raTlsReportData(spki, format).subarray(0, 32))) {
+    throw new AttestError(
+      "key_binding_invalid",
+      `the ${report ? "report" : "quote"}'s REPORT_DATA does not bind this key in the ${format} format (request it with raTlsReportData(spki, "${format}"))`,
+    );
+  }
+  if (report) {
+    const certs = checkEndorsements(report.signingKey, opts.endorsements ?? []);
+    const value = (v: CborValue): Buffer => cborEncode(new CborTag(CBOR_TAG_SENG_SNP_REPORT, v));
+    return [
+      [OID_TCG_DICE_TAGGED_EVIDENCE, value([report.raw, diceClaims(spki)])],
+      [OID_TCG_DICE_ENDORSEMENT_MANIFEST, value(certs)],
+    ];
+  }
+  return format === "tcg-dice"
+    ? [
+        [
+          OID_TCG_DICE_TAGGED_EVIDENCE,
+          cborEncode(new CborTag(CBOR_TAG_INTEL_TEE_QUOTE, [opts.evidence, diceClaims(spki)])),
+        ],
+      ]
+    : [[OID_GRAMINE_LEGACY, opts.evidence]];
+}
+
+function certDefaults(opts: RaTlsCertOptions): { notBefore: Date; notAfter: Date; serial: Buffer } {
+  const notBefore = opts.notBefore ?? new Date(Date.now() - 3600_000);
+  const notAfter = opts.notAfter ?? new Date(notBefore.getTime() + 365 * 86400_000);
+  const serial = randomBytes(16);
+  serial[0] = (serial[0]! & 0x7f) | 0x01; // positive and without a leading zero byte
+  return { notBefore, notAfter, serial };
+}
+
+// ---- DER encoding of the self-signed certificate (the same structure as the generator's) ----------------------------
+
+function tlv(tag: number, ...parts: Buffer[]): Buffer {
+  const body = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+  const n = body.length;
+  const len =
+    n < 0x80
+      ? [n]
+      : n < 0x100
+        ? [0x81, n]
+        : n < 0x10000
+          ? [0x82, n >> 8, n & 0xff]
+          : [0x83, n >> 16, (n >> 8) & 0xff, n & 0xff];
+  return Buffer.concat([Buffer.from([tag, ...len]), body]);
+}
+
+function oidDer(oid: string): Buffer {
+  const arcs = oid.split(".").map(Number);
+  const out = [40 * arcs[0]! + arcs[1]!];
+  for (const arc of arcs.slice(2)) {
+    const b = [arc & 0x7f];
+    for (let v = Math.floor(arc / 128); v > 0; v = Math.floor(v / 128)) b.unshift((v & 0x7f) | 0x80);
+    out.push(...b);
+  }
+  return tlv(TAG.OID, Buffer.from(out));
+}
+
+/** UTCTime until 2049, GeneralizedTime from 2050 (RFC 5280 4.1.2.5), whole seconds. */
+function timeDer(d: Date): Buffer {
+  const iso = d.toISOString(); // YYYY-MM-DDTHH:MM:SS.mmmZ
+  const digits = iso.slice(0, 19).replace(/[-T:]/g, "") + "Z";
+  const year = d.getUTCFullYear();
+  return year >= 1950 && year < 2050
+    ? tlv(0x17, Buffer.from(digits.slice(2), "latin1"))
+    : tlv(0x18, Buffer.from(digits, "latin1"));
+}
+
+function nameDer(cn: string): Buffer {
+  // PrintableString when the value allows it (as the generator writes it), UTF8String otherwise.
+  const printable = /^[A-Za-z0-9 '()+,\-./:=?]*$/.test(cn);
+  const value = tlv(printable ? 0x13 : 0x0c, Buffer.from(cn, printable ? "latin1" : "utf8"));
+  return tlv(TAG.SEQUENCE, tlv(0x31, tlv(TAG.SEQUENCE, oidDer("2.5.4.3"), value)));
+}
+
+const ECDSA_SHA256 = tlv(TAG.SEQUENCE, oidDer("1.2.840.10045.4.3.2"));
+const TRUE = Buffer.from([0x01, 0x01, 0xff]);
+
+function extensionDer(oid: string, critical: boolean, value: Buffer): Buffer {
+  return tlv(TAG.SEQUENCE, oidDer(oid), ...(critical ? [TRUE] : []), tlv(TAG.OCTET_STRING, value));
+}
+
+function selfSignedRaTls(
+  opts: RaTlsCertOptions,
+  format: RaTlsFormat,
+  cn: string,
+): { cert: Cert; pem: string } {
+  const { privateKey, publicKey } = opts.keys as NodeKeyPair;
+  if (privateKey.asymmetricKeyType !== "ec" || privateKey.asymmetricKeyDetails?.namedCurve !== "prime256v1")
+    throw new TypeError("RA-TLS keys must be ECDSA P-256");
+  const spki = publicKey.export({ type: "spki", format: "der" });
+  const exts = evidenceExtensions(opts, spki, format);
+  const { notBefore, notAfter, serial } = certDefaults(opts);
+  const name = nameDer(cn);
+  const tbs = tlv(
+    TAG.SEQUENCE,
+    tlv(0xa0, Buffer.from([0x02, 0x01, 0x02])), // v3
+    tlv(TAG.INTEGER, serial),
+    ECDSA_SHA256,
+    name,
+    tlv(TAG.SEQUENCE, timeDer(notBefore), timeDer(notAfter)),
+    name,
+    spki,
+    tlv(
+      0xa3,
+      tlv(
+        TAG.SEQUENCE,
+        extensionDer("2.5.29.19", true, tlv(TAG.SEQUENCE)), // basicConstraints: not a CA
+        extensionDer("2.5.29.15", true, Buffer.from([0x03, 0x02, 0x07, 0x80])), // keyUsage: digitalSignature
+        // Non-critical, as Gramine writes it: TLS stacks must not reject the certificate for an unknown extension.
+        ...exts.map(([oid, value]) => extensionDer(oid, false, value)),
+      ),
+    ),
+  );
+  const signature = sign("sha256", tbs, privateKey); // DER ECDSA-Sig-Value
+  const der = tlv(TAG.SEQUENCE, tbs, ECDSA_SHA256, tlv(TAG.BIT_STRING, Buffer.from([0]), signature));
+  const b64 = der.toString("base64").replace(/.{64}/g, "$&\n");
+  const pem = `-----BEGIN CERTIFICATE-----\n${b64}${b64.endsWith("\n") ? "" : "\n"}-----END CERTIFICATE-----`;
+  return { cert: Cert.fromDer(der), pem };
 }

@@ -1,7 +1,7 @@
 /**
  * A userspace TCP/IP stack (lwIP, Debian's liblwip 2.1.3) with one IPv4 interface whose packets are exchanged with
  * JavaScript: {@link LwipStack.input} feeds it raw IPv4 packets (e.g. from the tunnel), {@link LwipStack.onOutput}
- * receives what it sends, batched once per event-loop turn. TCP, UDP and ICMP echo run on lwIP's raw API
+ * receives what it sends, batched per job (all the calls of one callback). TCP, UDP and ICMP echo run on lwIP's raw API
  * (native/src/lwip.cc). A mechanism only: which addresses, what to connect to and where packets go are the caller's.
  *
  * One stack per process: lwIP is global. {@link LwipStack.close} ends it; a new one can be created afterwards.
@@ -27,9 +27,11 @@
  *
  * Addresses are numeric IPv4 strings; "ip:port" in events.
  *
- * Compiled-in limits of Debian's build (see {@link lwipBuildOptions}): TCP window and send buffer 65535 bytes each
- * (TCP_WND, TCP_SND_BUF; window scaling shift 1), TCP_MSS 1460. The MSS used is min(1460, mtu - 40). These cannot be
- * changed at run time: per connection, throughput is bounded by 64 KiB per round-trip time.
+ * Compiled-in limits of Debian's build (see {@link lwipBuildOptions}): TCP receive window 65535 bytes (TCP_WND;
+ * window scaling shift 1), TCP_MSS 1460, at most 180 pbufs queued for sending per connection (TCP_SND_QUEUELEN). The
+ * MSS used is min(1460, mtu - 40). The receive window cannot be changed at run time: per connection, download is
+ * bounded by 64 KiB per round-trip time. The send buffer is a run-time field, set to 192 KiB per connection (Debian's
+ * TCP_SND_BUF is 64 KiB), so upload is bounded by 192 KiB per round trip.
  */
 import { native } from "./load.js";
 
@@ -92,6 +94,7 @@ interface NativeLwip {
   unref(): void;
   stats(): LwipStats;
   close(): void;
+  flush(): void;
 }
 
 interface Addon {
@@ -113,6 +116,11 @@ export class LwipStack {
   readonly #kinds = new Map<number, Kind>();
   #onOutput: ((packets: Buffer[]) => void) | undefined;
   #onEvent: ((ev: LwipEvent) => void) | undefined;
+  #flushQueued = false;
+  readonly #flush = (): void => {
+    this.#flushQueued = false;
+    if (!this.#h.closed) this.#h.flush();
+  };
 
   private constructor(cfg: StackConfig) {
     const { LwipHandle } = native<Addon>();
@@ -145,6 +153,7 @@ export class LwipStack {
    */
   reconfigure(cfg: StackConfig): void {
     this.#h.reconfigure(cfg);
+    this.#soon();
   }
 
   /**
@@ -154,11 +163,13 @@ export class LwipStack {
    * count in stats().rxDropped (rxProtoDropped for other protocols).
    */
   input(packets: Buffer[]): number {
-    return this.#h.input(packets);
+    const n = this.#h.input(packets);
+    this.#soon();
+    return n;
   }
 
   /**
-   * Where lwIP's packets go: all packets queued since the last event-loop turn, as views into one Buffer. Copy a
+   * Where lwIP's packets go: all packets queued since the last delivery, as views into one Buffer. Copy a
    * packet before keeping it for long (a view keeps its whole batch alive). Without a callback they are dropped.
    */
   onOutput(cb: (packets: Buffer[]) => void): void {
@@ -180,6 +191,7 @@ export class LwipStack {
    */
   tcpConnect(ip: string, port: number): number {
     const id = this.#h.tcpConnect(ip, port);
+    this.#soon();
     this.#kinds.set(id, "tcp");
     return id;
   }
@@ -197,7 +209,9 @@ export class LwipStack {
    */
   tcpWrite(id: number, data: Uint8Array): number {
     this.#check(id, "tcp", "tcpWrite");
-    return this.#h.tcpWrite(id, data);
+    const n = this.#h.tcpWrite(id, data);
+    if (n > 0) this.#soon();
+    return n;
   }
 
   /**
@@ -207,6 +221,7 @@ export class LwipStack {
   tcpShutdown(id: number, read: boolean, write: boolean): void {
     this.#check(id, "tcp", "tcpShutdown");
     this.#h.tcpShutdown(id, read === true, write === true);
+    this.#soon();
   }
 
   /** Graceful close (FIN after queued data; unconsumed received data is released). "closed" follows. */
@@ -214,6 +229,7 @@ export class LwipStack {
     this.#check(id, undefined, "tcpClose");
     if (this.#kinds.get(id) === "udp") throw new TypeError(`LwipStack.tcpClose: socket ${id} is UDP`);
     this.#h.tcpClose(id);
+    this.#soon();
   }
 
   /** Reset (RST) and forget the connection. "closed" follows. */
@@ -221,12 +237,14 @@ export class LwipStack {
     this.#check(id, undefined, "tcpAbort");
     if (this.#kinds.get(id) === "udp") throw new TypeError(`LwipStack.tcpAbort: socket ${id} is UDP`);
     this.#h.tcpAbort(id);
+    this.#soon();
   }
 
   /** The application consumed `n` received bytes: reopens the receive window by that much. */
   tcpRecved(id: number, n: number): void {
     this.#check(id, "tcp", "tcpRecved");
     this.#h.tcpRecved(id, n);
+    this.#soon();
   }
 
   /** Disables (true, the default argument) or re-enables Nagle's algorithm. */
@@ -253,19 +271,24 @@ export class LwipStack {
   /** Sends one datagram (up to 65507 bytes; lwIP fragments above the MTU). False when lwIP refused it. */
   udpSend(id: number, data: Uint8Array, ip: string, port: number): boolean {
     this.#check(id, "udp", "udpSend");
-    return this.#h.udpSend(id, data, ip, port);
+    const ok = this.#h.udpSend(id, data, ip, port);
+    this.#soon();
+    return ok;
   }
 
   udpClose(id: number): void {
     this.#check(id, "udp", "udpClose");
     this.#h.udpClose(id);
+    this.#soon();
   }
 
   // ---- ICMP ----
 
   /** Sends an ICMP echo request (`size` payload bytes, default 56); the reply arrives as a "pong" event. */
   ping(ip: string, seq: number, size?: number): boolean {
-    return this.#h.ping(ip, seq, size);
+    const ok = this.#h.ping(ip, seq, size);
+    this.#soon();
+    return ok;
   }
 
   // ---- the stack ----
@@ -292,6 +315,17 @@ export class LwipStack {
   close(): void {
     this.#h.close();
     this.#kinds.clear();
+  }
+
+  /**
+   * What lwIP queues during a call from this thread (output packets, events) is delivered by a flush at the end of
+   * the current job (a microtask) rather than on the event loop's next turn: the answer to a received packet leaves
+   * in the same turn, and all the calls of one job still make one batch. Events stay asynchronous to every call.
+   */
+  #soon(): void {
+    if (this.#flushQueued) return;
+    this.#flushQueued = true;
+    queueMicrotask(this.#flush);
   }
 
   #check(id: number, kind: Kind | undefined, what: string): void {

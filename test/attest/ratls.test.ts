@@ -166,6 +166,44 @@ test("createRaTlsCert: default format, node KeyObjects, and refusals", async () 
   );
 });
 
+test("createRaTlsCert with node KeyObjects (built without the generator): both formats, names, dates", async () => {
+  const s = await sim();
+  const kp = generateKeyPairSync("ec", { namedCurve: "P-256" });
+  const spki = kp.publicKey.export({ type: "spki", format: "der" });
+  for (const format of FORMATS) {
+    const quote = issueSimQuote(s, { ...MEASUREMENTS, reportData: raTlsReportData(spki, format) });
+    const { cert, pem } = await createRaTlsCert({ keys: kp, evidence: quote, format });
+    const parsed = new x509.X509Certificate(cert.der);
+    assert.equal(await parsed.verify(), true, "self-signed by the bound key");
+    assert.equal(parsed.subject, "CN=SENG RA-TLS");
+    assert.equal(Cert.from(pem).fingerprint, cert.fingerprint);
+    assert.deepEqual(certSpki(cert), spki);
+    const ev = extractEvidence(cert);
+    assert.equal(ev.format, format);
+    assert.deepEqual(ev.evidence, quote);
+    assert.equal(keyBindingOk(cert, reportDataOf(quote)), true);
+    const exts = Object.fromEntries(parsed.extensions.map((e) => [e.type, e.critical]));
+    assert.deepEqual(exts, {
+      "2.5.29.19": true,
+      "2.5.29.15": true,
+      [format === "tcg-dice" ? OID_TCG_DICE_TAGGED_EVIDENCE : OID_GRAMINE_LEGACY]: false,
+    });
+  }
+  const quote = issueSimQuote(s, { ...MEASUREMENTS, reportData: raTlsReportData(spki) });
+  const late = await createRaTlsCert({
+    keys: kp,
+    evidence: quote,
+    subject: "CN=app é",
+    notBefore: new Date("2049-12-31T23:59:59Z"),
+    notAfter: new Date("2051-06-01T12:00:00Z"),
+  });
+  assert.equal(new x509.X509Certificate(late.cert.der).subject, "CN=app é");
+  assert.deepEqual(
+    [late.cert.notBefore, late.cert.notAfter],
+    [new Date("2049-12-31T23:59:59Z"), new Date("2051-06-01T12:00:00Z")],
+  );
+});
+
 test("raTlsReportData: SHA-256 of the SPKI (legacy) or of the DICE claims, then zeros", async () => {
   const spki = await spkiOf(await newKeys());
   const legacy = raTlsReportData(spki, "gramine-legacy");

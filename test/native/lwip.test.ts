@@ -793,6 +793,28 @@ else {
       }
     });
 
+    test("a call's output is delivered at the end of its job, not from inside it; the send buffer exceeds 64 KiB", async () => {
+      const st = LwipStack.create({ address: "100.64.9.2", prefix: 24, gateway: "100.64.9.1", mtu: 1400 });
+      try {
+        const out: Buffer[] = [];
+        st.onOutput((packets) => out.push(...packets.map((p) => Buffer.from(p))));
+        const wakeups = st.stats().asyncWakeups; // counted per process, across stacks
+        const id = st.tcpConnect("100.64.9.1", 80); // no peer: the SYN goes out and nothing comes back
+        assert.equal(out.length, 0, "nothing is delivered from inside the call");
+        await null; // the flush was queued first, so it has run before this continuation
+        assert.equal(out.length, 1, "the SYN, before the event loop turned");
+        assert.equal(out[0]![33]! & 0x02, 0x02, "SYN flag");
+        assert.equal(st.stats().asyncWakeups, wakeups, "no wake-up through the event loop");
+        // Before the handshake the MSS is 536: the 180-pbuf queue holds about 94 KB, more than Debian's 64 KiB.
+        const big = Buffer.alloc(1 << 20);
+        let taken = 0;
+        for (let n = st.tcpWrite(id, big); n > 0; n = st.tcpWrite(id, big)) taken += n;
+        assert.ok(taken > 65535, `took ${taken} bytes`);
+      } finally {
+        st.close();
+      }
+    });
+
     test("TCP over lwIP's own loopback: connect, echo, half-close, close; then a new stack", async () => {
       for (let round = 0; round < 2; round++) {
         const st = LwipStack.create({ address: "100.64.9.2", prefix: 24, gateway: "100.64.9.1", mtu: 1400 });
