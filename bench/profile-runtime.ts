@@ -10,6 +10,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Lab, SERVER_IP, waitLine } from "../test/helpers/lab.js";
 import { ROOT } from "../test/helpers/netns.js";
+import { FIRST, HTTP, SEND, SINK } from "./runtime.js";
 import { median } from "./util.js";
 
 const cpu = (pid: number): number => {
@@ -21,58 +22,6 @@ const parts = new Set(process.argv.slice(2).length ? process.argv.slice(2) : ["h
 const MR = "c0".repeat(32);
 const REGISTER = join(ROOT, "src/runtime/register.ts");
 const appArgs = process.env.SENG_PROF_APP_ARGS?.split(" ").filter(Boolean) ?? [];
-
-const HTTP = `
-import http from "node:http";
-http.createServer((req, res) => res.end("hello, world\\n"))
-  .listen(8080, "0.0.0.0", () => console.log(JSON.stringify({ listening: true })));
-process.on("SIGINT", () => process.exit(0)); // so that --cpu-prof writes its profile
-`;
-const SINK = `
-const net = require("node:net");
-net.createServer((s) => {
-  let n = 0;
-  s.on("data", (d) => { n += d.length; });
-  s.on("end", () => s.end(JSON.stringify({ bytes: n }) + "\\n"));
-  s.on("error", () => {});
-}).listen(9000, process.argv[2], () => console.log(JSON.stringify({ listening: true })));
-net.createServer((s) => { s.end("!"); s.on("error", () => {}); }).listen(9001, process.argv[2]);
-`;
-const SEND = `
-import net from "node:net";
-const [host, bytes] = [process.argv[2], Number(process.argv[3])];
-const chunk = Buffer.alloc(65536, 7);
-const s = net.connect(9000, host);
-let t0 = 0, sent = 0, answer = "";
-s.on("connect", () => {
-  t0 = performance.now();
-  const pump = () => {
-    while (sent < bytes) {
-      sent += chunk.length;
-      if (!s.write(chunk)) return void s.once("drain", pump);
-    }
-    s.end();
-  };
-  pump();
-});
-s.on("data", (d) => (answer += d));
-s.on("end", () => {
-  const ms = performance.now() - t0;
-  const u = process.cpuUsage();
-  console.log(JSON.stringify({ bytes: JSON.parse(answer).bytes, ms, mbps: (JSON.parse(answer).bytes * 8) / ms / 1000,
-    cpuS: (u.user + u.system) / 1e6 }));
-});
-`;
-const FIRST = `
-import net from "node:net";
-const s = net.connect(9001, process.argv[2]);
-s.once("data", () => {
-  const now = performance.now();
-  const start = globalThis[Symbol.for("seng.runtime.startMs")];
-  console.log(JSON.stringify({ ms: now - start, processMs: now }));
-  s.destroy();
-});
-`;
 
 const lab = await Lab.create({
   clients: 1,

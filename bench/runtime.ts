@@ -23,7 +23,7 @@ const REGISTER = join(ROOT, "src/runtime/register.ts");
 const MR = "c0".repeat(32);
 
 /** Server namespace: counts each connection's bytes and answers with one JSON line when the sender ends. */
-const SINK = `
+export const SINK = `
 const net = require("node:net");
 net.createServer((s) => {
   let n = 0;
@@ -37,7 +37,7 @@ net.createServer((s) => { s.end("!"); s.on("error", () => {}); })
 `;
 
 /** The sender app: one connection, N bytes in 64 KiB writes with backpressure, timed until the sink's answer. */
-const SEND = `
+export const SEND = `
 import net from "node:net";
 const [host, bytes] = [process.argv[2], Number(process.argv[3])];
 const chunk = Buffer.alloc(65536, 7);
@@ -58,13 +58,14 @@ s.on("data", (d) => (answer += d));
 s.on("end", () => {
   const ms = performance.now() - t0;
   const got = JSON.parse(answer).bytes;
-  console.log(JSON.stringify({ bytes: got, ms, mbps: (got * 8) / ms / 1000 }));
+  const u = process.cpuUsage();
+  console.log(JSON.stringify({ bytes: got, ms, mbps: (got * 8) / ms / 1000, cpuS: (u.user + u.system) / 1e6 }));
 });
 s.on("error", (e) => { console.log(JSON.stringify({ error: e.message })); process.exitCode = 1; });
 `;
 
 /** First byte: from the preload's start (or process start) to the first byte of a TCP answer. */
-const FIRST = `
+export const FIRST = `
 import net from "node:net";
 const s = net.connect(9001, process.argv[2]);
 s.once("data", () => {
@@ -77,10 +78,11 @@ s.on("error", (e) => { console.log(JSON.stringify({ error: e.message })); proces
 `;
 
 /** The HTTP server app. */
-const HTTP = `
+export const HTTP = `
 import http from "node:http";
 http.createServer((req, res) => res.end("hello, world\\n"))
   .listen(8080, "0.0.0.0", () => console.log(JSON.stringify({ listening: true })));
+process.on("SIGINT", () => process.exit(0)); // so that --cpu-prof (bench/profile-runtime.ts) writes its profile
 `;
 
 async function wrk(srv: Netns, url: string, secs: number): Promise<number> {

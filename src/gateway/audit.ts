@@ -108,7 +108,7 @@ export class AuditLog {
     const has = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'audit'").get();
     if (!has) {
       db.close();
-      throw new Error(`${path}: no audit log in this database (written by a gateway before issue 5?)`);
+      throw new Error(`${path}: no audit log in this database (written by an older gateway?)`);
     }
     return { audit: new AuditLog(db), close: () => db.close() };
   }

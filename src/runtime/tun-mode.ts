@@ -73,8 +73,8 @@ export class TunMode {
     this.client.connect();
   }
 
+  /** Applies a lease to the kernel; its `lease` event is logged once the address and routes are in place. */
   private async apply(lease: Lease): Promise<void> {
-    this.opts.log({ event: "lease", ...lease });
     if (!this.tun) {
       this.tun =
         this.opts.offload === false
@@ -88,7 +88,7 @@ export class TunMode {
       this.client.on("packets", (p) => tun.writeMany(p));
       await ip("link", "set", "dev", tun.name, "mtu", String(lease.mtu), "up");
     }
-    if (this.address === lease.address) return;
+    if (this.address === lease.address) return this.opts.log({ event: "lease", ...lease });
     const dev = this.tun.name;
     if (this.address) await ip("addr", "del", `${this.address}/32`, "dev", dev).catch(() => {});
     await ip("addr", "add", `${lease.address}/32`, "dev", dev);
@@ -102,6 +102,7 @@ export class TunMode {
       }
     }
     this.address = lease.address;
+    this.opts.log({ event: "lease", ...lease });
   }
 
   /** Keeps the gateway reachable on the original path, then points the default route into the tunnel. */
