@@ -74,15 +74,20 @@ export class LeaseStore {
       CREATE INDEX IF NOT EXISTS leases_live_key ON leases(key_fp, app) WHERE released IS NULL;
       CREATE INDEX IF NOT EXISTS leases_address_time ON leases(address, start);
     `);
+    // The runtime's RA-TLS certificate, kept on disk rather than in memory (a reload re-verifies it; the admin API
+    // shows its claims). Databases of older gateways get the column here.
+    const cols = this.db.prepare("PRAGMA table_info(leases)").all() as { name: string }[];
+    if (!cols.some((c) => c.name === "cert")) this.db.exec("ALTER TABLE leases ADD COLUMN cert BLOB");
     this.stmts = {
       live: this.db.prepare("SELECT id, address, app, end FROM leases WHERE released IS NULL"),
       byKey: this.db.prepare(
         "SELECT id, address, end FROM leases WHERE released IS NULL AND key_fp = ? AND app = ?",
       ),
       insert: this.db.prepare(
-        "INSERT INTO leases (address, app, key_fp, measurement, outer, start, end) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO leases (address, app, key_fp, measurement, outer, start, end, cert) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
       ),
-      extend: this.db.prepare("UPDATE leases SET end = ?, outer = ? WHERE id = ?"),
+      extend: this.db.prepare("UPDATE leases SET end = ?, outer = ?, cert = coalesce(?, cert) WHERE id = ?"),
+      cert: this.db.prepare("SELECT cert FROM leases WHERE id = ?"),
       extendEnd: this.db.prepare("UPDATE leases SET end = ? WHERE id = ? AND released IS NULL"),
       release: this.db.prepare(
         "UPDATE leases SET released = ?, end = MIN(end, ?) WHERE id = ? AND released IS NULL",
@@ -133,6 +138,7 @@ export class LeaseStore {
     outer: string,
     now: number,
     until: number,
+    cert?: Buffer,
   ): AcquireResult | null {
     const pool = this.pools.get(app);
     if (!pool) throw new Error(`no address pool for app ${app}`);
@@ -140,7 +146,7 @@ export class LeaseStore {
       const held = this.stmts.byKey.get(keyFp, app) as
         { id: number; address: string; end: number } | undefined;
       if (held && held.end >= now) {
-        this.stmts.extend.run(until, outer, held.id);
+        this.stmts.extend.run(until, outer, cert ?? null, held.id);
         this.audit.record("renew", now, {
           id: held.id,
           address: held.address,
@@ -160,12 +166,18 @@ export class LeaseStore {
       }
       const ip = intToIp(address);
       const id = Number(
-        this.stmts.insert.run(ip, app, keyFp, measurement, outer, now, until).lastInsertRowid,
+        this.stmts.insert.run(ip, app, keyFp, measurement, outer, now, until, cert ?? null).lastInsertRowid,
       );
       pool.used.add(address);
       this.audit.record("grant", now, { id, address: ip, app, measurement, keyFp, outer });
       return { address, resumed: false, id };
     })();
+  }
+
+  /** The RA-TLS certificate (DER) the lease was granted or last renewed with. */
+  certOf(id: number): Buffer | undefined {
+    const r = this.stmts.cert.get(id) as { cert: Buffer | null } | undefined;
+    return r?.cert ?? undefined;
   }
 
   private findFree(pool: Pool): number | undefined {

@@ -9,7 +9,7 @@
  */
 import { matchApp } from "../attest/policy.js";
 import { verifyRaTlsCert, type VerifyOptions } from "../attest/verify.js";
-import type { Cert } from "../attest/x509.js";
+import { Cert } from "../attest/x509.js";
 import type { GatewayConfig } from "../policy/config.js";
 
 /** The outcome of a reload, for logs, the CLI and the admin API. */
@@ -45,14 +45,14 @@ export function immutableChange(prev: GatewayConfig, next: GatewayConfig): strin
  * Returns undefined when it still maps to `app`, else why not (fails closed: any error revokes).
  */
 export function revocationReason(
-  cert: Cert | undefined,
+  certDer: Buffer | undefined,
   app: string,
   apps: GatewayConfig["apps"],
   verify: VerifyOptions,
 ): string | undefined {
-  if (!cert) return "no certificate kept for this tunnel";
+  if (!certDer) return "no certificate kept for this tunnel";
   try {
-    const verdict = verifyRaTlsCert(cert, verify);
+    const verdict = verifyRaTlsCert(Cert.parseOnce(certDer), verify);
     if (!verdict.verified) return `attestation no longer verifies (${verdict.code}): ${verdict.reason}`;
     const m = matchApp(verdict, apps);
     if (!m.matched) return `no app matches any more: ${m.reasons.join("; ")}`;

@@ -82,10 +82,6 @@ export class Tunnel {
   /** Largest packet the DTLS session can carry in one record (set when established). */
   maxRecord = 0;
   /** The runtime's RA-TLS certificate, kept so a reload can re-check its identity (revocation). */
-  cert: Cert | undefined;
-  /** Verified attestation claims and TCB status (set when leased), for the admin API. */
-  claims: Claims | undefined;
-  tcbStatus: TcbStatus | null = null;
   leasedAt = 0;
   readonly counters = zero();
   lastRx: number;
@@ -400,7 +396,15 @@ export class Gateway {
     const app = this.config.apps.find((a) => a.name === match.app)!;
     const now = this.now();
     const grace = this.config.tunnel.leaseGraceSeconds * 1000;
-    const lease = this.leases.acquire(app.name, cert.fingerprint, measurement, t.peer, now, now + grace);
+    const lease = this.leases.acquire(
+      app.name,
+      cert.fingerprint,
+      measurement,
+      t.peer,
+      now,
+      now + grace,
+      cert.der,
+    );
     if (!lease) {
       this.handshake("pool-exhausted");
       this.log.log("warn", "pool-exhausted", {
@@ -424,9 +428,7 @@ export class Gateway {
       keyFp: cert.fingerprint,
       measurement,
       maxRecord: t.session.maxRecord(),
-      cert,
-      claims: verdict.claims,
-      tcbStatus: verdict.tcbStatus,
+      // Only the DER: a parsed Cert (with Node's X509 object) would cost ~20 KB per idle tunnel.
       leasedAt: now,
     });
     this.byAddress.set(lease.address, t);
@@ -661,7 +663,7 @@ export class Gateway {
     if (immutable) return fail(immutable);
     const revoke: { t: Tunnel; reason: string }[] = [];
     for (const t of this.byAddress.values()) {
-      const reason = revocationReason(t.cert, t.app, next.apps, verify);
+      const reason = revocationReason(this.leases.certOf(t.leaseId), t.app, next.apps, verify);
       if (reason) revoke.push({ t, reason });
     }
     const added = next.apps.filter((a) => !this.config.apps.some((o) => o.name === a.name));
@@ -771,7 +773,16 @@ export class Gateway {
   /** One leased tunnel with its attestation claims; undefined when no live tunnel has this id. */
   tunnel(id: number): TunnelDetail | undefined {
     const t = this.findTunnel(id);
-    return t && { ...this.info(t), tcbStatus: t.tcbStatus, claims: t.claims };
+    if (!t) return undefined;
+    // Claims come from the certificate kept with the lease (not kept in memory: ~6 KB per idle tunnel).
+    const der = this.leases.certOf(t.leaseId);
+    let verdict: ReturnType<typeof verifyRaTlsCert> | undefined;
+    try {
+      verdict = der ? verifyRaTlsCert(Cert.parseOnce(der), this.verifyOpts) : undefined;
+    } catch {
+      verdict = undefined;
+    }
+    return { ...this.info(t), tcbStatus: verdict?.tcbStatus ?? null, claims: verdict?.claims };
   }
 
   /**
