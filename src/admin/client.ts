@@ -38,7 +38,14 @@ export function adminRequest(
     else if (u.protocol !== "http:")
       throw new AdminClientError(`${target.url}: expected an http:// or https:// URL`);
     headers.Authorization = `Bearer ${target.token}`;
-    opts = { host: u.hostname, port: u.port, path: u.pathname + u.search, method, headers, ca: target.ca };
+    opts = {
+      host: u.hostname.replace(/^\[(.*)\]$/, "$1"),
+      port: u.port,
+      path: u.pathname + u.search,
+      method,
+      headers,
+      ca: target.ca,
+    };
     where = target.url;
   }
   return new Promise((resolve, reject) => {

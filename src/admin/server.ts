@@ -89,6 +89,20 @@ export class AdminServer {
 
   constructor(private readonly opts: AdminServerOptions) {}
 
+  /**
+   * Re-reads the token file (SIGHUP and reloads): a rotated token takes effect at once and every dashboard session
+   * made with the old one ends. Throws (and keeps the old token) when the file is unreadable or invalid.
+   */
+  reloadToken(): boolean {
+    const c = this.opts.config;
+    if (!c.tcp || !c.tokenFile) return false;
+    const next = readTokenFile(c.tokenFile, this.opts.configFile ?? "gateway.yaml");
+    if (this.token !== undefined && tokenEquals(next, this.token)) return false;
+    this.token = next;
+    this.sessions.clear();
+    return true;
+  }
+
   async start(): Promise<void> {
     const c = this.opts.config;
     const file = this.opts.configFile ?? "gateway.yaml";

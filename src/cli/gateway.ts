@@ -79,8 +79,20 @@ function gatewayRun(): Command {
             );
         });
         process.on("SIGHUP", () => {
+          try {
+            if (admin.reloadToken()) logger.log("info", "admin-token-rotated", {});
+          } catch (e) {
+            logger.log("error", "admin-token-reload-failed", { error: (e as Error).message });
+          }
           void gw.reload(f.config).then((r) => {
-            writeFileSync(`${config.database}.reload.json`, JSON.stringify({ at: Date.now(), ...r }) + "\n");
+            try {
+              writeFileSync(
+                `${config.database}.reload.json`,
+                JSON.stringify({ at: Date.now(), ...r }) + "\n",
+              );
+            } catch (e) {
+              logger.log("error", "reload-result-write-failed", { error: (e as Error).message });
+            }
           });
         });
         await new Promise<void>((resolve) => {

@@ -9,6 +9,7 @@
  * the preload runs inside that process (and, under Gramine, inside the enclave).
  */
 import { spawn } from "node:child_process";
+import { constants as osConstants } from "node:os";
 import { basename, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Command, Option } from "commander";
@@ -143,15 +144,23 @@ async function run(command: string[], f: RuntimeFlags): Promise<number> {
   const env = { ...process.env, ...flagsToEnv(f) };
   settings(env); // fail here, with the CLI's message, rather than inside the app's process
   const child = spawn(process.execPath, [...preload(), ...args], { env, stdio: "inherit" });
-  const forward = (sig: NodeJS.Signals) => () => child.kill(sig);
-  for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(sig, forward(sig));
+  // The app is in our process group: a terminal's Ctrl-C or hangup reaches it directly, so those are passed on only
+  // when no terminal sent them (a second SIGINT makes many apps skip their graceful shutdown). SIGTERM (kill, a
+  // service manager) reaches only us, and is always passed on.
+  const fromTerminal = process.stdin.isTTY === true;
+  const forwarded = (
+    ["SIGTERM", ...(fromTerminal ? [] : (["SIGINT", "SIGHUP"] as const))] as NodeJS.Signals[]
+  ).map((sig) => [sig, () => child.kill(sig)] as const);
+  // Our own handlers keep a terminal's signals from ending this launcher before the app.
+  const ignore = () => {};
+  for (const [sig, fn] of forwarded) process.on(sig, fn);
+  if (fromTerminal) for (const sig of ["SIGINT", "SIGHUP"] as const) process.on(sig, ignore);
   return new Promise((done, fail) => {
     child.once("error", (e) => fail(new UsageError(`runtime run: cannot start node: ${e.message}`)));
     child.once("exit", (code, signal) => {
-      for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.removeAllListeners(sig);
-      done(
-        code ?? 128 + (signal === "SIGKILL" ? 9 : signal === "SIGTERM" ? 15 : signal === "SIGINT" ? 2 : 1),
-      );
+      for (const [sig, fn] of forwarded) process.off(sig, fn);
+      for (const sig of ["SIGINT", "SIGHUP"] as const) process.off(sig, ignore);
+      done(code ?? 128 + (signal ? (osConstants.signals[signal] ?? 1) : 1));
     });
   });
 }

@@ -130,9 +130,10 @@ export class DemoNet {
   }
 
   /** Builds the namespaces and links; throws (after removing what it made) if the machine cannot. */
-  static async create(): Promise<DemoNet> {
+  static async create(onCreated?: (net: DemoNet) => void): Promise<DemoNet> {
     await DemoNet.clean();
     const net = new DemoNet(mkdtempSync(join(tmpdir(), "seng-demo-")));
+    onCreated?.(net); // before anything is built, so that Ctrl-C during the build removes it too
     try {
       await net.build();
     } catch (e) {

@@ -120,10 +120,9 @@ export async function runNetworkDemo(opts: DemoOptions): Promise<DemoResult> {
   const seng = sengCmd();
   log("SENG demo: app-grained firewall policy from attestation (SIMULATED TEE: no hardware protection)");
   log("  building the network: LAN (alice, bob) | gateway | internet (web server, database) ...");
-  const net = await DemoNet.create();
+  const net = await DemoNet.create(opts.onNetwork);
   const dir = net.dir;
   const write = (name: string, text: string) => writeFileSync(join(dir, name), text);
-  opts.onNetwork?.(net);
   const cases: DemoCase[] = [];
   let audit = "";
   let failed = true;
@@ -324,7 +323,6 @@ export async function runNetworkDemo(opts: DemoOptions): Promise<DemoResult> {
     // 7. revocation while db-client runs.
     log("  [6] the administrator revokes db-client's measurement while it runs (config edit + SIGHUP) ...");
     {
-      const rowsBefore = dbc.lines().filter((o) => typeof o.db === "string" && o.db.startsWith("row")).length;
       write("gateway.yaml", gatewayYaml("dd".repeat(32)));
       const t0 = Date.now();
       gw.kill("SIGHUP");
@@ -337,9 +335,13 @@ export async function runNetworkDemo(opts: DemoOptions): Promise<DemoResult> {
         const lastMs = ((rows[rows.length - 1]?.t as number | undefined) ?? t0) - t0;
         log(
           `       the runtime saw "revoked" ${closedMs} ms after SIGHUP; last answer ${Math.max(0, lastMs)} ms after it`,
-        );
+        ); // The flow must be gone from the gateway's connection tracking too, not only from the runtime.
+        const ct = await net.run("gw", "conntrack", ["-L", "-s", dbAddr]);
+        const flows = ct.stdout.split("\n").filter((l) => l.includes(dbAddr)).length;
+        log(`       conntrack entries of ${dbAddr} left at the gateway: ${flows}`);
+
         happened =
-          rows.length >= rowsBefore && closedMs < 1000 && lastMs < 1000
+          flows === 0 && closedMs < 1000 && lastMs < 1000
             ? "cut within 1 s"
             : `cut after ${Math.max(closedMs, lastMs)} ms`;
       } catch {

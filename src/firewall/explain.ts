@@ -101,6 +101,10 @@ export function explain(model: PolicyModel, p: Packet, resolve: Resolver): Expla
   ) {
     trace.push(`comes in on ${p.inInterface}, a LAN interface in firewall.unshielded, not through a tunnel`);
     for (const a of model.unshielded.allow) {
+      if (dst.app !== undefined) {
+        trace.push(`${a.path}: no (the allow list never opens a way into the tunnels)`);
+        continue;
+      }
       const d = matches(a.to, dst, model);
       const l = portOk(a, p);
       if (d.ok && l.ok)

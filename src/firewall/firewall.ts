@@ -73,25 +73,34 @@ export class Firewall {
       this.model = model;
       return;
     }
-    await this.sets.withExclusive(async () => {
-      const members = new Map<string, string[]>();
-      for (const [addr, app] of this.live) {
-        const refs = revoked.includes(addr) ? [] : this.refs(app, model);
-        this.sets.set(addr, refs);
-        for (const ref of refs) {
-          const name = ref.split(" ")[2]!;
-          const list = members.get(name) ?? members.set(name, []).get(name)!;
-          if (list[list.length - 1] !== addr) list.push(addr);
+    let written: Map<string, SetRef[]> | undefined;
+    await this.sets.withExclusive(
+      async () => {
+        const members = new Map<string, string[]>();
+        for (const [addr, app] of this.live) {
+          const refs = revoked.includes(addr) ? [] : this.refs(app, model);
+          this.sets.set(addr, refs);
+          for (const ref of refs) {
+            const name = ref.split(" ")[2]!;
+            const list = members.get(name) ?? members.set(name, []).get(name)!;
+            if (list[list.length - 1] !== addr) list.push(addr);
+          }
         }
-      }
-      try {
-        await applyPolicy(model, members);
-      } catch (e) {
-        for (const [addr, app] of this.live) this.sets.set(addr, this.refs(app));
-        throw e;
-      }
-      this.model = model;
-    }, true);
+        // What the script writes; tunnels that come or go while nft runs are diffed against it afterwards.
+        written = this.sets.snapshot();
+        try {
+          await applyPolicy(model, members);
+        } catch (e) {
+          written = undefined;
+          for (const [addr, app] of this.live) this.sets.set(addr, this.refs(app));
+          throw e;
+        }
+        this.model = model;
+        // Tunnels that came up during the apply were given the old model's sets.
+        for (const [addr, app] of this.live) if (!revoked.includes(addr)) this.sets.set(addr, this.refs(app));
+      },
+      () => written,
+    );
     // The apply wrote every set's members (ours and exported) in its own transaction.
     await this.sets.flushed();
   }
@@ -119,8 +128,18 @@ export class Firewall {
 
   /** Live counters of our table: per rule (key path) and the named counters. */
   async counters(): Promise<Record<string, number>> {
-    return this.enabled ? readCounters(this.model.table) : {};
+    if (!this.enabled) return {};
+    // Scrapes and dashboards may ask often: one read per second at most.
+    const now = performance.now();
+    if (!this.countersCache || now - this.countersCache.at > 1000)
+      this.countersCache = { at: now, value: readCounters(this.model.table) };
+    const c = this.countersCache;
+    return c.value.catch((e: unknown) => {
+      if (this.countersCache === c) this.countersCache = undefined;
+      throw e;
+    });
   }
+  private countersCache: { at: number; value: Promise<Record<string, number>> } | undefined;
 
   /** Empties the sets (no tunnels are left); the table and its rules stay, so the gateway fails closed. */
   async stop(): Promise<void> {

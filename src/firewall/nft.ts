@@ -178,9 +178,13 @@ export function renderScript(model: PolicyModel, opts: RenderOptions = {}): stri
     rule("forward", `oifname ${tun} jump rules`);
   }
   if (model.unshielded) {
+    // The allow list is for infrastructure (DHCP, DNS, ...), never a way past the policy into the tunnels.
     for (const a of model.unshielded.allow as AllowEntry[])
       for (const m of renderMatch({ kind: "any", label: "any" }, a.to, a.proto, a.ports))
-        rule("unshielded", `${m} counter accept comment ${q(a.path)}`.trim());
+        rule(
+          "unshielded",
+          `oifname != ${tun} ${m} counter accept comment ${q(a.path)}`.replace(/ +/g, " ").trim(),
+        );
     rule("unshielded", `counter name "seng_unshielded_drops" drop comment "firewall.unshielded"`);
   }
   if (model.marks) {
@@ -224,7 +228,18 @@ export async function removeTable(table: string): Promise<void> {
 
 /** Packets counted per rule comment (key path) and the named counters, from the live table. */
 export async function readCounters(table: string): Promise<Record<string, number>> {
-  return parseCounters(await nft(["-j", "list", "table", "inet", table]));
+  // Named counters and the rules' chains only: listing the whole table would print every set element (megabytes
+  // with 100,000 tunnels), for each metrics scrape.
+  const chains = ["rules", "unshielded"];
+  const [named, ...lists] = await Promise.all([
+    nft(["-j", "list", "counters", "table", "inet", table]),
+    ...chains.map((c) => nft(["-j", "list", "chain", "inet", table, c]).catch(() => '{"nftables":[]}')),
+  ]);
+  const out: Record<string, number> = {};
+  for (const j of [named, ...lists]) {
+    for (const [k, v] of Object.entries(parseCounters(j))) out[k] = (out[k] ?? 0) + v;
+  }
+  return out;
 }
 
 /** Counters from `nft -j list table` output: per rule comment (summed over its families) and named counters. */

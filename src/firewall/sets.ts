@@ -42,7 +42,8 @@ export class SetSync {
   private proc: ChildProcessWithoutNullStreams | undefined;
   private seq = 0;
   private stderr = "";
-  private inflight: { seq: number; addrs: Map<string, number> } | undefined;
+  /** The batch nft is running: per address, when it was queued and the sets the batch puts it in. */
+  private inflight: { seq: number; addrs: Map<string, number>; sent: Map<string, SetRef[]> } | undefined;
   private scheduled = false;
   private retryAt = 0;
   private needResync = false;
@@ -79,11 +80,21 @@ export class SetSync {
     return m;
   }
 
+  /** What we want now, address → sets (arrays are never mutated, so this is a snapshot). */
+  snapshot(): Map<string, SetRef[]> {
+    return new Map(this.want);
+  }
+
   /**
-   * Runs `fn` (e.g. a policy apply with `nft -f`) with no batch in flight; afterwards the kernel is assumed to hold
-   * exactly {@link members} (the apply wrote them), so queued changes are dropped as done.
+   * Runs `fn` (e.g. a policy apply with `nft -f`) with no batch in flight. With `written`, the transaction rebuilt
+   * the sets with exactly those members (address → sets, taken when the script was made): that is what the kernel
+   * holds afterwards, and any address whose wanted sets changed meanwhile (a tunnel up or down during the apply) is
+   * queued again.
    */
-  async withExclusive<T>(fn: () => Promise<T>, rebuildsSets: boolean): Promise<T> {
+  async withExclusive<T>(
+    fn: () => Promise<T>,
+    written?: () => Map<string, SetRef[]> | undefined,
+  ): Promise<T> {
     const prev = this.exclusive;
     let release!: () => void;
     this.exclusive = new Promise((r) => (release = r));
@@ -92,18 +103,29 @@ export class SetSync {
     try {
       await this.idle();
       const r = await fn();
-      if (rebuildsSets) {
-        this.have.clear();
-        for (const [a, s] of this.want) this.have.set(a, [...s]);
-        const now = performance.now();
-        for (const [a, t] of this.dirty) if (this.want.has(a)) this.recordLatency(now - t);
-        this.dirty.clear();
-      }
+      const w = written?.();
+      if (w) this.adopt(w);
       return r;
     } finally {
       this.exclusiveDepth--;
       release();
       this.schedule();
+    }
+  }
+
+  private adopt(written: Map<string, SetRef[]>): void {
+    const now = performance.now();
+    const before = new Set([...this.have.keys(), ...this.want.keys(), ...this.dirty.keys()]);
+    this.have.clear();
+    for (const [a, sets] of written) if (sets.length) this.have.set(a, sets);
+    for (const a of new Set([...before, ...written.keys()])) {
+      const want = this.want.get(a) ?? [];
+      const have = this.have.get(a) ?? [];
+      if (sameSets(want, have)) {
+        const t = this.dirty.get(a);
+        if (t !== undefined && want.length) this.recordLatency(now - t);
+        this.dirty.delete(a);
+      } else if (!this.dirty.has(a)) this.dirty.set(a, now);
     }
   }
 
@@ -179,6 +201,7 @@ export class SetSync {
   private send(): void {
     const lines: string[] = [];
     const addrs = new Map<string, number>();
+    const sent = new Map<string, SetRef[]>();
     if (this.needResync) {
       // Flush and refill every set we manage, in one transaction.
       this.stats.resyncs++;
@@ -195,6 +218,7 @@ export class SetSync {
       for (const [a, t] of this.dirty) addrs.set(a, t);
       for (const a of this.want.keys()) if (!addrs.has(a)) addrs.set(a, -1);
       for (const a of this.have.keys()) if (!addrs.has(a)) addrs.set(a, -1);
+      for (const a of addrs.keys()) sent.set(a, this.want.get(a) ?? []);
       this.dirty.clear();
       if (parts.length) lines.push(parts.join("; "));
     } else {
@@ -205,6 +229,7 @@ export class SetSync {
         addrs.set(a, t);
         const want = this.want.get(a) ?? [];
         const have = this.have.get(a) ?? [];
+        sent.set(a, want);
         for (const s of want) if (!have.includes(s)) (adds.get(s) ?? adds.set(s, []).get(s)!).push(a);
         for (const s of have) if (!want.includes(s)) (dels.get(s) ?? dels.set(s, []).get(s)!).push(a);
       }
@@ -224,7 +249,7 @@ export class SetSync {
     this.proc ??= this.start();
     const seq = ++this.seq;
     this.stats.batches++;
-    this.inflight = { seq, addrs };
+    this.inflight = { seq, addrs, sent };
     this.proc.stdin.write(`${lines.join("\n")}\nlist table inet sengmark${seq}\n`);
   }
 
@@ -253,20 +278,21 @@ export class SetSync {
     }
   }
 
-  private finish(f: { addrs: Map<string, number> }, errors: string): void {
+  private finish(f: { addrs: Map<string, number>; sent: Map<string, SetRef[]> }, errors: string): void {
     if (errors) {
       this.stats.errors++;
       this.onError(errors);
       this.needResync = true;
       this.retryAt = performance.now() + 500;
     } else {
+      // The kernel now holds what the batch sent, not what we want now: an address changed while the batch was in
+      // flight is dirty again and gets its own diff in the next batch.
       const now = performance.now();
       for (const [a, t] of f.addrs) {
-        const w = this.want.get(a);
-        if (w) {
-          this.have.set(a, w);
-          if (t >= 0) this.recordLatency(now - t);
-        } else this.have.delete(a);
+        const sent = f.sent.get(a) ?? [];
+        if (sent.length) this.have.set(a, sent);
+        else this.have.delete(a);
+        if (sent.length && t >= 0 && !this.dirty.has(a)) this.recordLatency(now - t);
       }
     }
     this.schedule();
@@ -278,4 +304,8 @@ export class SetSync {
     this.latencies.push(ms);
     if (this.latencies.length > 1000) this.latencies.splice(0, this.latencies.length - 1000);
   }
+}
+
+function sameSets(a: readonly SetRef[], b: readonly SetRef[]): boolean {
+  return a.length === b.length && a.every((x) => b.includes(x));
 }

@@ -105,9 +105,10 @@ export class LeaseStore {
 
   /** Adds address pools for apps not seen yet (at start, and for apps a reload adds). */
   addApps(apps: readonly { name: string; subnet: string }[]): void {
-    const added: string[] = [];
+    const fresh: Pool[] = [];
     for (const app of apps) {
-      if (this.pools.has(app.name)) continue;
+      // An app re-added with another subnet (removed in one reload, back in a later one) gets the new pool.
+      if (this.pools.has(app.name) && this.pools.get(app.name) === this.byCidr.get(app.subnet)) continue;
       let pool = this.byCidr.get(app.subnet);
       if (!pool) {
         const { network, size } = parseCidr(app.subnet);
@@ -118,12 +119,16 @@ export class LeaseStore {
           used: new Set(this.reserved),
         };
         this.byCidr.set(app.subnet, pool);
+        fresh.push(pool);
       }
       this.pools.set(app.name, pool);
-      added.push(app.name);
     }
-    for (const row of this.stmts.live.all() as { id: number; address: string; app: string; end: number }[]) {
-      if (added.includes(row.app)) this.pools.get(row.app)?.used.add(ipToInt(row.address));
+    // Every live lease inside a new pool's range is taken, whichever app holds it (a lease in its grace period of a
+    // removed app, say): the unique index would refuse a second live lease of the address anyway.
+    if (!fresh.length) return;
+    for (const row of this.stmts.live.all() as { address: string }[]) {
+      const a = ipToInt(row.address);
+      for (const p of fresh) if (a >= p.first && a <= p.last) p.used.add(a);
     }
   }
 
@@ -213,12 +218,12 @@ export class LeaseStore {
     this.audit.record("release", Math.min(at, now), r, reason);
   }
 
-  /** Releases every lease whose end has passed (audit time: when it lapsed). Returns how many. */
-  expire(now: number): number {
-    const rows = this.stmts.expired.all(now) as { id: number; end: number }[];
+  /** Releases every lease whose end has passed (audit time: when it lapsed). Returns their addresses. */
+  expire(now: number): string[] {
+    const rows = this.stmts.expired.all(now) as { id: number; end: number; address: string }[];
     if (rows.length)
       this.db.transaction(() => rows.forEach((r) => this.releaseRow(r.id, now, "expired", r.end)))();
-    return rows.length;
+    return rows.map((r) => r.address);
   }
 
   get(id: number): LeaseRecord | undefined {

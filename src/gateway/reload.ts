@@ -30,8 +30,16 @@ export function immutableChange(prev: GatewayConfig, next: GatewayConfig): strin
   for (const k of ["listen", "certificate", "key", "database", "pool"] as const) {
     if (prev[k] !== next[k]) return `${f}: ${k}: cannot change on reload (restart the gateway)`;
   }
-  if (JSON.stringify(prev.tun) !== JSON.stringify(next.tun))
-    return `${f}: tun: cannot change on reload (restart the gateway)`;
+  // Read once at start (listeners, rate limiter, our table's name and whether we manage nftables at all): a reload
+  // that silently ignored them would let an admin believe a rotated token or a new limit is in force.
+  for (const k of ["tun", "admin", "metrics", "limits"] as const) {
+    if (JSON.stringify(prev[k]) !== JSON.stringify(next[k]))
+      return `${f}: ${k}: cannot change on reload (restart the gateway)`;
+  }
+  for (const k of ["enabled", "table"] as const) {
+    if (prev.firewall[k] !== next.firewall[k])
+      return `${f}: firewall.${k}: cannot change on reload (restart the gateway)`;
+  }
   for (const [i, a] of next.apps.entries()) {
     const old = prev.apps.find((o) => o.name === a.name);
     if (old && old.subnet !== a.subnet)

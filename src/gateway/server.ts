@@ -173,6 +173,7 @@ export class Gateway {
   private udp!: UdpSocket;
   private tun!: Tun;
   private sweepTimer: NodeJS.Timeout | undefined;
+  private lastExpiry = 0;
   private lastLeaseFlush = 0;
   private stopping = false;
   private readonly observers: GatewayObserver[] = [];
@@ -579,7 +580,11 @@ export class Gateway {
       }
       const now = this.now();
       if (keepLease) this.leases.extendMany([[t.leaseId, now + this.config.tunnel.leaseGraceSeconds * 1000]]);
-      else this.leases.release(t.leaseId, now, reason);
+      else {
+        this.leases.release(t.leaseId, now, reason);
+        // The address is free for another holder: its flows must not outlive the lease (ct state established).
+        this.cutFlows(intToIp(t.address));
+      }
       this.log.log("info", "tunnel-down", {
         peer: t.peer,
         app: t.app,
@@ -622,6 +627,23 @@ export class Gateway {
       this.lastLeaseFlush = now;
       if (extend.length) this.leases.extendMany(extend);
     }
+    // Leases whose grace period lapsed: release them now (not only when their pool runs out), and their flows.
+    if (now - this.lastExpiry > 5000) {
+      this.lastExpiry = now;
+      for (const a of this.leases.expire(now)) this.cutFlows(a);
+    }
+  }
+
+  /** Deletes the conntrack entries of an address that has no tunnel any more (after its set update). */
+  private cutFlows(address: string): void {
+    void this.firewall
+      .cutFlows(address)
+      .catch((e: Error) =>
+        this.log.limited("conntrack-failed", 10_000, "error", "conntrack-failed", {
+          address,
+          error: e.message,
+        }),
+      );
   }
 
   // ---- counters ----
@@ -647,6 +669,7 @@ export class Gateway {
 
   private async doReload(file: string): Promise<ReloadResult> {
     const t0 = performance.now();
+    const startedAt = this.now();
     const fail = (error: string): ReloadResult => {
       this.log.log("error", "reload-failed", { file, error });
       return { ok: false, error, revoked: [], added: [], ms: Math.round(performance.now() - t0) };
@@ -667,22 +690,28 @@ export class Gateway {
       if (reason) revoke.push({ t, reason });
     }
     const added = next.apps.filter((a) => !this.config.apps.some((o) => o.name === a.name));
+    const newRoutes = [...new Set(added.filter((a) => !a.shared).map((a) => a.subnet))];
     try {
       // New subnets first, so the new policy never names an app the kernel cannot route.
-      await this.system.addRoutes(this.tun.name, [
-        ...new Set(added.filter((a) => !a.shared).map((a) => a.subnet)),
-      ]);
+      await this.system.addRoutes(this.tun.name, newRoutes);
       await this.firewall.apply(
         next.model,
         revoke.map((r) => intToIp(r.t.address)),
       );
     } catch (e) {
+      await this.system.removeRoutes(this.tun.name, newRoutes); // nothing of the refused configuration stays
       return fail(`policy not applied: ${(e as Error).message}`);
     }
     this.leases.addApps(added);
     for (const a of added) this.appCounters.set(a.name, zero());
     this.config = next;
     this.verifyOpts = verify;
+    // Tunnels leased while the new policy was being applied were matched against the old configuration.
+    for (const t of this.byAddress.values()) {
+      if (t.leasedAt < startedAt || revoke.some((r) => r.t === t)) continue;
+      const reason = revocationReason(this.leases.certOf(t.leaseId), t.app, next.apps, verify);
+      if (reason) revoke.push({ t, reason });
+    }
     const revoked: ReloadResult["revoked"] = [];
     for (const { t, reason } of revoke) {
       const address = intToIp(t.address);

@@ -44,6 +44,11 @@ export class SystemSetup {
     }
   }
 
+  /** Removes routes added by {@link addRoutes} (a reload whose policy was refused). */
+  async removeRoutes(tun: string, subnets: readonly string[]): Promise<void> {
+    for (const s of subnets) await ip("route", "del", s, "dev", tun).catch(() => {});
+  }
+
   /** Undoes everything, newest first. The TUN itself disappears when its file descriptor is closed. */
   async undo(): Promise<void> {
     while (this.undos.length) await this.undos.pop()!();

@@ -156,7 +156,11 @@ const schema = z
     firewall: z
       .object({
         enabled: z.boolean().default(true),
-        table: name.default("seng"),
+        table: z
+          .string()
+          .regex(/^[A-Za-z][A-Za-z0-9_]{0,31}$/, "expected a table name: a letter, then letters, digits or _")
+          .refine((t) => !/^sengmark\d*$/.test(t), "sengmark… is reserved (the set updater's batch markers)")
+          .default("seng"),
         marks: z.boolean().default(true),
         exportSets: z
           .array(

@@ -56,3 +56,51 @@ test("adds and removes reach the kernel in batches; a failed batch is reported a
     await sync.close();
   }
 });
+
+test("a change while its address's batch is in flight is not lost (tunnel down or back up during the update)", async () => {
+  const sync = new SetSync(() => {}, ["ip", "netns", "exec", ns.name]);
+  try {
+    await sync.flushed();
+    // Up, and down again while the add is in flight: the delete must follow.
+    sync.set("100.64.9.1", [A]);
+    await new Promise((r) => setImmediate(r)); // the add batch is written now
+    sync.set("100.64.9.1", []);
+    // Down, and up again while the delete is in flight: the add must follow.
+    sync.set("100.64.9.2", [A]);
+    await sync.flushed();
+    sync.set("100.64.9.2", []);
+    await new Promise((r) => setImmediate(r));
+    sync.set("100.64.9.2", [A]);
+    await sync.flushed();
+    const a = await members(A);
+    assert.ok(!a.includes("100.64.9.1"), `100.64.9.1 stayed in the set: ${a.join(" ")}`);
+    assert.ok(a.includes("100.64.9.2"), `100.64.9.2 is missing: ${a.join(" ")}`);
+    assert.deepEqual(sync.members().get(A)?.includes("100.64.9.2"), true);
+  } finally {
+    await sync.close();
+  }
+});
+
+test("a transaction that rebuilt the sets: changes made while it ran are diffed against what it wrote", async () => {
+  const sync = new SetSync(() => {}, ["ip", "netns", "exec", ns.name]);
+  try {
+    let written: Map<string, string[]> | undefined;
+    await sync.withExclusive(
+      async () => {
+        sync.set("100.64.8.1", [A]);
+        sync.set("100.64.8.2", [A]);
+        written = sync.snapshot();
+        await ns.exec("nft", ["add", "element", ...A.split(" "), "{ 100.64.8.1, 100.64.8.2 }"]);
+        // Meanwhile: one tunnel goes down, another comes up.
+        sync.set("100.64.8.1", []);
+        sync.set("100.64.8.3", [A]);
+      },
+      () => written,
+    );
+    await sync.flushed();
+    const a = await members(A);
+    assert.ok(!a.includes("100.64.8.1") && a.includes("100.64.8.2") && a.includes("100.64.8.3"), a.join(" "));
+  } finally {
+    await sync.close();
+  }
+});

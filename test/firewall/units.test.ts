@@ -60,6 +60,14 @@ test("config errors name the file, the key path and what was expected", () => {
       "pool: 100.64.128.0/24\nfirewall: { unshielded: { drop: true, interfaces: [] } }\n",
       /gw\.yaml: firewall\.unshielded\.interfaces: expected at least one LAN interface/,
     ],
+    [
+      "pool: 100.64.128.0/24\nfirewall: { table: 9seng }\n",
+      /gw\.yaml: firewall\.table: expected a table name/,
+    ],
+    [
+      "pool: 100.64.128.0/24\nfirewall: { table: sengmark7 }\n",
+      /gw\.yaml: firewall\.table: sengmark… is reserved/,
+    ],
   ];
   for (const [extra, re] of cases)
     assert.throws(
@@ -134,6 +142,8 @@ policy:
     ["198.18.2.7", "100.64.1.5", "tcp/8080", undefined, "drop", "policy.default"],
     ["10.1.1.1", "9.9.9.9", "tcp/80", "lan0", "drop", "firewall.unshielded"],
     ["10.1.1.1", "10.0.0.53", "udp/53", "lan0", "accept", "firewall.unshielded.allow[0]"],
+    // The allow list is for infrastructure: it never opens a way from the LAN into a tunnel.
+    ["10.1.1.1", "100.64.1.5", "udp/53", "lan0", "drop", "firewall.unshielded"],
     ["10.1.1.1", "9.9.9.9", "tcp/80", "wan0", "accept", "none"],
     // An address of the pool with no live tunnel is no app: rules naming mail do not match it.
     ["100.64.128.10", "9.9.9.9", "tcp/25", undefined, "accept", "none"],
@@ -185,6 +195,62 @@ test("audit: who held an address at a time, after address reuse by another app a
     const rows = [...audit.since(0)].map((r) => r.event);
     assert.deepEqual(rows, ["grant", "renew", "release", "grant", "grant"]);
     close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("the unshielded allow list is rendered for non-tunnel destinations only", () => {
+  const c = cfg(`pool: 100.64.128.0/24
+firewall: { unshielded: { drop: true, interfaces: [lan0], allow: [{ proto: udp, ports: [53] }] } }
+`);
+  const allow = renderScript(c.model)
+    .split("\n")
+    .filter((l) => l.includes("firewall.unshielded.allow[0]"));
+  assert.ok(allow.length > 0);
+  for (const l of allow) assert.match(l, /oifname != "seng0" .*accept/, l);
+});
+
+test("reload: settings read only at start are refused, not silently ignored", async () => {
+  const { immutableChange } = await import("../../src/gateway/reload.js");
+  const a = cfg("pool: 100.64.128.0/24\n");
+  const cases: [string, RegExp][] = [
+    [
+      "pool: 100.64.128.0/24\nlimits: { handshakesPerSecondPerSource: 7 }\n",
+      /gw\.yaml: limits: cannot change on reload/,
+    ],
+    [
+      "pool: 100.64.128.0/24\nadmin: { socket: /tmp/other.sock }\n",
+      /gw\.yaml: admin: cannot change on reload/,
+    ],
+    ["pool: 100.64.128.0/24\nfirewall: { table: other }\n", /gw\.yaml: firewall\.table: cannot change/],
+    ["pool: 100.64.128.0/24\nfirewall: { enabled: false }\n", /gw\.yaml: firewall\.enabled: cannot change/],
+  ];
+  for (const [extra, re] of cases) assert.match(String(immutableChange(a, cfg(extra))), re);
+  assert.equal(immutableChange(a, cfg("pool: 100.64.128.0/24\npolicy: { default: allow }\n")), undefined);
+});
+
+test("leases: an app re-added with another subnet leases from the new one; live leases of others are never reused", () => {
+  const dir = mkdtempSync(join(tmpdir(), "seng-leases-"));
+  try {
+    const store = new LeaseStore(
+      join(dir, "l.db"),
+      [{ name: "x", subnet: "100.64.1.0/24" }],
+      [ipToInt("100.64.0.1")],
+    );
+    const now = Date.now();
+    const first = store.acquire("x", "k1", "m", "o", now, now + 60_000)!;
+    assert.equal(first.address, ipToInt("100.64.1.1"));
+    // x is removed, and later comes back with another subnet; y now owns part of x's old range.
+    store.addApps([
+      { name: "x", subnet: "100.64.9.0/24" },
+      { name: "y", subnet: "100.64.1.0/25" },
+    ]);
+    const again = store.acquire("x", "k2", "m", "o", now, now + 60_000)!;
+    assert.equal(again.address, ipToInt("100.64.9.1"));
+    // 100.64.1.1 is still x's live lease (grace period): y must not be given it.
+    const y = store.acquire("y", "k3", "m", "o", now, now + 60_000)!;
+    assert.equal(y.address, ipToInt("100.64.1.2"));
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
