@@ -1,7 +1,12 @@
 /**
  * Profiles the runtime (not part of `npm run bench`): the same apps as bench/runtime.ts, with the CPU time the app
  * and the gateway spend per request / per MB, which a loaded machine disturbs less than the rates:
- *   node --import tsx bench/profile-runtime.ts [http|tcp|first]...
+ *   node --import tsx bench/profile-runtime.ts [native|http|tcp|first]...
+ * `native` is the HTTP app run natively on the direct path (the baseline of runtime_http_rps); `native` and `http`
+ * also give wrk's CPU per request and the machine's busy CPU and idle cores over the run; `http` gives the packets
+ * through the tunnel per request (gateway counters). SENG_PROF_SYSCALLS=1 adds syscalls and context switches per
+ * request of the app and the gateway (perf stat); SENG_PROF_PERF / SENG_PROF_PERF_GW / SENG_PROF_PERF_ALL=<file>
+ * record perf profiles of the app, the gateway or the whole machine; SENG_PROF_SECS sets wrk's duration.
  *   SENG_PROF_APP_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" node --import tsx bench/profile-runtime.ts http
  * then open the app's .cpuprofile in Chrome DevTools (SENG_LAB_GATEWAY_NODE_ARGS does the same for the gateway).
  */

@@ -378,7 +378,10 @@ export class UdpSocket {
     return this.#h.closed;
   }
 
-  /** Starts reading: `cb` gets every datagram that was ready (1..batch) per recvmmsg(). Call once. */
+  /**
+   * Starts reading: `cb` gets every datagram that was ready per recvmmsg() (up to `batch` messages; with GRO a
+   * message may carry several datagrams, each delivered on its own). Call once.
+   */
   onDatagrams(cb: (batch: DatagramBatch) => void): void {
     if (typeof cb !== "function") throw new TypeError("UdpSocket.onDatagrams: callback must be a function");
     // [length, peer index] per datagram; a GRO message carries up to 128 (udp.cc, kGroMaxSegs)
