@@ -320,7 +320,8 @@ export interface UdpBindOptions {
   /**
    * UDP GRO (default true; only with the default maxDatagram): the kernel may hand over a run of equal-sized
    * datagrams from one peer (e.g. a sender's UDP GSO message) as one, which is cheaper for both sides; it is split
-   * back into the original datagrams before the callback, so what the callback sees does not change.
+   * back into the original datagrams before the callback, so what the callback sees does not change. Merged
+   * messages fill the receive slots (batch × 64 KiB, reserved either way), so up to that much becomes resident.
    */
   gro?: boolean;
 }
