@@ -96,7 +96,7 @@ struct Event {
   uint32_t n = 0;
   bool hasN = false;
   std::string remote, local, error;
-  std::vector<uint8_t> data;
+  uint32_t dataOff = 0, dataLen = 0;  // payload in Queue::evData
   bool hasData = false;
 };
 
@@ -133,6 +133,7 @@ struct Queue {
   Bytes out;
   std::vector<uint32_t> outLens;
   std::vector<Event> events;
+  Bytes evData;  // payloads of the queued events, back to back (a data event extended in place is the last one)
   uint64_t txPackets = 0, txBytes = 0, txDropped = 0;
   uint64_t asyncWakeups = 0;
 };
@@ -262,16 +263,18 @@ void PushData(uint32_t id, pbuf* p) {
     Event& b = g_q->events.back();
     if (b.type == EV_DATA && b.id == id) target = &b;  // consecutive data of one socket: one event
   }
+  uint8_t* at = g_q->evData.Grow(p->tot_len);
+  if (!at) return;  // out of memory: lost like a dropped segment would be, but it was acknowledged (see OnRecv)
   if (!target) {
     g_q->events.emplace_back();
     target = &g_q->events.back();
     target->id = id;
     target->type = EV_DATA;
     target->hasData = true;
+    target->dataOff = static_cast<uint32_t>(at - g_q->evData.p);
   }
-  size_t off = target->data.size();
-  target->data.resize(off + p->tot_len);
-  pbuf_copy_partial(p, target->data.data() + off, p->tot_len, 0);
+  target->dataLen += p->tot_len;
+  pbuf_copy_partial(p, at, p->tot_len, 0);
   NotifyLocked();
 }
 
@@ -490,9 +493,16 @@ void OnUdpRecv(void* arg, udp_pcb* pcb, pbuf* p, const ip_addr_t* addr, u16_t po
     ev.type = EV_MESSAGE;
     ev.remote = AddrText(addr, port);
     ev.hasData = true;
-    ev.data.resize(p->tot_len);
-    pbuf_copy_partial(p, ev.data.data(), p->tot_len, 0);
-    Push(std::move(ev));
+    {
+      std::lock_guard<std::mutex> g(g_q->mu);
+      uint8_t* at = g_q->open ? g_q->evData.Grow(p->tot_len) : nullptr;
+      if (at) {
+        ev.dataOff = static_cast<uint32_t>(at - g_q->evData.p);
+        ev.dataLen = p->tot_len;
+        pbuf_copy_partial(p, at, p->tot_len, 0);
+      }
+    }
+    if (ev.dataLen == p->tot_len) Push(std::move(ev));
   }
   if (p) pbuf_free(p);
 }
@@ -645,6 +655,7 @@ class LwipHandle : public Napi::ObjectWrap<LwipHandle> {
       g_q->out.len = 0;
       g_q->outLens.clear();
       g_q->events.clear();
+      g_q->evData.len = 0;
     }
     {
       CoreLock lock;
@@ -667,6 +678,7 @@ class LwipHandle : public Napi::ObjectWrap<LwipHandle> {
     if (hookAdded_) napi_remove_env_cleanup_hook(env_, &LwipHandle::EnvCleanup, this);
     if (asyncCtx_) napi_async_destroy(env_, asyncCtx_);
     spare_.Release();
+    spareData_.Release();
   }
 
  private:
@@ -701,6 +713,7 @@ class LwipHandle : public Napi::ObjectWrap<LwipHandle> {
       g_q->open = false;
       g_q->async = nullptr;
       g_q->events.clear();
+      g_q->evData.Release();
       g_q->events.shrink_to_fit();
       g_q->outLens.clear();
       g_q->outLens.shrink_to_fit();
@@ -1284,6 +1297,7 @@ class LwipHandle : public Napi::ObjectWrap<LwipHandle> {
     {
       std::lock_guard<std::mutex> g(g_q->mu);
       g_q->events.clear();
+      g_q->evData.len = 0;
     }
     {
       Napi::HandleScope scope(env);
@@ -1340,54 +1354,87 @@ class LwipHandle : public Napi::ObjectWrap<LwipHandle> {
     return Ok(env, napi_set_named_property(env, obj, key, v));
   }
 
+  // Hands every queued event to onEvents(meta, data, strings) in one call, packed rather than as objects (building
+  // objects property by property through N-API cost more than the events' handling): meta holds 4 numbers per
+  // event: id, type (| kHasData, | kHasStrings), n (sent, pong) or child (accept), payload length; the payloads are
+  // back to back in `data` (one Buffer, or undefined); events flagged kHasStrings take the next three entries of
+  // `strings` (remote, local, error; "" when absent).
+  static constexpr uint32_t kHasData = 0x100, kHasStrings = 0x200;
   bool DeliverEvents(napi_env env) {
     std::vector<Event> evs;
+    Bytes data;
     {
       std::lock_guard<std::mutex> g(g_q->mu);
       evs.swap(g_q->events);
+      g_q->events.swap(spareEvents_);
+      data = g_q->evData;
+      g_q->evData = spareData_;
+      g_q->evData.len = 0;
+      spareData_ = Bytes{};
     }
-    if (evs.empty() || onEvents_.IsEmpty()) return true;
-    eventBatches_++;
-    events_ += evs.size();
-    napi_value arr, types[9];
-    if (!Ok(env, napi_create_array_with_length(env, evs.size(), &arr))) return false;
-    for (int i = 0; i < 9; i++) {
-      if (!Ok(env, napi_create_string_utf8(env, kEvNames[i], NAPI_AUTO_LENGTH, &types[i]))) return false;
+    bool ok = true;
+    if (!evs.empty() && !onEvents_.IsEmpty()) {
+      eventBatches_++;
+      events_ += evs.size();
+      ok = DeliverPacked(env, evs, data);
     }
-    for (size_t i = 0; i < evs.size(); i++) {
-      Event& e = evs[i];
-      napi_value o, v;
-      if (!Ok(env, napi_create_object(env, &o))) return false;
-      if (!Ok(env, napi_create_uint32(env, e.id, &v)) || !SetProp(env, o, "id", v)) return false;
-      if (!SetProp(env, o, "type", types[e.type])) return false;
-      if (e.hasData) {
-        void* ignored;
-        if (!Ok(env, napi_create_buffer_copy(env, e.data.size(), e.data.data(), &ignored, &v)) ||
-            !SetProp(env, o, "data", v)) {
-          return false;
+    evs.clear();
+    if (!open_) {  // closed from the callback
+      data.Release();
+      return false;
+    }
+    data.len = 0;
+    spareData_ = data;
+    spareEvents_.swap(evs);
+    return ok;
+  }
+
+  bool DeliverPacked(napi_env env, std::vector<Event>& evs, const Bytes& data) {
+    napi_value meta, ab, buf, strs, argv[3];
+    void* m = nullptr;
+    size_t n = evs.size();
+    if (!Ok(env, napi_create_arraybuffer(env, n * 4 * sizeof(uint32_t), &m, &ab)) ||
+        !Ok(env, napi_create_typedarray(env, napi_uint32_array, n * 4, ab, 0, &meta))) {
+      return false;
+    }
+    auto* u = static_cast<uint32_t*>(m);
+    uint32_t nStr = 0;
+    for (size_t i = 0; i < n; i++) {
+      const Event& e = evs[i];
+      bool str = !e.remote.empty() || !e.local.empty() || !e.error.empty();
+      u[4 * i] = e.id;
+      u[4 * i + 1] = static_cast<uint32_t>(e.type) | (e.hasData ? kHasData : 0) | (str ? kHasStrings : 0);
+      u[4 * i + 2] = e.type == EV_ACCEPT ? e.child : e.n;
+      u[4 * i + 3] = e.hasData ? e.dataLen : 0;
+      if (str) nStr += 3;
+    }
+    if (data.len > 0) {
+      // Payloads are in event order: the first data event's offset is 0 and each follows the previous.
+      void* ignored;
+      if (!Ok(env, napi_create_buffer_copy(env, data.len, data.p, &ignored, &buf))) return false;
+    } else if (!Ok(env, napi_get_undefined(env, &buf))) {
+      return false;
+    }
+    if (nStr == 0) {
+      if (!Ok(env, napi_get_undefined(env, &strs))) return false;
+    } else {
+      if (!Ok(env, napi_create_array_with_length(env, nStr, &strs))) return false;
+      uint32_t k = 0;
+      for (const Event& e : evs) {
+        if (e.remote.empty() && e.local.empty() && e.error.empty()) continue;
+        for (const std::string* t : {&e.remote, &e.local, &e.error}) {
+          napi_value v;
+          if (!Ok(env, napi_create_string_utf8(env, t->data(), t->size(), &v)) ||
+              !Ok(env, napi_set_element(env, strs, k++, v))) {
+            return false;
+          }
         }
       }
-      if (e.type == EV_ACCEPT && (!Ok(env, napi_create_uint32(env, e.child, &v)) || !SetProp(env, o, "child", v))) {
-        return false;
-      }
-      if (!e.remote.empty() && (!Ok(env, napi_create_string_utf8(env, e.remote.data(), e.remote.size(), &v)) ||
-                                !SetProp(env, o, "remote", v))) {
-        return false;
-      }
-      if (!e.local.empty() && (!Ok(env, napi_create_string_utf8(env, e.local.data(), e.local.size(), &v)) ||
-                               !SetProp(env, o, "local", v))) {
-        return false;
-      }
-      if (e.hasN && (!Ok(env, napi_create_uint32(env, e.n, &v)) || !SetProp(env, o, "n", v))) return false;
-      if (!e.error.empty() && (!Ok(env, napi_create_string_utf8(env, e.error.data(), e.error.size(), &v)) ||
-                               !SetProp(env, o, "error", v))) {
-        return false;
-      }
-      if (!Ok(env, napi_set_element(env, arr, static_cast<uint32_t>(i), o))) return false;
-      std::vector<uint8_t>().swap(e.data);
     }
-    napi_value argv[1] = {arr};
-    return CallJs(env, onEvents_, 1, argv);
+    argv[0] = meta;
+    argv[1] = buf;
+    argv[2] = strs;
+    return CallJs(env, onEvents_, 3, argv);
   }
 
   // Hands every queued output packet to onOutput: one Buffer and one Uint32Array of lengths.
@@ -1466,8 +1513,9 @@ class LwipHandle : public Napi::ObjectWrap<LwipHandle> {
   bool hookAdded_ = false;
   Napi::FunctionReference onOutput_, onEvents_;
   std::vector<Slice> pending_;
-  Bytes spare_;
+  Bytes spare_, spareData_;
   std::vector<uint32_t> spareLens_;
+  std::vector<Event> spareEvents_;
   uint64_t rxPackets_ = 0, rxBytes_ = 0, rxDropped_ = 0, rxProtoDropped_ = 0;
   uint64_t outputBatches_ = 0, eventBatches_ = 0, events_ = 0, udpTxErrors_ = 0, flushes_ = 0;
 };

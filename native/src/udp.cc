@@ -7,6 +7,11 @@
 // of that batch ("1.2.3.4:5678" or "[2001:db8::1]:5678"; IPv4-mapped IPv6 peers are shown as IPv4). Strings are
 // what the gateway's session Map is keyed by; building one per distinct peer per batch (not per datagram) keeps
 // the cost low when a batch comes from few peers, and equal peers in a batch share one string.
+//
+// UDP GRO (UDP_GRO, on by default when the receive slots hold 64 KiB): the kernel may hand over a run of equal-sized
+// datagrams of one peer as one message (a sender's UDP GSO buffer is then never cut into datagrams on its way in,
+// and GRO-capable devices merge too); the cmsg gives the datagram size and the message is split here into its
+// datagrams, so the caller sees exactly the datagrams that were sent.
 #include <arpa/inet.h>
 #include <errno.h>
 #include <net/if.h>
@@ -34,7 +39,10 @@ constexpr int kRoundsPerWakeup = 4;
 // UDP GSO (UDP_SEGMENT): equal-sized datagrams to one peer, adjacent in memory, go down the stack as one buffer
 // that the kernel cuts into datagrams as late as possible. Older kernels take at most 64 segments per send.
 constexpr uint32_t kGsoMaxSegs = 64;
-constexpr size_t kGsoMaxBytes = 65000;  // below 64 KiB with the IP and UDP headers     // full batches drained per readiness event before yielding to the loop
+constexpr size_t kGsoMaxBytes = 65000;
+// Most datagrams one received GRO message may carry: the kernel's UDP_MAX_SEGMENTS (128 since Linux 6.10; 64
+// before; GRO from devices stops at 64). A message with more is dropped and counted (rxTruncated).
+constexpr uint32_t kGroMaxSegs = 128;  // below 64 KiB with the IP and UDP headers     // full batches drained per readiness event before yielding to the loop
 
 std::string ErrnoText(int err) {
   const char* name = strerrorname_np(err);
@@ -234,7 +242,7 @@ class UdpHandle : public Napi::ObjectWrap<UdpHandle> {
       return;
     }
     double rcvbuf = -1, sndbuf = -1, batch = kDefaultBatch, maxDatagram = kDefaultMaxDatagram;
-    bool reusePort = false, ipv6Only = false;
+    bool reusePort = false, ipv6Only = false, gro = true;
     if (info.Length() > 2 && !info[2].IsUndefined()) {
       if (!info[2].IsObject()) {
         Napi::TypeError::New(env, "UdpSocket.bind: opts must be an object").ThrowAsJavaScriptException();
@@ -254,6 +262,8 @@ class UdpHandle : public Napi::ObjectWrap<UdpHandle> {
       }
       reusePort = o.Get("reusePort").ToBoolean().Value();
       ipv6Only = o.Get("ipv6Only").ToBoolean().Value();
+      Napi::Value g = o.Get("gro");
+      if (!g.IsUndefined()) gro = g.ToBoolean().Value();
     }
     sockaddr_storage ss;
     socklen_t slen = 0;
@@ -305,6 +315,11 @@ class UdpHandle : public Napi::ObjectWrap<UdpHandle> {
 
     batch_ = static_cast<uint32_t>(batch);
     slot_ = static_cast<size_t>(maxDatagram);
+    // GRO only when a slot holds any message (64 KiB); an older kernel without UDP_GRO just gets datagrams.
+    if (gro && slot_ >= 65535) {
+      gro_ = ::setsockopt(fd_, SOL_UDP, UDP_GRO, &one, sizeof one) == 0;
+      if (gro_) rxCmsg_.assign(static_cast<size_t>(batch_) * kRxCmsgSpace, 0);
+    }
     // Virtual reservation; pages are only touched as datagrams land in them.
     rxBuf_ = static_cast<uint8_t*>(malloc(slot_ * batch_));
     if (!rxBuf_) {
@@ -494,8 +509,13 @@ class UdpHandle : public Napi::ObjectWrap<UdpHandle> {
         h.msg_namelen = sizeof(sockaddr_storage);
         h.msg_iov = &rxIov_[i];
         h.msg_iovlen = 1;
-        h.msg_control = nullptr;
-        h.msg_controllen = 0;
+        if (gro_) {
+          h.msg_control = rxCmsg_.data() + i * kRxCmsgSpace;
+          h.msg_controllen = kRxCmsgSpace;
+        } else {
+          h.msg_control = nullptr;
+          h.msg_controllen = 0;
+        }
         h.msg_flags = 0;
         rxMsgs_[i].msg_len = 0;
       }
@@ -518,6 +538,19 @@ class UdpHandle : public Napi::ObjectWrap<UdpHandle> {
     }
   }
 
+  // The datagram size of a GRO message (its cmsg), or 0 when it is one datagram.
+  uint32_t GroSize(const msghdr& h) {
+    if (!gro_) return 0;
+    for (cmsghdr* c = CMSG_FIRSTHDR(&h); c; c = CMSG_NXTHDR(const_cast<msghdr*>(&h), c)) {
+      if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO && c->cmsg_len >= CMSG_LEN(sizeof(int))) {
+        int v = 0;
+        memcpy(&v, CMSG_DATA(c), sizeof v);
+        return v > 0 ? static_cast<uint32_t>(v) : 0;
+      }
+    }
+    return 0;
+  }
+
   void Deliver(Napi::Env env, uint32_t r) {
     Napi::Uint32Array meta = meta_.Value();
     if (meta.IsEmpty() || meta.ElementLength() < 2 * static_cast<size_t>(r)) {
@@ -525,14 +558,23 @@ class UdpHandle : public Napi::ObjectWrap<UdpHandle> {
       return;
     }
     uint32_t* m = meta.Data();
+    const size_t cap = meta.ElementLength() / 2;  // datagrams the meta array can describe
     size_t total = 0;
-    uint32_t n = 0;
+    uint32_t n = 0, kept = 0;
     peerKeys_.clear();
     Napi::Array peers = Napi::Array::New(env);
     for (uint32_t i = 0; i < r; i++) {
       const msghdr& h = rxMsgs_[i].msg_hdr;
+      uint32_t len = rxMsgs_[i].msg_len;
       if (h.msg_flags & MSG_TRUNC) {
         rxTruncated_++;
+        continue;
+      }
+      uint32_t seg = GroSize(h);
+      if (seg == 0 || seg >= len) seg = len;
+      uint32_t segs = len == 0 ? 1 : (len + seg - 1) / seg;
+      if (segs > kGroMaxSegs || n + segs > cap) {
+        rxTruncated_ += segs;
         continue;
       }
       PeerKey key = KeyOf(rxNames_[i]);
@@ -542,16 +584,21 @@ class UdpHandle : public Napi::ObjectWrap<UdpHandle> {
         peerKeys_.push_back(key);
         peers.Set(idx, Napi::String::New(env, FormatPeer(rxNames_[i])));
       }
-      m[2 * n] = rxMsgs_[i].msg_len;
-      m[2 * n + 1] = idx;
-      rxIndex_[n] = i;
-      total += rxMsgs_[i].msg_len;
-      n++;
+      if (segs > 1) rxGroMessages_++;
+      for (uint32_t left = len, k = 0; k < segs; k++) {
+        uint32_t l = left < seg ? left : seg;
+        m[2 * n] = l;
+        m[2 * n + 1] = idx;
+        n++;
+        left -= l;
+      }
+      rxIndex_[kept++] = i;
+      total += len;
     }
     if (n == 0) return;
     Napi::Buffer<uint8_t> buf = Napi::Buffer<uint8_t>::New(env, total);
     uint8_t* out = buf.Data();
-    for (uint32_t j = 0; j < n; j++) {
+    for (uint32_t j = 0; j < kept; j++) {
       uint32_t i = rxIndex_[j];
       if (rxMsgs_[i].msg_len == 0) continue;
       memcpy(out, rxIov_[i].iov_base, rxMsgs_[i].msg_len);
@@ -814,6 +861,8 @@ class UdpHandle : public Napi::ObjectWrap<UdpHandle> {
     o.Set("rxBytes", Napi::Number::New(env, static_cast<double>(rxBytes_)));
     o.Set("rxBatches", Napi::Number::New(env, static_cast<double>(rxBatches_)));
     o.Set("rxTruncated", Napi::Number::New(env, static_cast<double>(rxTruncated_)));
+    o.Set("rxGroMessages", Napi::Number::New(env, static_cast<double>(rxGroMessages_)));
+    o.Set("gro", Napi::Boolean::New(env, gro_));
     o.Set("rxErrors", Napi::Number::New(env, static_cast<double>(rxErrors_)));
     o.Set("txPackets", Napi::Number::New(env, static_cast<double>(txPackets_)));
     o.Set("txBytes", Napi::Number::New(env, static_cast<double>(txBytes_)));
@@ -858,6 +907,10 @@ class UdpHandle : public Napi::ObjectWrap<UdpHandle> {
     uint32_t first, count;  // datagrams in a message
   };
   static constexpr size_t kCmsgSpace = CMSG_SPACE(sizeof(uint16_t));
+  static constexpr size_t kRxCmsgSpace = CMSG_SPACE(sizeof(int));
+  bool gro_ = false;
+  std::vector<char> rxCmsg_;
+  uint64_t rxGroMessages_ = 0;
   std::vector<SegRun> txSegs_;
   std::vector<iovec> txGsoIov_;
   std::vector<char> txCmsg_;

@@ -53,8 +53,12 @@ export interface UdpStats {
   rxBytes: number;
   /** recvmmsg() calls that delivered datagrams (one callback each). */
   rxBatches: number;
-  /** Datagrams larger than `maxDatagram`, dropped. */
+  /** Datagrams larger than `maxDatagram` (or in a GRO message of more than 128), dropped. */
   rxTruncated: number;
+  /** Received messages that carried several datagrams (UDP GRO), split into them before delivery. */
+  rxGroMessages: number;
+  /** UDP GRO is on for this socket (see {@link UdpBindOptions.gro}). */
+  gro: boolean;
   /** Transient receive errors (e.g. a queued ICMP error), skipped. */
   rxErrors: number;
   txPackets: number;
@@ -313,6 +317,13 @@ export interface UdpBindOptions {
   batch?: number;
   /** Largest datagram received (default 65536); larger ones are dropped and counted in rxTruncated. */
   maxDatagram?: number;
+  /**
+   * UDP GRO (default true; only with the default maxDatagram): the kernel may hand over a run of equal-sized
+   * datagrams from one peer (e.g. a sender's UDP GSO message) as one, which is cheaper for both sides; it is split
+   * back into the original datagrams before the callback, so what the callback sees does not change. Merged
+   * messages fill the receive slots (batch × 64 KiB, reserved either way), so up to that much becomes resident.
+   */
+  gro?: boolean;
 }
 
 /** One reader callback's datagrams: `data[i]` came from `peers[i]`. */
@@ -368,10 +379,14 @@ export class UdpSocket {
     return this.#h.closed;
   }
 
-  /** Starts reading: `cb` gets every datagram that was ready (1..batch) per recvmmsg(). Call once. */
+  /**
+   * Starts reading: `cb` gets every datagram that was ready per recvmmsg() (up to `batch` messages; with GRO a
+   * message may carry several datagrams, each delivered on its own). Call once.
+   */
   onDatagrams(cb: (batch: DatagramBatch) => void): void {
     if (typeof cb !== "function") throw new TypeError("UdpSocket.onDatagrams: callback must be a function");
-    const meta = new Uint32Array(this.#batch * 2);
+    // [length, peer index] per datagram; a GRO message carries up to 128 (udp.cc, kGroMaxSegs)
+    const meta = new Uint32Array(this.#batch * 2 * 128);
     this.#h.start(
       (buf, count, table) => {
         const data = new Array<Buffer>(count);

@@ -54,7 +54,10 @@ export interface LwipEvent {
   /** The socket (0 for "pong"). */
   id: number;
   type: LwipEventType;
-  /** "data", "message": the bytes (an own Buffer). */
+  /**
+   * "data", "message": the bytes: a view into one Buffer per batch of events (copy before keeping a small piece
+   * for long: it keeps the batch alive).
+   */
   data?: Buffer;
   /** "accept": the new connection's socket id. */
   child?: number;
@@ -72,6 +75,21 @@ export interface LwipEvent {
 export type LwipStats = Record<string, number>;
 
 type Kind = "tcp" | "listener" | "udp";
+
+/** Event types by the addon's number (native/src/lwip.cc, EvType) and the flags packed with them. */
+const EVENT_TYPES: readonly LwipEventType[] = [
+  "connected",
+  "accept",
+  "data",
+  "sent",
+  "end",
+  "error",
+  "closed",
+  "message",
+  "pong",
+];
+const HAS_DATA = 0x100;
+const HAS_STRINGS = 0x200;
 
 interface NativeLwip {
   readonly closed: boolean;
@@ -101,7 +119,7 @@ interface Addon {
   LwipHandle: new (
     cfg: StackConfig,
     onOutput: (data: Buffer, lengths: Uint32Array) => void,
-    onEvents: (events: LwipEvent[]) => void,
+    onEvents: (meta: Uint32Array, data: Buffer | undefined, strings: string[] | undefined) => void,
   ) => NativeLwip;
   lwipBuildOptions(): Record<string, number | string>;
 }
@@ -127,7 +145,7 @@ export class LwipStack {
     this.#h = new LwipHandle(
       cfg,
       (data, lengths) => this.#deliverOutput(data, lengths),
-      (events) => this.#deliverEvents(events),
+      (meta, data, strings) => this.#deliverEvents(meta, data, strings),
     );
   }
 
@@ -348,10 +366,42 @@ export class LwipStack {
     cb(packets);
   }
 
-  #deliverEvents(events: LwipEvent[]): void {
-    for (const ev of events) {
-      if (ev.type === "accept" && ev.child !== undefined) this.#kinds.set(ev.child, "tcp");
-      if (ev.type === "closed") this.#kinds.delete(ev.id);
+  /**
+   * One batch of events, packed by the addon (native/src/lwip.cc, DeliverPacked): 4 numbers per event in `meta`
+   * (id, type with flags, n or child, payload length), payloads back to back in `data`, and three strings (remote,
+   * local, error) per event flagged as having any. Every event object gets the same shape.
+   */
+  #deliverEvents(meta: Uint32Array, data: Buffer | undefined, strings: string[] | undefined): void {
+    let off = 0;
+    let k = 0;
+    for (let i = 0; i < meta.length; i += 4) {
+      const t = meta[i + 1]!;
+      const type = EVENT_TYPES[t & 0xff]!;
+      const ev: LwipEvent = {
+        id: meta[i]!,
+        type,
+        data: undefined,
+        child: undefined,
+        remote: undefined,
+        local: undefined,
+        n: undefined,
+        error: undefined,
+      };
+      if ((t & HAS_DATA) !== 0) {
+        const end = off + meta[i + 3]!;
+        ev.data = data!.subarray(off, end);
+        off = end;
+      }
+      if (type === "accept") ev.child = meta[i + 2]!;
+      else if (type === "sent" || type === "pong") ev.n = meta[i + 2]!;
+      if ((t & HAS_STRINGS) !== 0) {
+        ev.remote = strings![k] || undefined;
+        ev.local = strings![k + 1] || undefined;
+        ev.error = strings![k + 2] || undefined;
+        k += 3;
+      }
+      if (type === "accept" && ev.child !== undefined) this.#kinds.set(ev.child, "tcp");
+      if (type === "closed") this.#kinds.delete(ev.id);
       this.#onEvent?.(ev);
     }
   }

@@ -1,6 +1,6 @@
 /**
  * Batched UDP primitive (native/src/udp.cc through src/native/io.ts) on loopback: sendmmsg/recvmmsg batches, UDP
- * GSO runs, exact delivery, peers, IPv6, argument and closed-socket errors. The exit-by-itself check and the GSO
+ * GSO runs and GRO messages, exact delivery, peers, IPv6, argument and closed-socket errors. The exit-by-itself check and the GSO
  * fallback (loopback MTU lowered) run in namespaces.
  */
 import { describe, test } from "node:test";
@@ -292,6 +292,43 @@ else {
       assert.ok(st.txGsoMessages >= 1, JSON.stringify(st));
       assert.equal(st.txPackets, views.length);
       assert.equal(st.txGsoRefused, 0);
+    });
+
+    test("UDP GRO: a GSO run arrives as one message, split back into the same datagrams; off with gro: false", async (t) => {
+      const rx = UdpSocket.bind("127.0.0.1", 0, { batch: 4 });
+      const plain = UdpSocket.bind("127.0.0.1", 0, { gro: false });
+      const tx = UdpSocket.bind("127.0.0.1", 0);
+      t.after(() => [rx, plain, tx].forEach((s) => s.close()));
+      assert.equal(rx.stats().gro, true);
+      assert.equal(plain.stats().gro, false);
+      const c = collect(rx);
+      const p = collect(plain);
+      // Three GSO runs (the last datagram of each shorter) and single datagrams between them.
+      const views = [
+        ...run(40, 1000, 300),
+        Buffer.from("apart"),
+        ...run(63, 17, 5),
+        Buffer.alloc(0),
+        ...run(10, 1400, 1400),
+      ];
+      assert.equal(tx.sendMany(views, `127.0.0.1:${rx.port}`), views.length);
+      assert.equal(tx.sendMany(views, `127.0.0.1:${plain.port}`), views.length);
+      assert.equal(await c.until(views.length), views.length);
+      assert.equal(await p.until(views.length), views.length);
+      for (const [name, got] of [
+        ["gro", c.batches.flatMap((b) => b.data)],
+        ["plain", p.batches.flatMap((b) => b.data)],
+      ] as const) {
+        assert.equal(got.length, views.length, name);
+        got.forEach((d, i) => assert.ok(d.equals(views[i]!), `${name} datagram ${i}`));
+      }
+      // More datagrams than the batch of 4 in one callback: the kernel merged them.
+      assert.ok(Math.max(...c.batches.map((b) => b.data.length)) > 4);
+      const st = rx.stats();
+      assert.ok(st.rxGroMessages >= 3, JSON.stringify(st));
+      assert.equal(st.rxPackets, views.length);
+      assert.equal(st.rxTruncated, 0);
+      assert.equal(plain.stats().rxGroMessages, 0);
     });
 
     test("a GSO run the kernel refuses (above the MTU) is sent datagram by datagram", async (t) => {
