@@ -636,14 +636,12 @@ export class Gateway {
 
   /** Deletes the conntrack entries of an address that has no tunnel any more (after its set update). */
   private cutFlows(address: string): void {
-    void this.firewall
-      .cutFlows(address)
-      .catch((e: Error) =>
-        this.log.limited("conntrack-failed", 10_000, "error", "conntrack-failed", {
-          address,
-          error: e.message,
-        }),
-      );
+    void this.firewall.cutFlows(address).catch((e: Error) =>
+      this.log.limited("conntrack-failed", 10_000, "error", "conntrack-failed", {
+        address,
+        error: e.message,
+      }),
+    );
   }
 
   // ---- counters ----
