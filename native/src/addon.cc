@@ -6,6 +6,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitUdp(env, exports);
   InitLwip(env, exports);
   InitOffload(env, exports);
+  InitMem(env, exports);
   return exports;
 }
 

@@ -266,6 +266,8 @@ struct Conn {
   bool released = false;
   // Fatal state: set once, after which OpenSSL is not called again for I/O.
   bool failed = false;
+  // trimPeerCertificate() ran: the session's copy of the peer certificate no longer matches its signature.
+  bool peerTrimmed = false;
   std::string error;
   // Membership of the per-thread list of sessions that keep their record buffers (see Rest()).
   bool hot = false;
@@ -844,6 +846,7 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
                            InstanceMethod<&SessionWrap::TimeoutMs>("timeoutMs"),
                            InstanceMethod<&SessionWrap::OnTimeout>("onTimeout"),
                            InstanceMethod<&SessionWrap::PeerCertificate>("peerCertificate"),
+                           InstanceMethod<&SessionWrap::TrimPeerCertificate>("trimPeerCertificate"),
                            InstanceMethod<&SessionWrap::ExportKeyingMaterial>("exportKeyingMaterial"),
                            InstanceMethod<&SessionWrap::Cipher>("cipher"),
                            InstanceMethod<&SessionWrap::Version>("version"),
@@ -1051,6 +1054,7 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
     Napi::Env env = info.Env();
     Conn* c = Live(env);
     if (c == nullptr) return env.Undefined();
+    if (c->peerTrimmed) return ThrowError(env, "peer certificate trimmed (trimPeerCertificate)");
     X509* x = SSL_get0_peer_certificate(c->ssl);
     if (x == nullptr) return env.Null();
     int len = i2d_X509(x, nullptr);
@@ -1062,6 +1066,31 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
     unsigned char* p = b.Data();
     i2d_X509(x, &p);
     return b;
+  }
+
+  /**
+   * Deletes the extensions of the peer certificate the session keeps until it is freed (X509_delete_ext on the
+   * object SSL_get0_peer_certificate returns). OpenSSL has no call to release the certificate itself, and an RA-TLS
+   * certificate's extensions (evidence, endorsements) are most of it: about 4 KB per session. Nothing in OpenSSL
+   * reads the certificate after the handshake here (no renegotiation, no session cache or tickets). Returns the
+   * number of extensions deleted; peerCertificate() throws from then on.
+   */
+  Napi::Value TrimPeerCertificate(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Conn* c = Live(env);
+    if (c == nullptr) return env.Undefined();
+    if (c->failed || !SSL_is_init_finished(c->ssl)) return ThrowError(env, "handshake not complete");
+    c->peerTrimmed = true;
+    X509* x = SSL_get0_peer_certificate(c->ssl);
+    uint32_t n = 0;
+    if (x != nullptr) {
+      for (int i = X509_get_ext_count(x) - 1; i >= 0; i--) {
+        X509_EXTENSION_free(X509_delete_ext(x, i));
+        n++;
+      }
+    }
+    ClearErrors();
+    return Napi::Number::New(env, n);
   }
 
   // exportKeyingMaterial(label, length, context?)

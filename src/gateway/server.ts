@@ -19,7 +19,7 @@
  *   2. group the batch per tunnel, encrypt each group in one native call, send all datagrams with one sendmmsg
  *
  * Timers (one sweep every 200 ms): handshake timeouts and DTLS retransmissions, keepalives, idle timeouts, lease
- * extension in one transaction.
+ * extension in one transaction, and after a burst of setups or closes, freed C heap returned to the kernel.
  *
  * Firewall (src/firewall/, off the packet path): a leased tunnel's address joins its app's nftables sets and leaves
  * them when the tunnel closes; the policy table is applied at start and by reload(), which also revokes tunnels
@@ -34,6 +34,7 @@ import { verifyRaTlsCert, type VerifyOptions } from "../attest/verify.js";
 import { Cert } from "../attest/x509.js";
 import { DtlsContext, DtlsListener, DtlsSession, type DtlsResult } from "../native/dtls.js";
 import { Tun, UdpSocket } from "../native/io.js";
+import { trimMemory } from "../native/mem.js";
 import { checkTunnelPacket, intToIp, ipToInt, ipv4Dst, parseCidr, type DropReason } from "../packet/ip.js";
 import { ConfigError, loadConfig, type GatewayConfig } from "../policy/config.js";
 import {
@@ -53,6 +54,15 @@ import { immutableChange, revocationReason, type ReloadResult } from "./reload.j
 
 /** Room for the DTLS record header, explicit nonce and AEAD tag around one tunnelled packet (37 bytes, rounded up). */
 export const DTLS_OVERHEAD = 64;
+
+/**
+ * After tunnels were set up or closed, the sweep hands the C heap's free pages back to the kernel (malloc_trim) once
+ * no setup or close has happened for TRIM_QUIET_MS, at most once per TRIM_INTERVAL_MS. A burst of handshakes leaves
+ * megabytes of freed transient memory (certificate parsing, verification, handshake buffers) mapped in malloc's
+ * arenas; trimming makes RSS show what is live. It takes about 2 ms at 10,000 tunnels and never runs per packet.
+ */
+const TRIM_QUIET_MS = 500;
+const TRIM_INTERVAL_MS = 5000;
 
 /** Per-tunnel and per-app traffic counters. */
 export interface Counters {
@@ -175,6 +185,9 @@ export class Gateway {
   private sweepTimer: NodeJS.Timeout | undefined;
   private lastExpiry = 0;
   private lastLeaseFlush = 0;
+  /** When a tunnel was last set up or closed, and when the C heap was last trimmed (see TRIM_QUIET_MS). */
+  private churnAt = 0;
+  private trimmedAt = 0;
   private stopping = false;
   private readonly observers: GatewayObserver[] = [];
   /** ms since the epoch when {@link start} finished. */
@@ -368,9 +381,13 @@ export class Gateway {
 
   private onEstablished(t: Tunnel): void {
     const started = t.createdAt;
+    this.churnAt = this.now();
     this.halfOpen.delete(t);
     const der = t.session.peerCertificate();
     if (!der) return this.refuse(t, "no client certificate", "", "no_certificate");
+    // The DER is all the gateway keeps (with the lease, in SQLite); OpenSSL's parsed copy loses its extensions (the
+    // evidence: ~4 KB per idle tunnel).
+    t.session.trimPeerCertificate();
     let cert: Cert;
     try {
       cert = Cert.parseOnce(der);
@@ -571,6 +588,7 @@ export class Gateway {
     }
     t.state = "closed";
     t.session.free();
+    this.churnAt = this.now();
     this.halfOpen.delete(t);
     if (this.byPeer.get(t.peer) === t) this.byPeer.delete(t.peer);
     if (wasLeased) {
@@ -631,6 +649,14 @@ export class Gateway {
     if (now - this.lastExpiry > 5000) {
       this.lastExpiry = now;
       for (const a of this.leases.expire(now)) this.cutFlows(a);
+    }
+    if (
+      this.churnAt > this.trimmedAt &&
+      now - this.churnAt >= TRIM_QUIET_MS &&
+      now - this.trimmedAt >= TRIM_INTERVAL_MS
+    ) {
+      this.trimmedAt = now;
+      trimMemory();
     }
   }
 

@@ -91,6 +91,7 @@ interface NativeSession {
   timeoutMs(): number;
   onTimeout(): NativeOut;
   peerCertificate(): Buffer | null;
+  trimPeerCertificate(): number;
   exportKeyingMaterial(label: string, length: number, context?: Buffer): Buffer;
   cipher(): string;
   version(): string;
@@ -331,9 +332,22 @@ export class DtlsSession {
     return datagrams(this.#n.onTimeout());
   }
 
-  /** The peer's leaf certificate (DER) as presented in the handshake, or null before it arrived. Not validated. */
+  /**
+   * The peer's leaf certificate (DER) as presented in the handshake, or null before it arrived. Not validated.
+   * @throws Error after {@link trimPeerCertificate}.
+   */
   peerCertificate(): Buffer | null {
     return this.#n.peerCertificate();
+  }
+
+  /**
+   * Frees most of the peer certificate OpenSSL keeps for the session's lifetime (its extensions: for RA-TLS, the
+   * evidence, about 4 KB), once the caller has taken what it needs from {@link peerCertificate}, which throws from
+   * then on. Returns the number of extensions deleted.
+   * @throws Error before the handshake completes.
+   */
+  trimPeerCertificate(): number {
+    return this.#n.trimPeerCertificate();
   }
 
   /**

@@ -275,6 +275,28 @@ for (const [ciphers, expected] of [
   });
 }
 
+test("trimPeerCertificate: the certificate's extensions go, the session keeps working, peerCertificate throws", async () => {
+  const id = await identities();
+  const padded = await identity("runtime with evidence", 3000);
+  const listener = new DtlsListener(serverCtx(id.server));
+  const fresh = DtlsSession.client(clientCtx(padded));
+  assert.throws(() => fresh.trimPeerCertificate(), /handshake not complete/);
+  fresh.free();
+  const { client, server } = connect(listener, clientCtx(padded));
+  const key = client.exportKeyingMaterial("EXPORTER-seng-binding", 32);
+  assert.ok(server.peerCertificate()!.equals(padded.der));
+  assert.equal(server.trimPeerCertificate(), 1, "the one (padding) extension");
+  assert.throws(() => server.peerCertificate(), /trimmed/);
+  assert.equal(server.trimPeerCertificate(), 0, "nothing left");
+  // The keys and the record layer do not depend on the certificate.
+  assert.ok(key.equals(server.exportKeyingMaterial("EXPORTER-seng-binding", 32)));
+  assert.deepEqual(server.receiveMany(client.send([Buffer.from("up")])).records.map(String), ["up"]);
+  assert.deepEqual(client.receiveMany(server.send([Buffer.from("down")])).records.map(String), ["down"]);
+  assert.equal(client.receiveMany(server.shutdown()).closed, true);
+  client.free();
+  server.free();
+});
+
 test("no common cipher: the handshake fails with OpenSSL's reason on both ends", async () => {
   const { listener, cctx } = await setup(
     { ciphers: "ECDHE-ECDSA-AES256-GCM-SHA384" },
