@@ -89,7 +89,7 @@ export class Firewall {
         // What the script writes; tunnels that come or go while nft runs are diffed against it afterwards.
         written = this.sets.snapshot();
         try {
-          await applyPolicy(model, members);
+          await applyPolicy(model, members, this.model);
         } catch (e) {
           written = undefined;
           for (const [addr, app] of this.live) this.sets.set(addr, this.refs(app));

@@ -47,6 +47,17 @@ export function nft(args: string[], input?: string): Promise<string> {
   });
 }
 
+/** Set names of a table (empty when it does not exist). */
+async function listSets(family: string, table: string): Promise<string[]> {
+  try {
+    const out = await nft(["-j", "list", "sets", family]);
+    const items = (JSON.parse(out) as { nftables: { set?: { name: string; table: string } }[] }).nftables;
+    return items.filter((i) => i.set && i.set.table === table).map((i) => i.set!.name);
+  } catch {
+    return [];
+  }
+}
+
 /** Chains and sets our table has now (empty when it does not exist). */
 export async function listTable(table: string): Promise<{ chains: string[]; sets: string[] }> {
   let out: string;
@@ -124,6 +135,12 @@ export interface RenderOptions {
    * same transaction. Without it (`seng policy apply` from the shell), existing members are kept.
    */
   members?: ReadonlyMap<string, readonly string[]>;
+  /**
+   * App and category sets of ours found in exported tables (`"ip filter"` → set names), including tables no longer
+   * exported: those not wanted any more are flushed (not deleted: the admin's rules may still name them), so an
+   * address of a removed app or category, later given to someone else, matches nothing there.
+   */
+  exported?: ReadonlyMap<string, readonly string[]>;
 }
 
 /** The whole policy as one nft script (one transaction). */
@@ -150,6 +167,17 @@ export function renderScript(model: PolicyModel, opts: RenderOptions = {}): stri
         if (m?.length) L.push(`add element ${ref} { ${m.join(", ")} }`);
       }
     }
+  }
+  for (const [table, sets] of opts.exported ?? []) {
+    const t = model.exportTables.find((x) => `${x.family} ${x.name}` === table);
+    const wanted = new Set(
+      t
+        ? memberSets(model)
+            .filter((s) => !((t.family === "ip" && s.v6) || (t.family === "ip6" && !s.v6)))
+            .map((s) => s.name)
+        : [],
+    );
+    for (const set of sets) if (!wanted.has(set)) L.push(`flush set ${table} ${set}`);
   }
   for (const [n, s] of Object.entries(model.sets)) {
     for (const [name, list, type] of [
@@ -213,8 +241,19 @@ export function renderScript(model: PolicyModel, opts: RenderOptions = {}): stri
 export async function applyPolicy(
   model: PolicyModel,
   members?: ReadonlyMap<string, readonly string[]>,
+  previous?: PolicyModel,
 ): Promise<string> {
-  const script = renderScript(model, { existing: await listTable(model.table), members });
+  const exported = new Map<string, string[]>();
+  for (const t of [...model.exportTables, ...(previous?.exportTables ?? [])]) {
+    const key = `${t.family} ${t.name}`;
+    if (exported.has(key)) continue;
+    const sets = await listSets(t.family, t.name);
+    exported.set(
+      key,
+      sets.filter((n) => /^seng_(app|cat)6?_/.test(n)),
+    );
+  }
+  const script = renderScript(model, { existing: await listTable(model.table), members, exported });
   await nft(["-f", "-"], script);
   return script;
 }

@@ -255,3 +255,22 @@ test("leases: an app re-added with another subnet leases from the new one; live 
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("exported sets of removed apps and categories, or of tables no longer exported, are flushed (not deleted)", () => {
+  const c = cfg(`pool: 100.64.128.0/24
+firewall: { exportSets: ["ip filter"] }
+`);
+  const script = renderScript(c.model, {
+    exported: new Map([
+      ["ip filter", ["seng_app_browser", "seng_app_gone", "seng_cat_old"]],
+      ["inet other", ["seng_app_browser"]],
+    ]),
+  });
+  const flushes = script.split("\n").filter((l) => /^flush set (ip filter|inet other) /.test(l));
+  assert.deepEqual(flushes.sort(), [
+    "flush set inet other seng_app_browser",
+    "flush set ip filter seng_app_gone",
+    "flush set ip filter seng_cat_old",
+  ]);
+  assert.doesNotMatch(script, /delete set ip filter|delete set inet other/);
+});
