@@ -20,13 +20,14 @@ import {
   webcrypto,
   type KeyObject,
 } from "node:crypto";
-import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { SnpProduct } from "./claims.js";
 import { derInt, derParse } from "./der.js";
 import { SNP_REPORT_LEN, SNP_SIGNED_LEN } from "./amd/report.js";
 import { buildCertTable, CERT_TABLE_GUID } from "./amd/certtable.js";
 import { Cert } from "./x509.js";
+import { writeSimFiles } from "./sim.js";
 
 type CryptoKeyPair = webcrypto.CryptoKeyPair;
 
@@ -303,19 +304,11 @@ const KEY_FILES: Record<keyof SimSnpKeys, string> = {
  * PKCS#8 PEM (*-key.pem, mode 0600). Refuses to replace an existing sim unless `overwrite` is set.
  */
 export function saveSimSnp(sim: SimSnp, dir: string, opts: { overwrite?: boolean } = {}): void {
-  if (!opts.overwrite) {
-    for (const f of [...Object.values(FILES), ...Object.values(KEY_FILES)]) {
-      if (existsSync(join(dir, f)))
-        throw new Error(`${join(dir, f)} exists: a simulated SEV-SNP platform is already there`);
-    }
-  }
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
-  for (const [k, file] of Object.entries(KEY_FILES) as [keyof SimSnpKeys, string][]) {
-    const path = join(dir, file);
-    writeFileSync(path, sim.keys[k].export({ type: "pkcs8", format: "pem" }), { mode: 0o600 });
-    chmodSync(path, 0o600);
-  }
-  for (const k of ["ark", "ask", "vcek"] as const) writeFileSync(join(dir, FILES[k]), sim[k].toPem());
+  writeSimFiles(dir, "a simulated SEV-SNP platform", sim.keys, KEY_FILES, opts.overwrite, {
+    [FILES.ark]: sim.ark.toPem(),
+    [FILES.ask]: sim.ask.toPem(),
+    [FILES.vcek]: sim.vcek.toPem(),
+  });
 }
 
 /** Whether `dir` holds a simulated SEV-SNP platform (as opposed to a simulated SGX one). */

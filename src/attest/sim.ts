@@ -629,21 +629,37 @@ const KEY_FILES: Record<keyof SimKeys, string> = {
  * an existing sim unless `overwrite` is set.
  */
 export function saveSimTee(sim: SimTee, dir: string, opts: { overwrite?: boolean } = {}): void {
-  if (!opts.overwrite) {
-    for (const f of [...Object.values(FILES), ...Object.values(KEY_FILES)]) {
-      if (existsSync(join(dir, f)))
-        throw new Error(`${join(dir, f)} exists: a simulated TEE is already there`);
+  writeSimFiles(dir, "a simulated TEE", sim.keys, KEY_FILES, opts.overwrite, {
+    [FILES.root]: sim.root.toPem(),
+    [FILES.chain]: sim.pckChainPem,
+    [FILES.collateral]: JSON.stringify(sim.collateral, null, 2) + "\n",
+  });
+}
+
+/**
+ * Writes a simulated platform's files into `dir` (made 0700): its private keys as PKCS#8 PEM with mode 0600, then the
+ * public files. Refuses, naming the file and `what`, to replace an existing one unless `overwrite` is set.
+ */
+export function writeSimFiles<K extends string>(
+  dir: string,
+  what: string,
+  keys: Record<K, KeyObject>,
+  keyFiles: Record<K, string>,
+  overwrite: boolean | undefined,
+  files: Record<string, string>,
+): void {
+  if (!overwrite) {
+    for (const f of [...Object.keys(files), ...Object.values<string>(keyFiles)]) {
+      if (existsSync(join(dir, f))) throw new Error(`${join(dir, f)} exists: ${what} is already there`);
     }
   }
   mkdirSync(dir, { recursive: true, mode: 0o700 });
-  for (const [name, file] of Object.entries(KEY_FILES) as [keyof SimKeys, string][]) {
+  for (const [name, file] of Object.entries(keyFiles) as [K, string][]) {
     const path = join(dir, file);
-    writeFileSync(path, sim.keys[name].export({ type: "pkcs8", format: "pem" }), { mode: 0o600 });
+    writeFileSync(path, keys[name].export({ type: "pkcs8", format: "pem" }), { mode: 0o600 });
     chmodSync(path, 0o600); // the mode option only applies to new files
   }
-  writeFileSync(join(dir, FILES.root), sim.root.toPem());
-  writeFileSync(join(dir, FILES.chain), sim.pckChainPem);
-  writeFileSync(join(dir, FILES.collateral), JSON.stringify(sim.collateral, null, 2) + "\n");
+  for (const [f, text] of Object.entries(files)) writeFileSync(join(dir, f), text);
 }
 
 /** Reads a sim written by {@link saveSimTee}, checking that every key belongs to its certificate. */
