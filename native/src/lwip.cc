@@ -493,16 +493,17 @@ void OnUdpRecv(void* arg, udp_pcb* pcb, pbuf* p, const ip_addr_t* addr, u16_t po
     ev.type = EV_MESSAGE;
     ev.remote = AddrText(addr, port);
     ev.hasData = true;
-    {
-      std::lock_guard<std::mutex> g(g_q->mu);
-      uint8_t* at = g_q->open ? g_q->evData.Grow(p->tot_len) : nullptr;
-      if (at) {
-        ev.dataOff = static_cast<uint32_t>(at - g_q->evData.p);
-        ev.dataLen = p->tot_len;
-        pbuf_copy_partial(p, at, p->tot_len, 0);
-      }
+    // Payload and event in one critical section: JavaScript takes payloads in event order, and this can run on
+    // lwIP's own thread (loopback) while the JS thread swaps the queue out.
+    std::lock_guard<std::mutex> g(g_q->mu);
+    uint8_t* at = g_q->open ? g_q->evData.Grow(p->tot_len) : nullptr;
+    if (at || (g_q->open && p->tot_len == 0)) {
+      ev.dataOff = at ? static_cast<uint32_t>(at - g_q->evData.p) : 0;
+      ev.dataLen = p->tot_len;
+      if (p->tot_len) pbuf_copy_partial(p, at, p->tot_len, 0);
+      g_q->events.push_back(std::move(ev));
+      NotifyLocked();
     }
-    if (ev.dataLen == p->tot_len) Push(std::move(ev));
   }
   if (p) pbuf_free(p);
 }
@@ -1327,16 +1328,28 @@ class LwipHandle : public Napi::ObjectWrap<LwipHandle> {
 
   // Raw N-API with every status checked: the async handle can fire while Node tears the environment down (at exit,
   // before cleanup hooks run), when JS can no longer be called; then nothing is delivered and nothing throws.
+  // Not re-entrant: a JS callback (or the microtasks Node runs when the outermost callback returns) may call flush();
+  // that inner call only asks the running Drain to go round once more, so the spare areas are never overwritten.
   void Drain() {
-    napi_env env = env_;
-    napi_handle_scope scope;
-    if (napi_open_handle_scope(env, &scope) != napi_ok) return;
-    napi_value self;
-    if (napi_get_reference_value(env, SelfRef(), &self) == napi_ok && self) {
-      if (DeliverOutput(env) && open_) DeliverEvents(env);
+    if (draining_) {
+      drainAgain_ = true;
+      return;
     }
-    napi_close_handle_scope(env, scope);
+    draining_ = true;
+    napi_env env = env_;
+    do {
+      drainAgain_ = false;
+      napi_handle_scope scope;
+      if (napi_open_handle_scope(env, &scope) != napi_ok) break;
+      napi_value self;
+      if (napi_get_reference_value(env, SelfRef(), &self) == napi_ok && self) {
+        if (DeliverOutput(env) && open_) DeliverEvents(env);
+      }
+      napi_close_handle_scope(env, scope);
+    } while (drainAgain_ && open_);
+    draining_ = false;
   }
+  bool draining_ = false, drainAgain_ = false;
 
   napi_ref SelfRef() { return static_cast<napi_ref>(static_cast<Napi::Reference<Napi::Object>&>(*this)); }
 

@@ -350,13 +350,16 @@ class TunHandle : public Napi::ObjectWrap<TunHandle> {
 
   // Offload: each read is a virtio_net_hdr and a packet, maybe a super-packet; its segments go to the scratch area,
   // which is handed to JavaScript whenever it is full (so one read may span two callbacks).
+  // At most `batch_` reads per wakeup: the sink hands full scratch areas to JavaScript mid-round (which resets n_),
+  // so n_ alone would not bound the round, and a busy device would starve the event loop.
   int ReadSplit() {
-    while (n_ < batch_ && fd_ >= 0 && !paused_) {
+    for (uint32_t reads = 0; reads < batch_ && n_ < batch_ && fd_ >= 0 && !paused_;) {
       ssize_t r = ::read(fd_, rbuf_.data(), rbuf_.size());
       if (r < 0) {
         if (errno == EINTR) continue;
         return errno != EAGAIN && errno != EWOULDBLOCK ? errno : 0;
       }
+      reads++;
       rxReads_++;
       seng_offload::SplitError e = seng_offload::Split(rbuf_.data(), static_cast<size_t>(r), sink_);
       if (e != seng_offload::SplitError::kNone) {

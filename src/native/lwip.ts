@@ -35,6 +35,8 @@
  */
 import { native } from "./load.js";
 
+const EMPTY = Buffer.alloc(0);
+
 /** The interface's configuration (a DHCP-like lease). */
 export interface StackConfig {
   /** lwIP's own IPv4 address. */
@@ -389,7 +391,8 @@ export class LwipStack {
       };
       if ((t & HAS_DATA) !== 0) {
         const end = off + meta[i + 3]!;
-        ev.data = data!.subarray(off, end);
+        // An empty UDP datagram has data of length 0, possibly in a batch with no payload bytes at all.
+        ev.data = data ? data.subarray(off, end) : EMPTY;
         off = end;
       }
       if (type === "accept") ev.child = meta[i + 2]!;

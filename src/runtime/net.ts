@@ -585,7 +585,10 @@ function onEvent(s: net.Socket, ev: StackEvent): void {
       si._unrefTimer();
       st.unacked += d.length;
       if (s.destroyed || s.readableEnded) return ackReceived(s);
-      if (s.push(d)) ackReceived(s);
+      // `d` is a view into the whole batch's buffer: a small piece that may wait unread (a slow reader) is copied,
+      // so that it does not keep every other connection's bytes of the batch alive.
+      const own = d.length * 4 < d.buffer.byteLength ? Buffer.from(d) : d;
+      if (s.push(own)) ackReceived(s);
       return;
     }
     case "sent":

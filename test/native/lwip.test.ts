@@ -793,6 +793,53 @@ else {
       }
     });
 
+    test("an empty UDP datagram is a message of 0 bytes, not a crash", async () => {
+      const st = LwipStack.create({ address: "100.64.9.2", prefix: 24, gateway: "100.64.9.1", mtu: 1400 });
+      try {
+        const got: { type: string; data?: Buffer }[] = [];
+        st.onEvent((ev) => got.push({ type: ev.type, data: ev.data }));
+        st.onOutput(() => {});
+        st.udpBind("100.64.9.2", 53);
+        // 100.64.9.1:1234 → 100.64.9.2:53, UDP with no payload (checksum 0: none)
+        const p = Buffer.alloc(28);
+        p[0] = 0x45;
+        p.writeUInt16BE(28, 2);
+        p[8] = 64;
+        p[9] = 17;
+        Buffer.from([100, 64, 9, 1, 100, 64, 9, 2]).copy(p, 12);
+        p.writeUInt16BE(~csum(p, 0, 20) & 0xffff, 10);
+        p.writeUInt16BE(1234, 20);
+        p.writeUInt16BE(53, 22);
+        p.writeUInt16BE(8, 24);
+        assert.equal(st.input([p]), 1);
+        for (let i = 0; i < 50 && !got.some((e) => e.type === "message"); i++)
+          await new Promise((r) => setTimeout(r, 10));
+        const m = got.find((e) => e.type === "message");
+        assert.ok(m, JSON.stringify(got));
+        assert.equal(m.data?.length, 0);
+      } finally {
+        st.close();
+      }
+    });
+
+    test("output handlers that call back into the stack (flush inside a delivery) lose nothing", async () => {
+      const st = LwipStack.create({ address: "100.64.9.2", prefix: 24, gateway: "100.64.9.1", mtu: 1400 });
+      try {
+        let syns = 0;
+        st.onEvent(() => {});
+        st.onOutput((packets) => {
+          syns += packets.length;
+          // Re-entrant: a new connection from inside the output callback, whose SYN must still come out.
+          if (syns < 20) st.tcpConnect("100.64.9.1", 1000 + syns);
+        });
+        st.tcpConnect("100.64.9.1", 999);
+        for (let i = 0; i < 100 && syns < 20; i++) await new Promise((r) => setTimeout(r, 10));
+        assert.ok(syns >= 20, `${syns} SYNs came out`);
+      } finally {
+        st.close();
+      }
+    });
+
     test("a call's output is delivered at the end of its job, not from inside it; the send buffer exceeds 64 KiB", async () => {
       const st = LwipStack.create({ address: "100.64.9.2", prefix: 24, gateway: "100.64.9.1", mtu: 1400 });
       try {
