@@ -44,11 +44,21 @@ function gatewayRun(): Command {
         const metrics = new GatewayMetrics(gw);
         gw.observe(metrics);
         gw.onSetUpdate((seconds) => metrics.observeSetUpdate("add", seconds));
-        const admin = new AdminServer({
-          config: config.admin,
-          configFile: config.file,
-          backend: gatewayBackend(gw, metrics, recent),
-        });
+        const backend = gatewayBackend(gw, metrics, recent);
+        const admin = new AdminServer({ config: config.admin, configFile: config.file, backend });
+        // A reload through the API re-reads the token file too, as SIGHUP does (a rotated token takes effect).
+        const reload = backend.reload.bind(backend);
+        backend.reload = () => {
+          rotateToken();
+          return reload();
+        };
+        const rotateToken = () => {
+          try {
+            if (admin.reloadToken()) logger.log("info", "admin-token-rotated", {});
+          } catch (e) {
+            logger.log("error", "admin-token-reload-failed", { error: (e as Error).message });
+          }
+        };
         const scrape = config.metrics && new MetricsServer(metrics, config.metrics.listen);
         await gw.start();
         try {
@@ -79,11 +89,7 @@ function gatewayRun(): Command {
             );
         });
         process.on("SIGHUP", () => {
-          try {
-            if (admin.reloadToken()) logger.log("info", "admin-token-rotated", {});
-          } catch (e) {
-            logger.log("error", "admin-token-reload-failed", { error: (e as Error).message });
-          }
+          rotateToken();
           void gw.reload(f.config).then((r) => {
             try {
               writeFileSync(

@@ -5,7 +5,8 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseConfig } from "../../src/policy/config.js";
-import { readTokenFile, tokenEquals } from "../../src/admin/server.js";
+import { AdminServer, readTokenFile, tokenEquals } from "../../src/admin/server.js";
+import type { AdminBackend } from "../../src/admin/backend.js";
 import { RecentEvents } from "../../src/admin/recent.js";
 import { jsonLogger } from "../../src/gateway/log.js";
 import { renderStatus, table } from "../../src/cli/status.js";
@@ -202,4 +203,27 @@ test("status table: aligned columns, client-supplied text cannot reach the termi
   assert.match(out, /DROPS\s+spoofed-source 2$/m);
   assert.ok(!out.includes("\u001b"));
   assert.match(out, /bad\?\[2Jthing/);
+});
+
+test("admin token rotation: a reload re-reads the token file; a broken file keeps the old token", () => {
+  const dir = mkdtempSync(join(tmpdir(), "seng-rotate-"));
+  try {
+    const file = join(dir, "admin.token");
+    writeFileSync(file, "ab".repeat(32) + "\n", { mode: 0o600 });
+    const admin = new AdminServer({
+      config: { socket: join(dir, "admin.sock"), tcp: "198.18.2.1:9443", tokenFile: file },
+      configFile: "g.yaml",
+      backend: {} as AdminBackend,
+    });
+    assert.equal(admin.reloadToken(), true, "first read");
+    assert.equal(admin.reloadToken(), false, "unchanged");
+    writeFileSync(file, "cd".repeat(32) + "\n", { mode: 0o600 });
+    assert.equal(admin.reloadToken(), true, "rotated");
+    writeFileSync(file, "short\n", { mode: 0o600 });
+    assert.throws(() => admin.reloadToken(), /at least 32 characters/);
+    writeFileSync(file, "cd".repeat(32) + "\n", { mode: 0o600 });
+    assert.equal(admin.reloadToken(), false, "the old token stayed in force");
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
