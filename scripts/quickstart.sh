@@ -36,9 +36,21 @@ if [ "$node_major" -lt 20 ]; then
   exit 2
 fi
 
-# Native addons (ours, better-sqlite3) build against the headers that come with Node, never downloaded ones.
-if [ -z "$(npm config get nodedir 2>/dev/null | grep -v '^undefined$')" ] && [ -f /usr/include/node/node.h ]; then
-  export npm_config_nodedir=/usr
+# Native addons (ours, better-sqlite3) build against the headers that come with Node, never downloaded ones (the
+# network may reach only the npm registry and Debian). Node installs them under its own prefix: /usr for Debian's
+# and NodeSource's packages, /usr/local or the tarball's folder for the official builds.
+if [ -z "$(npm config get nodedir 2>/dev/null | grep -v '^undefined$')" ]; then
+  node_prefix=$(node -p 'require("node:path").resolve(process.execPath, "../..")')
+  for prefix in "$node_prefix" /usr; do
+    if [ -f "$prefix/include/node/node.h" ]; then
+      export npm_config_nodedir="$prefix"
+      break
+    fi
+  done
+  if [ -z "${npm_config_nodedir:-}" ]; then
+    echo "quickstart: Node's C headers (include/node/node.h) were not found next to $(command -v node);" >&2
+    echo "quickstart: node-gyp will try to download them (needs access to nodejs.org)" >&2
+  fi
 fi
 
 # npm packages and the build (npm ci runs `install`, the native build, and `prepare`, which compiles TypeScript).
