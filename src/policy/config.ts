@@ -246,25 +246,40 @@ function keyPath(path: readonly PropertyKey[]): string {
   );
 }
 
-/** Parses and validates configuration text. */
-export function parseConfig(text: string, file: string): GatewayConfig {
+/**
+ * Parses YAML `text` and validates it with `schema`; every error is one line naming the file, the key path and what
+ * was expected, thrown as `fail(message)`. `empty` stands for an empty document. Shared by the gateway's and the
+ * runtime's configuration files.
+ */
+export function validateYaml<S extends z.ZodType>(
+  schema: S,
+  text: string,
+  file: string,
+  fail: (message: string) => Error,
+  empty: unknown = null,
+): z.infer<S> {
   const doc = parseDocument(text);
   if (doc.errors.length) {
     const e = doc.errors[0]!;
     const line = e.linePos?.[0];
-    throw new ConfigError(
+    throw fail(
       `${file}${line ? `:${line.line}:${line.col}` : ""}: not valid YAML: ${e.message.split("\n")[0]!.replace(/ at line \d+, column \d+:?$/, "")}`,
     );
   }
-  const r = schema.safeParse(doc.toJS());
+  const r = schema.safeParse(doc.toJS() ?? empty);
   if (!r.success) {
     const issue = r.error.issues[0]!;
     let msg = issue.message;
     if (issue.code === "unrecognized_keys") msg = `unknown key(s) ${issue.keys.join(", ")}`;
     else if (issue.code === "invalid_type") msg = `expected ${issue.expected}`;
-    throw new ConfigError(`${file}: ${keyPath(issue.path)}: ${msg}`);
+    throw fail(`${file}: ${keyPath(issue.path)}: ${msg}`);
   }
-  const c = r.data;
+  return r.data;
+}
+
+/** Parses and validates configuration text. */
+export function parseConfig(text: string, file: string): GatewayConfig {
+  const c = validateYaml(schema, text, file, (m) => new ConfigError(m));
   const base = dirname(resolve(file));
   // The admin API can close tunnels and change policy: never reachable over TCP without a token.
   if (c.admin.tcp && !c.admin.tokenFile)

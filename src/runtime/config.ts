@@ -19,9 +19,9 @@
  */
 import { readFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
-import { parseDocument } from "yaml";
 import { z } from "zod";
 import { Cert } from "../attest/x509.js";
+import { validateYaml } from "../policy/config.js";
 import type { AttesterKind } from "./attesters.js";
 import { isSimSnpDir } from "../attest/sim-snp.js";
 
@@ -102,10 +102,6 @@ const fileSchema = z
 
 type FileSettings = z.infer<typeof fileSchema>;
 
-function keyPath(path: readonly PropertyKey[]): string {
-  return path.map((k) => (typeof k === "number" ? `[${k}]` : String(k))).join(".") || "(top level)";
-}
-
 /** Reads and validates a runtime config file; relative paths are resolved against its folder. */
 export function loadRuntimeConfigFile(file: string): FileSettings {
   let text: string;
@@ -115,23 +111,7 @@ export function loadRuntimeConfigFile(file: string): FileSettings {
     const code = (e as NodeJS.ErrnoException).code;
     throw new RuntimeConfigError(`${file}: cannot read: ${code === "ENOENT" ? "no such file" : code}`);
   }
-  const doc = parseDocument(text);
-  if (doc.errors.length) {
-    const e = doc.errors[0]!;
-    const at = e.linePos?.[0];
-    throw new RuntimeConfigError(
-      `${file}${at ? `:${at.line}:${at.col}` : ""}: not valid YAML: ${e.message.split("\n")[0]!}`,
-    );
-  }
-  const r = fileSchema.safeParse(doc.toJS() ?? {});
-  if (!r.success) {
-    const issue = r.error.issues[0]!;
-    let msg = issue.message;
-    if (issue.code === "unrecognized_keys") msg = `unknown key(s) ${issue.keys.join(", ")}`;
-    else if (issue.code === "invalid_type") msg = `expected ${issue.expected}`;
-    throw new RuntimeConfigError(`${file}: ${keyPath(issue.path)}: ${msg}`);
-  }
-  const s = r.data;
+  const s = validateYaml(fileSchema, text, file, (m) => new RuntimeConfigError(m), {});
   const base = dirname(resolve(file));
   if (s.pin && !HEX32.test(s.pin)) s.pin = resolve(base, s.pin);
   if (s.sim) s.sim.dir = resolve(base, s.sim.dir);
