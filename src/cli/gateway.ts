@@ -149,7 +149,12 @@ function reload(): Command {
         try {
           process.kill(pid, "SIGHUP");
         } catch (e) {
-          throw new UsageError(`cannot signal gateway pid ${pid}: ${(e as NodeJS.ErrnoException).code}`);
+          const code = (e as NodeJS.ErrnoException).code;
+          throw new UsageError(
+            code === "ESRCH"
+              ? `${pidFile}: the gateway with pid ${pid} is not running (a stale pid file: start the gateway)`
+              : `cannot signal gateway pid ${pid}: ${code}`,
+          );
         }
         const end = Date.now() + Number(f.timeout) * 1000;
         while (mtime() === before) {
