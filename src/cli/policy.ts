@@ -3,6 +3,7 @@
  * <proto/port>`: the firewall policy of a gateway configuration (docs/POLICY.md).
  */
 import { existsSync } from "node:fs";
+import { networkInterfaces } from "node:os";
 import Database from "better-sqlite3";
 import { Command } from "commander";
 import { explain, parseService, type Resolver } from "../firewall/explain.js";
@@ -41,6 +42,18 @@ export function configResolver(config: GatewayConfig, dbPath = config.database):
   }
   return (address) =>
     live?.get(address) ?? config.apps.find((a) => !a.shared && inNets(address, [a.subnet]))?.name;
+}
+
+/**
+ * The addresses of the host explain runs on: like the lease database, explain assumes it runs on the gateway, where
+ * a packet to one of these goes up the input path (rules with `to: gateway`).
+ */
+export function hostAddresses(): Set<string> {
+  return new Set(
+    Object.values(networkInterfaces())
+      .flat()
+      .flatMap((i) => (i ? [i.address] : [])),
+  );
 }
 
 export function policyCommand(): Command {
@@ -97,7 +110,7 @@ export function policyCommand(): Command {
       .option("--in <interface>", "interface a non-tunnel source comes in on (for firewall.unshielded)")
       .option("--json", "print the explanation as JSON")
       .argument("<source>", "an app name or an address")
-      .argument("<destination>", "an address, or an app name")
+      .argument("<destination>", "an address, an app name, or gateway (the gateway host itself)")
       .argument("<service>", "tcp/<port>, udp/<port>, icmp or any")
       .action(
         action(
@@ -114,12 +127,14 @@ export function policyCommand(): Command {
             } catch (e) {
               throw new UsageError(`<service>: ${(e as Error).message}`);
             }
+            const local = hostAddresses();
             let r;
             try {
               r = explain(
                 c.model,
                 { from: source, to: destination, ...svc, inInterface: f.in },
                 configResolver(c, f.db),
+                (a) => local.has(a),
               );
             } catch (e) {
               throw new UsageError((e as Error).message);

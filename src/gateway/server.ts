@@ -219,7 +219,8 @@ export class Gateway {
       });
     }
     this.leases = new LeaseStore(c.database, c.apps, [this.gatewayAddress]);
-    for (const f of this.leases.fixedModes) this.log.log("warn", "state-file-mode-fixed", { ...f, now: "600" });
+    for (const f of this.leases.fixedModes)
+      this.log.log("warn", "state-file-mode-fixed", { ...f, now: "600" });
     this.leases.expire(this.now());
     this.ctx = new DtlsContext({
       role: "server",

@@ -333,6 +333,7 @@ export function parseConfig(text: string, file: string): GatewayConfig {
     model = compilePolicy({
       apps: resolved,
       tun: c.tun.name,
+      gateway: { address: c.tun.address.split("/")[0]!, dns: c.dns },
       firewall: c.firewall,
       policy: c.policy,
     });
