@@ -353,6 +353,9 @@ export class AdminServer {
     const token = new URLSearchParams(body).get("token") ?? "";
     if (!this.token || !tokenEquals(token.trim(), this.token))
       return this.html(res, 401, loginPage("That is not the gateway's admin token."));
+    // A new session id at every login; the one the browser brought (if any) ends, so a planted id is worth nothing.
+    const previous = cookie(req, SESSION_COOKIE);
+    if (previous) this.sessions.delete(previous);
     const sid = randomBytes(32).toString("base64url");
     if (this.sessions.size >= MAX_SESSIONS) this.sessions.delete(this.sessions.keys().next().value!);
     this.sessions.set(sid, Date.now() + SESSION_MS);
