@@ -14,20 +14,22 @@ import { join } from "node:path";
 import { AdminServer } from "../../src/admin/server.js";
 import { ADMIN_LIMITS } from "../../src/admin/guard.js";
 import type { AdminBackend } from "../../src/admin/backend.js";
+import { MetricsServer } from "../../src/metrics/server.js";
+import type { GatewayMetrics } from "../../src/metrics/metrics.js";
 
 const TOKEN = "5a".repeat(32);
 const ATTACKER = "127.0.0.2";
 const LEGIT = "127.0.0.1";
 
-/** One GET /v1/status with the token from `localAddress`; the status, or an error after `ms`. */
-function status(port: number, localAddress: string, ms = 8000): Promise<number> {
+/** One GET of `path` with the token from `localAddress`; the status, or an error after `ms`. */
+function status(port: number, localAddress: string, ms = 8000, path = "/v1/status"): Promise<number> {
   return new Promise((resolve, reject) => {
     const req = request(
       {
         host: "127.0.0.1",
         port,
         localAddress,
-        path: "/v1/status",
+        path,
         headers: { authorization: `Bearer ${TOKEN}` },
         agent: false,
       },
@@ -135,6 +137,26 @@ describe("admin API under a slow-header attack", { concurrency: false }, () => {
     } finally {
       clearInterval(sampler);
       attack.stop();
+    }
+  });
+
+  test("the metrics listener holds out the same way", async () => {
+    const render = () => Promise.resolve({ contentType: "text/plain", body: "seng_up 1\n" });
+    const metrics = new MetricsServer({ render } as unknown as GatewayMetrics, "127.0.0.1:0");
+    await metrics.start();
+    const attack = slowloris(metrics.port, 70, 300);
+    try {
+      await new Promise((r) => setTimeout(r, 1500));
+      const answers: number[] = [];
+      for (let i = 0; i < 8; i++) {
+        answers.push(await status(metrics.port, i % 2 ? ATTACKER : LEGIT, 8000, "/metrics"));
+        await new Promise((r) => setTimeout(r, 250));
+      }
+      assert.deepEqual(answers, new Array(8).fill(200));
+      assert.ok(attack.opened() > 70, "the server closed attack connections (they were reopened)");
+    } finally {
+      attack.stop();
+      await metrics.stop();
     }
   });
 });
