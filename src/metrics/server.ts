@@ -3,11 +3,12 @@
  * management address; the same figures are also on the admin API's authenticated `/metrics`.
  */
 import { createServer, type Server } from "node:http";
-import { ConnectionGuard } from "../admin/guard.js";
+import { ConnectionGuard, type GuardStats } from "../admin/guard.js";
 import type { GatewayMetrics } from "./metrics.js";
 
 export class MetricsServer {
   private server: Server | undefined;
+  private readonly guard = new ConnectionGuard({ perSource: 8, total: 32 });
   port = 0;
 
   constructor(
@@ -34,7 +35,7 @@ export class MetricsServer {
         );
       },
     );
-    new ConnectionGuard({ perSource: 8, total: 32 }).attach(srv);
+    this.guard.attach(srv);
     const i = this.listen.lastIndexOf(":");
     const host = this.listen.slice(0, i).replace(/^\[|\]$/g, "");
     await new Promise<void>((resolve, reject) => {
@@ -50,6 +51,11 @@ export class MetricsServer {
     const a = srv.address();
     this.port = typeof a === "object" && a ? a.port : 0;
     this.server = srv;
+  }
+
+  /** Connections open now, evicted while waiting for headers, refused. */
+  connectionStats(): GuardStats {
+    return this.guard.stats();
   }
 
   async stop(): Promise<void> {

@@ -15,7 +15,8 @@ import { AdminServer } from "../../src/admin/server.js";
 import { ADMIN_LIMITS } from "../../src/admin/guard.js";
 import type { AdminBackend } from "../../src/admin/backend.js";
 import { MetricsServer } from "../../src/metrics/server.js";
-import type { GatewayMetrics } from "../../src/metrics/metrics.js";
+import { GatewayMetrics } from "../../src/metrics/metrics.js";
+import type { GatewayStats } from "../../src/gateway/server.js";
 
 const TOKEN = "5a".repeat(32);
 const ATTACKER = "127.0.0.2";
@@ -134,6 +135,20 @@ describe("admin API under a slow-header attack", { concurrency: false }, () => {
       assert.ok(st.evicted > 0, `slow connections were evicted: ${JSON.stringify(st)}`);
       // The attacker holds at most its share; the legitimate client's connection comes on top.
       assert.ok(maxOpen <= ADMIN_LIMITS.perSource + 2, `at most ${maxOpen} connections were open at once`);
+      // The evictions are counted in the metrics.
+      const stats = {
+        drops: {},
+        apps: {},
+        handshakes: {},
+        tunnels: 0,
+        halfOpen: 0,
+      } as unknown as GatewayStats;
+      const m = new GatewayMetrics({ stats: () => stats }, { processMetrics: false });
+      m.addConnectionGuard("admin", () => admin.connectionStats());
+      const line = /^seng_http_connections_closed_total\{server="admin",reason="evicted"\} (\d+)$/m.exec(
+        (await m.render()).body,
+      );
+      assert.ok(line && Number(line[1]) > 0, `evictions in the metrics: ${line?.[0]}`);
     } finally {
       clearInterval(sampler);
       attack.stop();
