@@ -54,7 +54,11 @@ export function secureStateFiles(path: string): { file: string; mode: string }[]
   try {
     closeSync(openSync(path, "wx", 0o600)); // an empty file is an empty SQLite database
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== "EEXIST")
+      throw new Error(`database: ${path}: cannot create it (${code ?? (e as Error).message})`, {
+        cause: e,
+      });
   }
   const fixed: { file: string; mode: string }[] = [];
   for (const suffix of STATE_SUFFIXES) {
@@ -66,7 +70,15 @@ export function secureStateFiles(path: string): { file: string; mode: string }[]
       continue; // not there
     }
     if (mode & 0o077) {
-      chmodSync(file, 0o600);
+      try {
+        chmodSync(file, 0o600);
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code ?? (e as Error).message;
+        throw new Error(
+          `database: ${file}: open to group or others (mode ${mode.toString(8)}) and cannot be made 600 (${code})`,
+          { cause: e },
+        );
+      }
       fixed.push({ file, mode: mode.toString(8) });
     }
   }

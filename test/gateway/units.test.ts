@@ -191,6 +191,10 @@ test("state files: seng.db, -wal and -shm are created 0600 whatever the umask; t
     for (const f of [db, `${db}-wal`, `${db}-shm`]) assert.equal(mode(f), "600", f);
     assert.equal(s.acquire("a", "key1", "m", "p", 2000, 6000)!.resumed, true, "the leases are still there");
     s.close();
+    assert.throws(
+      () => new LeaseStore(join(dir, "missing", "seng.db"), apps),
+      /^Error: database: .*missing\/seng\.db: cannot create it \(ENOENT\)$/,
+    );
   } finally {
     process.umask(old);
     rmSync(dir, { recursive: true, force: true });
