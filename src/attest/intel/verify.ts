@@ -15,6 +15,7 @@
 import { createHash, createPublicKey, type KeyObject } from "node:crypto";
 import type { Claims, TcbStatus } from "../claims.js";
 import { AttestError } from "../errors.js";
+import { isZeroTail } from "../input.js";
 import { Cert, check, isSignedBy, verifyChain, verifySignature, type Crl } from "../x509.js";
 import { signedJsonOk, type Collateral, type SignedJson } from "./collateral.js";
 import { pckExtensions } from "./pck.js";
@@ -229,6 +230,11 @@ export function verifyQuote(q: Quote, claims: Claims, opts: IntelVerifyOptions):
     );
   }
   if (crls.length === 0) warnings.push("no CRLs given: PCK certificate revocation not checked");
+  if (!isZeroTail(q.extraBytes, 0)) {
+    warnings.push(
+      `${q.extraBytes.length} bytes after the quote's end were ignored (not covered by its signature)`,
+    );
+  }
 
   // 2-4. QE report, its binding of the attestation key, the quote signature.
   check(
