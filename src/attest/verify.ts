@@ -30,7 +30,15 @@ export interface VerifyOptions {
   vcek?: Cert;
   /** Intel: the PCK chain for quotes that do not carry it; AMD: an ASK/ASVK (+ ARK) chain. */
   chain?: readonly Cert[];
+  /**
+   * RA-TLS: how far outside its notBefore..notAfter window a certificate may be, in seconds, to allow for clock
+   * differences between the TEE and the verifier. Default {@link DEFAULT_CLOCK_SKEW_SECONDS}.
+   */
+  clockSkewSeconds?: number;
 }
+
+/** Default tolerance of an RA-TLS certificate's validity window (gateway key `trust.clockSkewSeconds`). */
+export const DEFAULT_CLOCK_SKEW_SECONDS = 60;
 
 /** Verifies evidence bytes (binary, hex or base64 text). */
 export function verifyEvidence(input: Buffer | Uint8Array | string, opts: VerifyOptions = {}): Verdict {
@@ -124,6 +132,24 @@ function reject(
  * with `key_binding_invalid` even when the evidence itself is genuine.
  */
 export function verifyRaTlsCert(cert: Cert, opts: VerifyOptions = {}): Verdict {
+  // The certificate's validity window, checked first (it costs nothing): evidence stays genuine forever, so a
+  // certificate kept past its notAfter (a leaked key, an old build) or dated ahead must not be accepted on it.
+  const at = opts.at ?? new Date();
+  const skew = (opts.clockSkewSeconds ?? DEFAULT_CLOCK_SKEW_SECONDS) * 1000;
+  if (at.getTime() > cert.notAfter.getTime() + skew) {
+    return reject(
+      "ratls_cert_expired",
+      `RA-TLS certificate expired at ${cert.notAfter.toISOString()} (now ${at.toISOString()}, allowed clock skew ${skew / 1000} s)`,
+      undefined,
+    );
+  }
+  if (at.getTime() < cert.notBefore.getTime() - skew) {
+    return reject(
+      "ratls_cert_not_yet_valid",
+      `RA-TLS certificate is not valid before ${cert.notBefore.toISOString()} (now ${at.toISOString()}, allowed clock skew ${skew / 1000} s)`,
+      undefined,
+    );
+  }
   let ev: RaTlsEvidence;
   let endorsed: Pick<VerifyOptions, "vcek" | "chain"> = {};
   try {

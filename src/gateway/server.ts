@@ -881,6 +881,7 @@ function verifyOptions(config: GatewayConfig): VerifyOptions {
   return {
     collateral: config.trust.collateral.length ? loadCollateral(config.trust.collateral) : undefined,
     extraRoots: config.trust.simulatedRoots.flatMap((p) => Cert.fromPemBundle(readFileSync(p))),
+    clockSkewSeconds: config.trust.clockSkewSeconds,
   };
 }
 

@@ -86,9 +86,11 @@ const schema = z
       .object({
         simulatedRoots: z.array(z.string()).default([]),
         collateral: z.array(z.string()).default([]),
+        // RA-TLS certificates are accepted this far outside their validity window (clock differences).
+        clockSkewSeconds: z.number().int().min(0).max(3600).default(60),
       })
       .strict()
-      .default({ simulatedRoots: [], collateral: [] }),
+      .default({ simulatedRoots: [], collateral: [], clockSkewSeconds: 60 }),
     tunnel: z
       .object({
         keepaliveSeconds: z.number().positive().default(10),
@@ -356,6 +358,7 @@ export function parseConfig(text: string, file: string): GatewayConfig {
       },
     },
     trust: {
+      ...c.trust,
       simulatedRoots: c.trust.simulatedRoots.map((p) => resolve(base, p)),
       collateral: c.trust.collateral.map((p) => resolve(base, p)),
     },
