@@ -136,6 +136,32 @@ function compileIdentity(id: IdentitySpec, p: string): IdentitySpec {
   return out;
 }
 
+/**
+ * Weak identities in a compiled app list, one line each naming the key (`apps[0].identities[1]: …`): accepted, but
+ * an administrator should know what they admit. Printed by `seng policy check` and logged when the gateway starts.
+ */
+export function identityWarnings(apps: readonly AppSpec[], base = "apps"): string[] {
+  const out: string[] = [];
+  apps.forEach((app, i) =>
+    app.identities.forEach((id, j) => {
+      const p = `${base}[${i}].identities[${j}]`;
+      // MRTD measures only the TD's firmware (TDVF): the kernel, initrd, command line and app are measured into
+      // RTMR1-3. Without them, any TD booted with this firmware matches, whatever it runs.
+      if (
+        id.mrtd !== undefined &&
+        id.rtmr1 === undefined &&
+        id.rtmr2 === undefined &&
+        id.rtmr3 === undefined
+      ) {
+        out.push(
+          `${p}: an mrtd identity without rtmr1-rtmr3 admits any TD booted with this firmware, whatever kernel and app it runs: pin rtmr1 and rtmr2 (kernel, initrd, command line) and rtmr3 if the app extends it (docs/ATTESTATION.md)`,
+        );
+      }
+    }),
+  );
+  return out;
+}
+
 /** Why `claims` (with `tcbStatus`) do not satisfy `id`, or undefined when they do. */
 export function mismatch(id: IdentitySpec, claims: Claims, tcbStatus: TcbStatus | null): string | undefined {
   const { sgx, tdx, snp } = claims;

@@ -218,6 +218,7 @@ export class Gateway {
         note: "INSECURE: evidence under these roots has no hardware protection",
       });
     }
+    for (const warning of c.warnings) this.log.log("warn", "config-warning", { warning });
     this.leases = new LeaseStore(c.database, c.apps, [this.gatewayAddress]);
     this.leases.expire(this.now());
     this.ctx = new DtlsContext({

@@ -7,7 +7,7 @@ import { readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { parseDocument } from "yaml";
 import { z } from "zod";
-import { compileApps, PolicyError, type AppSpec } from "../attest/policy.js";
+import { compileApps, identityWarnings, PolicyError, type AppSpec } from "../attest/policy.js";
 import { TCB_STATUSES } from "../attest/claims.js";
 import { parseCidr } from "../packet/ip.js";
 import { compilePolicy, FirewallConfigError, type PolicyModel } from "../firewall/model.js";
@@ -225,6 +225,8 @@ export interface GatewayConfig extends Omit<GatewayConfigFile, "apps" | "admin">
   model: PolicyModel;
   /** Admin API: always on the Unix socket; on TCP only with a token. Paths are absolute. */
   admin: AdminConfig;
+  /** Accepted but weak settings, one line each (`file: key: why`): e.g. a TDX identity that pins no RTMR. */
+  warnings: string[];
 }
 
 export interface AdminConfig {
@@ -364,6 +366,7 @@ export function parseConfig(text: string, file: string): GatewayConfig {
     },
     apps: resolved,
     model,
+    warnings: identityWarnings(apps).map((w) => `${file}: ${w}`),
   };
 }
 

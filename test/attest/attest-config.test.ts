@@ -1,0 +1,96 @@
+/**
+ * The attestation part of the gateway configuration (issue 13): trust.clockSkewSeconds, the SEV-SNP identity keys
+ * and the site-wide SNP minimum TCB, and the warning for TDX identities that pin no RTMR (at load, and printed by
+ * `seng policy check`).
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { ConfigError, parseConfig } from "../../src/policy/config.js";
+import { ROOT } from "../helpers/vectors.js";
+
+const MRTD = "ab".repeat(48);
+const config = (identities: string, trust = ""): string => `
+listen: 198.18.1.1:4433
+certificate: gw.pem
+key: gw.key
+tun: { name: seng0, address: 100.64.0.1/32 }
+${trust}
+apps:
+  - name: td
+    subnet: 100.64.1.0/24
+    identities: ${identities}
+`;
+
+function configError(text: string): string {
+  try {
+    parseConfig(text, "g.yaml");
+  } catch (e) {
+    assert.ok(e instanceof ConfigError, String(e));
+    return e.message;
+  }
+  return "no error";
+}
+
+test("trust.clockSkewSeconds: default 60, configurable, bounded", () => {
+  assert.equal(
+    parseConfig(config(`[{ mrenclave: ${"ab".repeat(32)} }]`), "g.yaml").trust.clockSkewSeconds,
+    60,
+  );
+  const c = parseConfig(
+    config(`[{ mrenclave: ${"ab".repeat(32)} }]`, "trust: { clockSkewSeconds: 5 }"),
+    "g.yaml",
+  );
+  assert.equal(c.trust.clockSkewSeconds, 5);
+  assert.match(
+    configError(config(`[{ mrenclave: ${"ab".repeat(32)} }]`, "trust: { clockSkewSeconds: -1 }")),
+    /^g\.yaml: trust\.clockSkewSeconds: /,
+  );
+});
+
+test("an mrtd identity without rtmr1-3 loads with a warning naming the key; pinned RTMRs do not warn", () => {
+  const weak = parseConfig(
+    config(`[{ mrtd: ${MRTD} }, { mrtd: ${MRTD}, rtmr0: ${"a1".repeat(48)} }]`),
+    "g.yaml",
+  );
+  assert.equal(weak.warnings.length, 2);
+  assert.match(
+    weak.warnings[0]!,
+    /^g\.yaml: apps\[0\]\.identities\[0\]: an mrtd identity without rtmr1-rtmr3 admits any TD/,
+  );
+  assert.match(weak.warnings[1]!, /^g\.yaml: apps\[0\]\.identities\[1\]: /);
+  const pinned = parseConfig(
+    config(`[{ mrtd: ${MRTD}, rtmr1: ${"a1".repeat(48)}, rtmr2: ${"a2".repeat(48)} }]`),
+    "g.yaml",
+  );
+  assert.deepEqual(pinned.warnings, []);
+  assert.deepEqual(parseConfig(config(`[{ mrenclave: ${"ab".repeat(32)} }]`), "g.yaml").warnings, []);
+});
+
+test("seng policy check prints the mrtd-only warning on stderr and still exits 0", () => {
+  const dir = mkdtempSync(join(tmpdir(), "seng-attest-config-"));
+  try {
+    const file = join(dir, "gateway.yaml");
+    writeFileSync(file, config(`[{ mrtd: ${MRTD} }]`));
+    const r = spawnSync(
+      process.execPath,
+      ["--import", "tsx", join(ROOT, "src/cli/main.ts"), "policy", "check", file],
+      {
+        cwd: ROOT,
+        encoding: "utf8",
+      },
+    );
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /: ok: 1 apps/);
+    assert.match(
+      r.stderr,
+      /^warning: .*gateway\.yaml: apps\[0\]\.identities\[0\]: an mrtd identity without rtmr1-rtmr3/m,
+    );
+    assert.match(r.stderr, /pin rtmr1 and rtmr2/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
