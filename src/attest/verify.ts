@@ -12,15 +12,30 @@ import type { Collateral } from "./intel/collateral.js";
 import { looksLikeSnpReport, parseSnpReport } from "./amd/report.js";
 import { verifySnp } from "./amd/verify.js";
 import { amdRoots, type AmdRoot } from "./amd/roots.js";
-import type { SnpProduct } from "./claims.js";
+import {
+  snpMinFor,
+  snpTcbShortfall,
+  type SnpMinTcbConfig,
+  type SnpProduct,
+  type TcbStatus,
+} from "./claims.js";
 import { Cert, isSignedBy } from "./x509.js";
 import { extractEvidence, keyBindingOk, type RaTlsEvidence } from "./ratls.js";
 
 export interface VerifyOptions {
   /** The time to verify at (certificate and collateral validity). Default: now. */
   at?: Date;
-  /** Intel collateral; without it only signatures and chains are checked and tcbStatus is null. */
+  /**
+   * Collateral: Intel TCB info, QE identities, CRLs; AMD KDS CRLs (ARK-signed, revoking ASKs/ASVKs). Without it
+   * Intel evidence gets only signature and chain checks (tcbStatus null) and no revocation is checked.
+   */
   collateral?: Collateral;
+  /**
+   * SEV-SNP: the site-wide minimum TCB (gateway `trust.snpMinTcb`). With one for the report's product, a verified
+   * report's tcbStatus is `UpToDate` when its REPORTED_TCB (which the VCEK certifies) meets it and `OutOfDate`
+   * otherwise; without one it is null (Unknown to the identity policy).
+   */
+  snpMinTcb?: SnpMinTcbConfig;
   /**
    * Extra trusted roots, configured explicitly (a simulated TEE's root, a test root). Evidence that chains to one
    * of these is marked simulated. The built-in Intel and AMD roots are always trusted.
@@ -70,13 +85,30 @@ export function verifyEvidence(input: Buffer | Uint8Array | string, opts: Verify
       const report = parseSnpReport(buf);
       claims = report.claims; // unverified view, for logging a rejection
       const roots = [...amdRoots(), ...amdExtraRoots(opts.extraRoots ?? [])];
-      claims = verifySnp(report, { at, vcek: opts.vcek, chain: opts.chain, roots });
+      const snpWarnings: string[] = [];
+      claims = verifySnp(report, {
+        at,
+        vcek: opts.vcek,
+        chain: opts.chain,
+        roots,
+        crls: opts.collateral?.crls ?? [],
+        warnings: snpWarnings,
+      });
+      const snp = claims.snp!;
       const warnings = claims.simulated
         ? [
-            `INSECURE: trusted through a non-AMD root (ARK-${claims.snp!.product} configured as an extra root): simulated or test TEE, no hardware protection`,
+            `INSECURE: trusted through a non-AMD root (ARK-${snp.product} configured as an extra root): simulated or test TEE, no hardware protection`,
           ]
         : [];
-      return { verified: true, claims, tcbStatus: null, advisoryIds: [], warnings };
+      warnings.push(...snpWarnings);
+      const min = snpMinFor(opts.snpMinTcb, snp.product);
+      let tcbStatus: TcbStatus | null = null;
+      if (min) {
+        const short = snpTcbShortfall(snp.reportedTcb, min);
+        tcbStatus = short.length ? "OutOfDate" : "UpToDate";
+        if (short.length) warnings.push(`REPORTED_TCB is below the minimum TCB: ${short.join(", ")}`);
+      }
+      return { verified: true, claims, tcbStatus, advisoryIds: [], warnings };
     }
     throw new AttestError(
       "unsupported",

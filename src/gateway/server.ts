@@ -883,6 +883,7 @@ function verifyOptions(config: GatewayConfig): VerifyOptions {
     collateral: config.trust.collateral.length ? loadCollateral(config.trust.collateral) : undefined,
     extraRoots: config.trust.simulatedRoots.flatMap((p) => Cert.fromPemBundle(readFileSync(p))),
     clockSkewSeconds: config.trust.clockSkewSeconds,
+    snpMinTcb: config.trust.snpMinTcb,
   };
 }
 

@@ -94,3 +94,44 @@ test("seng policy check prints the mrtd-only warning on stderr and still exits 0
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+const SNP = "5e".repeat(48);
+
+test("SEV-SNP identity keys and trust.snpMinTcb load; bad values name the key", () => {
+  const c = parseConfig(
+    config(
+      `[{ measurement: ${SNP}, minTcb: { bootloader: 3, snp: 8 }, maxVmpl: 1, allowMigrationAgent: true }]`,
+      "trust: { snpMinTcb: { Milan: { microcode: 115 }, Genoa: { microcode: 84 } } }",
+    ),
+    "g.yaml",
+  );
+  assert.deepEqual(c.apps[0]!.identities[0]!.minTcb, { bootloader: 3, snp: 8 });
+  assert.equal(c.apps[0]!.identities[0]!.maxVmpl, 1);
+  assert.deepEqual(c.trust.snpMinTcb, { Milan: { microcode: 115 }, Genoa: { microcode: 84 } });
+  const flat = parseConfig(config(`[{ measurement: ${SNP} }]`, "trust: { snpMinTcb: { snp: 8 } }"), "g.yaml");
+  assert.deepEqual(flat.trust.snpMinTcb, { snp: 8 });
+  const cases: [string, RegExp][] = [
+    [config(`[{ measurement: ${SNP}, maxVmpl: 4 }]`), /^g\.yaml: apps\[0\]\.identities\[0\]\.maxVmpl: /],
+    [
+      config(`[{ measurement: ${SNP}, minTcb: { ucode: 1 } }]`),
+      /^g\.yaml: apps\[0\]\.identities\[0\]\.minTcb: unknown key\(s\) ucode/,
+    ],
+    [
+      config(`[{ measurement: ${SNP}, minTcb: { snp: 300 } }]`),
+      /minTcb\.snp: expected a security patch level 0-255/,
+    ],
+    [
+      config(`[{ mrtd: ${MRTD}, maxVmpl: 1 }]`),
+      /apps\[0\]\.identities\[0\]\.maxVmpl: maxVmpl only applies to a measurement/,
+    ],
+    [
+      config(`[{ measurement: ${SNP} }]`, "trust: { snpMinTcb: { Milan: { snp: 1 }, snp: 2 } }"),
+      /^g\.yaml: trust\.snpMinTcb: expected SPLs .* not both/,
+    ],
+    [
+      config(`[{ measurement: ${SNP} }]`, "trust: { snpMinTcb: { Rome: { snp: 1 } } }"),
+      /^g\.yaml: trust\.snpMinTcb: unknown key\(s\) Rome/,
+    ],
+  ];
+  for (const [text, re] of cases) assert.match(configError(text), re);
+});
