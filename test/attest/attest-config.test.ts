@@ -10,7 +10,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ConfigError, parseConfig } from "../../src/policy/config.js";
-import { ROOT } from "../helpers/vectors.js";
+import { ROOT, VECTORS } from "../helpers/vectors.js";
 
 const MRTD = "ab".repeat(48);
 const config = (identities: string, trust = ""): string => `
@@ -134,4 +134,36 @@ test("SEV-SNP identity keys and trust.snpMinTcb load; bad values name the key", 
     ],
   ];
   for (const [text, re] of cases) assert.match(configError(text), re);
+});
+
+test("seng attest verify --snp-min-tcb: SNP TCB status in the JSON; a bad value is a usage error", () => {
+  const dir = join(VECTORS, "amd/virtee-sev");
+  const run = (...more: string[]) =>
+    spawnSync(
+      process.execPath,
+      [
+        "--import",
+        "tsx",
+        join(ROOT, "src/cli/main.ts"),
+        "attest",
+        "verify",
+        join(dir, "report_milan.hex"),
+        "--vcek",
+        join(dir, "vcek_milan.der"),
+        "--at",
+        "2025-01-01T00:00:00Z",
+        "--json",
+        ...more,
+      ],
+      { cwd: ROOT, encoding: "utf8" },
+    );
+  const up = run("--snp-min-tcb", "bootloader=3,tee=0,snp=8,microcode=115");
+  assert.equal(up.status, 0, up.stderr);
+  assert.equal(JSON.parse(up.stdout).tcbStatus, "UpToDate");
+  const out = run("--snp-min-tcb", "microcode=116");
+  assert.equal(out.status, 0, "verified: the status is for the policy to judge");
+  assert.equal(JSON.parse(out.stdout).tcbStatus, "OutOfDate");
+  const bad = run("--snp-min-tcb", "ucode=1");
+  assert.equal(bad.status, 2);
+  assert.match(bad.stderr, /--snp-min-tcb: expected SPL=value pairs/);
 });
