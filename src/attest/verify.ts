@@ -69,7 +69,7 @@ export function verifyEvidence(input: Buffer | Uint8Array | string, opts: Verify
         at,
         roots,
         productionRoots: new Set([intelRoot().fingerprint]),
-        collateral: opts.collateral,
+        collateral: withoutAmdCrls(opts.collateral, opts.extraRoots ?? []),
         pckChain: opts.chain,
       });
       return {
@@ -139,6 +139,17 @@ export function amdExtraRoots(extra: readonly Cert[]): AmdRoot[] {
     out.push(ask ? { product, ark, ask } : { product, ark });
   }
   return out;
+}
+
+/**
+ * The collateral without the CRLs AMD's ARKs issued: one collateral directory may serve both vendors, and Intel's
+ * rule "any CRL given → every certificate must be covered" must not count an AMD CRL as an Intel one.
+ */
+function withoutAmdCrls(col: Collateral | undefined, extra: readonly Cert[]): Collateral | undefined {
+  if (!col || col.crls.length === 0) return col;
+  const arks = [...amdRoots(), ...amdExtraRoots(extra)].map((r) => r.ark.subjectDer);
+  const crls = col.crls.filter((c) => !arks.some((a) => c.issuerDer.equals(a)));
+  return crls.length === col.crls.length ? col : { ...col, crls };
 }
 
 function reject(

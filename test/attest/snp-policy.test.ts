@@ -330,3 +330,20 @@ describe("AMD CRLs for the ASK/ASVK", () => {
     assert.throws(() => checkCrl(parseCrl(bad), arkCert, AT, "test CRL"), /not signed by/);
   });
 });
+
+test("one collateral for both vendors: an AMD CRL does not make Intel evidence require Intel CRLs", async () => {
+  const { createSimTee, issueSimQuote } = await import("../../src/attest/sim.js");
+  const { collateralFromBundle } = await import("../../src/attest/intel/collateral.js");
+  const sgx = await createSimTee({ now: AT });
+  const snp = await createSimSnp({ now: AT });
+  const intelOnly = { ...collateralFromBundle(sgx.collateral), crls: [] };
+  const mixed: Collateral = { ...intelOnly, crls: [parseCrl(await crlOf(snp.ark, snp.keys.ark, []))] };
+  const quote = issueSimQuote(sgx, { mrenclave: "a1".repeat(32), mrsigner: "b2".repeat(32) });
+  const at = new Date(AT.getTime() + 86400_000);
+  const v = verifyEvidence(quote, { at, extraRoots: [sgx.root, snp.ark], collateral: mixed });
+  assert.equal(v.verified, true, v.reason);
+  assert.ok(
+    v.warnings.some((w) => w.includes("no CRLs given")),
+    v.warnings.join(),
+  );
+});
