@@ -709,6 +709,7 @@ export class Gateway {
     }
     const immutable = immutableChange(this.config, next);
     if (immutable) return fail(immutable);
+    for (const warning of next.warnings) this.log.log("warn", "config-warning", { warning });
     const revoke: { t: Tunnel; reason: string }[] = [];
     for (const t of this.byAddress.values()) {
       const reason = revocationReason(this.leases.certOf(t.leaseId), t.app, next.apps, verify);
