@@ -177,11 +177,24 @@ export function checkMinTcb(min: unknown, p: string): asserts min is SnpMinTcb {
  * Weak identities in a compiled app list, one line each naming the key (`apps[0].identities[1]: …`): accepted, but
  * an administrator should know what they admit. Printed by `seng policy check` and logged when the gateway starts.
  */
-export function identityWarnings(apps: readonly AppSpec[], base = "apps"): string[] {
+export function identityWarnings(
+  apps: readonly AppSpec[],
+  opts: { base?: string; siteSnpMinTcb?: boolean } = {},
+): string[] {
   const out: string[] = [];
   apps.forEach((app, i) =>
     app.identities.forEach((id, j) => {
-      const p = `${base}[${i}].identities[${j}]`;
+      const p = `${opts.base ?? "apps"}[${i}].identities[${j}]`;
+      if (
+        id.measurement !== undefined &&
+        id.minTcb === undefined &&
+        !opts.siteSnpMinTcb &&
+        !(id.tcbStatuses ?? DEFAULT_TCB_STATUSES).includes("Unknown")
+      ) {
+        out.push(
+          `${p}: an SEV-SNP identity without minTcb, and no trust.snpMinTcb: its TCB status is Unknown, so every report is refused (set a minimum TCB, docs/ATTESTATION.md)`,
+        );
+      }
       // MRTD measures only the TD's firmware (TDVF): the kernel, initrd, command line and app are measured into
       // RTMR1-3. Without them, any TD booted with this firmware matches, whatever it runs.
       if (

@@ -391,7 +391,9 @@ export function parseConfig(text: string, file: string): GatewayConfig {
     },
     apps: resolved,
     model,
-    warnings: identityWarnings(apps).map((w) => `${file}: ${w}`),
+    warnings: identityWarnings(apps, { siteSnpMinTcb: c.trust.snpMinTcb !== undefined }).map(
+      (w) => `${file}: ${w}`,
+    ),
   };
 }
 

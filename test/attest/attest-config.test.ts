@@ -108,6 +108,12 @@ test("SEV-SNP identity keys and trust.snpMinTcb load; bad values name the key", 
   assert.deepEqual(c.apps[0]!.identities[0]!.minTcb, { bootloader: 3, snp: 8 });
   assert.equal(c.apps[0]!.identities[0]!.maxVmpl, 1);
   assert.deepEqual(c.trust.snpMinTcb, { Milan: { microcode: 115 }, Genoa: { microcode: 84 } });
+  assert.deepEqual(c.warnings, [], "a site-wide minimum covers identities without their own");
+  const none = parseConfig(config(`[{ measurement: ${SNP} }]`), "g.yaml");
+  assert.match(
+    none.warnings.join(),
+    /identities\[0\]: an SEV-SNP identity without minTcb, and no trust\.snpMinTcb/,
+  );
   const flat = parseConfig(config(`[{ measurement: ${SNP} }]`, "trust: { snpMinTcb: { snp: 8 } }"), "g.yaml");
   assert.deepEqual(flat.trust.snpMinTcb, { snp: 8 });
   const cases: [string, RegExp][] = [
