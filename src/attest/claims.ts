@@ -177,7 +177,10 @@ export interface Verdict {
   reason?: string;
   /** Present whenever the evidence could be parsed (even when rejected: logs want the measurement). */
   claims?: Claims;
-  /** null when no TCB collateral was given (signatures and chains only). */
+  /**
+   * Intel: from TCB info; null when no TCB collateral was given (signatures and chains only). SEV-SNP: UpToDate or
+   * OutOfDate against the configured minimum TCB (VerifyOptions.snpMinTcb); null without one.
+   */
   tcbStatus: TcbStatus | null;
   advisoryIds: string[];
   /** Extra non-fatal observations (e.g. "simulated TEE: not secure"). */
