@@ -66,6 +66,7 @@ export function policyCommand(): Command {
         action((file: string) => {
           const c = load(file);
           const m = c.model;
+          for (const w of c.warnings) process.stderr.write(`warning: ${w}\n`);
           process.stdout.write(
             `${file}: ok: ${c.apps.length} apps, ${Object.keys(m.categories).length} categories, ${m.rules.length} rules, ` +
               `default ${m.filtering ? (m.defaultAction === "accept" ? "allow" : "deny") : "none (no policy section: not filtered)"}` +
