@@ -5,7 +5,8 @@
  *
  *  - IP literals come back as they are, "localhost" (and *.localhost) as 127.0.0.1, without a query;
  *  - IPv4 only (family 6 is ENOTFOUND; the tunnel carries IPv4);
- *  - each query: a fresh UDP socket (random source port), a random 16-bit id, the answer must come from the server
+ *  - each query: a fresh UDP socket, so a fresh source port (random, from getrandom: native/src/lwip.cc picks every
+ *    port-0 bind; lwIP alone would count up), a random 16-bit id, the answer must come from the server
  *    and port asked, with the same id and question; 3 rounds over the lease's servers, 1.5 s each;
  *  - CNAME chains inside one answer are followed; answers are cached by their TTL (at most 5 minutes).
  */
