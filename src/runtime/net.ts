@@ -22,6 +22,7 @@ import net from "node:net";
 import { constants as osConstants } from "node:os";
 import type { Duplex } from "node:stream";
 import { lookup as shieldedLookup } from "./dns.js";
+import { socketInternals, type ServerInternals } from "./node-internals.js";
 import {
   hostNetworkingError,
   parseEndpoint,
@@ -36,29 +37,8 @@ import {
 export const HostSocket = net.Socket;
 export const HostServer = net.Server;
 
-/** Internal fields of net.Socket / net.Server that the SDK reads or sets. */
-interface SocketInternals {
-  connecting: boolean;
-  _host: string | null;
-  _handle: unknown;
-  _unrefTimer(): void;
-  server: unknown;
-  _server: ServerInternals | null;
-  allowHalfOpen: boolean;
-}
-interface ServerInternals extends net.Server {
-  _handle: unknown;
-  _connections: number;
-  _listeningId: number;
-  _unref: boolean;
-  _connectionKey?: string;
-  _emitCloseIfDrained(): void;
-  allowHalfOpen: boolean;
-  pauseOnConnect: boolean;
-  noDelay: boolean;
-  highWaterMark?: number;
-}
-const internals = (s: net.Socket) => s as unknown as SocketInternals;
+// Node's private fields are reached only through ./node-internals.ts, which probes them at start.
+const internals = socketInternals;
 
 type Endpoint = { address: string; port: number };
 
