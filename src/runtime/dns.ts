@@ -15,12 +15,10 @@
 import { randomInt } from "node:crypto";
 import { isIP } from "node:net";
 import {
-  addressesFor,
   decodeMessage,
   encodeQuery,
   recordsFor,
   RR,
-  TYPE_A,
   type DnsMessage,
   type DnsRecord,
   type RecordType,
@@ -50,14 +48,12 @@ export function lookupError(code: string, hostname: string, detail?: string, sys
   });
 }
 
-const cache = new Map<string, { addresses: { address: string; ttl: number }[]; expires: number }>();
 const MAX_TTL = 300;
 const TRY_MS = 1500;
 const ROUNDS = 3;
 
 /** Drops cached answers (tests, or after the lease's DNS servers changed). */
 export function clearDnsCache(): void {
-  cache.clear();
   rrCache.clear();
 }
 
@@ -114,40 +110,27 @@ async function ask(
   });
 }
 
-/** A records of `name` from the lease's DNS servers (cached). Rejects with ENOTFOUND / EAI_AGAIN / ESERVFAIL. */
+/**
+ * A records of `name` from the lease's DNS servers, for dns.lookup (cached with every other answer): rejects as
+ * getaddrinfo does, ENOTFOUND (no such name, no A record), EAI_AGAIN (no answer, no DNS server), ESERVFAIL.
+ */
 export async function queryA(
   name: string,
   shield = shieldedStack(),
 ): Promise<{ address: string; ttl: number }[]> {
-  const key = name.toLowerCase().replace(/\.$/, "");
-  const hit = cache.get(key);
-  if (hit && hit.expires > Date.now()) return hit.addresses;
-  await shield.ready();
-  const servers = shield.lease?.dns ?? [];
-  if (servers.length === 0)
-    throw lookupError(
-      "EAI_AGAIN",
-      name,
-      "SENG: the gateway's lease names no DNS server (gateway config `dns:`)",
-    );
-  for (let round = 0; round < ROUNDS; round++) {
-    for (const server of servers) {
-      const m = await ask(shield, server, key, TYPE_A);
-      if (!m) continue;
-      if (m.rcode === 3) throw lookupError("ENOTFOUND", name);
-      if (m.rcode !== 0) {
-        if (round === ROUNDS - 1)
-          throw lookupError("ESERVFAIL", name, `rcode ${m.rcode} from ${server}`, "queryA");
-        continue;
-      }
-      const addresses = addressesFor(m, key);
-      if (addresses.length === 0) throw lookupError("ENOTFOUND", name, "no A record");
-      const ttl = Math.min(MAX_TTL, ...addresses.map((a) => a.ttl));
-      cache.set(key, { addresses, expires: Date.now() + ttl * 1000 });
-      return addresses;
-    }
+  try {
+    return (await queryRecords(name, "A", "getaddrinfo", shield)).map((r) => ({
+      address: r.data!,
+      ttl: r.ttl,
+    }));
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    const detail = /\((.*)\)$/.exec((e as Error).message)?.[1];
+    if (code === "ENOTFOUND" || code === "EBADNAME") throw lookupError("ENOTFOUND", name, detail);
+    if (code === "ENODATA") throw lookupError("ENOTFOUND", name, "no A record");
+    if (code === "ETIMEOUT" || code === "ECONNREFUSED") throw lookupError("EAI_AGAIN", name, detail);
+    throw lookupError("ESERVFAIL", name, code, "queryA");
   }
-  throw lookupError("EAI_AGAIN", name, `no answer from ${servers.join(", ")}`);
 }
 
 /** An Error as Node's resolver (c-ares) gives: "queryAaaa ENODATA example.com", code, syscall, hostname. */
@@ -188,7 +171,12 @@ export async function queryRecords(
   await shield.ready();
   const servers = shield.lease?.dns ?? [];
   if (servers.length === 0)
-    throw resolveError("ECONNREFUSED", syscall, name, "SENG: the gateway's lease names no DNS server");
+    throw resolveError(
+      "ECONNREFUSED",
+      syscall,
+      name,
+      "SENG: the gateway's lease names no DNS server (gateway config `dns:`)",
+    );
   let failure = "ETIMEOUT";
   for (let round = 0; round < ROUNDS; round++) {
     for (const server of servers) {
@@ -206,7 +194,12 @@ export async function queryRecords(
       return records;
     }
   }
-  throw resolveError(failure, syscall, name);
+  throw resolveError(
+    failure,
+    syscall,
+    name,
+    failure === "ETIMEOUT" ? `no answer from ${servers.join(", ")}` : `the answer of ${servers.join(", ")}`,
+  );
 }
 
 // ---- dns.lookup ----------------------------------------------------------------------------------------------------

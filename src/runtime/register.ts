@@ -225,11 +225,6 @@ export function installShield(refuseAll?: string): void {
   }
   replace(dns, "lookupService", refuse("dns.lookupService through the host's resolver", "callback"));
   replace(dnsP, "lookupService", refuse("dns.promises.lookupService through the host's resolver", "promise"));
-  replace(
-    dns.Resolver.prototype,
-    "lookupService",
-    refuse("dns.Resolver#lookupService through the host's resolver", "callback"),
-  );
 
   // --- UDP
   if (refuseAll) replace(dgram, "createSocket", refuse(why("dgram.createSocket")));
