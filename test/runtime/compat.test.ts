@@ -139,6 +139,17 @@ const srv = https.createServer({ cert: fs.readFileSync(path.join(dir, "gateway.p
 srv.listen(8444, () => console.log(JSON.stringify({ listening: true })));
 process.on("SIGTERM", () => srv.close(() => process.exit(0)));
 `,
+  /** got (a devDependency) with dnsCache: cacheable-lookup resolves A and AAAA through a dns.promises.Resolver. */
+  "got.mjs": `
+const { default: got } = await import(process.argv[2]);
+const opts = { dnsCache: true, https: { rejectUnauthorized: false }, retry: { limit: 0 }, timeout: { request: 30000 } };
+const out = {};
+try {
+  out.first = await got("https://svc.seng.test:8443/first", opts).json();
+  out.second = await got("https://svc.seng.test:8443/second", opts).json();
+} catch (e) { out.error = e.code + " " + e.message; }
+console.log(JSON.stringify(out));
+`,
   /** Host handles: each must fail closed. */
   "escapes.cjs": `
 const net = require("net"), dgram = require("dgram"), { Worker } = require("worker_threads");
@@ -330,6 +341,19 @@ describe("third-party behaviour of shielded apps in the namespace lab", { concur
     } finally {
       await p.kill("SIGKILL", 1000);
     }
+  });
+
+  test("got with dnsCache: true works unmodified (its resolver's A and AAAA queries go through the tunnel)", async () => {
+    const zone = servers["zone.cjs"]!;
+    const from = zone.stdout.length;
+    const { result: r, address } = await run("got.mjs", [import.meta.resolve("got")]);
+    assert.equal(r.error, undefined, String(r.error));
+    assert.equal((r.first as { remote: string }).remote, address);
+    assert.equal((r.second as { remote: string }).remote, address);
+    const asked = linesOf(zone, from) as { query: string; type: number; from: string }[];
+    const svc = asked.filter((q) => q.query === "svc.seng.test");
+    assert.deepEqual([...new Set(svc.map((q) => q.type))].sort(), [1, 28], JSON.stringify(asked));
+    assert.ok(asked.every((q) => q.from === address));
   });
 
   test("Node's host-handle escapes are refused", async () => {
