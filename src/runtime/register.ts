@@ -4,10 +4,12 @@
  *  1. Node's networking entry points are replaced first, before anything can connect (see `installShield`):
  *     TCP (net.connect/createConnection, net.Socket.prototype.connect, net.createServer, net.Server.prototype.listen
  *     — so http/https/tls/http2 servers too), TLS clients (tls.connect), HTTP agents (http/https.globalAgent and
- *     http.Agent.prototype.createConnection), DNS (dns.lookup and every resolve method, dns.promises and the Resolver
- *     classes, through the tunnel's DNS; lookupService fails closed), UDP (dgram.createSocket), and the network bindings of
- *     process.binding. `fetch` is Node's own (its bundled undici), which opens its connections with net.connect and
- *     tls.connect at call time and so goes through the SDK sockets as well.
+ *     http.Agent.prototype.createConnection), DNS (dns.lookup and every resolve method, dns.promises and the
+ *     Resolver classes, through the tunnel's DNS; lookupService fails closed), UDP (dgram.createSocket), the network
+ *     bindings of process.binding, and Node's host-handle exports (host-handles.ts). `fetch` is Node's own (its
+ *     bundled undici), which opens its connections with net.connect and tls.connect at call time and so goes through
+ *     the SDK sockets as well. Before all this, the Node internals the runtime relies on are probed
+ *     (node-internals.ts): a Node where they changed is refused.
  *  2. An RA-TLS identity is made in this process (SENG_TEE: gramine, tsm, sim or auto) and the tunnel to
  *     SENG_GATEWAY (pinned by SENG_PIN) is opened; the app starts once the lease has arrived (or after
  *     SENG_LEASE_TIMEOUT seconds, with sockets waiting for it).
