@@ -25,8 +25,14 @@ export const TYPE_A = RR.A;
 export const TYPE_CNAME = RR.CNAME;
 const CLASS_IN = 1;
 
-/** Encodes a standard query (RD set) for `name`. */
-export function encodeQuery(id: number, name: string, qtype: number = RR.A): Buffer {
+/** The UDP payload size advertised with EDNS(0): what fits in one packet without fragmentation (DNS Flag Day 2020). */
+export const EDNS_UDP_SIZE = 1232;
+
+/**
+ * Encodes a standard query (RD set) for `name`. With `ednsUdpSize`, an EDNS(0) OPT record (RFC 6891) says answers
+ * up to that many bytes may come over UDP (without it, servers truncate answers at 512 bytes: long TXT records).
+ */
+export function encodeQuery(id: number, name: string, qtype: number = RR.A, ednsUdpSize?: number): Buffer {
   const labels = name.replace(/\.$/, "").split(".");
   if (name.length > 253 || labels.some((l) => l.length === 0 || Buffer.byteLength(l) > 63))
     throw new RangeError(`not a valid DNS name: ${JSON.stringify(name)}`);
@@ -44,7 +50,12 @@ export function encodeQuery(id: number, name: string, qtype: number = RR.A): Buf
   const tail = Buffer.alloc(4);
   tail.writeUInt16BE(qtype, 0);
   tail.writeUInt16BE(CLASS_IN, 2);
-  return Buffer.concat([header, qname, tail]);
+  if (ednsUdpSize === undefined) return Buffer.concat([header, qname, tail]);
+  header.writeUInt16BE(1, 10); // ARCOUNT
+  const opt = Buffer.alloc(11); // root name, TYPE OPT (41), CLASS = UDP size, TTL 0 (rcode, version 0, flags), RDLEN 0
+  opt.writeUInt16BE(41, 1);
+  opt.writeUInt16BE(ednsUdpSize, 3);
+  return Buffer.concat([header, qname, tail, opt]);
 }
 
 export interface DnsRecord {

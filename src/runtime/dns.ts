@@ -16,6 +16,7 @@ import { randomInt } from "node:crypto";
 import { isIP } from "node:net";
 import {
   decodeMessage,
+  EDNS_UDP_SIZE,
   encodeQuery,
   recordsFor,
   RR,
@@ -63,10 +64,11 @@ async function ask(
   server: string,
   name: string,
   qtype: number,
+  edns = true,
 ): Promise<DnsMessage | undefined> {
   const stack = await shield.ready();
   const id = randomInt(0, 0x10000);
-  const query = encodeQuery(id, name, qtype);
+  const query = encodeQuery(id, name, qtype, edns ? EDNS_UDP_SIZE : undefined);
   const release = shield.hold();
   const sock = stack.udpBind("0.0.0.0", 0);
   return new Promise<DnsMessage | undefined>((resolve) => {
@@ -180,8 +182,18 @@ export async function queryRecords(
   let failure = "ETIMEOUT";
   for (let round = 0; round < ROUNDS; round++) {
     for (const server of servers) {
-      const m = await ask(shield, server, key, RR[type]);
+      let m = await ask(shield, server, key, RR[type]);
+      // A server that does not know EDNS(0) may say FORMERR: ask it again without (RFC 6891, 7).
+      if (m?.rcode === 1) m = await ask(shield, server, key, RR[type], false);
       if (!m) continue;
+      // Only part of the answer fits in a datagram; the rest needs DNS over TCP, which this resolver does not do.
+      if (m.truncated)
+        throw resolveError(
+          "EBADRESP",
+          syscall,
+          name,
+          `the answer is larger than ${EDNS_UDP_SIZE} bytes and was truncated; DNS over TCP is not supported`,
+        );
       if (m.rcode === 3) throw resolveError("ENOTFOUND", syscall, name);
       if (m.rcode !== 0) {
         failure = RCODE_ERRORS[m.rcode] ?? "EBADRESP";

@@ -49,6 +49,9 @@ const zone = (q) => {
   if (q === "v4only.seng.test" || /^n\\d+\\.seng\\.test$/.test(q)) return [[T.A, Buffer.from([198, 18, 2, 2])]];
   if (q === "alias.seng.test") return [[T.CNAME, name("svc.seng.test")]];
   if (q === "2.2.18.198.in-addr.arpa") return [[T.PTR, name("srv.seng.test")]];
+  // TXT answers of about 800 and 2000 bytes: over 512 (the limit without EDNS), and over EDNS's 1232.
+  if (q === "big.seng.test") return [[T.TXT, Buffer.concat([0, 1, 2, 3].map((i) => cs(String(i).repeat(200))))]];
+  if (q === "huge.seng.test") return [[T.TXT, Buffer.concat([0, 1, 2, 3, 4, 5, 6, 7].map((i) => cs(String(i).repeat(250))))]];
   return undefined;
 };
 s.on("message", (m, r) => {
@@ -65,7 +68,11 @@ s.on("message", (m, r) => {
   }
   const h = Buffer.alloc(12); m.copy(h, 0, 0, 2); h.writeUInt16BE(1, 4);
   h.writeUInt16BE(recs ? 0x8580 : 0x8583, 2); h.writeUInt16BE(answers.length, 6);
-  s.send(Buffer.concat([h, q, ...answers]), r.port, r.address);
+  // UDP answers: 512 bytes at most, or what an EDNS(0) OPT record (the only additional record asked with) allows.
+  const limit = m.readUInt16BE(10) > 0 ? m.readUInt16BE(off + 5 + 3) : 512;
+  let res = Buffer.concat([h, q, ...answers]);
+  if (res.length > limit) { h.writeUInt16BE(0x8780, 2); h.writeUInt16BE(0, 6); res = Buffer.concat([h, q]); }
+  s.send(res, r.port, r.address);
 });
 s.bind(53, "${SERVER_IP}", () => console.log(JSON.stringify({ listening: true })));
 `,
@@ -108,6 +115,8 @@ out.resolverCb = await cb((k) => new dns.Resolver().resolve6("svc.seng.test", k)
 const r = new dnsP.Resolver();
 out.cacheable = await Promise.all([r.resolve4("v4only.seng.test", { ttl: true }), r.resolve6("v4only.seng.test", { ttl: true }).catch((e) => err(e))]);
 out.nodata = await dnsP.resolveMx("v4only.seng.test").catch(err);
+out.bigTxt = (await dnsP.resolveTxt("big.seng.test")).map((rec) => rec.map((chunk) => chunk.length));
+out.hugeTxt = await dnsP.resolveTxt("huge.seng.test").catch((e) => e.code + " " + e.message);
 out.nx = await cb((k) => dns.resolveTxt("nope.seng.test", k));
 out.badType = (() => { try { dns.resolve("svc.seng.test", "BOGUS", () => {}); return "accepted"; } catch (e) { return e.code; } })();
 out.lookupService = await new Promise((res) => dns.lookupService("198.18.2.2", 22, (e) => res(e ? e.message : "NOT REFUSED")));
@@ -286,6 +295,12 @@ describe("third-party behaviour of shielded apps in the namespace lab", { concur
     assert.deepEqual(r.resolverCb, ["2001:db8::2"]);
     assert.deepEqual(r.cacheable, [[{ address: SERVER_IP, ttl: 30 }], "ENODATA queryAaaa v4only.seng.test"]);
     assert.equal(r.nodata, "ENODATA queryMx v4only.seng.test");
+    // EDNS(0): an 800-byte answer comes whole; one over 1232 bytes is a clear error, not a wrong ENODATA.
+    assert.deepEqual(r.bigTxt, [[200, 200, 200, 200]]);
+    assert.match(
+      String(r.hugeTxt),
+      /^EBADRESP queryTxt EBADRESP huge\.seng\.test \(the answer is larger than 1232 bytes/,
+    );
     assert.equal(r.nx, "ENOTFOUND queryTxt nope.seng.test");
     assert.equal(r.badType, "ERR_INVALID_ARG_VALUE");
     assert.match(String(r.lookupService), DISABLED);

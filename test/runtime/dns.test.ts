@@ -5,7 +5,15 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { decodeMessage, DnsFormatError, ipv6Text, recordsFor, RR } from "../../src/runtime/dns-wire.js";
+import {
+  decodeMessage,
+  DnsFormatError,
+  EDNS_UDP_SIZE,
+  encodeQuery,
+  ipv6Text,
+  recordsFor,
+  RR,
+} from "../../src/runtime/dns-wire.js";
 import { methodFor, reverseName } from "../../src/runtime/dns-resolve.js";
 
 const name = (n: string) =>
@@ -123,6 +131,13 @@ test("CNAMEs are followed for other types too; malformed record data is refused"
       DnsFormatError,
       `type ${type}`,
     );
+});
+
+test("queries carry an EDNS(0) OPT record when asked to", () => {
+  const q = encodeQuery(0x1234, "a.test", RR.TXT, EDNS_UDP_SIZE);
+  assert.equal(q.readUInt16BE(10), 1, "ARCOUNT");
+  assert.equal(q.subarray(-11).toString("hex"), "00" + "0029" + "04d0" + "00000000" + "0000");
+  assert.equal(encodeQuery(1, "a.test").readUInt16BE(10), 0);
 });
 
 test("IPv6 text, reverse names, rrtype checks", () => {
