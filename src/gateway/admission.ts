@@ -1,0 +1,160 @@
+/**
+ * Handshake admission and the end of a handshake (steps 6 and 7 of the receive path, receive.ts):
+ *   6. unknown source: per-source rate limit and a cap on half-open handshakes, then the stateless cookie
+ *      check; a valid cookie creates the session, whose handshake continues in step 2
+ *   7. handshake done: verify the RA-TLS certificate's evidence and key binding, match an app, lease an address
+ *      from its subnet, send LEASE
+ */
+import { matchApp } from "../attest/policy.js";
+import { primaryMeasurement } from "../attest/claims.js";
+import { verifyRaTlsCert } from "../attest/verify.js";
+import { Cert } from "../attest/x509.js";
+import { intToIp, parseCidr } from "../packet/ip.js";
+import { MSG, type Lease } from "../tunnel/protocol.js";
+import { sourceIp } from "./ratelimit.js";
+import { sendControl } from "./send.js";
+import type { Gateway } from "./server.js";
+import { Tunnel } from "./tunnel.js";
+
+export function onUnknown(gw: Gateway, datagram: Buffer, peer: string): void {
+  // A DTLS handshake record has content type 22; anything else from an unknown source is noise.
+  if (datagram.length < 13 || datagram[0] !== 22) return gw.count("unknown-session");
+  const now = gw.now();
+  if (!gw.limiter.take(sourceIp(peer), now)) {
+    gw.count("rate-limited");
+    gw.log.limited(`rl:${sourceIp(peer)}`, 10_000, "warn", "handshake-rate-limited", {
+      source: sourceIp(peer),
+    });
+    return;
+  }
+  if (gw.halfOpen.size >= gw.config.limits.maxHalfOpen || gw.byPeer.size >= gw.config.limits.maxTunnels) {
+    gw.count("half-open-cap");
+    gw.log.limited("half-open-cap", 10_000, "warn", "half-open-cap-reached", {
+      halfOpen: gw.halfOpen.size,
+    });
+    return;
+  }
+  const res = gw.listener.handle(datagram, peer);
+  if (res.verdict === "drop") return gw.count("unknown-session");
+  if (res.out.length) gw.udp.sendMany(res.out, peer);
+  if (res.verdict === "accept") {
+    const t = new Tunnel(peer, res.session, now);
+    gw.byPeer.set(peer, t);
+    gw.halfOpen.add(t);
+    gw.handshake("started");
+  }
+}
+
+export function onEstablished(gw: Gateway, t: Tunnel): void {
+  const started = t.createdAt;
+  gw.churnAt = gw.now();
+  gw.halfOpen.delete(t);
+  const der = t.session.peerCertificate();
+  if (!der) return refuse(gw, t, "no client certificate", "", "no_certificate");
+  // The DER is all the gateway keeps (with the lease, in SQLite); OpenSSL's parsed copy loses its extensions (the
+  // evidence: ~4 KB per idle tunnel).
+  t.session.trimPeerCertificate();
+  let cert: Cert;
+  try {
+    cert = Cert.parseOnce(der);
+  } catch (e) {
+    return refuse(
+      gw,
+      t,
+      `client certificate unreadable: ${(e as Error).message}`,
+      "",
+      "certificate_unreadable",
+    );
+  }
+  const verdict = verifyRaTlsCert(cert, gw.verifyOpts);
+  const measurement = verdict.claims ? primaryMeasurement(verdict.claims) : "";
+  if (!verdict.verified)
+    return refuse(
+      gw,
+      t,
+      `attestation failed (${verdict.code}): ${verdict.reason}`,
+      measurement,
+      verdict.code ?? "attestation_failed",
+    );
+  const match = matchApp(verdict, gw.config.apps);
+  if (!match.matched)
+    return refuse(gw, t, `no app matches: ${match.reasons.join("; ")}`, measurement, "no_app_match");
+  const app = gw.config.apps.find((a) => a.name === match.app)!;
+  const now = gw.now();
+  const grace = gw.config.tunnel.leaseGraceSeconds * 1000;
+  const lease = gw.leases.acquire(
+    app.name,
+    cert.fingerprint,
+    measurement,
+    t.peer,
+    now,
+    now + grace,
+    cert.der,
+  );
+  if (!lease) {
+    gw.handshake("pool-exhausted");
+    gw.log.log("warn", "pool-exhausted", {
+      app: app.name,
+      subnet: app.subnet,
+      peer: t.peer,
+      measurement,
+    });
+    return gw.close(t, "pool-exhausted", `no free address in ${app.subnet} for app ${app.name}`);
+  }
+  const holder = gw.byAddress.get(lease.address);
+  if (holder && holder !== t) {
+    // The same key reconnected from elsewhere (new port after a NAT rebinding or restart): the new tunnel wins.
+    gw.close(holder, "client-closed", "replaced by a new tunnel of the same key", false, true);
+  }
+  Object.assign(t, {
+    state: "leased",
+    app: app.name,
+    address: lease.address,
+    leaseId: lease.id,
+    keyFp: cert.fingerprint,
+    measurement,
+    maxRecord: t.session.maxRecord(),
+    // Only the DER: a parsed Cert (with Node's X509 object) would cost ~20 KB per idle tunnel.
+    leasedAt: now,
+  });
+  gw.byAddress.set(lease.address, t);
+  gw.firewall.tunnelUp(intToIp(lease.address), app.name);
+  const msg: Lease = {
+    address: intToIp(lease.address),
+    prefix: parseCidr(app.subnet).prefix,
+    gateway: intToIp(gw.gatewayAddress),
+    mtu: gw.config.tun.mtu,
+    dns: gw.config.dns,
+    lifetime: gw.config.tunnel.leaseGraceSeconds,
+    app: app.name,
+  };
+  sendControl(gw, t, { type: MSG.LEASE, lease: msg });
+  gw.handshake("accepted");
+  gw.log.log("info", "tunnel-up", {
+    peer: t.peer,
+    app: app.name,
+    address: msg.address,
+    measurement,
+    key: cert.fingerprint,
+    resumed: lease.resumed,
+    simulated: verdict.claims?.simulated ?? false,
+    tcbStatus: verdict.tcbStatus,
+    setupMs: now - started,
+  });
+  gw.notify((o) => {
+    o.verdict?.("accepted", "accepted", now - started);
+    o.tunnelUp?.(gw.info(t));
+  });
+}
+
+export function refuse(gw: Gateway, t: Tunnel, reason: string, measurement: string, code: string): void {
+  gw.handshake("refused");
+  gw.notify((o) => o.verdict?.("refused", code, gw.now() - t.createdAt));
+  gw.log.limited(`refused:${measurement}:${reason.slice(0, 40)}`, 5000, "warn", "tunnel-refused", {
+    peer: t.peer,
+    measurement,
+    reason,
+    code,
+  });
+  gw.close(t, "policy-rejected", reason);
+}

@@ -1,0 +1,108 @@
+/**
+ * The gateway's receive path (UDP → TUN), per batch of datagrams from the socket:
+ *   1. look up the tunnel by the datagram's source (ip:port); unknown sources go to step 6 (admission.ts)
+ *   2. DTLS: decrypt the tunnel's datagrams of the batch in one native call
+ *   3. control records (first byte 0) → control handler; others are IP packets
+ *   4. check version, header, length and that the source is the tunnel's leased address; else drop and count
+ *   5. write the batch of accepted packets to the TUN: with offload (tun.offload), consecutive in-order TCP
+ *      segments of one flow go in one write as a GSO super-packet; everything else one write per packet
+ *   6. unknown source: admission (admission.ts)
+ */
+import type { DtlsResult } from "../native/dtls.js";
+import { checkTunnelPacket, intToIp } from "../packet/ip.js";
+import { decodeControl, isControl, MSG, ProtocolError } from "../tunnel/protocol.js";
+import { onEstablished, onUnknown } from "./admission.js";
+import type { Gateway } from "./server.js";
+import type { Tunnel } from "./tunnel.js";
+
+export function onDatagrams(gw: Gateway, data: Buffer[], peers: string[]): void {
+  // Group datagrams of one tunnel so each tunnel's batch is decrypted in one native call.
+  let groups: Map<Tunnel, Buffer[]> | undefined;
+  for (let i = 0; i < data.length; i++) {
+    const t = gw.byPeer.get(peers[i]!);
+    if (t) {
+      groups ??= new Map();
+      const g = groups.get(t);
+      if (g) g.push(data[i]!);
+      else groups.set(t, [data[i]!]);
+    } else onUnknown(gw, data[i]!, peers[i]!);
+  }
+  if (!groups) return;
+  const toTun: Buffer[] = [];
+  for (const [t, batch] of groups) onTunnelDatagrams(gw, t, batch, toTun);
+  if (toTun.length) gw.tun.writeMany(toTun);
+}
+
+export function onTunnelDatagrams(gw: Gateway, t: Tunnel, batch: Buffer[], toTun: Buffer[]): void {
+  let r: DtlsResult;
+  try {
+    r = t.session.receiveMany(batch);
+  } catch (e) {
+    gw.count("dtls-error");
+    return gw.close(t, "protocol-error", (e as Error).message, false);
+  }
+  if (r.out.length) gw.udp.sendMany(r.out, t.peer);
+  if (r.error) {
+    gw.count("dtls-error");
+    gw.log.limited(`dtls:${t.peer}`, 5000, "warn", "dtls-error", { peer: t.peer, error: r.error });
+    if (!r.established || t.state === "handshake") return gw.close(t, "protocol-error", r.error, false);
+  }
+  const now = gw.now();
+  t.lastRx = now;
+  if (t.state === "handshake" && r.established) onEstablished(gw, t);
+  if (t.state !== "leased") {
+    if (r.records.length) gw.count("not-leased", r.records.length);
+    if (r.closed) gw.close(t, "client-closed", "peer sent close_notify", false);
+    return;
+  }
+  const app = gw.appCounters.get(t.app)!;
+  for (const rec of r.records) {
+    if (isControl(rec)) {
+      onControl(gw, t, rec);
+      if (t.state !== "leased") return;
+      continue;
+    }
+    const drop = checkTunnelPacket(rec, t.address);
+    if (drop) {
+      gw.count(drop);
+      if (drop === "spoofed-source") {
+        gw.log.limited(`spoof:${t.peer}`, 10_000, "warn", "spoofed-source-dropped", {
+          peer: t.peer,
+          app: t.app,
+          leased: intToIp(t.address),
+          source: intToIp(rec.readUInt32BE(12)),
+        });
+      }
+      continue;
+    }
+    t.counters.rxPackets++;
+    t.counters.rxBytes += rec.length;
+    app.rxPackets++;
+    app.rxBytes += rec.length;
+    toTun.push(rec);
+  }
+  if (r.closed) gw.close(t, "client-closed", "peer sent close_notify", false);
+}
+
+export function onControl(gw: Gateway, t: Tunnel, rec: Buffer): void {
+  let msg;
+  try {
+    msg = decodeControl(rec);
+  } catch (e) {
+    if (e instanceof ProtocolError) return gw.close(t, "protocol-error", e.message);
+    throw e;
+  }
+  switch (msg.type) {
+    case MSG.KEEPALIVE:
+      return;
+    case MSG.LEASE_ACK:
+      if (msg.address !== intToIp(t.address))
+        return gw.close(t, "protocol-error", `LEASE_ACK for ${msg.address}, leased ${intToIp(t.address)}`);
+      t.acked = true;
+      return;
+    case MSG.CLOSE:
+      return gw.close(t, "client-closed", `${msg.reason}: ${msg.message}`, false);
+    default:
+      return gw.close(t, "protocol-error", `unexpected control message ${msg.type} from a runtime`);
+  }
+}
