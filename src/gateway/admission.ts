@@ -1,7 +1,10 @@
 /**
  * Handshake admission and the end of a handshake (steps 6 and 7 of the receive path, receive.ts):
- *   6. unknown source: per-source rate limit and a cap on half-open handshakes, then the stateless cookie
- *      check; a valid cookie creates the session, whose handshake continues in step 2
+ *   6. unknown source: caps first (live tunnels: `tunnel-cap`; half-open handshakes: `half-open-cap`), then the
+ *      stateless cookie check; only a source that returned a valid cookie (it owns its address) is charged its
+ *      per-source rate limit (`rate-limited`), so spoofed ClientHellos cannot drain a victim's bucket. A valid
+ *      cookie within the limit creates the session, whose handshake continues in step 2. The cookie secret
+ *      rotates every COOKIE_ROTATION_MS (timers.ts); cookies of the previous secret stay valid for one period.
  *   7. handshake done: verify the RA-TLS certificate's evidence and key binding, match an app, lease an address
  *      from its subnet, send LEASE
  */
@@ -16,26 +19,53 @@ import { sendControl } from "./send.js";
 import type { Gateway } from "./server.js";
 import { Tunnel } from "./tunnel.js";
 
+/** How often the cookie secret is replaced; a cookie stays valid for one to two periods. */
+export const COOKIE_ROTATION_MS = 30_000;
+
+/** Replaces a listener's cookie secret every `periodMs` (driven by the gateway's sweep, with its clock). */
+export class CookieRotation {
+  private last: number;
+
+  constructor(
+    private readonly listener: { rotate(): void },
+    now: number,
+    private readonly periodMs = COOKIE_ROTATION_MS,
+  ) {
+    this.last = now;
+  }
+
+  /** Rotates when a period has passed since the last rotation; true when it did. */
+  tick(now: number): boolean {
+    if (now - this.last < this.periodMs) return false;
+    this.last = now;
+    this.listener.rotate();
+    return true;
+  }
+}
+
 export function onUnknown(gw: Gateway, datagram: Buffer, peer: string): void {
   // A DTLS handshake record has content type 22; anything else from an unknown source is noise.
   if (datagram.length < 13 || datagram[0] !== 22) return gw.count("unknown-session");
-  const now = gw.now();
-  if (!gw.limiter.take(sourceIp(peer), now)) {
-    gw.count("rate-limited");
-    gw.log.limited(`rl:${sourceIp(peer)}`, 10_000, "warn", "handshake-rate-limited", {
-      source: sourceIp(peer),
-    });
+  const limits = gw.config.limits;
+  if (gw.byPeer.size >= limits.maxTunnels) {
+    gw.count("tunnel-cap");
+    gw.log.limited("tunnel-cap", 10_000, "warn", "tunnel-cap-reached", { tunnels: gw.byPeer.size });
     return;
   }
-  if (gw.halfOpen.size >= gw.config.limits.maxHalfOpen || gw.byPeer.size >= gw.config.limits.maxTunnels) {
+  if (gw.halfOpen.size >= limits.maxHalfOpen) {
     gw.count("half-open-cap");
-    gw.log.limited("half-open-cap", 10_000, "warn", "half-open-cap-reached", {
-      halfOpen: gw.halfOpen.size,
-    });
+    gw.log.limited("half-open-cap", 10_000, "warn", "half-open-cap-reached", { halfOpen: gw.halfOpen.size });
     return;
   }
-  const res = gw.listener.handle(datagram, peer);
+  const now = gw.now();
+  const source = sourceIp(peer);
+  const res = gw.listener.handle(datagram, peer, () => gw.limiter.take(source, now));
   if (res.verdict === "drop") return gw.count("unknown-session");
+  if (res.verdict === "refused") {
+    gw.count("rate-limited");
+    gw.log.limited(`rl:${source}`, 10_000, "warn", "handshake-rate-limited", { source });
+    return;
+  }
   if (res.out.length) gw.udp.sendMany(res.out, peer);
   if (res.verdict === "accept") {
     const t = new Tunnel(peer, res.session, now);

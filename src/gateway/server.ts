@@ -24,6 +24,7 @@ import { Tun, UdpSocket } from "../native/io.js";
 import { intToIp, ipToInt } from "../packet/ip.js";
 import { ConfigError, loadConfig, type GatewayConfig } from "../policy/config.js";
 import { encodeControl, MSG, type CloseReason } from "../tunnel/protocol.js";
+import { CookieRotation } from "./admission.js";
 import { LeaseStore } from "./leases.js";
 import { onDatagrams } from "./receive.js";
 import { onTunPackets } from "./send.js";
@@ -114,6 +115,7 @@ export class Gateway {
   /** @internal */ readonly gatewayAddress: number;
   /** @internal */ leases!: LeaseStore;
   /** @internal */ listener!: DtlsListener;
+  /** @internal */ cookies!: CookieRotation;
   /** @internal */ udp!: UdpSocket;
   /** @internal */ tun!: Tun;
   /** @internal */ lastExpiry = 0;
@@ -159,6 +161,7 @@ export class Gateway {
       mtu: c.tun.mtu + DTLS_OVERHEAD,
     });
     this.listener = new DtlsListener(this.ctx);
+    this.cookies = new CookieRotation(this.listener, this.now());
     this.tun = c.tun.offload
       ? Tun.openOffloaded(c.tun.name, { napi: true }, (e) =>
           this.log.log("warn", "tun-offload-unavailable", { error: e.message }),

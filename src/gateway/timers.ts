@@ -1,7 +1,7 @@
 /**
- * The gateway's timers, one sweep every 200 ms: handshake timeouts and DTLS retransmissions, keepalives, idle
- * timeouts, lease extension in one transaction, and after a burst of setups or closes, freed C heap returned to the
- * kernel.
+ * The gateway's timers, one sweep every 200 ms: handshake timeouts and DTLS retransmissions, cookie secret
+ * rotation, keepalives, idle timeouts, lease extension in one transaction, and after a burst of setups or closes,
+ * freed C heap returned to the kernel.
  */
 import { trimMemory } from "../native/mem.js";
 import { MSG } from "../tunnel/protocol.js";
@@ -32,6 +32,7 @@ export function sweep(gw: Gateway): void {
       if (out.length) gw.udp.sendMany(out, t.peer);
     }
   }
+  gw.cookies.tick(now);
   const extend: [number, number][] = [];
   const flush = now - gw.lastLeaseFlush > 30_000;
   for (const t of gw.byAddress.values()) {

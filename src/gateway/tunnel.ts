@@ -47,4 +47,11 @@ export class Tunnel {
 
 /** Why packets or datagrams were dropped, counted. */
 export type DropCounter =
-  DropReason | "too-big" | "rate-limited" | "half-open-cap" | "unknown-session" | "dtls-error" | "not-leased";
+  | DropReason
+  | "too-big"
+  | "rate-limited"
+  | "half-open-cap"
+  | "tunnel-cap"
+  | "unknown-session"
+  | "dtls-error"
+  | "not-leased";

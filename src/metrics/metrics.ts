@@ -25,6 +25,7 @@ export const DROP_REASONS = [
   "too-big",
   "rate-limited",
   "half-open-cap",
+  "tunnel-cap",
   "unknown-session",
   "dtls-error",
   "not-leased",

@@ -8,6 +8,10 @@ import { checkTunnelPacket, intToIp, ipToInt, parseCidr } from "../../src/packet
 import { RateLimiter, sourceIp } from "../../src/gateway/ratelimit.js";
 import { ConfigError, loadConfig, parseConfig } from "../../src/policy/config.js";
 import { LeaseStore } from "../../src/gateway/leases.js";
+import { COOKIE_ROTATION_MS, CookieRotation } from "../../src/gateway/admission.js";
+import { generateKeyPairSync } from "node:crypto";
+import { selfSignedCert } from "../../src/attest/x509gen.js";
+import { DtlsContext, DtlsListener, DtlsSession } from "../../src/native/dtls.js";
 
 function ipv4(src: string, dst: string, len = 28): Buffer {
   const p = Buffer.alloc(len);
@@ -162,4 +166,39 @@ test("leases: the database refuses two live leases of one address", () => {
     /UNIQUE/,
   );
   s.close();
+});
+
+test("the gateway rotates its cookie secret every period; a cookie lives one to two periods", async () => {
+  const ctx = async (role: "server" | "client") => {
+    const keys = generateKeyPairSync("ec", { namedCurve: "P-256" });
+    const cert = await selfSignedCert({ keys, name: `CN=${role}`, days: 1 });
+    const keyPem = keys.privateKey.export({ type: "pkcs8", format: "pem" }) as string;
+    return new DtlsContext({ role, certPem: cert.pem, keyPem });
+  };
+  const listener = new DtlsListener(await ctx("server"));
+  const cctx = await ctx("client");
+  const peer = "192.0.2.1:1000";
+  const cookieHello = (): Buffer => {
+    const c = DtlsSession.client(cctx);
+    const v = listener.handle(c.start()[0]!, peer);
+    assert.equal(v.verdict, "reply");
+    const hello = v.verdict === "reply" ? c.receiveMany(v.out).out[0]! : Buffer.alloc(0);
+    c.free();
+    return hello;
+  };
+  const accepted = (hello: Buffer): boolean => {
+    const r = listener.handle(hello, peer);
+    if (r.verdict === "accept") r.session.free();
+    return r.verdict === "accept";
+  };
+  const rot = new CookieRotation(listener, 0);
+  const hello = cookieHello();
+  assert.equal(rot.tick(COOKIE_ROTATION_MS - 1), false, "not before a period has passed");
+  assert.ok(accepted(hello));
+  assert.equal(rot.tick(COOKIE_ROTATION_MS), true);
+  assert.ok(accepted(hello), "the previous secret is accepted for one period");
+  assert.equal(rot.tick(2 * COOKIE_ROTATION_MS - 1), false);
+  assert.equal(rot.tick(2 * COOKIE_ROTATION_MS), true);
+  assert.ok(!accepted(hello), "a cookie two secrets old is refused");
+  assert.ok(accepted(cookieHello()), "fresh cookies work");
 });
