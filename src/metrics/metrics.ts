@@ -26,6 +26,7 @@ export const DROP_REASONS = [
   "rate-limited",
   "half-open-cap",
   "tunnel-cap",
+  "throttled",
   "unknown-session",
   "dtls-error",
   "not-leased",
