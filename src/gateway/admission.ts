@@ -59,11 +59,21 @@ export function onUnknown(gw: Gateway, datagram: Buffer, peer: string): void {
   }
   const now = gw.now();
   const source = sourceIp(peer);
-  const res = gw.listener.handle(datagram, peer, () => gw.limiter.take(source, now));
+  let overall = false;
+  const res = gw.listener.handle(datagram, peer, () => {
+    if (!gw.limiter.take(source, now)) return false;
+    overall = !gw.handshakeBudget.take(now);
+    return !overall;
+  });
   if (res.verdict === "drop") return gw.count("unknown-session");
   if (res.verdict === "refused") {
     gw.count("rate-limited");
-    gw.log.limited(`rl:${source}`, 10_000, "warn", "handshake-rate-limited", { source });
+    if (overall)
+      gw.log.limited("rl:all", 10_000, "warn", "handshake-rate-limited", {
+        limit: "handshakesPerSecond",
+        rate: gw.config.limits.handshakesPerSecond,
+      });
+    else gw.log.limited(`rl:${source}`, 10_000, "warn", "handshake-rate-limited", { source });
     return;
   }
   if (res.out.length) gw.udp.sendMany(res.out, peer);

@@ -1,7 +1,8 @@
 /**
  * The gateway's receive path (UDP → TUN), per batch of datagrams from the socket:
  *   1. look up the tunnel by the datagram's source (ip:port); unknown sources go to step 6 (admission.ts); a
- *      throttled tunnel's datagrams are dropped here, before decryption (`throttled`)
+ *      throttled tunnel's datagrams are dropped here, before decryption (`throttled`), and soon by the kernel
+ *      before they reach the socket (guard.ts)
  *   2. DTLS: decrypt the tunnel's datagrams of the batch in one native call (replayed and forged records are
  *      dropped by OpenSSL before or at decryption); only records that decrypt refresh the tunnel's idle timer
  *   3. control records (first byte 0) → control handler; others are IP packets
@@ -19,7 +20,7 @@ import { decodeControl, isControl, MSG, ProtocolError } from "../tunnel/protocol
 import { onEstablished, onUnknown } from "./admission.js";
 import { sendControl } from "./send.js";
 import type { Gateway } from "./server.js";
-import { ICMP_PER_SECOND, type Tunnel } from "./tunnel.js";
+import { ICMP_PER_SECOND, MISBEHAVING_BLOCK_MS, THROTTLE_MS, type Tunnel } from "./tunnel.js";
 
 export function onDatagrams(gw: Gateway, data: Buffer[], peers: string[]): void {
   // Group datagrams of one tunnel so each tunnel's batch is decrypted in one native call.
@@ -95,9 +96,11 @@ export function onTunnelDatagrams(gw: Gateway, t: Tunnel, batch: Buffer[], toTun
       const verdict = t.bad(now);
       if (verdict === "ok") continue;
       if (verdict === "close") {
+        gw.guard.block(t.peer, MISBEHAVING_BLOCK_MS);
         gw.close(t, "misbehaving", "kept sending malformed or spoofed packets after being throttled");
         break;
       }
+      gw.guard.block(t.peer, THROTTLE_MS);
       gw.log.limited(`throttle:${t.peer}`, 10_000, "warn", "tunnel-throttled", {
         peer: t.peer,
         app: t.app,

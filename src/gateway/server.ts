@@ -25,13 +25,14 @@ import { intToIp, ipToInt } from "../packet/ip.js";
 import { ConfigError, loadConfig, type GatewayConfig } from "../policy/config.js";
 import { encodeControl, MSG, type CloseReason } from "../tunnel/protocol.js";
 import { CookieRotation } from "./admission.js";
+import { PeerGuard } from "./guard.js";
 import { LeaseStore } from "./leases.js";
 import { onDatagrams } from "./receive.js";
 import { onTunPackets } from "./send.js";
 import { sweep } from "./timers.js";
 import { zero, type Counters, type DropCounter, type Tunnel } from "./tunnel.js";
 import { jsonLogger, type Logger } from "./log.js";
-import { RateLimiter } from "./ratelimit.js";
+import { RateLimiter, TokenBucket } from "./ratelimit.js";
 import { SystemSetup } from "./system.js";
 import { immutableChange, revocationReason, type ReloadResult } from "./reload.js";
 
@@ -110,6 +111,7 @@ export class Gateway {
   /** @internal */ readonly halfOpen = new Set<Tunnel>();
   /** @internal */ readonly appCounters = new Map<string, Counters>();
   /** @internal */ readonly limiter: RateLimiter;
+  /** @internal */ readonly handshakeBudget: TokenBucket;
   /** @internal */ verifyOpts: VerifyOptions;
   /** @internal */ readonly firewall: Firewall;
   /** @internal */ readonly gatewayAddress: number;
@@ -118,6 +120,7 @@ export class Gateway {
   /** @internal */ cookies!: CookieRotation;
   /** @internal */ udp!: UdpSocket;
   /** @internal */ tun!: Tun;
+  /** @internal */ guard!: PeerGuard;
   /** @internal */ lastExpiry = 0;
   /** @internal */ lastLeaseFlush = 0;
   /** @internal When a tunnel was last set up or closed, and when the C heap was last trimmed (timers.ts). */
@@ -136,6 +139,10 @@ export class Gateway {
     this.limiter = new RateLimiter(
       config.limits.handshakesPerSecondPerSource,
       config.limits.handshakeBurstPerSource,
+    );
+    this.handshakeBudget = new TokenBucket(
+      config.limits.handshakesPerSecond,
+      config.limits.handshakesPerSecond,
     );
     this.gatewayAddress = ipToInt(config.tun.address.split("/")[0]!);
     this.verifyOpts = verifyOptions(config);
@@ -180,6 +187,8 @@ export class Gateway {
       await this.system.undo();
       throw e;
     }
+    this.guard = new PeerGuard(this.udp.port, this.log);
+    await this.guard.start();
     this.udp.onDatagrams((b) => onDatagrams(this, b.data, b.peers));
     this.tun.onPackets((p) => onTunPackets(this, p));
     this.sweepTimer = setInterval(() => sweep(this), 200);
@@ -201,6 +210,7 @@ export class Gateway {
     for (const t of [...this.byPeer.values()]) this.close(t, "shutting-down", "gateway is shutting down");
     this.udp?.close();
     this.tun?.close();
+    await this.guard?.stop();
     await this.firewall.stop();
     await this.system.undo();
     this.leases?.close();

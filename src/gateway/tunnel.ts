@@ -81,6 +81,8 @@ export const BAD_BURST = 1000;
 export const THROTTLE_MS = 1000;
 /** Throttles in a row (no quiet STRIKE_FORGET_MS between them) before the tunnel is closed with `misbehaving`. */
 export const MAX_STRIKES = 3;
+/** How long the kernel drops the datagrams of a peer closed as `misbehaving` (guard.ts). */
+export const MISBEHAVING_BLOCK_MS = 30_000;
 export const STRIKE_FORGET_MS = 30_000;
 /** ICMP "fragmentation needed" answers per tunnel and second. */
 export const ICMP_PER_SECOND = 50;

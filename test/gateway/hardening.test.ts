@@ -162,6 +162,9 @@ describe("gateway hardening in namespaces", { concurrency: false }, () => {
       );
       assert.equal(down.reason, "misbehaving");
       await waitLine(lab.gateway!, (o) => o.event === "tunnel-throttled", 1000, from);
+      // The kernel drops the closed tunnel's datagrams before the gateway's socket (guard.ts).
+      const guard = await lab.gw.exec("nft", ["list", "set", "inet", "seng_guard", "peers"]);
+      assert.match(guard.stdout, /198\.18\.3\.2 \. \d+ timeout/);
       // The other tunnel still carries traffic while the flood goes on from the closed tunnel's port.
       const ok = await lab.clients[0]!.exec("ping", ["-c", "2", "-W", "2", SERVER_IP], {
         check: false,
