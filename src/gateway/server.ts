@@ -6,7 +6,8 @@
  *   - receive.ts: the receive path (UDP → TUN), its steps numbered at the top
  *   - send.ts: the send path (TUN → UDP), its steps numbered at the top
  *   - timers.ts: the sweep (handshake and idle timeouts, keepalives, lease extension, heap trimming)
- *   - tunnel.ts: one runtime's tunnel
+ *   - tunnel.ts: one runtime's tunnel and its abuse budget
+ *   - guard.ts: kernel drops (nftables) of the datagrams of throttled or misbehaving peers
  *   - this file: start and stop, closing tunnels, reload, counters, and the read-only views for the admin API
  *
  * Firewall (src/firewall/, off the packet path): a leased tunnel's address joins its app's nftables sets and leaves
