@@ -26,7 +26,7 @@ function policyYaml(enabled: boolean): string {
   ).join("\n");
   return [
     "tunnel: { idleTimeoutSeconds: 3600, keepaliveSeconds: 3600 }",
-    "limits: { handshakesPerSecondPerSource: 100000, handshakeBurstPerSource: 100000 }",
+    "limits: { handshakesPerSecondPerSource: 100000, handshakeBurstPerSource: 100000, handshakesPerSecond: 100000 }",
     `firewall: { enabled: ${enabled}, unshielded: { drop: true, interfaces: [gw-c9] } }`,
     "policy:",
     "  rules:",

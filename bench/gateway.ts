@@ -202,7 +202,7 @@ export async function benchGateway(
     clients: 1,
     apps: [{ name: "browser", subnet: "100.64.0.0/12", identities: [{ mrenclave: "b0".repeat(32) }] }],
     extraYaml:
-      "tunnel: { idleTimeoutSeconds: 3600, keepaliveSeconds: 3600 }\nlimits: { handshakesPerSecondPerSource: 100000, handshakeBurstPerSource: 100000, maxHalfOpen: 5000 }",
+      "tunnel: { idleTimeoutSeconds: 3600, keepaliveSeconds: 3600 }\nlimits: { handshakesPerSecondPerSource: 100000, handshakeBurstPerSource: 100000, handshakesPerSecond: 100000, maxHalfOpen: 5000 }",
   });
   const out: Record<string, number> = {};
   const procs: NsProcess[] = [];

@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --quick] [-- --json] [-- --only=attest,gateway,runtime,firewall]`: runs every benchmark (the
+ * `npm run bench [-- --quick] [-- --json] [-- --only=attest,gateway,flood,runtime,firewall]`: runs every benchmark (the
  * gateway, runtime and firewall ones need root, iperf3, openvpn, wrk and nft) and prints one JSON object of named figures
  * (with --json) or a readable table. Figures and the machine they were taken on go to docs/BENCHMARKS.md.
  */
@@ -7,6 +7,7 @@ import { cpus } from "node:os";
 import { resolve } from "node:path";
 import { benchAttest } from "./attest.js";
 import { benchFirewall } from "./firewall.js";
+import { benchFlood } from "./flood.js";
 import { benchGateway } from "./gateway.js";
 import { benchRuntime } from "./runtime.js";
 
@@ -32,6 +33,7 @@ const gatewayParts = new Set(
     .flatMap((o) => (o === "gateway" ? ["throughput", "setup", "memory"] : [o.slice(8)])),
 );
 if (gatewayParts.size) Object.assign(figures, await benchGateway(quick, gatewayParts));
+if (want("flood")) Object.assign(figures, await benchFlood(quick));
 if (want("runtime")) Object.assign(figures, await benchRuntime(quick));
 if (want("firewall")) Object.assign(figures, await benchFirewall(quick));
 

@@ -37,6 +37,7 @@ await new Promise<void>((done) => {
       reconnect: false,
       keepaliveSeconds: 3600,
       deadSeconds: 3600,
+      probeSeconds: 3600,
     });
     clients.push(c);
     const start = performance.now();

@@ -63,6 +63,7 @@ constexpr size_t kMetaHeader = 4;
 constexpr uint32_t kDrop = 0;
 constexpr uint32_t kReply = 1;
 constexpr uint32_t kAccept = 2;
+constexpr uint32_t kRefused = 3;  // listener: valid cookie, but the caller's admit() said no
 
 /** SSL max_send_fragment for an MTU: records never exceed one datagram, so the write buffer (which OpenSSL sizes
  * from this) need not hold 16 KB. */
@@ -748,7 +749,8 @@ class ListenerWrap : public Napi::ObjectWrap<ListenerWrap> {
   }
 
  private:
-  // handle(datagram, peer) -> meta[0] verdict; drop: undefined; reply: datagrams; accept: [datagrams, external]
+  // handle(datagram, peer, admit?) -> meta[0] verdict; drop, refused: undefined; reply: datagrams;
+  // accept: [datagrams, external]
   Napi::Value Handle(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     const uint8_t* data;
@@ -785,6 +787,19 @@ class ListenerWrap : public Napi::ObjectWrap<ListenerWrap> {
       }
       if (tScratch.outLens.empty()) return env.Undefined();
       return Emit(env, meta_, kReply);
+    }
+    // Cookie verified: the peer owns its address. The caller's admit() (its per-source rate limit) may still say
+    // no, before any handshake work is done; admit must not call back into this listener.
+    if (info.Length() >= 3 && info[2].IsFunction()) {
+      Napi::Value ok = info[2].As<Napi::Function>().Call({});
+      if (env.IsExceptionPending() || !ok.ToBoolean().Value()) {
+        SSL_set_ex_data(ssl, CookieExIndex(), nullptr);
+        conn_.reset();  // a fresh object for the next datagram
+        tScratch.clear();
+        ClearErrors();
+        meta_.p[0] = kRefused;
+        return env.Undefined();
+      }
     }
     // Cookie verified: this SSL becomes the session. Continue the handshake now, while the cookie state is
     // still attached (OpenSSL checks the cookie again when it processes the buffered ClientHello).

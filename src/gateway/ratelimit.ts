@@ -44,6 +44,28 @@ export class RateLimiter {
   }
 }
 
+/** One token bucket: `rate` a second, bursts of `burst` (all sources together). */
+export class TokenBucket {
+  private tokens: number;
+  private at = 0;
+
+  constructor(
+    private readonly rate: number,
+    private readonly burst: number,
+  ) {
+    this.tokens = burst;
+  }
+
+  /** Takes one token at time `now` (ms); false when there is none. */
+  take(now: number): boolean {
+    this.tokens = Math.min(this.burst, this.tokens + (Math.max(0, now - this.at) / 1000) * this.rate);
+    this.at = now;
+    if (this.tokens < 1) return false;
+    this.tokens -= 1;
+    return true;
+  }
+}
+
 /** The source IP of a peer string "ip:port" or "[ip6]:port". */
 export function sourceIp(peer: string): string {
   if (peer.startsWith("[")) return peer.slice(1, peer.indexOf("]"));

@@ -1,25 +1,14 @@
 /**
  * The SENG gateway: attested DTLS tunnels in, per-app addresses out, packets between the tunnels and a TUN device.
  *
- * Receive path (UDP → TUN), per batch of datagrams from the socket:
- *   1. look up the tunnel by the datagram's source (ip:port); unknown sources go to step 6
- *   2. DTLS: decrypt the tunnel's datagrams of the batch in one native call
- *   3. control records (first byte 0) → control handler; others are IP packets
- *   4. check version, header, length and that the source is the tunnel's leased address; else drop and count
- *   5. write the batch of accepted packets to the TUN: with offload (tun.offload), consecutive in-order TCP
- *      segments of one flow go in one write as a GSO super-packet; everything else one write per packet
- *   6. unknown source: per-source rate limit and a cap on half-open handshakes, then the stateless cookie
- *      check; a valid cookie creates the session, whose handshake continues in step 2
- *   7. handshake done: verify the RA-TLS certificate's evidence and key binding, match an app, lease an address
- *      from its subnet, send LEASE
- *
- * Send path (TUN → UDP), per batch of packets from the TUN (with offload, the addon has split the kernel's TCP
- * super-packets into MTU-sized packets and completed checksums left to it):
- *   1. destination address → tunnel (one Map lookup on a number); none → drop (no-route)
- *   2. group the batch per tunnel, encrypt each group in one native call, send all datagrams with one sendmmsg
- *
- * Timers (one sweep every 200 ms): handshake timeouts and DTLS retransmissions, keepalives, idle timeouts, lease
- * extension in one transaction, and after a burst of setups or closes, freed C heap returned to the kernel.
+ * The gateway is split by concern (as wireguard-go's device/):
+ *   - admission.ts: handshake admission (rate limits, caps, cookies) and the end of a handshake (attestation, lease)
+ *   - receive.ts: the receive path (UDP → TUN), its steps numbered at the top
+ *   - send.ts: the send path (TUN → UDP), its steps numbered at the top
+ *   - timers.ts: the sweep (handshake and idle timeouts, keepalives, lease extension, heap trimming)
+ *   - tunnel.ts: one runtime's tunnel and its abuse budget
+ *   - guard.ts: kernel drops (nftables) of the datagrams of throttled or misbehaving peers
+ *   - this file: start and stop, closing tunnels, reload, counters, and the read-only views for the admin API
  *
  * Firewall (src/firewall/, off the packet path): a leased tunnel's address joins its app's nftables sets and leaves
  * them when the tunnel closes; the policy table is applied at start and by reload(), which also revokes tunnels
@@ -27,89 +16,29 @@
  */
 import { readFileSync } from "node:fs";
 import { Firewall, type FirewallStats } from "../firewall/firewall.js";
-import { matchApp } from "../attest/policy.js";
-import { primaryMeasurement, type Claims, type TcbStatus } from "../attest/claims.js";
+import { type Claims, type TcbStatus } from "../attest/claims.js";
 import { loadCollateral } from "../attest/intel/collateral.js";
 import { verifyRaTlsCert, type VerifyOptions } from "../attest/verify.js";
 import { Cert } from "../attest/x509.js";
-import { DtlsContext, DtlsListener, DtlsSession, type DtlsResult } from "../native/dtls.js";
+import { DtlsContext, DtlsListener } from "../native/dtls.js";
 import { Tun, UdpSocket } from "../native/io.js";
-import { trimMemory } from "../native/mem.js";
-import { checkTunnelPacket, intToIp, ipToInt, ipv4Dst, parseCidr, type DropReason } from "../packet/ip.js";
+import { intToIp, ipToInt } from "../packet/ip.js";
 import { ConfigError, loadConfig, type GatewayConfig } from "../policy/config.js";
-import {
-  decodeControl,
-  encodeControl,
-  isControl,
-  MSG,
-  ProtocolError,
-  type CloseReason,
-  type Lease,
-} from "../tunnel/protocol.js";
+import { encodeControl, MSG, type CloseReason } from "../tunnel/protocol.js";
+import { CookieRotation } from "./admission.js";
+import { PeerGuard } from "./guard.js";
 import { LeaseStore } from "./leases.js";
+import { onDatagrams } from "./receive.js";
+import { onTunPackets } from "./send.js";
+import { sweep } from "./timers.js";
+import { zero, type Counters, type DropCounter, type Tunnel } from "./tunnel.js";
 import { jsonLogger, type Logger } from "./log.js";
-import { RateLimiter, sourceIp } from "./ratelimit.js";
+import { RateLimiter, TokenBucket } from "./ratelimit.js";
 import { SystemSetup } from "./system.js";
 import { immutableChange, revocationReason, type ReloadResult } from "./reload.js";
 
 /** Room for the DTLS record header, explicit nonce and AEAD tag around one tunnelled packet (37 bytes, rounded up). */
 export const DTLS_OVERHEAD = 64;
-
-/**
- * After tunnels were set up or closed, the sweep hands the C heap's free pages back to the kernel (malloc_trim) once
- * no setup or close has happened for TRIM_QUIET_MS, at most once per TRIM_INTERVAL_MS. A burst of handshakes leaves
- * megabytes of freed transient memory (certificate parsing, verification, handshake buffers) mapped in malloc's
- * arenas; trimming makes RSS show what is live. It takes about 2 ms at 10,000 tunnels and never runs per packet.
- */
-const TRIM_QUIET_MS = 500;
-const TRIM_INTERVAL_MS = 5000;
-
-/** Per-tunnel and per-app traffic counters. */
-export interface Counters {
-  rxPackets: number;
-  rxBytes: number;
-  txPackets: number;
-  txBytes: number;
-}
-
-const zero = (): Counters => ({ rxPackets: 0, rxBytes: 0, txPackets: 0, txBytes: 0 });
-
-type State = "handshake" | "leased" | "closed";
-
-let nextTunnelId = 0;
-
-/** One runtime's tunnel. */
-export class Tunnel {
-  /** Stable id for the admin API, unique within the process. */
-  readonly id = ++nextTunnelId;
-  state: State = "handshake";
-  app = "";
-  address = 0;
-  leaseId = 0;
-  keyFp = "";
-  measurement = "";
-  acked = false;
-  /** Largest packet the DTLS session can carry in one record (set when established). */
-  maxRecord = 0;
-  /** The runtime's RA-TLS certificate, kept so a reload can re-check its identity (revocation). */
-  leasedAt = 0;
-  readonly counters = zero();
-  lastRx: number;
-  lastTx: number;
-
-  constructor(
-    readonly peer: string,
-    readonly session: DtlsSession,
-    readonly createdAt: number,
-  ) {
-    this.lastRx = createdAt;
-    this.lastTx = createdAt;
-  }
-}
-
-/** Why packets or datagrams were dropped, counted. */
-export type DropCounter =
-  DropReason | "too-big" | "rate-limited" | "half-open-cap" | "unknown-session" | "dtls-error" | "not-leased";
 
 export interface GatewayStats {
   tunnels: number;
@@ -162,34 +91,43 @@ export interface GatewayOptions {
   now?: () => number;
 }
 
+export type { Counters, DropCounter } from "./tunnel.js";
+export { Tunnel } from "./tunnel.js";
+
 export class Gateway {
-  private readonly log: Logger;
-  private readonly now: () => number;
-  private readonly byPeer = new Map<string, Tunnel>();
-  private readonly byAddress = new Map<number, Tunnel>();
-  private readonly halfOpen = new Set<Tunnel>();
   private readonly drops = new Map<string, number>();
   private readonly handshakes = new Map<string, number>();
-  private readonly appCounters = new Map<string, Counters>();
-  private readonly limiter: RateLimiter;
   private readonly system = new SystemSetup();
-  private verifyOpts: VerifyOptions;
-  private readonly firewall: Firewall;
   private reloading: Promise<ReloadResult> | undefined;
-  private readonly gatewayAddress: number;
-  private leases!: LeaseStore;
   private ctx!: DtlsContext;
-  private listener!: DtlsListener;
-  private udp!: UdpSocket;
-  private tun!: Tun;
   private sweepTimer: NodeJS.Timeout | undefined;
-  private lastExpiry = 0;
-  private lastLeaseFlush = 0;
-  /** When a tunnel was last set up or closed, and when the C heap was last trimmed (see TRIM_QUIET_MS). */
-  private churnAt = 0;
-  private trimmedAt = 0;
   private stopping = false;
   private readonly observers: GatewayObserver[] = [];
+
+  // Shared with the data path and timers (admission.ts, receive.ts, send.ts, timers.ts); not for other callers.
+  /** @internal */ readonly log: Logger;
+  /** @internal */ readonly now: () => number;
+  /** @internal */ readonly byPeer = new Map<string, Tunnel>();
+  /** @internal */ readonly byAddress = new Map<number, Tunnel>();
+  /** @internal */ readonly halfOpen = new Set<Tunnel>();
+  /** @internal */ readonly appCounters = new Map<string, Counters>();
+  /** @internal */ readonly limiter: RateLimiter;
+  /** @internal */ readonly handshakeBudget: TokenBucket;
+  /** @internal */ verifyOpts: VerifyOptions;
+  /** @internal */ readonly firewall: Firewall;
+  /** @internal */ readonly gatewayAddress: number;
+  /** @internal */ leases!: LeaseStore;
+  /** @internal */ listener!: DtlsListener;
+  /** @internal */ cookies!: CookieRotation;
+  /** @internal */ udp!: UdpSocket;
+  /** @internal */ tun!: Tun;
+  /** @internal */ guard!: PeerGuard;
+  /** @internal */ lastExpiry = 0;
+  /** @internal */ lastLeaseFlush = 0;
+  /** @internal When a tunnel was last set up or closed, and when the C heap was last trimmed (timers.ts). */
+  churnAt = 0;
+  /** @internal */ trimmedAt = 0;
+
   /** ms since the epoch when {@link start} finished. */
   startedAt = 0;
 
@@ -202,6 +140,10 @@ export class Gateway {
     this.limiter = new RateLimiter(
       config.limits.handshakesPerSecondPerSource,
       config.limits.handshakeBurstPerSource,
+    );
+    this.handshakeBudget = new TokenBucket(
+      config.limits.handshakesPerSecond,
+      config.limits.handshakesPerSecond,
     );
     this.gatewayAddress = ipToInt(config.tun.address.split("/")[0]!);
     this.verifyOpts = verifyOptions(config);
@@ -230,6 +172,7 @@ export class Gateway {
       mtu: c.tun.mtu + DTLS_OVERHEAD,
     });
     this.listener = new DtlsListener(this.ctx);
+    this.cookies = new CookieRotation(this.listener, this.now());
     this.tun = c.tun.offload
       ? Tun.openOffloaded(c.tun.name, { napi: true }, (e) =>
           this.log.log("warn", "tun-offload-unavailable", { error: e.message }),
@@ -248,9 +191,11 @@ export class Gateway {
       await this.system.undo();
       throw e;
     }
-    this.udp.onDatagrams((b) => this.onDatagrams(b.data, b.peers));
-    this.tun.onPackets((p) => this.onTunPackets(p));
-    this.sweepTimer = setInterval(() => this.sweep(), 200);
+    this.guard = new PeerGuard(this.udp.port, this.log);
+    await this.guard.start();
+    this.udp.onDatagrams((b) => onDatagrams(this, b.data, b.peers));
+    this.tun.onPackets((p) => onTunPackets(this, p));
+    this.sweepTimer = setInterval(() => sweep(this), 200);
     this.startedAt = this.now();
     this.log.log("info", "gateway-started", {
       listen: c.listen,
@@ -269,6 +214,7 @@ export class Gateway {
     for (const t of [...this.byPeer.values()]) this.close(t, "shutting-down", "gateway is shutting down");
     this.udp?.close();
     this.tun?.close();
+    await this.guard?.stop();
     await this.firewall.stop();
     await this.system.undo();
     this.leases?.close();
@@ -281,284 +227,7 @@ export class Gateway {
 
   // ---- receive path ----
 
-  private onDatagrams(data: Buffer[], peers: string[]): void {
-    // Group datagrams of one tunnel so each tunnel's batch is decrypted in one native call.
-    let groups: Map<Tunnel, Buffer[]> | undefined;
-    for (let i = 0; i < data.length; i++) {
-      const t = this.byPeer.get(peers[i]!);
-      if (t) {
-        groups ??= new Map();
-        const g = groups.get(t);
-        if (g) g.push(data[i]!);
-        else groups.set(t, [data[i]!]);
-      } else this.onUnknown(data[i]!, peers[i]!);
-    }
-    if (!groups) return;
-    const toTun: Buffer[] = [];
-    for (const [t, batch] of groups) this.onTunnelDatagrams(t, batch, toTun);
-    if (toTun.length) this.tun.writeMany(toTun);
-  }
-
-  private onTunnelDatagrams(t: Tunnel, batch: Buffer[], toTun: Buffer[]): void {
-    let r: DtlsResult;
-    try {
-      r = t.session.receiveMany(batch);
-    } catch (e) {
-      this.count("dtls-error");
-      return this.close(t, "protocol-error", (e as Error).message, false);
-    }
-    if (r.out.length) this.udp.sendMany(r.out, t.peer);
-    if (r.error) {
-      this.count("dtls-error");
-      this.log.limited(`dtls:${t.peer}`, 5000, "warn", "dtls-error", { peer: t.peer, error: r.error });
-      if (!r.established || t.state === "handshake") return this.close(t, "protocol-error", r.error, false);
-    }
-    const now = this.now();
-    t.lastRx = now;
-    if (t.state === "handshake" && r.established) this.onEstablished(t);
-    if (t.state !== "leased") {
-      if (r.records.length) this.count("not-leased", r.records.length);
-      if (r.closed) this.close(t, "client-closed", "peer sent close_notify", false);
-      return;
-    }
-    const app = this.appCounters.get(t.app)!;
-    for (const rec of r.records) {
-      if (isControl(rec)) {
-        this.onControl(t, rec);
-        if (t.state !== "leased") return;
-        continue;
-      }
-      const drop = checkTunnelPacket(rec, t.address);
-      if (drop) {
-        this.count(drop);
-        if (drop === "spoofed-source") {
-          this.log.limited(`spoof:${t.peer}`, 10_000, "warn", "spoofed-source-dropped", {
-            peer: t.peer,
-            app: t.app,
-            leased: intToIp(t.address),
-            source: intToIp(rec.readUInt32BE(12)),
-          });
-        }
-        continue;
-      }
-      t.counters.rxPackets++;
-      t.counters.rxBytes += rec.length;
-      app.rxPackets++;
-      app.rxBytes += rec.length;
-      toTun.push(rec);
-    }
-    if (r.closed) this.close(t, "client-closed", "peer sent close_notify", false);
-  }
-
-  private onUnknown(datagram: Buffer, peer: string): void {
-    // A DTLS handshake record has content type 22; anything else from an unknown source is noise.
-    if (datagram.length < 13 || datagram[0] !== 22) return this.count("unknown-session");
-    const now = this.now();
-    if (!this.limiter.take(sourceIp(peer), now)) {
-      this.count("rate-limited");
-      this.log.limited(`rl:${sourceIp(peer)}`, 10_000, "warn", "handshake-rate-limited", {
-        source: sourceIp(peer),
-      });
-      return;
-    }
-    if (
-      this.halfOpen.size >= this.config.limits.maxHalfOpen ||
-      this.byPeer.size >= this.config.limits.maxTunnels
-    ) {
-      this.count("half-open-cap");
-      this.log.limited("half-open-cap", 10_000, "warn", "half-open-cap-reached", {
-        halfOpen: this.halfOpen.size,
-      });
-      return;
-    }
-    const res = this.listener.handle(datagram, peer);
-    if (res.verdict === "drop") return this.count("unknown-session");
-    if (res.out.length) this.udp.sendMany(res.out, peer);
-    if (res.verdict === "accept") {
-      const t = new Tunnel(peer, res.session, now);
-      this.byPeer.set(peer, t);
-      this.halfOpen.add(t);
-      this.handshake("started");
-    }
-  }
-
-  private onEstablished(t: Tunnel): void {
-    const started = t.createdAt;
-    this.churnAt = this.now();
-    this.halfOpen.delete(t);
-    const der = t.session.peerCertificate();
-    if (!der) return this.refuse(t, "no client certificate", "", "no_certificate");
-    // The DER is all the gateway keeps (with the lease, in SQLite); OpenSSL's parsed copy loses its extensions (the
-    // evidence: ~4 KB per idle tunnel).
-    t.session.trimPeerCertificate();
-    let cert: Cert;
-    try {
-      cert = Cert.parseOnce(der);
-    } catch (e) {
-      return this.refuse(
-        t,
-        `client certificate unreadable: ${(e as Error).message}`,
-        "",
-        "certificate_unreadable",
-      );
-    }
-    const verdict = verifyRaTlsCert(cert, this.verifyOpts);
-    const measurement = verdict.claims ? primaryMeasurement(verdict.claims) : "";
-    if (!verdict.verified)
-      return this.refuse(
-        t,
-        `attestation failed (${verdict.code}): ${verdict.reason}`,
-        measurement,
-        verdict.code ?? "attestation_failed",
-      );
-    const match = matchApp(verdict, this.config.apps);
-    if (!match.matched)
-      return this.refuse(t, `no app matches: ${match.reasons.join("; ")}`, measurement, "no_app_match");
-    const app = this.config.apps.find((a) => a.name === match.app)!;
-    const now = this.now();
-    const grace = this.config.tunnel.leaseGraceSeconds * 1000;
-    const lease = this.leases.acquire(
-      app.name,
-      cert.fingerprint,
-      measurement,
-      t.peer,
-      now,
-      now + grace,
-      cert.der,
-    );
-    if (!lease) {
-      this.handshake("pool-exhausted");
-      this.log.log("warn", "pool-exhausted", {
-        app: app.name,
-        subnet: app.subnet,
-        peer: t.peer,
-        measurement,
-      });
-      return this.close(t, "pool-exhausted", `no free address in ${app.subnet} for app ${app.name}`);
-    }
-    const holder = this.byAddress.get(lease.address);
-    if (holder && holder !== t) {
-      // The same key reconnected from elsewhere (new port after a NAT rebinding or restart): the new tunnel wins.
-      this.close(holder, "client-closed", "replaced by a new tunnel of the same key", false, true);
-    }
-    Object.assign(t, {
-      state: "leased",
-      app: app.name,
-      address: lease.address,
-      leaseId: lease.id,
-      keyFp: cert.fingerprint,
-      measurement,
-      maxRecord: t.session.maxRecord(),
-      // Only the DER: a parsed Cert (with Node's X509 object) would cost ~20 KB per idle tunnel.
-      leasedAt: now,
-    });
-    this.byAddress.set(lease.address, t);
-    this.firewall.tunnelUp(intToIp(lease.address), app.name);
-    const msg: Lease = {
-      address: intToIp(lease.address),
-      prefix: parseCidr(app.subnet).prefix,
-      gateway: intToIp(this.gatewayAddress),
-      mtu: this.config.tun.mtu,
-      dns: this.config.dns,
-      lifetime: this.config.tunnel.leaseGraceSeconds,
-      app: app.name,
-    };
-    this.sendControl(t, { type: MSG.LEASE, lease: msg });
-    this.handshake("accepted");
-    this.log.log("info", "tunnel-up", {
-      peer: t.peer,
-      app: app.name,
-      address: msg.address,
-      measurement,
-      key: cert.fingerprint,
-      resumed: lease.resumed,
-      simulated: verdict.claims?.simulated ?? false,
-      tcbStatus: verdict.tcbStatus,
-      setupMs: now - started,
-    });
-    this.notify((o) => {
-      o.verdict?.("accepted", "accepted", now - started);
-      o.tunnelUp?.(this.info(t));
-    });
-  }
-
-  private refuse(t: Tunnel, reason: string, measurement: string, code: string): void {
-    this.handshake("refused");
-    this.notify((o) => o.verdict?.("refused", code, this.now() - t.createdAt));
-    this.log.limited(`refused:${measurement}:${reason.slice(0, 40)}`, 5000, "warn", "tunnel-refused", {
-      peer: t.peer,
-      measurement,
-      reason,
-      code,
-    });
-    this.close(t, "policy-rejected", reason);
-  }
-
-  private onControl(t: Tunnel, rec: Buffer): void {
-    let msg;
-    try {
-      msg = decodeControl(rec);
-    } catch (e) {
-      if (e instanceof ProtocolError) return this.close(t, "protocol-error", e.message);
-      throw e;
-    }
-    switch (msg.type) {
-      case MSG.KEEPALIVE:
-        return;
-      case MSG.LEASE_ACK:
-        if (msg.address !== intToIp(t.address))
-          return this.close(
-            t,
-            "protocol-error",
-            `LEASE_ACK for ${msg.address}, leased ${intToIp(t.address)}`,
-          );
-        t.acked = true;
-        return;
-      case MSG.CLOSE:
-        return this.close(t, "client-closed", `${msg.reason}: ${msg.message}`, false);
-      default:
-        return this.close(t, "protocol-error", `unexpected control message ${msg.type} from a runtime`);
-    }
-  }
-
   // ---- send path ----
-
-  private onTunPackets(packets: Buffer[]): void {
-    let groups: Map<Tunnel, Buffer[]> | undefined;
-    for (const p of packets) {
-      const t = p.length >= 20 && p[0]! >> 4 === 4 ? this.byAddress.get(ipv4Dst(p)) : undefined;
-      if (!t || t.state !== "leased") {
-        this.count("no-route");
-        continue;
-      }
-      if (p.length > t.maxRecord) {
-        this.count("too-big");
-        continue;
-      }
-      groups ??= new Map();
-      const g = groups.get(t);
-      if (g) g.push(p);
-      else groups.set(t, [p]);
-    }
-    if (!groups) return;
-    const now = this.now();
-    for (const [t, batch] of groups) {
-      const app = this.appCounters.get(t.app)!;
-      let bytes = 0;
-      for (const p of batch) bytes += p.length;
-      t.counters.txPackets += batch.length;
-      t.counters.txBytes += bytes;
-      app.txPackets += batch.length;
-      app.txBytes += bytes;
-      t.lastTx = now;
-      this.udp.sendMany(t.session.send(batch), t.peer);
-    }
-  }
-
-  private sendControl(t: Tunnel, msg: Parameters<typeof encodeControl>[0]): void {
-    t.lastTx = this.now();
-    this.udp.sendMany(t.session.send([encodeControl(msg)]), t.peer);
-  }
 
   // ---- lifecycle ----
 
@@ -619,52 +288,9 @@ export class Gateway {
     }
   }
 
-  private sweep(): void {
-    const now = this.now();
-    const tc = this.config.tunnel;
-    for (const t of this.halfOpen) {
-      if (now - t.createdAt > tc.handshakeTimeoutSeconds * 1000) {
-        this.handshake("timeout");
-        this.close(t, "protocol-error", "handshake timed out", false);
-        continue;
-      }
-      const ms = t.session.timeoutMs();
-      if (ms === 0) {
-        const out = t.session.onTimeout();
-        if (out.length) this.udp.sendMany(out, t.peer);
-      }
-    }
-    const extend: [number, number][] = [];
-    const flush = now - this.lastLeaseFlush > 30_000;
-    for (const t of this.byAddress.values()) {
-      if (now - t.lastRx > tc.idleTimeoutSeconds * 1000) {
-        this.close(t, "idle-timeout", `nothing received for ${tc.idleTimeoutSeconds} s`);
-        continue;
-      }
-      if (now - t.lastTx > tc.keepaliveSeconds * 1000) this.sendControl(t, { type: MSG.KEEPALIVE });
-      if (flush) extend.push([t.leaseId, now + tc.leaseGraceSeconds * 1000]);
-    }
-    if (flush) {
-      this.lastLeaseFlush = now;
-      if (extend.length) this.leases.extendMany(extend);
-    }
-    // Leases whose grace period lapsed: release them now (not only when their pool runs out), and their flows.
-    if (now - this.lastExpiry > 5000) {
-      this.lastExpiry = now;
-      for (const a of this.leases.expire(now)) this.cutFlows(a);
-    }
-    if (
-      this.churnAt > this.trimmedAt &&
-      now - this.churnAt >= TRIM_QUIET_MS &&
-      now - this.trimmedAt >= TRIM_INTERVAL_MS
-    ) {
-      this.trimmedAt = now;
-      trimMemory();
-    }
-  }
-
   /** Deletes the conntrack entries of an address that has no tunnel any more (after its set update). */
-  private cutFlows(address: string): void {
+  /** @internal */
+  cutFlows(address: string): void {
     void this.firewall.cutFlows(address).catch((e: Error) =>
       this.log.limited("conntrack-failed", 10_000, "error", "conntrack-failed", {
         address,
@@ -675,11 +301,13 @@ export class Gateway {
 
   // ---- counters ----
 
-  private count(reason: DropCounter, n = 1): void {
+  /** @internal */
+  count(reason: DropCounter, n = 1): void {
     this.drops.set(reason, (this.drops.get(reason) ?? 0) + n);
   }
 
-  private handshake(result: string): void {
+  /** @internal */
+  handshake(result: string): void {
     this.handshakes.set(result, (this.handshakes.get(result) ?? 0) + 1);
   }
 
@@ -794,7 +422,8 @@ export class Gateway {
   }
 
   /** Tells the observers; one that throws is logged, never allowed to break the gateway's own work. */
-  private notify(f: (o: GatewayObserver) => void): void {
+  /** @internal */
+  notify(f: (o: GatewayObserver) => void): void {
     for (const o of this.observers) {
       try {
         f(o);
@@ -806,7 +435,8 @@ export class Gateway {
     }
   }
 
-  private info(t: Tunnel): TunnelInfo {
+  /** @internal */
+  info(t: Tunnel): TunnelInfo {
     return {
       id: t.id,
       app: t.app,

@@ -26,6 +26,8 @@ export const DROP_REASONS = [
   "too-big",
   "rate-limited",
   "half-open-cap",
+  "tunnel-cap",
+  "throttled",
   "unknown-session",
   "dtls-error",
   "not-leased",

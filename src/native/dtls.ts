@@ -73,7 +73,8 @@ export interface DtlsResult {
 export type ListenVerdict =
   | { verdict: "reply"; out: Buffer[] }
   | { verdict: "accept"; session: DtlsSession; out: Buffer[] }
-  | { verdict: "drop" };
+  | { verdict: "drop" }
+  | { verdict: "refused" };
 
 interface NativeContext {
   newClient(): unknown;
@@ -81,7 +82,7 @@ interface NativeContext {
 /** One Buffer (datagrams, then records), or `[buffer, lengths]` when the lengths did not fit in {@link META}. */
 type NativeOut = Buffer | undefined | [Buffer | undefined, Uint32Array];
 interface NativeListener {
-  handle(datagram: Buffer, peer: string): NativeOut | [NativeOut, unknown];
+  handle(datagram: Buffer, peer: string, admit?: () => boolean): NativeOut | [NativeOut, unknown] | undefined;
   rotate(): void;
 }
 interface NativeSession {
@@ -130,6 +131,7 @@ const OVERFLOW = 8;
 const IN_SCRATCH = 16;
 const VERDICT_REPLY = 1;
 const VERDICT_ACCEPT = 2;
+const VERDICT_REFUSED = 3;
 
 interface Taken {
   flags: number;
@@ -237,12 +239,16 @@ export class DtlsListener {
    * Handles one datagram from a peer that has no session yet.
    * @param datagram one UDP payload.
    * @param peer the peer's transport address as a stable string (e.g. "192.0.2.1:4433"); the cookie is bound to it.
+   * @param admit called only when the datagram is a ClientHello with a valid cookie (the peer owns its address),
+   *   before any handshake work: false refuses the peer (e.g. its per-source rate limit). It must not call back
+   *   into this listener.
    * @returns `reply` (send `out`: a HelloVerifyRequest), `accept` (a new server session, already past the
    *   ClientHello; send `out`: ServerHello…ServerHelloDone, then route this peer's datagrams to `session`), or
-   *   `drop` (anything else: garbage, non-ClientHello, fragments). Never throws for bad input.
+   *   `refused` (valid cookie, `admit` said no; nothing sent, no state kept), or `drop` (anything else: garbage,
+   *   non-ClientHello, fragments). Never throws for bad input.
    */
-  handle(datagram: Buffer, peer: string): ListenVerdict {
-    const r = this.#native.handle(datagram, peer);
+  handle(datagram: Buffer, peer: string, admit?: () => boolean): ListenVerdict {
+    const r = this.#native.handle(datagram, peer, admit);
     const verdict = META[0]! & 3;
     if (verdict === VERDICT_ACCEPT) {
       const [emitted, conn] = r as [NativeOut, unknown];
@@ -254,6 +260,7 @@ export class DtlsListener {
       };
     }
     if (verdict === VERDICT_REPLY) return { verdict: "reply", out: take(r as NativeOut).out };
+    if (verdict === VERDICT_REFUSED) return { verdict: "refused" };
     return { verdict: "drop" };
   }
 

@@ -57,3 +57,42 @@ export function checkTunnelPacket(p: Buffer, leased: number): DropReason | undef
   if (p.readUInt32BE(12) !== leased) return "spoofed-source";
   return undefined;
 }
+
+/** Whether an IPv4 packet has the Don't Fragment flag set. */
+export function dontFragment(p: Buffer): boolean {
+  return (p[6]! & 0x40) !== 0;
+}
+
+/** The Internet checksum (RFC 1071) of `b[start, end)`. */
+function checksum(b: Buffer, start: number, end: number): number {
+  let sum = 0;
+  for (let i = start; i + 1 < end; i += 2) sum += b.readUInt16BE(i);
+  if ((end - start) & 1) sum += b[end - 1]! << 8;
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+  return ~sum & 0xffff;
+}
+
+/**
+ * ICMP "destination unreachable, fragmentation needed and DF set" (type 3 code 4, RFC 1191) from `from` to the
+ * source of `orig` (a packet already checked by `checkTunnelPacket`), carrying the next-hop MTU and the original
+ * header plus its first 8 bytes of data, so the sender's path MTU discovery lowers its packet size.
+ */
+export function fragmentationNeeded(orig: Buffer, from: number, mtu: number): Buffer {
+  const ihl = (orig[0]! & 0x0f) * 4;
+  const quote = orig.subarray(0, Math.min(orig.length, ihl + 8));
+  const p = Buffer.alloc(28 + quote.length);
+  p[0] = 0x45;
+  p[1] = 0xc0; // internetwork control, as Linux sends ICMP errors
+  p.writeUInt16BE(p.length, 2);
+  p[8] = 64; // TTL
+  p[9] = 1; // ICMP
+  p.writeUInt32BE(from, 12);
+  p.writeUInt32BE(ipv4Src(orig), 16);
+  p.writeUInt16BE(checksum(p, 0, 20), 10);
+  p[20] = 3;
+  p[21] = 4;
+  p.writeUInt16BE(mtu, 26);
+  quote.copy(p, 28);
+  p.writeUInt16BE(checksum(p, 20, p.length), 22);
+  return p;
+}

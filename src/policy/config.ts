@@ -134,6 +134,9 @@ const schema = z
       .object({
         handshakesPerSecondPerSource: z.number().positive().default(50),
         handshakeBurstPerSource: z.number().positive().default(100),
+        // All sources together: new handshakes (after a valid cookie) a second, so a flood of abandoned
+        // handshakes from many sources costs the established tunnels a bounded share of the CPU.
+        handshakesPerSecond: z.number().positive().default(300),
         maxHalfOpen: z.number().int().positive().default(2000),
         maxTunnels: z.number().int().positive().default(100_000),
       })
@@ -141,6 +144,7 @@ const schema = z
       .default({
         handshakesPerSecondPerSource: 50,
         handshakeBurstPerSource: 100,
+        handshakesPerSecond: 300,
         maxHalfOpen: 2000,
         maxTunnels: 100_000,
       }),

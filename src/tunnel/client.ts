@@ -4,6 +4,14 @@
  * both ways, sends keepalives, and reconnects with backoff (with the same key, so the gateway gives the same address
  * back) after a loss or a gateway restart. Packet I/O is the caller's: `onPackets` and `send`.
  *
+ * Only what authenticates counts: datagrams from any address but the gateway's are ignored; liveness is refreshed
+ * only by records that decrypt (and by the handshake completing); nothing unauthenticated (a stray alert, garbage,
+ * a plaintext close) ends a handshake attempt, which ends only by its own deadline. A tunnel silent for
+ * `probeSeconds` gets a KEEPALIVE, which the gateway answers; no authenticated answer within `probeWaitSeconds`
+ * and the tunnel is lost. Each connection attempt uses a fresh UDP socket (a new source port), so the gateway
+ * sees a new peer and its handshake is never mistaken for the old tunnel's traffic; the same key gets the same
+ * address back and replaces the old tunnel.
+ *
  *   send:    packets → DTLS records (one per packet) → datagrams → sendmmsg
  *   receive: datagrams → DTLS → control messages (LEASE, KEEPALIVE, CLOSE) or IP packets → onPackets
  */
@@ -29,12 +37,19 @@ export interface TunnelClientOptions {
   /** RA-TLS certificate (PEM) and its private key (PKCS#8 PEM). */
   certPem: string;
   keyPem: string;
+  /** Send a KEEPALIVE when nothing was sent for this long (default 10). */
   keepaliveSeconds?: number;
-  /** No datagram from the gateway for this long: the tunnel is considered lost. */
+  /** Nothing authenticated received for this long: probe with a KEEPALIVE (default 4). */
+  probeSeconds?: number;
+  /** A probe unanswered for this long: the tunnel is lost (default 2). */
+  probeWaitSeconds?: number;
+  /** Nothing authenticated received for this long: the tunnel is lost, probes or not (default 30). */
   deadSeconds?: number;
+  /** A handshake attempt that has not completed after this long is abandoned and retried (default 4). */
+  handshakeSeconds?: number;
   /** Reconnect after loss (default true). Never after `policy-rejected` or `revoked`. */
   reconnect?: boolean;
-  /** Backoff bounds for reconnection, ms. */
+  /** Backoff bounds for reconnection, ms (default [100, 2000]). */
   backoffMs?: [number, number];
   /** Largest UDP payload to send (default 1464: a 1400-byte packet plus DTLS overhead, within a 1500-byte path). */
   mtu?: number;
@@ -52,12 +67,18 @@ const FINAL: ReadonlySet<string> = new Set(["policy-rejected", "revoked"]);
 
 export class TunnelClient extends EventEmitter<TunnelClientEvents> {
   private readonly ctx: DtlsContext;
-  private readonly udp: UdpSocket;
+  private udp: UdpSocket;
   private readonly peer: string;
+  private readonly host: string;
   private session: DtlsSession | undefined;
   private timer: NodeJS.Timeout | undefined;
+  /** When something authenticated was last received, and when the current attempt or probe began. */
   private lastRx = 0;
   private lastTx = 0;
+  private attemptAt = 0;
+  private probeAt = 0;
+  /** Datagrams ignored because they came from another address than the gateway's. */
+  strays = 0;
   private attempt = 0;
   private stopped = false;
   private unrefed = false;
@@ -72,18 +93,47 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
       mtu: opts.mtu ?? 1464,
     });
     const i = opts.gateway.lastIndexOf(":");
-    const host = opts.gateway.slice(0, i).replace(/^\[|\]$/g, "");
+    this.host = opts.gateway.slice(0, i).replace(/^\[|\]$/g, "");
     this.peer = opts.gateway;
-    this.udp = UdpSocket.bind(host.includes(":") ? "::" : "0.0.0.0", 0, { rcvbuf: 4 << 20, sndbuf: 4 << 20 });
-    this.udp.onDatagrams((b) => this.onDatagrams(b.data));
+    this.udp = this.bind();
+  }
+
+  /** A fresh socket; datagrams from anyone but the gateway are ignored (they cannot be authenticated anyway). */
+  private bind(): UdpSocket {
+    const udp = UdpSocket.bind(this.host.includes(":") ? "::" : "0.0.0.0", 0, {
+      rcvbuf: 4 << 20,
+      sndbuf: 4 << 20,
+    });
+    udp.onDatagrams((b) => {
+      if (udp !== this.udp) return;
+      let data = b.data;
+      if (b.peers.some((p) => p !== this.peer)) {
+        data = b.data.filter((_, k) => b.peers[k] === this.peer);
+        this.strays += b.data.length - data.length;
+      }
+      if (data.length) this.onDatagrams(data);
+    });
+    if (this.unrefed) udp.unref();
+    return udp;
   }
 
   /** Starts the handshake (and, after losses, reconnects until `close()`). */
   connect(): void {
+    const fresh = this.stopped || this.session !== undefined || this.attemptAt !== 0;
     this.stopped = false;
     this.session?.free();
+    if (fresh) {
+      // A new source port for every attempt after the first (see the file comment).
+      try {
+        this.udp.close();
+      } catch {
+        // already closed
+      }
+      this.udp = this.bind();
+    }
     this.session = DtlsSession.client(this.ctx);
-    this.lastRx = Date.now();
+    this.attemptAt = Date.now();
+    this.probeAt = 0;
     this.udp.sendMany(this.session.start(), this.peer);
     clearInterval(this.timer);
     this.timer = setInterval(() => this.tick(), 100);
@@ -143,7 +193,11 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
     const wasEstablished = s.established();
     const r = s.receiveMany(data);
     if (r.out.length) this.udp.sendMany(r.out, this.peer);
-    this.lastRx = Date.now();
+    // Only authenticated input counts as a sign of life: decrypted records, or the handshake completing.
+    if (r.records.length || (!wasEstablished && r.established)) {
+      this.lastRx = Date.now();
+      this.probeAt = 0;
+    }
     if (!wasEstablished && r.established) {
       const der = s.peerCertificate();
       const fp = der ? createHash("sha256").update(der).digest("hex") : "";
@@ -154,7 +208,9 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
           true,
         );
     }
-    if (r.error && !r.established) return this.lost("protocol-error", r.error);
+    // A handshake error may come from a forged datagram (alerts are not authenticated before the handshake ends):
+    // the attempt goes on until its deadline (tick).
+    if (!r.established) return;
     const packets: Buffer[] = [];
     for (const rec of r.records) {
       if (!isControl(rec)) {
@@ -182,7 +238,7 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
     }
     if (packets.length) this.emit("packets", packets);
     // After the records: a CLOSE message and the close_notify that follows it often arrive in one batch.
-    if (r.closed) this.lost("shutting-down", "gateway closed the session");
+    if (r.closed && wasEstablished) this.lost("shutting-down", "gateway closed the session");
   }
 
   private lost(reason: CloseReason | "lost", message: string, final = false): void {
@@ -196,7 +252,7 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
     }
     this.emit("closed", { reason, message, final: !willRetry });
     if (!willRetry) return;
-    const [lo, hi] = this.opts.backoffMs ?? [100, 5000];
+    const [lo, hi] = this.opts.backoffMs ?? [100, 2000];
     const delay = Math.min(hi, lo * 2 ** this.attempt++) * (0.75 + Math.random() / 2);
     this.timer = setTimeout(() => {
       if (!this.stopped) this.connect();
@@ -208,14 +264,20 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
     const s = this.session;
     if (!s) return;
     const now = Date.now();
+    const o = this.opts;
     if (!s.established()) {
       if (s.timeoutMs() === 0) this.udp.sendMany(s.onTimeout(), this.peer);
-      if (now - this.lastRx > 10_000) this.lost("lost", "handshake timed out");
+      if (now - this.attemptAt > (o.handshakeSeconds ?? 4) * 1000) this.lost("lost", "handshake timed out");
       return;
     }
-    if (now - this.lastRx > (this.opts.deadSeconds ?? 30) * 1000)
-      return this.lost("lost", "no answer from the gateway");
-    if (this.lease && now - this.lastTx > (this.opts.keepaliveSeconds ?? 10) * 1000) {
+    if (!this.lease) return;
+    const silent = now - Math.max(this.lastRx, this.attemptAt);
+    if (silent > (o.deadSeconds ?? 30) * 1000) return this.lost("lost", "no answer from the gateway");
+    if (this.probeAt && now - this.probeAt > (o.probeWaitSeconds ?? 2) * 1000)
+      return this.lost("lost", "no answer to a keepalive");
+    const probe = !this.probeAt && silent > (o.probeSeconds ?? 4) * 1000;
+    if (probe || now - this.lastTx > (o.keepaliveSeconds ?? 10) * 1000) {
+      if (probe) this.probeAt = now;
       this.lastTx = now;
       this.udp.sendMany(s.send([encodeControl({ type: MSG.KEEPALIVE })]), this.peer);
     }

@@ -28,6 +28,7 @@ export const CLOSE_REASONS = [
   "protocol-error",
   "idle-timeout",
   "client-closed",
+  "misbehaving",
 ] as const;
 export type CloseReason = (typeof CLOSE_REASONS)[number];
 

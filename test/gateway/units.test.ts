@@ -5,9 +5,15 @@ import { chmodSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { checkTunnelPacket, intToIp, ipToInt, parseCidr } from "../../src/packet/ip.js";
-import { RateLimiter, sourceIp } from "../../src/gateway/ratelimit.js";
+import { RateLimiter, sourceIp, TokenBucket } from "../../src/gateway/ratelimit.js";
+import { BAD_BURST, BAD_RATE, MAX_STRIKES, THROTTLE_MS, Tunnel } from "../../src/gateway/tunnel.js";
+import { dontFragment, fragmentationNeeded } from "../../src/packet/ip.js";
 import { ConfigError, loadConfig, parseConfig } from "../../src/policy/config.js";
 import { LeaseStore } from "../../src/gateway/leases.js";
+import { COOKIE_ROTATION_MS, CookieRotation } from "../../src/gateway/admission.js";
+import { generateKeyPairSync } from "node:crypto";
+import { selfSignedCert } from "../../src/attest/x509gen.js";
+import { DtlsContext, DtlsListener, DtlsSession } from "../../src/native/dtls.js";
 
 function ipv4(src: string, dst: string, len = 28): Buffer {
   const p = Buffer.alloc(len);
@@ -199,4 +205,95 @@ test("state files: seng.db, -wal and -shm are created 0600 whatever the umask; t
     process.umask(old);
     rmSync(dir, { recursive: true, force: true });
   }
+test("the gateway rotates its cookie secret every period; a cookie lives one to two periods", async () => {
+  const ctx = async (role: "server" | "client") => {
+    const keys = generateKeyPairSync("ec", { namedCurve: "P-256" });
+    const cert = await selfSignedCert({ keys, name: `CN=${role}`, days: 1 });
+    const keyPem = keys.privateKey.export({ type: "pkcs8", format: "pem" }) as string;
+    return new DtlsContext({ role, certPem: cert.pem, keyPem });
+  };
+  const listener = new DtlsListener(await ctx("server"));
+  const cctx = await ctx("client");
+  const peer = "192.0.2.1:1000";
+  const cookieHello = (): Buffer => {
+    const c = DtlsSession.client(cctx);
+    const v = listener.handle(c.start()[0]!, peer);
+    assert.equal(v.verdict, "reply");
+    const hello = v.verdict === "reply" ? c.receiveMany(v.out).out[0]! : Buffer.alloc(0);
+    c.free();
+    return hello;
+  };
+  const accepted = (hello: Buffer): boolean => {
+    const r = listener.handle(hello, peer);
+    if (r.verdict === "accept") r.session.free();
+    return r.verdict === "accept";
+  };
+  const rot = new CookieRotation(listener, 0);
+  const hello = cookieHello();
+  assert.equal(rot.tick(COOKIE_ROTATION_MS - 1), false, "not before a period has passed");
+  assert.ok(accepted(hello));
+  assert.equal(rot.tick(COOKIE_ROTATION_MS), true);
+  assert.ok(accepted(hello), "the previous secret is accepted for one period");
+  assert.equal(rot.tick(2 * COOKIE_ROTATION_MS - 1), false);
+  assert.equal(rot.tick(2 * COOKIE_ROTATION_MS), true);
+  assert.ok(!accepted(hello), "a cookie two secrets old is refused");
+  assert.ok(accepted(cookieHello()), "fresh cookies work");
+});
+
+test("the handshake budget of all sources together: a burst, then its rate", () => {
+  const b = new TokenBucket(10, 5);
+  let ok = 0;
+  for (let i = 0; i < 20; i++) if (b.take(1000)) ok++;
+  assert.equal(ok, 5);
+  assert.equal(b.take(1050), false, "half a token after 50 ms");
+  assert.equal(b.take(1100), true, "one token after 100 ms");
+});
+
+test("abuse budget: a burst is tolerated, then throttle, throttle, close; quiet time forgives", () => {
+  const t = new Tunnel("192.0.2.1:1", undefined as never, 0);
+  let now = 1000;
+  for (let i = 0; i < BAD_BURST; i++) assert.equal(t.bad(now), "ok");
+  assert.equal(t.bad(now), "throttle");
+  assert.equal(t.throttledUntil, now + THROTTLE_MS);
+  for (let s = 2; s <= MAX_STRIKES; s++) {
+    now = t.throttledUntil; // refilled by BAD_RATE a second meanwhile, then spent again
+    let v: string;
+    do v = t.bad(now);
+    while (v === "ok");
+    assert.equal(v, s === MAX_STRIKES ? "close" : "throttle");
+  }
+  // A tunnel whose bad packets stay within BAD_RATE is never throttled.
+  const calm = new Tunnel("192.0.2.2:1", undefined as never, 0);
+  for (let i = 0; i < 10 * BAD_RATE; i++) assert.equal(calm.bad(i * (1000 / BAD_RATE)), "ok");
+  // Strikes are forgotten after a quiet period.
+  const later = new Tunnel("192.0.2.3:1", undefined as never, 0);
+  for (let i = 0; i <= BAD_BURST; i++) later.bad(0);
+  assert.equal(later.strikes, 1);
+  for (let i = 0; i <= BAD_BURST; i++) later.bad(60_000);
+  assert.equal(later.strikes, 1, "a new first strike, not a second");
+});
+
+test("ICMP fragmentation needed: type 3 code 4, next-hop MTU, the original header quoted, valid checksums", () => {
+  const orig = ipv4("100.64.1.2", "198.18.2.2", 1500);
+  orig[6] = 0x40;
+  assert.equal(dontFragment(orig), true);
+  assert.equal(dontFragment(ipv4("100.64.1.2", "198.18.2.2")), false);
+  const p = fragmentationNeeded(orig, ipToInt("100.64.0.1"), 1400);
+  const sum = (b: Buffer) => {
+    let x = 0;
+    for (let i = 0; i < b.length; i += 2) x += b.readUInt16BE(i);
+    while (x > 0xffff) x = (x & 0xffff) + (x >>> 16);
+    return x;
+  };
+  assert.equal(p.length, 20 + 8 + 28);
+  assert.equal(p.readUInt16BE(2), p.length);
+  assert.equal(p[9], 1);
+  assert.equal(intToIp(p.readUInt32BE(12)), "100.64.0.1");
+  assert.equal(intToIp(p.readUInt32BE(16)), "100.64.1.2");
+  assert.equal(sum(p.subarray(0, 20)), 0xffff, "IP header checksum");
+  assert.deepEqual([p[20], p[21]], [3, 4]);
+  assert.equal(p.readUInt16BE(26), 1400);
+  assert.deepEqual(p.subarray(28), orig.subarray(0, 28));
+  assert.equal(sum(p.subarray(20)), 0xffff, "ICMP checksum");
+  assert.equal(checkTunnelPacket(p, ipToInt("100.64.0.1")), undefined, "a well-formed packet");
 });

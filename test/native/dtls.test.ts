@@ -421,6 +421,34 @@ test("cookies: bound to the peer string, one rotation tolerated", async () => {
   assert.equal(other.handle(cookieHello("192.0.2.1:1000"), "192.0.2.1:1000").verdict, "reply");
 });
 
+test("admit() runs only for a ClientHello with a valid cookie; false refuses it without state", async () => {
+  const { listener, cctx } = await setup();
+  let asked = 0;
+  const client = DtlsSession.client(cctx);
+  const hello = client.start()[0]!;
+  // No cookie yet: a HelloVerifyRequest, and the caller is not asked (a spoofed source costs it nothing).
+  const v = listener.handle(hello, PEER, () => (asked++, true));
+  assert.equal(v.verdict, "reply");
+  assert.equal(asked, 0);
+  if (v.verdict !== "reply") throw new Error("unreachable");
+  const withCookie = client.receiveMany(v.out).out[0]!;
+  // A valid cookie from another peer string: still only a HelloVerifyRequest, not asked.
+  assert.equal(listener.handle(withCookie, "192.0.2.99:1", () => (asked++, true)).verdict, "reply");
+  assert.equal(asked, 0);
+  // A valid cookie: asked once; refused means nothing to send and no session.
+  assert.deepEqual(
+    listener.handle(withCookie, PEER, () => (asked++, false)),
+    { verdict: "refused" },
+  );
+  assert.equal(asked, 1);
+  // The listener works on after a refusal: the same hello admitted is accepted.
+  const ok = listener.handle(withCookie, PEER, () => (asked++, true));
+  assert.equal(ok.verdict, "accept");
+  assert.equal(asked, 2);
+  if (ok.verdict === "accept") ok.session.free();
+  client.free();
+});
+
 test("garbage never throws: listener drops, sessions ignore or report an error", async () => {
   const { listener, cctx } = await setup();
   const client = DtlsSession.client(cctx);

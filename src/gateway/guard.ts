@@ -1,0 +1,106 @@
+/**
+ * Kernel-side drops of abusive outer peers. A tunnel over its abuse budget is throttled, and one that keeps at it is
+ * closed (receive.ts, tunnel.ts); its datagrams still arrive by the hundred thousand a second, and each one costs a
+ * socket enqueue, a recvmmsg copy and a JavaScript lookup before it can be dropped, while it crowds the other
+ * tunnels' datagrams out of the socket's queue. The guard has nftables drop that peer's (ip, port) datagrams to the
+ * gateway's port in the raw prerouting hook, before the socket, for the throttle period (or longer after a close).
+ *
+ * Its own table `inet seng_guard` (one set with timeouts, one rule), created at start and deleted at stop; never
+ * the policy table. Additions are batched: at most one `nft` call per FLUSH_MS. Without nftables (or when a call
+ * fails) the gateway keeps dropping those datagrams in JavaScript, before decryption, as before.
+ */
+import { nft } from "../firewall/nft.js";
+import type { Logger } from "./log.js";
+
+export const GUARD_TABLE = "seng_guard";
+const FLUSH_MS = 100;
+
+export class PeerGuard {
+  private pending = new Map<string, number>();
+  private timer: NodeJS.Timeout | undefined;
+  private active = false;
+  private busy = false;
+  /** Elements added, and nft calls that failed. */
+  readonly stats = { blocked: 0, errors: 0 };
+
+  constructor(
+    private readonly port: number,
+    private readonly log: Logger,
+  ) {}
+
+  /** Creates the table (replacing one left by a crashed gateway). Failure leaves the guard off, logged. */
+  async start(): Promise<void> {
+    const script = [
+      `add table inet ${GUARD_TABLE}`,
+      `delete table inet ${GUARD_TABLE}`,
+      `table inet ${GUARD_TABLE} {`,
+      `  set peers { type ipv4_addr . inet_service; flags timeout; size 65536; }`,
+      `  chain pre { type filter hook prerouting priority raw; policy accept;`,
+      `    udp dport ${this.port} ip saddr . udp sport @peers drop`,
+      `  }`,
+      `}`,
+      "",
+    ].join("\n");
+    try {
+      await nft(["-f", "-"], script);
+      this.active = true;
+    } catch (e) {
+      this.log.log("warn", "peer-guard-unavailable", {
+        error: (e as Error).message,
+        note: "abusive tunnels' datagrams are dropped in the gateway process only",
+      });
+    }
+  }
+
+  /** Drops datagrams from `peer` ("a.b.c.d:port") in the kernel for `ms`. IPv6 peers are left to the gateway. */
+  block(peer: string, ms: number): void {
+    if (!this.active || peer.startsWith("[")) return;
+    this.pending.set(peer, Math.max(this.pending.get(peer) ?? 0, Math.ceil(ms)));
+    this.timer ??= setTimeout(() => void this.flush(), FLUSH_MS);
+  }
+
+  private async flush(): Promise<void> {
+    this.timer = undefined;
+    if (this.busy || !this.pending.size) {
+      if (this.pending.size) this.timer = setTimeout(() => void this.flush(), FLUSH_MS);
+      return;
+    }
+    const batch = [...this.pending];
+    this.pending.clear();
+    const elements = batch
+      .map(([peer, ms]) => {
+        const i = peer.lastIndexOf(":");
+        return `${peer.slice(0, i)} . ${peer.slice(i + 1)} timeout ${ms}ms`;
+      })
+      .join(", ");
+    this.busy = true;
+    try {
+      // "add" leaves an element already in the set (and its timeout) as it is: add, delete, add again, so the new
+      // timeout counts; one transaction.
+      const set = `inet ${GUARD_TABLE} peers`;
+      const keys = batch
+        .map(([peer]) => peer.slice(0, peer.lastIndexOf(":")) + " . " + peer.slice(peer.lastIndexOf(":") + 1))
+        .join(", ");
+      await nft(
+        ["-f", "-"],
+        `add element ${set} { ${keys} }\ndelete element ${set} { ${keys} }\nadd element ${set} { ${elements} }\n`,
+      );
+      this.stats.blocked += batch.length;
+    } catch (e) {
+      this.stats.errors++;
+      this.log.limited("peer-guard-failed", 10_000, "warn", "peer-guard-failed", {
+        error: (e as Error).message,
+      });
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  async stop(): Promise<void> {
+    clearTimeout(this.timer);
+    this.pending.clear();
+    if (!this.active) return;
+    this.active = false;
+    await nft(["delete", "table", "inet", GUARD_TABLE]).catch(() => {});
+  }
+}
