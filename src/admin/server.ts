@@ -103,6 +103,9 @@ export class AdminServer {
     return true;
   }
 
+  /** Whether the Unix socket at config.socket is this server's (made by its listen). */
+  private ownsSocket = false;
+
   async start(): Promise<void> {
     const c = this.opts.config;
     const file = this.opts.configFile ?? "gateway.yaml";
@@ -144,6 +147,9 @@ export class AdminServer {
       ),
     );
     this.servers.length = 0;
+    // Only a socket this server made: a refused second gateway must not remove the running one's.
+    if (!this.ownsSocket) return;
+    this.ownsSocket = false;
     try {
       unlinkSync(this.opts.config.socket);
     } catch {
@@ -179,6 +185,7 @@ export class AdminServer {
     } finally {
       process.umask(old);
     }
+    this.ownsSocket = true;
     chmodSync(path, 0o600);
   }
 
