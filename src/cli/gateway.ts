@@ -10,6 +10,7 @@ import { Command, Option } from "commander";
 import { Gateway } from "../gateway/server.js";
 import { preflight, PreflightError, tunHolders } from "../gateway/preflight.js";
 import { jsonLogger, type Level } from "../gateway/log.js";
+import { listTable, removeTable } from "../firewall/nft.js";
 import { AdminServer } from "../admin/server.js";
 import { gatewayBackend } from "../admin/backend.js";
 import { RecentEvents } from "../admin/recent.js";
@@ -28,7 +29,7 @@ import { gatewayInit, makeDir, writeGatewayKeys } from "./gateway-init.js";
 
 /** One line for a failure of the gateway's start (the kernel's refusals said in terms of what to do). */
 function startError(e: Error, tun: string): string {
-  const m = e.message;
+  const m = e.message.split("\n")[0]!;
   if (/TUNSETIFF/.test(m) && /EBUSY/.test(m)) {
     const holders = tunHolders(tun);
     return `tun.name: the interface ${tun} is in use${holders.length ? ` by pid ${holders.join(", ")} (another gateway?)` : ""}: stop it first, or choose another tun.name`;
@@ -91,19 +92,30 @@ function gatewayRun(): Command {
           }
         };
         const scrape = config.metrics && new MetricsServer(metrics, config.metrics.listen);
+        // A start that fails half-way removes the policy table it made: left alone, its unshielded-drop and
+        // default-deny rules would cut traffic with no gateway running. (A table from an earlier run stays, as on
+        // a normal stop: the firewall fails closed.)
+        const table = config.model.table;
+        const hadTable = !config.model.enabled || (await listTable(table)).chains.length > 0;
+        const undoTable = async () => {
+          if (!hadTable) await removeTable(table).catch(() => undefined);
+        };
         try {
           await gw.start();
         } catch (e) {
+          await undoTable();
           throw new UsageError(`gateway: cannot start: ${startError(e as Error, config.tun.name)}`);
         }
         try {
           await admin.start();
           await scrape?.start(`${config.file}: metrics.listen`);
         } catch (e) {
+          await scrape?.stop().catch(() => undefined);
           await admin.stop();
           await gw.stop();
+          await undoTable();
           // Listening and token-file failures: one line naming the configuration key.
-          throw new UsageError((e as Error).message);
+          throw new UsageError((e as Error).message.split("\n")[0]!);
         }
         logger.log("info", "admin-started", {
           socket: config.admin.socket,
