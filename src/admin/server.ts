@@ -272,7 +272,7 @@ export class AdminServer {
       const m = await b.metrics();
       return this.send(res, 200, m.contentType, m.body);
     }
-    if (get && path === "/v1/status") return this.json(res, 200, b.status());
+    if (get && path === "/v1/status") return this.json(res, 200, await b.status());
     if (get && path === "/v1/apps") return this.json(res, 200, { apps: b.apps() });
     if (get && path === "/v1/tunnels") return this.json(res, 200, { tunnels: b.tunnels() });
     if (get && path === "/v1/events")

@@ -131,6 +131,17 @@ export function renderStatus(s: StatusView, now = Date.now()): string {
     .map(([k, v]) => `${k} ${v}`)
     .join(", ");
   out.push("", `HANDSHAKES  ${hs || "none"}`, `DROPS       ${drops || "none"}`);
+  if (s.firewall) {
+    const c = s.firewall.counters;
+    const rules = Object.entries(c)
+      .filter(([k]) => k.startsWith("policy.") || k.startsWith("firewall."))
+      .sort(([a], [b]) => a.localeCompare(b, undefined, { numeric: true }))
+      .map(([k, v]) => `${k} ${v}`);
+    out.push(
+      `FIREWALL    packets: ${[...rules, `default ${c.seng_policy_default ?? 0}`, `unshielded dropped ${c.seng_unshielded_drops ?? 0}`].join(", ")}`,
+      `            set updates ${s.firewall.updates}, nft errors ${s.firewall.errors}, resyncs ${s.firewall.resyncs}, lease-to-set median ${s.firewall.addLatencyMedianMs} ms`,
+    );
+  }
   out.push("", "LAST ERRORS");
   out.push(
     s.recent.length
