@@ -151,8 +151,11 @@ export class DemoNet {
    * Builds the namespaces and links; throws (after removing what it made) if the machine cannot. A network left by
    * an earlier demo is never removed silently (someone may be exploring it after --keep): DemoBusyError.
    */
-  static async create(onCreated?: (net: DemoNet) => void): Promise<DemoNet> {
-    const left = DemoNet.leftover();
+  static async create(
+    onCreated?: (net: DemoNet) => void,
+    leftover: () => string[] = DemoNet.leftover,
+  ): Promise<DemoNet> {
+    const left = leftover();
     if (left.length) throw new DemoBusyError(left);
     const net = new DemoNet(mkdtempSync(join(tmpdir(), "seng-demo-")));
     onCreated?.(net); // before anything is built, so that Ctrl-C during the build removes it too
