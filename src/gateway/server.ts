@@ -512,7 +512,14 @@ export class Gateway {
         t.acked = true;
         return;
       case MSG.CLOSE:
-        return this.close(t, "client-closed", `${msg.reason}: ${msg.message}`, false);
+        // A runtime that refused this gateway (its pin) will not come back with this key: release the lease now.
+        return this.close(
+          t,
+          "client-closed",
+          `${msg.reason}: ${msg.message}`,
+          false,
+          msg.reason !== "policy-rejected",
+        );
       default:
         return this.close(t, "protocol-error", `unexpected control message ${msg.type} from a runtime`);
     }
