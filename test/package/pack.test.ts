@@ -158,9 +158,9 @@ console.log([s, c, createSocket, lookup, ShieldedHttpAgent, createShieldedDispat
       SENG_GATEWAY: "",
       SENG_CONFIG: "",
     });
-    assert.notEqual(r.code, 0);
+    assert.equal(r.code, 2, "a configuration error");
     assert.equal(r.stdout, "", "the app did not run");
-    assert.match(r.stderr, /no gateway: set SENG_GATEWAY/);
+    assert.match(r.stderr, /^seng: no gateway: set SENG_GATEWAY/);
     assert.doesNotMatch(r.stderr, /^\s+at /m);
   });
 
