@@ -58,7 +58,11 @@ export const logOption = (dflt: LogLevel, where: string) =>
     .choices(LOG_LEVELS)
     .default(dflt);
 
+/** Commands whose --help has examples already (the rest get theirs from main.ts's table). */
+export const withExamples = new WeakSet<Command>();
+
 /** Appends examples and the exit codes to a command's --help. */
 export function helpText(c: Command, examples: string[], exits = EXIT_CODES): Command {
+  withExamples.add(c);
   return c.addHelpText("after", `\nExamples:\n${examples.map((e) => `  $ ${e}`).join("\n")}\n\n${exits}\n`);
 }

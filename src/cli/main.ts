@@ -10,7 +10,7 @@ import { gatewayCommands } from "./gateway.js";
 import { runtimeCommands } from "./runtime.js";
 import { statusCommand } from "./status.js";
 import { completionCommand } from "./completion.js";
-import { EXIT_CODES, helpText } from "./common.js";
+import { EXIT_CODES, helpText, withExamples } from "./common.js";
 import { packageRoot } from "../native/load.js";
 
 /** The package's version (package.json of the checkout or the installed package). */
@@ -22,6 +22,25 @@ export function version(): string {
     return "unknown";
   }
 }
+
+/** Examples of the commands whose own file gives none (by their path). */
+const EXAMPLES: Record<string, string[]> = {
+  "seng attest verify": [
+    "seng attest verify quote.bin --collateral collateral.json --json",
+    "seng attest verify report.bin --vcek vcek.der",
+    "seng attest verify ratls-cert.pem --collateral pcs-responses/",
+  ],
+  "seng attest sim init": ["seng attest sim init --dir sim", "seng attest sim init --dir sim-snp --snp"],
+  "seng attest sim quote": [
+    "seng attest sim quote --dir sim --mrenclave $(printf 'ab%.0s' {1..32}) > quote.bin",
+  ],
+  "seng demo": ["sudo seng demo", "sudo seng demo --keep   # then: sudo seng demo --clean"],
+  "seng demo attest": ["seng demo attest --quiet"],
+  "seng version": ["seng version", "seng --version"],
+  "seng test-client": [
+    "seng test-client --gateway 198.18.1.1:4433 --pin gateway.pem --sim-dir sim --mrenclave <hex>",
+  ],
+};
 
 /** Commander's own messages (`error: unknown option …`) get the prefix every other message has. */
 const prefixed = (s: string) => s.replace(/^error: /gm, "seng: ");
@@ -62,6 +81,19 @@ export function program(): Command {
     c.commands.forEach(walk);
   };
   walk(p);
+  // Examples and exit codes at the end of every --help: groups point to their commands'.
+  const help = (c: Command, path: string): void => {
+    if (!withExamples.has(c)) {
+      if (EXAMPLES[path]) helpText(c, EXAMPLES[path]);
+      else if (c.commands.length)
+        c.addHelpText(
+          "after",
+          `\nExamples: \`${path} <command> --help\` shows each command's.\n\n${EXIT_CODES}\n`,
+        );
+    }
+    for (const s of c.commands) help(s, `${path} ${s.name()}`);
+  };
+  help(p, "seng");
   return p;
 }
 

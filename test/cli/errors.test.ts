@@ -219,6 +219,10 @@ describe("one CLI", () => {
       ["status"],
       ["runtime", "run"],
       ["completion"],
+      ["attest", "verify"],
+      ["demo"],
+      ["test-client"],
+      ["version"],
     ]) {
       const r = seng([...args, "--help"]);
       assert.equal(r.code, 0, args.join(" "));
