@@ -34,7 +34,10 @@ const EXAMPLES: Record<string, string[]> = {
   "seng attest sim quote": [
     "seng attest sim quote --dir sim --mrenclave $(printf 'ab%.0s' {1..32}) > quote.bin",
   ],
-  "seng demo": ["sudo seng demo", "sudo seng demo --keep   # then: sudo seng demo --clean"],
+  "seng demo": [
+    "seng demo                       # as root",
+    "seng demo --keep                # then: seng demo --clean",
+  ],
   "seng demo attest": ["seng demo attest --quiet"],
   "seng version": ["seng version", "seng --version"],
   "seng test-client": [
