@@ -5,6 +5,7 @@
 import type { Gateway, GatewayStats, TunnelDetail, TunnelInfo } from "../gateway/server.js";
 import type { GatewayMetrics } from "../metrics/metrics.js";
 import type { RecentEvent, RecentEvents } from "./recent.js";
+import type { FirewallStats } from "../firewall/firewall.js";
 
 /** A query of the audit log (`GET /v1/audit`). All filters optional; times in ms since the epoch. */
 export interface AuditQuery {
@@ -35,11 +36,16 @@ export interface StatusView {
   halfOpen: number;
   handshakes: Record<string, number>;
   drops: Record<string, number>;
+  /**
+   * The policy table (docs/GATEWAY.md): set-update statistics, and live packet counters per rule key path
+   * (`policy.rules[2]`), `seng_policy_default` and `seng_unshielded_drops`. Absent when the firewall is off.
+   */
+  firewall?: FirewallStats & { counters: Record<string, number> };
   recent: RecentEvent[];
 }
 
 export interface AdminBackend {
-  status(): StatusView;
+  status(): StatusView | Promise<StatusView>;
   apps(): AppView[];
   tunnels(): TunnelInfo[];
   tunnel(id: number): TunnelDetail | undefined;
@@ -60,7 +66,8 @@ export function gatewayBackend(gw: Gateway, metrics: GatewayMetrics, recent: Rec
       return { name: a.name, subnet: a.subnet, ...c };
     });
   return {
-    status() {
+    async status() {
+      const counters = await gw.firewallCounters().catch(() => ({}));
       const s = gw.stats();
       const now = Date.now();
       return {
@@ -76,6 +83,7 @@ export function gatewayBackend(gw: Gateway, metrics: GatewayMetrics, recent: Rec
         halfOpen: s.halfOpen,
         handshakes: s.handshakes,
         drops: s.drops,
+        ...(s.firewall.enabled ? { firewall: { ...s.firewall, counters } } : {}),
         recent: recent.list(20),
       };
     },

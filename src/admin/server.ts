@@ -131,6 +131,9 @@ export class AdminServer {
     return true;
   }
 
+  /** Whether the Unix socket at config.socket is this server's (made by its listen). */
+  private ownsSocket = false;
+
   async start(): Promise<void> {
     const c = this.opts.config;
     const file = this.opts.configFile ?? "gateway.yaml";
@@ -173,6 +176,9 @@ export class AdminServer {
       ),
     );
     this.servers.length = 0;
+    // Only a socket this server made: a refused second gateway must not remove the running one's.
+    if (!this.ownsSocket) return;
+    this.ownsSocket = false;
     try {
       unlinkSync(this.opts.config.socket);
     } catch {
@@ -209,6 +215,7 @@ export class AdminServer {
     } finally {
       process.umask(old);
     }
+    this.ownsSocket = true;
     chmodSync(path, 0o600);
   }
 
@@ -292,7 +299,7 @@ export class AdminServer {
       const m = await b.metrics();
       return this.send(res, 200, m.contentType, m.body);
     }
-    if (get && path === "/v1/status") return this.json(res, 200, b.status());
+    if (get && path === "/v1/status") return this.json(res, 200, await b.status());
     if (get && path === "/v1/apps") return this.json(res, 200, { apps: b.apps() });
     if (get && path === "/v1/tunnels") return this.json(res, 200, { tunnels: b.tunnels() });
     if (get && path === "/v1/events")

@@ -5,7 +5,7 @@
  */
 import { Command } from "commander";
 import { attestTable, runDemo, table } from "../demo/attestation.js";
-import { DemoNet } from "../demo/network.js";
+import { DemoBusyError, DemoNet } from "../demo/network.js";
 import { keepHelp, runNetworkDemo } from "../demo/scenario.js";
 import { action, UsageError } from "./errors.js";
 
@@ -30,9 +30,16 @@ async function network(f: { quiet?: boolean; keep?: boolean; clean?: boolean }):
   process.once("SIGINT", interrupted);
   process.once("SIGTERM", interrupted);
   const say = f.quiet ? () => {} : (s: string) => process.stdout.write(s + "\n");
-  const r = await runNetworkDemo({ log: say, keep: !!f.keep, onNetwork: (n) => (net = n) });
-  process.removeListener("SIGINT", interrupted);
-  process.removeListener("SIGTERM", interrupted);
+  let r;
+  try {
+    r = await runNetworkDemo({ log: say, keep: !!f.keep, onNetwork: (n) => (net = n) });
+  } catch (e) {
+    if (e instanceof DemoBusyError) throw new UsageError(`demo: ${e.message}`);
+    throw e;
+  } finally {
+    process.removeListener("SIGINT", interrupted);
+    process.removeListener("SIGTERM", interrupted);
+  }
   const bad = r.cases.filter((c) => !c.ok).length;
   const rows = r.cases.map((c) => [c.name, c.expected, c.happened, c.attributed, c.ok ? "ok" : "DIFFERS"]);
   process.stdout.write(

@@ -1,6 +1,7 @@
 /**
- * `seng policy check|compile|apply <config>` and `seng policy explain --config <file> <app|address> <destination>
- * <proto/port>`: the firewall policy of a gateway configuration (docs/POLICY.md).
+ * `seng policy check|compile|apply [--config <file>]` and `seng policy explain [--config <file>] <app|address>
+ * <destination> <proto/port>`: the firewall policy of a gateway configuration (docs/POLICY.md). The configuration
+ * comes from --config, SENG_CONFIG or /etc/seng/gateway.yaml; a positional <config> is a deprecated alias.
  */
 import { existsSync } from "node:fs";
 import { networkInterfaces } from "node:os";
@@ -9,17 +10,12 @@ import { Command } from "commander";
 import { explain, parseService, type Resolver } from "../firewall/explain.js";
 import { inNets } from "../firewall/model.js";
 import { applyPolicy, renderScript } from "../firewall/nft.js";
-import { ConfigError, loadConfig, type GatewayConfig } from "../policy/config.js";
+import type { GatewayConfig } from "../policy/config.js";
 import { action, UsageError } from "./errors.js";
+import { configOption, gatewayConfigFile, helpText, loadGatewayConfig } from "./common.js";
 
-function load(file: string): GatewayConfig {
-  try {
-    return loadConfig(file);
-  } catch (e) {
-    if (e instanceof ConfigError) throw new UsageError(e.message, 1);
-    throw e;
-  }
-}
+const load = (flag: string | undefined, positional: string | undefined, files = false): GatewayConfig =>
+  loadGatewayConfig(gatewayConfigFile(flag, positional), { files });
 
 /**
  * Address → app for explain: the live lease in the gateway's database when there is one, else the app whose own
@@ -59,54 +55,80 @@ export function hostAddresses(): Set<string> {
 export function policyCommand(): Command {
   const p = new Command("policy").description("the gateway's firewall policy (nftables)");
   p.addCommand(
-    new Command("check")
-      .description("validate a configuration's apps, firewall and policy; exit 1 with the error when invalid")
-      .argument("<config>", "gateway configuration (YAML)")
-      .action(
-        action((file: string) => {
-          const c = load(file);
-          const m = c.model;
-          for (const w of c.warnings) process.stderr.write(`warning: ${w}\n`);
-          process.stdout.write(
-            `${file}: ok: ${c.apps.length} apps, ${Object.keys(m.categories).length} categories, ${m.rules.length} rules, ` +
-              `default ${m.filtering ? (m.defaultAction === "accept" ? "allow" : "deny") : "none (no policy section: not filtered)"}` +
-              `${m.unshielded ? `, unshielded traffic dropped on ${m.unshielded.interfaces.join(", ")}` : ""}\n`,
-          );
-        }),
-      ),
+    helpText(
+      new Command("check")
+        .description(
+          "validate a configuration: apps, firewall, policy, and the files and folders the gateway needs at start",
+        )
+        .addOption(configOption())
+        .argument("[config]", "deprecated: use --config")
+        .option("--json", "print the summary as JSON")
+        .action(
+          action((positional: string | undefined, f: { config?: string; json?: boolean }) => {
+            const c = load(f.config, positional, true);
+            const m = c.model;
+            for (const w of c.warnings) process.stderr.write(`seng: warning: ${w}\n`);
+            const summary = {
+              ok: true,
+              file: c.file,
+              apps: c.apps.length,
+              categories: Object.keys(m.categories).length,
+              rules: m.rules.length,
+              default: m.filtering ? (m.defaultAction === "accept" ? "allow" : "deny") : null,
+              unshieldedDropped: m.unshielded ? m.unshielded.interfaces : [],
+            };
+            process.stdout.write(
+              f.json
+                ? JSON.stringify(summary) + "\n"
+                : `${c.file}: ok: ${summary.apps} apps, ${summary.categories} categories, ${summary.rules} rules, ` +
+                    `default ${summary.default ?? "none (no policy section: not filtered)"}` +
+                    `${m.unshielded ? `, unshielded traffic dropped on ${m.unshielded.interfaces.join(", ")}` : ""}\n`,
+            );
+          }),
+        ),
+      ["seng policy check --config /etc/seng/gateway.yaml", "SENG_CONFIG=gw.yaml seng policy check --json"],
+    ),
   );
   p.addCommand(
-    new Command("compile")
-      .description("print the nftables script the policy compiles to (one transaction, our table only)")
-      .argument("<config>", "gateway configuration (YAML)")
-      .action(
-        action((file: string) => {
-          process.stdout.write(renderScript(load(file).model));
-        }),
-      ),
+    helpText(
+      new Command("compile")
+        .description("print the nftables script the policy compiles to (one transaction, our table only)")
+        .addOption(configOption())
+        .argument("[config]", "deprecated: use --config")
+        .action(
+          action((positional: string | undefined, f: { config?: string }) => {
+            process.stdout.write(renderScript(load(f.config, positional).model));
+          }),
+        ),
+      ["seng policy compile --config /etc/seng/gateway.yaml | less"],
+    ),
   );
   p.addCommand(
-    new Command("apply")
-      .description("apply the policy atomically to this network namespace (live set members are kept)")
-      .argument("<config>", "gateway configuration (YAML)")
-      .action(
-        action(async (file: string) => {
-          const c = load(file);
-          if (!c.model.enabled)
-            throw new UsageError(`${file}: firewall.enabled is false: nothing to apply`, 1);
-          try {
-            await applyPolicy(c.model);
-          } catch (e) {
-            throw new UsageError((e as Error).message, 1);
-          }
-          process.stdout.write(`applied table inet ${c.model.table}\n`);
-        }),
-      ),
+    helpText(
+      new Command("apply")
+        .description("apply the policy atomically to this network namespace (live set members are kept)")
+        .addOption(configOption())
+        .argument("[config]", "deprecated: use --config")
+        .action(
+          action(async (positional: string | undefined, f: { config?: string }) => {
+            const c = load(f.config, positional);
+            if (!c.model.enabled)
+              throw new UsageError(`${c.file}: firewall.enabled is false: nothing to apply`);
+            try {
+              await applyPolicy(c.model);
+            } catch (e) {
+              throw new UsageError(`policy apply: ${(e as Error).message}`);
+            }
+            process.stdout.write(`applied table inet ${c.model.table}\n`);
+          }),
+        ),
+      ["seng policy apply --config /etc/seng/gateway.yaml"],
+    ),
   );
   p.addCommand(
     new Command("explain")
       .description("say which rule decides the first packet of a connection, and why")
-      .requiredOption("--config <file>", "gateway configuration (YAML)")
+      .addOption(configOption())
       .option("--db <file>", "lease database for address → app (default: the config's)")
       .option("--in <interface>", "interface a non-tunnel source comes in on (for firewall.unshielded)")
       .option("--json", "print the explanation as JSON")
@@ -119,9 +141,9 @@ export function policyCommand(): Command {
             source: string,
             destination: string,
             service: string,
-            f: { config: string; db?: string; in?: string; json?: boolean },
+            f: { config?: string; db?: string; in?: string; json?: boolean },
           ) => {
-            const c = load(f.config);
+            const c = load(f.config, undefined);
             let svc;
             try {
               svc = parseService(service);
@@ -149,6 +171,14 @@ export function policyCommand(): Command {
           },
         ),
       ),
+  );
+  helpText(
+    p.commands.at(-1)!,
+    [
+      "seng policy explain --config /etc/seng/gateway.yaml browser 198.18.2.10 tcp/443",
+      "seng policy explain 100.64.1.7 198.18.2.10 udp/53 --json",
+    ],
+    "Exit codes: 0 ALLOW, 1 DENY, 2 usage, configuration or I/O error.",
   );
   return p;
 }

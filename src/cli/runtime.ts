@@ -17,6 +17,7 @@ import { AttesterError, detectAttester, makeIdentity } from "../runtime/attester
 import { configFromEnv, readPin as readPinSetting, RuntimeConfigError } from "../runtime/config.js";
 import { TunMode } from "../runtime/tun-mode.js";
 import { action, UsageError } from "./errors.js";
+import { helpText, LOG_LEVELS } from "./common.js";
 
 /** A pin is a SHA-256 fingerprint, a file holding one, or the gateway's certificate (PEM/DER). */
 export function readPin(pin: string): string {
@@ -45,8 +46,36 @@ interface RuntimeFlags {
   deadSeconds?: string;
   leaseTimeout?: string;
   log?: string;
+  json?: boolean;
   /** commander's --no-offload: false when given. */
   offload?: boolean;
+}
+
+/** The flag of each `SENG_*` variable, so that an error about a value given as a flag names the flag. */
+const FLAG_OF: Record<string, string> = {
+  SENG_CONFIG: "--config",
+  SENG_GATEWAY: "--gateway",
+  SENG_PIN: "--pin",
+  SENG_TEE: "--tee",
+  SENG_SIM_DIR: "--sim-dir",
+  SENG_MRENCLAVE: "--mrenclave",
+  SENG_MEASUREMENT: "--measurement",
+  SENG_HOST_DATA: "--host-data",
+  SENG_MRSIGNER: "--mrsigner",
+  SENG_ISVPRODID: "--isvprodid",
+  SENG_ISVSVN: "--isvsvn",
+  SENG_DEBUG_ENCLAVE: "--debug-enclave",
+  SENG_TUN: "--tun",
+  SENG_TUN_ROUTES: "--route",
+  SENG_DEAD_SECONDS: "--dead-seconds",
+  SENG_LEASE_TIMEOUT: "--lease-timeout",
+  SENG_LOG: "--log",
+};
+
+/** `message` with the names of the variables that came from flags replaced by those flags. */
+export function flagNames(message: string, f: RuntimeFlags): string {
+  const given = flagsToEnv(f);
+  return message.replace(/\bSENG_[A-Z_]+\b/g, (v) => (v in given && FLAG_OF[v] ? FLAG_OF[v] : v));
 }
 
 /** The `SENG_*` variables that carry `f` (only flags actually given, so the config file's keys still count). */
@@ -71,24 +100,36 @@ export function flagsToEnv(f: RuntimeFlags): Record<string, string> {
   if (f.route) e.SENG_TUN_ROUTES = f.route.join(",");
   put("SENG_DEAD_SECONDS", f.deadSeconds);
   put("SENG_LEASE_TIMEOUT", f.leaseTimeout);
-  put("SENG_LOG", f.log);
+  // --log <level>: the runtime has one kind of log line (events at info), so any level but off turns them on.
+  if (f.log !== undefined)
+    e.SENG_LOG = f.log === "off" || f.log === "error" || f.log === "warn" ? "off" : "json";
   return e;
 }
 
-function settings(env: NodeJS.ProcessEnv) {
+function settings(env: NodeJS.ProcessEnv, f: RuntimeFlags) {
   try {
     return configFromEnv(env);
   } catch (e) {
-    if (e instanceof RuntimeConfigError) throw new UsageError(e.message.replace(/^SENG: /, ""));
+    if (e instanceof RuntimeConfigError) throw new UsageError(flagNames(e.message.replace(/^SENG: /, ""), f));
     throw e;
   }
 }
 
+/** One event of `runtime up`: a JSON line (--json), else a short line for people. */
+function eventLine(o: Record<string, unknown>): string {
+  const { event, ...rest } = o;
+  const fields = Object.entries(rest)
+    .map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`)
+    .join(" ");
+  return `seng: ${String(event)}${fields ? ` ${fields}` : ""}`;
+}
+
 async function up(f: RuntimeFlags): Promise<number> {
-  const say = (o: object) => process.stdout.write(JSON.stringify(o) + "\n");
+  const say = (o: object) =>
+    process.stdout.write((f.json ? JSON.stringify(o) : eventLine(o as Record<string, unknown>)) + "\n");
   if (f.tun === undefined && f.config === undefined)
     throw new UsageError("runtime up: --tun is required (TUN mode is the only mode of `up`)");
-  const cfg = settings({ ...process.env, ...flagsToEnv(f) });
+  const cfg = settings({ ...process.env, ...flagsToEnv(f) }, f);
   let identity;
   try {
     identity = await makeIdentity(detectAttester(cfg.tee, cfg.sim));
@@ -142,7 +183,7 @@ async function run(command: string[], f: RuntimeFlags): Promise<number> {
         "for other programs use `seng runtime up --tun` in a confidential VM",
     );
   const env = { ...process.env, ...flagsToEnv(f) };
-  settings(env); // fail here, with the CLI's message, rather than inside the app's process
+  settings(env, f); // fail here, with the CLI's message, rather than inside the app's process
   const child = spawn(process.execPath, [...preload(), ...args], { env, stdio: "inherit" });
   // The app is in our process group: a terminal's Ctrl-C or hangup reaches it directly, so those are passed on only
   // when no terminal sent them (a second SIGINT makes many apps skip their graceful shutdown). SIGTERM (kill, a
@@ -218,8 +259,22 @@ export function runtimeCommands(): Command[] {
     )
       .addOption(teeOption())
       .option("--lease-timeout <s>", "start the app after this long even without a lease (default 30)")
-      .option("--log <json|off>", "json: runtime events as JSON lines on stderr")
+      .addOption(
+        new Option(
+          "--log <level>",
+          "runtime events as JSON lines on stderr: info or debug; off (default) writes none",
+        ).choices([...LOG_LEVELS, "json"]),
+      )
       .action(action((command: string[], f: RuntimeFlags) => run(command, f))),
+  );
+  helpText(
+    runtime.commands.at(-1)!,
+    [
+      "seng runtime run --gateway gw.example.net:4433 --pin gateway.pem -- node app.js",
+      "seng runtime run --config runtime.yaml --log info -- node server.js --port 8080",
+      "SENG_CONFIG=runtime.yaml seng runtime run -- node app.js",
+    ],
+    "Exit codes: the app's own; 2 usage or configuration error before the app starts.",
   );
   runtime.addCommand(
     tunOptions(
@@ -230,7 +285,16 @@ export function runtimeCommands(): Command[] {
       ),
     )
       .addOption(teeOption())
+      .option("--json", "print the runtime's events as JSON lines")
       .action(action((f: RuntimeFlags) => up(f))),
+  );
+  helpText(
+    runtime.commands.at(-1)!,
+    [
+      "seng runtime up --tun --route default --gateway gw.example.net:4433 --pin gateway.pem",
+      "seng runtime up --config runtime.yaml --json",
+    ],
+    "Exit codes: 0 closed by the client (SIGINT/SIGTERM), 1 the tunnel closed otherwise, 2 usage or configuration error.",
   );
   const testClient = tunOptions(
     commonOptions(
@@ -238,6 +302,6 @@ export function runtimeCommands(): Command[] {
         "runtime up --tun with the simulated TEE (tests and trials; INSECURE)",
       ),
     ),
-  ).action(action((f: RuntimeFlags) => up({ ...f, tee: "sim", tun: f.tun ?? true })));
+  ).action(action((f: RuntimeFlags) => up({ ...f, tee: "sim", tun: f.tun ?? true, json: true })));
   return [runtime, testClient];
 }

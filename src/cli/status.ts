@@ -4,11 +4,9 @@
 import { Command } from "commander";
 import { adminJson, AdminClientError, readClientToken, type AdminTarget } from "../admin/client.js";
 import type { StatusView } from "../admin/backend.js";
-import { ConfigError, loadConfig } from "../policy/config.js";
 import { action, UsageError } from "./errors.js";
 import { readFileSync } from "node:fs";
-
-const DEFAULT_CONFIG = "/etc/seng/gateway.yaml";
+import { configOption, gatewayConfigFile, helpText, loadGatewayConfig } from "./common.js";
 
 interface StatusFlags {
   socket?: string;
@@ -21,6 +19,14 @@ interface StatusFlags {
 
 function target(f: StatusFlags): AdminTarget {
   if (f.url) {
+    let u: URL;
+    try {
+      u = new URL(f.url);
+    } catch {
+      throw new UsageError(`status: --url ${f.url}: expected a URL such as http://10.0.0.1:9443`);
+    }
+    if (u.protocol !== "http:" && u.protocol !== "https:")
+      throw new UsageError(`status: --url ${f.url}: expected an http:// or https:// URL`);
     if (!f.tokenFile)
       throw new UsageError("status: --url needs --token-file (the admin API over TCP needs the token)");
     let ca: Buffer | undefined;
@@ -35,9 +41,9 @@ function target(f: StatusFlags): AdminTarget {
   }
   if (f.socket) return { socket: f.socket };
   try {
-    return { socket: loadConfig(f.config ?? DEFAULT_CONFIG).admin.socket };
+    return { socket: loadGatewayConfig(gatewayConfigFile(f.config)).admin.socket };
   } catch (e) {
-    if (e instanceof ConfigError)
+    if (e instanceof UsageError)
       throw new UsageError(`status: ${e.message} (give --socket, --config or --url to reach the gateway)`);
     throw e;
   }
@@ -125,6 +131,17 @@ export function renderStatus(s: StatusView, now = Date.now()): string {
     .map(([k, v]) => `${k} ${v}`)
     .join(", ");
   out.push("", `HANDSHAKES  ${hs || "none"}`, `DROPS       ${drops || "none"}`);
+  if (s.firewall) {
+    const c = s.firewall.counters;
+    const rules = Object.entries(c)
+      .filter(([k]) => k.startsWith("policy.") || k.startsWith("firewall."))
+      .sort(([a], [b]) => a.localeCompare(b, undefined, { numeric: true }))
+      .map(([k, v]) => `${k} ${v}`);
+    out.push(
+      `FIREWALL    packets: ${[...rules, `default ${c.seng_policy_default ?? 0}`, `unshielded dropped ${c.seng_unshielded_drops ?? 0}`].join(", ")}`,
+      `            set updates ${s.firewall.updates}, nft errors ${s.firewall.errors}, resyncs ${s.firewall.resyncs}, lease-to-set median ${s.firewall.addLatencyMedianMs} ms`,
+    );
+  }
   out.push("", "LAST ERRORS");
   out.push(
     s.recent.length
@@ -149,13 +166,10 @@ export function renderStatus(s: StatusView, now = Date.now()): string {
 }
 
 export function statusCommand(): Command {
-  return new Command("status")
+  const c = new Command("status")
     .description("show the gateway's apps, tunnels, traffic and last errors (from the admin API)")
     .option("--socket <path>", "the admin API's Unix socket")
-    .option(
-      "--config <file>",
-      `read the socket's path from the gateway configuration (default ${DEFAULT_CONFIG})`,
-    )
+    .addOption(configOption())
     .option("--url <url>", "the admin API over TCP, e.g. http://10.0.0.1:9443 (needs --token-file)")
     .option("--token-file <file>", "file holding the admin token (with --url)")
     .option("--ca <file>", "CA certificate(s) for an https:// --url with a self-signed certificate")
@@ -166,10 +180,15 @@ export function statusCommand(): Command {
         try {
           s = await adminJson<StatusView>(target(f), "GET", "/v1/status");
         } catch (e) {
-          if (e instanceof AdminClientError) throw new UsageError(`status: ${e.message}`, 1);
+          if (e instanceof AdminClientError) throw new UsageError(`status: ${e.message}`);
           throw e;
         }
         process.stdout.write(f.json ? JSON.stringify(s, null, 2) + "\n" : renderStatus(s));
       }),
     );
+  return helpText(c, [
+    "seng status                                   # the admin socket of /etc/seng/gateway.yaml",
+    "seng status --socket /var/lib/seng/admin.sock --json",
+    "seng status --url https://10.0.0.1:9443 --token-file admin.token --ca admin-ca.pem",
+  ]);
 }

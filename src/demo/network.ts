@@ -108,6 +108,17 @@ export class DemoProcess {
   }
 }
 
+/** A demo network is up already (kept with --keep, or left by a crash). */
+export class DemoBusyError extends Error {
+  override readonly name = "DemoBusyError";
+  constructor(readonly leftover: string[]) {
+    super(
+      `a demo network is still up (kept with --keep, or left by an interrupted run): ${leftover.join(", ")}; ` +
+        "remove it with `seng demo --clean` first",
+    );
+  }
+}
+
 export class DemoNet {
   readonly procs: DemoProcess[] = [];
   private constructor(readonly dir: string) {}
@@ -129,9 +140,23 @@ export class DemoNet {
     return removed;
   }
 
-  /** Builds the namespaces and links; throws (after removing what it made) if the machine cannot. */
-  static async create(onCreated?: (net: DemoNet) => void): Promise<DemoNet> {
-    await DemoNet.clean();
+  /** What a previous demo left (kept with --keep, or after a crash): its namespaces and its recorded folder. */
+  static leftover(): string[] {
+    const left: string[] = Object.values(NS).filter((ns) => existsSync(`/run/netns/${ns}`));
+    if (existsSync(STATE)) left.push(readFileSync(STATE, "utf8").trim());
+    return left;
+  }
+
+  /**
+   * Builds the namespaces and links; throws (after removing what it made) if the machine cannot. A network left by
+   * an earlier demo is never removed silently (someone may be exploring it after --keep): DemoBusyError.
+   */
+  static async create(
+    onCreated?: (net: DemoNet) => void,
+    leftover: () => string[] = DemoNet.leftover,
+  ): Promise<DemoNet> {
+    const left = leftover();
+    if (left.length) throw new DemoBusyError(left);
     const net = new DemoNet(mkdtempSync(join(tmpdir(), "seng-demo-")));
     onCreated?.(net); // before anything is built, so that Ctrl-C during the build removes it too
     try {

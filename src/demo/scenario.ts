@@ -382,10 +382,11 @@ export function keepHelp(dir: string): string {
   return [
     "The demo network is still up (--keep). Look around:",
     `  ip netns exec ${NS.gw} nft list table inet seng        # the policy table and per-app sets`,
-    `  ip netns exec ${NS.gw} node bin/seng.js status --config ${dir}/gateway.yaml   # tunnels (if the admin API is on)`,
-    `  node bin/seng.js audit who <address> --config ${dir}/gateway.yaml`,
+    `  ip netns exec ${NS.gw} seng status --config ${dir}/gateway.yaml   # tunnels (if the admin API is on)`,
+    `  seng audit who <address> --config ${dir}/gateway.yaml`,
     `  ip netns exec ${NS.inet} curl http://<intranet-api address>:8080/`,
     `  logs: ${dir}/*.out, *.err`,
-    "Remove it: node bin/seng.js demo --clean",
+    "Remove it: seng demo --clean",
+    "(seng is `npx seng` in a folder where the package is installed, `node bin/seng.js` in a checkout)",
   ].join("\n");
 }

@@ -10,6 +10,8 @@ function run(args: string[]): Promise<number> {
     execFile("conntrack", args, (err, _stdout, stderr) => {
       const m = /(\d+) flow entries have been deleted/.exec(stderr);
       if (m) return resolve(Number(m[1]));
+      // The kernel's ENOENT: the address had no flows (a normal revocation of an idle tunnel), not a failure.
+      if (/such conntrack doesn't exist/.test(stderr)) return resolve(0);
       if (err) return reject(new Error(`conntrack ${args.join(" ")}: ${stderr.trim() || err.message}`));
       resolve(0);
     });

@@ -17,16 +17,20 @@
  *     oifname <tun>  jump rules            traffic to tunnels
  *   unshielded: allow-list entries accept, then `counter name seng_unshielded_drops drop`
  *   marks: `ip saddr @seng_app_<app> ct mark set <mark>` per app (connection accounting)
- *   rules: `ct state established,related accept`, the rules in order (each with a counter and its key path as
- *     comment), then the default with the named counter seng_policy_default
+ *   rules: `ct state established,related accept`, the rules in order (each with its named counter and its key path
+ *     as comment), then the default with the named counter seng_policy_default
  *   input (hook input, priority filter, policy accept)
  *     iifname <tun>  jump gateway         traffic from tunnels to the gateway host itself
  *   gateway: `ct state established,related accept` (answers to the gateway's own connections, and their ICMP
  *     errors), DNS to the TUN address when the leases announce it, the `to: gateway` rules in order, then
  *     `counter name seng_gateway_default drop`, whatever policy.default says and also without a policy section
+ * Every counter is a named one: `flush table` drops the rules and with them any anonymous counters, so a reload
+ * used to zero every rule's count. A rule's counter is named from its content (seng_c_<hash>), so a rule that a
+ * reload keeps keeps its count, also when it moves; counters no rule uses any more are deleted.
  * An accept here ends only our chain; other tables' chains still see the packet, so admins' own rules keep working.
  */
 import { spawn } from "node:child_process";
+import { createHash } from "node:crypto";
 import type { AllowEntry, Endpoint, PolicyModel, Rule } from "./model.js";
 
 export class NftError extends Error {
@@ -63,20 +67,29 @@ async function listSets(family: string, table: string): Promise<string[]> {
   }
 }
 
-/** Chains and sets our table has now (empty when it does not exist). */
-export async function listTable(table: string): Promise<{ chains: string[]; sets: string[] }> {
+/** Chains, sets and named counters our table has now (empty when it does not exist). */
+export async function listTable(
+  table: string,
+): Promise<{ chains: string[]; sets: string[]; counters?: string[] }> {
   let out: string;
   try {
     out = await nft(["-j", "list", "table", "inet", table]);
   } catch (e) {
-    if (/No such file or directory/.test((e as Error).message)) return { chains: [], sets: [] };
+    if (/No such file or directory/.test((e as Error).message)) return { chains: [], sets: [], counters: [] };
     throw e;
   }
   const items = (JSON.parse(out) as { nftables: Record<string, { name: string }>[] }).nftables;
   return {
     chains: items.filter((i) => i.chain).map((i) => i.chain!.name),
     sets: items.filter((i) => i.set).map((i) => i.set!.name),
+    counters: items.filter((i) => i.counter).map((i) => i.counter!.name),
   };
+}
+
+/** The named counter of a rule or allow entry, from its content (not its position): see the header. */
+export function counterName(r: Pick<Rule, "from" | "to" | "proto" | "ports"> & { action?: string }): string {
+  const key = JSON.stringify([r.from, r.to, r.proto, r.ports, r.action ?? "allow-list"]);
+  return `seng_c_${createHash("sha256").update(key).digest("hex").slice(0, 16)}`;
 }
 
 /** Names of the sets holding app addresses: per app and per category, IPv4 and IPv6. */
@@ -135,7 +148,7 @@ function renderMatch(
 
 export interface RenderOptions {
   /** What the table has now (from {@link listTable}): deleted unless still wanted. */
-  existing?: { chains: string[]; sets: string[] };
+  existing?: { chains: string[]; sets: string[]; counters?: string[] };
   /**
    * Live members per set name (the gateway's view): the sets are flushed and filled with exactly these, in the
    * same transaction. Without it (`seng policy apply` from the shell), existing members are kept.
@@ -199,7 +212,19 @@ export function renderScript(model: PolicyModel, opts: RenderOptions = {}): stri
       if (list.length) L.push(`add element ${T} ${name} { ${list.join(", ")} }`);
     }
   }
-  for (const c of ["seng_policy_default", "seng_unshielded_drops", "seng_gateway_default", "seng_sync"])
+  const allowList = model.unshielded ? (model.unshielded.allow as AllowEntry[]) : [];
+  const entryCounters = new Set([
+    ...(model.filtering ? model.rules.map(counterName) : []),
+    ...gatewayRules(model).map(counterName),
+    ...allowList.map((a) => counterName({ from: { kind: "any", label: "any" } as Endpoint, ...a })),
+  ]);
+  for (const c of [
+    "seng_policy_default",
+    "seng_unshielded_drops",
+    "seng_gateway_default",
+    "seng_sync",
+    ...entryCounters,
+  ])
     L.push(`add counter ${T} ${c}`);
 
   const tun = q(model.tun);
@@ -220,12 +245,16 @@ export function renderScript(model: PolicyModel, opts: RenderOptions = {}): stri
   }
   if (model.unshielded) {
     // The allow list is for infrastructure (DHCP, DNS, ...), never a way past the policy into the tunnels.
-    for (const a of model.unshielded.allow as AllowEntry[])
+    for (const a of allowList) {
+      const cn = counterName({ from: { kind: "any", label: "any" } as Endpoint, ...a });
       for (const m of renderMatch({ kind: "any", label: "any" }, a.to, a.proto, a.ports))
         rule(
           "unshielded",
-          `oifname != ${tun} ${m} counter accept comment ${q(a.path)}`.replace(/ +/g, " ").trim(),
+          `oifname != ${tun} ${m} counter name ${q(cn)} accept comment ${q(a.path)}`
+            .replace(/ +/g, " ")
+            .trim(),
         );
+    }
     rule("unshielded", `counter name "seng_unshielded_drops" drop comment "firewall.unshielded"`);
   }
   if (model.marks) {
@@ -248,15 +277,24 @@ export function renderScript(model: PolicyModel, opts: RenderOptions = {}): stri
       rule("gateway", `ip daddr ${model.gateway.address} ${p} dport 53 counter accept comment "dns"`);
   for (const r of gatewayRules(model))
     for (const m of renderMatch(r.from, { kind: "any", label: "any" }, r.proto, r.ports))
-      rule("gateway", `${m} counter ${r.action} comment ${q(r.path)}`.replace(/^ /, ""));
+      rule(
+        "gateway",
+        `${m} counter name ${q(counterName(r))} ${r.action} comment ${q(r.path)}`.replace(/^ /, ""),
+      );
   rule("gateway", `counter name "seng_gateway_default" drop comment "gateway.default"`);
   if (model.filtering) {
     rule("rules", "ct state established,related accept");
     for (const r of model.rules.filter((x) => x.to.kind !== "gateway"))
       for (const m of renderMatch(r.from, r.to, r.proto, r.ports))
-        rule("rules", `${m} counter ${r.action} comment ${q(r.path)}`.replace(/^ /, ""));
+        rule(
+          "rules",
+          `${m} counter name ${q(counterName(r))} ${r.action} comment ${q(r.path)}`.replace(/^ /, ""),
+        );
     rule("rules", `counter name "seng_policy_default" ${model.defaultAction} comment "policy.default"`);
   }
+  // Counters of rules that are gone (after the rules that used them were flushed, in the same transaction).
+  for (const c of opts.existing?.counters ?? [])
+    if (c.startsWith("seng_c_") && !entryCounters.has(c)) L.push(`delete counter ${T} ${c}`);
   return L.join("\n") + "\n";
 }
 
@@ -297,28 +335,38 @@ export async function readCounters(table: string): Promise<Record<string, number
     nft(["-j", "list", "counters", "table", "inet", table]),
     ...chains.map((c) => nft(["-j", "list", "chain", "inet", table, c]).catch(() => '{"nftables":[]}')),
   ]);
-  const out: Record<string, number> = {};
-  for (const j of [named, ...lists]) {
-    for (const [k, v] of Object.entries(parseCounters(j))) out[k] = (out[k] ?? 0) + v;
-  }
-  return out;
+  // One document: a rule names its counter, whose value is in the list of counters.
+  const items = [named, ...lists].flatMap((j) => (JSON.parse(j) as { nftables: unknown[] }).nftables);
+  return parseCounters(JSON.stringify({ nftables: items }));
 }
 
-/** Counters from `nft -j list table` output: per rule comment (summed over its families) and named counters. */
+/**
+ * Counters from `nft -j list table` output: the named counters, and per rule comment (key path) the packets of its
+ * counter: an anonymous one summed over the comment's rules (one per family), or the named one it refers to (once).
+ */
 export function parseCounters(json: string): Record<string, number> {
   const out = JSON.parse(json) as {
     nftables: {
-      rule?: { comment?: string; expr: { counter?: { packets: number } }[] };
+      rule?: { comment?: string; expr: { counter?: { packets: number } | string }[] };
       counter?: { name: string; packets: number };
     }[];
   };
   const c: Record<string, number> = {};
+  const refs = new Map<string, Set<string>>();
   for (const i of out.nftables) {
     if (i.counter) c[i.counter.name] = i.counter.packets;
     if (i.rule?.comment) {
-      const n = i.rule.expr.find((e) => e.counter)?.counter?.packets;
-      if (n !== undefined) c[i.rule.comment] = (c[i.rule.comment] ?? 0) + n;
+      const ctr = i.rule.expr.find((e) => e.counter)?.counter;
+      if (typeof ctr === "string") {
+        const s = refs.get(i.rule.comment) ?? new Set<string>();
+        refs.set(i.rule.comment, s.add(ctr));
+      } else if (ctr) c[i.rule.comment] = (c[i.rule.comment] ?? 0) + ctr.packets;
     }
+  }
+  for (const [comment, names] of refs) {
+    // A named counter's own entry keeps its name; the comment gets its packets.
+    if (comment === "policy.default" || comment === "firewall.unshielded") continue;
+    c[comment] = (c[comment] ?? 0) + [...names].reduce((n, name) => n + (c[name] ?? 0), 0);
   }
   return c;
 }

@@ -157,7 +157,14 @@ export function onControl(gw: Gateway, t: Tunnel, rec: Buffer): void {
       t.acked = true;
       return;
     case MSG.CLOSE:
-      return gw.close(t, "client-closed", `${msg.reason}: ${msg.message}`, false);
+      // A runtime that refused this gateway (its pin) will not come back with this key: release the lease now.
+      return gw.close(
+        t,
+        "client-closed",
+        `${msg.reason}: ${msg.message}`,
+        false,
+        msg.reason !== "policy-rejected",
+      );
     default:
       return gw.close(t, "protocol-error", `unexpected control message ${msg.type} from a runtime`);
   }

@@ -15,6 +15,8 @@ export interface MetricsSource {
   stats(): GatewayStats;
   /** Drops counted outside the gateway process (nftables: `policy`, `unshielded`), by reason. */
   firewallDrops?(): Promise<Record<string, number>> | Record<string, number>;
+  /** The policy table's packet counters: per rule key path, and the named counters (nftables). */
+  firewallCounters?(): Promise<Record<string, number>> | Record<string, number>;
 }
 
 /** Drop reasons always exported (0 until seen), so dashboards and alerts see the series from the start. */
@@ -57,6 +59,7 @@ export class GatewayMetrics implements GatewayObserver {
     const src = {
       stats: () => (this.snap ??= this.source.stats()),
       firewallDrops: () => this.source.firewallDrops?.(),
+      firewallCounters: () => this.source.firewallCounters?.(),
     };
     if (opts.processMetrics !== false) collectDefaultMetrics({ register: this.registry });
 
@@ -137,6 +140,25 @@ export class GatewayMetrics implements GatewayObserver {
         const d = { ...src.stats().drops, ...(await src.firewallDrops()) };
         this.reset();
         for (const r of new Set([...DROP_REASONS, ...Object.keys(d)])) this.inc({ reason: r }, d[r] ?? 0);
+      },
+    });
+    new Counter({
+      name: "seng_policy_rule_packets_total",
+      help: "Packets counted by each policy rule of the nftables table (rule = key path, e.g. policy.rules[2]; policy.default; firewall.unshielded)",
+      labelNames: ["rule"],
+      registers,
+      async collect() {
+        const c = (await src.firewallCounters()) ?? {};
+        this.reset();
+        for (const [k, v] of Object.entries(c)) {
+          const rule =
+            k === "seng_policy_default"
+              ? "policy.default"
+              : k === "seng_unshielded_drops"
+                ? "firewall.unshielded"
+                : k;
+          if (rule.startsWith("policy.") || rule.startsWith("firewall.")) this.inc({ rule }, v);
+        }
       },
     });
     this.verdicts = new Counter({

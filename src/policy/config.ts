@@ -3,7 +3,9 @@
  * what was expected, e.g. `gateway.yaml: apps[1].subnet: expected an IPv4 CIDR such as 100.64.1.0/24`.
  * Paths in the file are relative to the file's folder.
  */
-import { readFileSync } from "node:fs";
+import { createPrivateKey, X509Certificate } from "node:crypto";
+import { accessSync, constants as fsConstants, readFileSync, statSync } from "node:fs";
+import { isIP } from "node:net";
 import { dirname, join, resolve } from "node:path";
 import { parseDocument } from "yaml";
 import { z } from "zod";
@@ -12,9 +14,26 @@ import { TCB_STATUSES } from "../attest/claims.js";
 import { parseCidr } from "../packet/ip.js";
 import { compilePolicy, FirewallConfigError, type PolicyModel } from "../firewall/model.js";
 
-const hostPort = z
-  .string()
-  .regex(/^(\[[0-9a-fA-F:]+\]|[0-9.]+|[A-Za-z0-9.-]+):\d{1,5}$/, "expected host:port such as 0.0.0.0:4433");
+/**
+ * `host:port` (`[v6]:port` for IPv6). `ipOnly`: the host must be an address, as for the gateway's UDP socket, which
+ * binds without resolving names (`localhost:4433` used to pass here and fail at start with a TypeError).
+ */
+function hostPortSchema(ipOnly: boolean) {
+  const example = "such as 0.0.0.0:4433";
+  return z.string().superRefine((s, ctx) => {
+    const m = /^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})$/.exec(s);
+    const fail = (message: string) => ctx.addIssue({ code: "custom", message });
+    if (!m) return fail(`expected host:port ${example}${ipOnly ? " (an IP address, not a name)" : ""}`);
+    const host = (m[1] ?? m[2])!;
+    const port = Number(m[3]);
+    if (port > 65535) return fail(`expected host:port with a port of 0-65535, got ${port}`);
+    if (m[1] !== undefined && isIP(host) !== 6)
+      return fail(`expected host:port: ${host} is not an IPv6 address`);
+    if (ipOnly && !isIP(host))
+      fail(`expected host:port with an IP address ${example} (got ${host}: names are not resolved here)`);
+  });
+}
+const hostPort = hostPortSchema(false);
 const cidr = z.string().refine(
   (s) => {
     try {
@@ -71,7 +90,7 @@ const identity = z
 
 const schema = z
   .object({
-    listen: hostPort,
+    listen: hostPortSchema(true),
     certificate: z.string().min(1),
     key: z.string().min(1),
     database: z.string().min(1).default("seng.db"),
@@ -413,4 +432,59 @@ export function loadConfig(file: string): GatewayConfig {
     );
   }
   return parseConfig(text, file);
+}
+
+/**
+ * Checks what the gateway reads or creates at start that the schema cannot see: the files the configuration names
+ * (certificate and key readable and parseable, trust roots, collateral, admin token and TLS files) and the folders
+ * of the database and the admin socket. `seng policy check` and `seng gateway` run it before anything is changed
+ * on the machine. Throws a ConfigError naming the file, the key and the path.
+ */
+export function checkConfigFiles(c: GatewayConfig): void {
+  const f = c.file;
+  const readable = (key: string, path: string, kind: "file" | "any" = "file"): void => {
+    let st;
+    try {
+      st = statSync(path);
+      accessSync(path, fsConstants.R_OK);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      throw new ConfigError(
+        `${f}: ${key}: ${path}: ${code === "ENOENT" ? "no such file" : code === "EACCES" ? "not readable (permission denied)" : (e as Error).message}`,
+      );
+    }
+    if (kind === "file" && !st.isFile()) throw new ConfigError(`${f}: ${key}: ${path}: not a regular file`);
+  };
+  const folder = (key: string, path: string): void => {
+    const dir = dirname(path);
+    let st;
+    try {
+      st = statSync(dir);
+    } catch {
+      throw new ConfigError(`${f}: ${key}: the folder ${dir} of ${path} does not exist (create it first)`);
+    }
+    if (!st.isDirectory())
+      throw new ConfigError(`${f}: ${key}: ${dir} (the folder of ${path}) is not a folder`);
+  };
+  readable("certificate", c.certificate);
+  try {
+    new X509Certificate(readFileSync(c.certificate));
+  } catch {
+    throw new ConfigError(`${f}: certificate: ${c.certificate}: not a PEM certificate`);
+  }
+  readable("key", c.key);
+  try {
+    createPrivateKey(readFileSync(c.key));
+  } catch {
+    throw new ConfigError(`${f}: key: ${c.key}: not a PEM private key`);
+  }
+  c.trust.simulatedRoots.forEach((p, i) => readable(`trust.simulatedRoots[${i}]`, p));
+  c.trust.collateral.forEach((p, i) => readable(`trust.collateral[${i}]`, p, "any"));
+  if (c.admin.tokenFile) readable("admin.tokenFile", c.admin.tokenFile);
+  if (c.admin.tls) {
+    readable("admin.tls.certificate", c.admin.tls.certificate);
+    readable("admin.tls.key", c.admin.tls.key);
+  }
+  folder("database", c.database);
+  folder("admin.socket", c.admin.socket);
 }

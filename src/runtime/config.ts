@@ -236,6 +236,10 @@ export function configFromEnv(env: NodeJS.ProcessEnv = process.env): RuntimeConf
     return n;
   };
   const routes = get("SENG_TUN_ROUTES");
+  const log = get("SENG_LOG") ?? file.log;
+  // An unknown value used to mean "off" without a word.
+  if (log !== undefined && log !== "json" && log !== "off")
+    throw new RuntimeConfigError(`SENG: SENG_LOG: expected json or off, got ${log}`);
   return {
     gateway,
     pin,
@@ -243,7 +247,7 @@ export function configFromEnv(env: NodeJS.ProcessEnv = process.env): RuntimeConf
     sim,
     leaseTimeoutMs: seconds("SENG_LEASE_TIMEOUT", file.leaseTimeoutSeconds, 30) * 1000,
     deadSeconds: seconds("SENG_DEAD_SECONDS", file.deadSeconds, 30),
-    log: (get("SENG_LOG") ?? file.log) === "json",
+    log: log === "json",
     tun: {
       name: get("SENG_TUN") ?? file.tun?.name ?? "seng-rt0",
       routes: routes !== undefined ? routes.split(",").filter(Boolean) : (file.tun?.routes ?? []),

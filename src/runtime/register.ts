@@ -41,7 +41,7 @@ import { pathToFileURL } from "node:url";
 import workerThreads, { isMainThread } from "node:worker_threads";
 import { linkRef, makeGlobalAgents, ShieldedHttpAgent } from "./agents.js";
 import { AttesterError, detectAttester, makeIdentity } from "./attesters.js";
-import { configFromEnv, type RuntimeConfig } from "./config.js";
+import { configFromEnv, RuntimeConfigError, type RuntimeConfig } from "./config.js";
 import * as sdkDgram from "./dgram.js";
 import * as sdkResolve from "./dns-resolve.js";
 import * as sdkDns from "./dns.js";
@@ -393,10 +393,10 @@ if (!isMainThread) {
     await startFromConfig(configFromEnv());
   } catch (e) {
     // The app must not start without its shield; the user gets one line, not a stack trace (SENG_DEBUG=1 for it).
+    // Prefixed as every seng message; exit 2 for a configuration error, 1 when the gateway or the TEE said no.
     const err = e as Error;
-    const msg = err.message.startsWith("SENG:") ? err.message : `SENG: ${err.message}`;
-    process.stderr.write(`${msg}; the app is not started\n`);
+    process.stderr.write(`seng: ${err.message.replace(/^SENG: /, "")}; the app is not started\n`);
     if (process.env.SENG_DEBUG) process.stderr.write(`${err.stack}\n`);
-    process.exit(1);
+    process.exit(err instanceof RuntimeConfigError ? 2 : 1);
   }
 }

@@ -101,6 +101,9 @@ export function hostNetworkingError(what: string): Error {
   });
 }
 
+/** Signals whose default ends the process: the stack closes its tunnel first (see #onSignal). */
+const SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
+
 /** Thrown when the tunnel is gone for good or the stack was closed. */
 export class ShieldedStackError extends Error {
   override readonly name = "ShieldedStackError";
@@ -172,6 +175,17 @@ export class ShieldedStack extends EventEmitter<ShieldedStackEvents> {
   readonly #createStack: Promise<(cfg: StackConfig) => NetStack | Promise<NetStack>>;
   readonly #log: (event: Record<string, unknown>) => void;
   readonly #onExit = (): void => this.close("process exiting");
+  /**
+   * Ctrl-C, kill, a hangup: the process ends by the signal, without 'exit', so the tunnel would stay up at the
+   * gateway (address in the app's set) until its idle timeout. When the app has no handler of its own for the
+   * signal, the tunnel is closed (CLOSE to the gateway) and the signal raised again, so the process still ends as
+   * the signal's default says. An app with its own handler decides; its exit runs #onExit.
+   */
+  readonly #onSignal = (sig: NodeJS.Signals): void => {
+    if (process.listenerCount(sig) > 1) return;
+    this.close(`process ending (${sig})`);
+    process.kill(process.pid, sig);
+  };
 
   constructor(readonly opts: ShieldedStackOptions) {
     super();
@@ -221,6 +235,7 @@ export class ShieldedStack extends EventEmitter<ShieldedStackEvents> {
     const s = new ShieldedStack(opts);
     current = s;
     process.on("exit", s.#onExit);
+    for (const sig of SIGNALS) process.on(sig, s.#onSignal);
     s.tunnel.connect();
     return s;
   }
@@ -309,6 +324,7 @@ export class ShieldedStack extends EventEmitter<ShieldedStackEvents> {
     if (this.#closed) return;
     this.#closed = true;
     process.off("exit", this.#onExit);
+    for (const sig of SIGNALS) process.off(sig, this.#onSignal);
     this.#fail(new ShieldedStackError("SENG: the shielded stack was closed", "ERR_SENG_STACK_CLOSED"));
     // The stack first: it resets its connections and hands the RSTs to the tunnel, which then says goodbye.
     try {

@@ -201,12 +201,32 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
     if (!wasEstablished && r.established) {
       const der = s.peerCertificate();
       const fp = der ? createHash("sha256").update(der).digest("hex") : "";
-      if (fp !== this.opts.pin.toLowerCase())
+      if (fp !== this.opts.pin.toLowerCase()) {
+        // Say so before leaving: the gateway may have leased an address already, which it then releases at once
+        // instead of holding the tunnel (and the address in the app's set) until its idle timeout.
+        try {
+          this.udp.sendMany(
+            [
+              ...s.send([
+                encodeControl({
+                  type: MSG.CLOSE,
+                  reason: "policy-rejected",
+                  message: "gateway certificate does not match the pin",
+                }),
+              ]),
+              ...s.shutdown(),
+            ],
+            this.peer,
+          );
+        } catch {
+          // best effort
+        }
         return this.lost(
           "protocol-error",
           `gateway certificate ${fp} does not match the pinned ${this.opts.pin}`,
           true,
         );
+      }
     }
     // A handshake error may come from a forged datagram (alerts are not authenticated before the handshake ends):
     // the attempt goes on until its deadline (tick).

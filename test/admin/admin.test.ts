@@ -223,7 +223,7 @@ describe("admin API, metrics and status", { concurrency: false }, () => {
       ["--import", "tsx", CLI, "status", "--url", ADMIN, "--token-file", wrongFile],
       { timeoutMs: 20_000, check: false },
     );
-    assert.equal(refused.code, 1);
+    assert.equal(refused.code, 2);
     assert.match(refused.stderr, /HTTP 401 unauthorized/);
     assert.equal(refused.stdout, "");
     const noGateway = await run(
@@ -233,7 +233,7 @@ describe("admin API, metrics and status", { concurrency: false }, () => {
         cwd: ROOT,
       },
     ).catch((e: { code: number; stderr: string }) => e);
-    assert.equal((noGateway as { code: number }).code, 1);
+    assert.equal((noGateway as { code: number }).code, 2);
     assert.match((noGateway as { stderr: string }).stderr, /no such socket/);
     await c.kill();
   });

@@ -69,7 +69,7 @@ describe("seng demo (network)", { concurrency: false }, () => {
     try {
       const r = seng(["demo", "--quiet", "--keep"]);
       assert.equal(r.status, 0, r.stdout + r.stderr);
-      assert.match(r.stdout, /Remove it: node bin\/seng.js demo --clean/);
+      assert.match(r.stdout, /Remove it: seng demo --clean/);
       assert.ok(leftovers().includes("seng-demo-gw"));
       // The gateway still runs: the enclave server app is still reachable from the internet side.
       const addr = /internet → enclave server app .* intranet-api @ (100\.64\.3\.\d+)/.exec(r.stdout)?.[1];
@@ -82,6 +82,11 @@ describe("seng demo (network)", { concurrency: false }, () => {
         },
       );
       assert.equal(c.stdout.trim(), "hello from the enclave", c.stderr);
+      // Another demo run does not silently remove the kept network: it refuses, and the network stays.
+      const again = seng(["demo", "--quiet"], 60_000);
+      assert.equal(again.status, 2, again.stdout + again.stderr);
+      assert.match(again.stderr, /^seng: demo: a demo network is still up .*seng demo --clean/);
+      assert.ok(leftovers().includes("seng-demo-gw"), "the kept network is still there");
     } finally {
       const c = seng(["demo", "--clean"], 60_000);
       assert.equal(c.status, 0, c.stderr);

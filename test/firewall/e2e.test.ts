@@ -189,8 +189,8 @@ describe("firewall in namespaces", { concurrency: false }, () => {
     const before = await rules();
     lab.writeConfig({ extraYaml: POLICY.replace("from: mail,", "from: nosuchapp,") });
     // The CLI refuses it before signalling...
-    const cli = seng(["gateway", "reload", "--config", lab.configFile]);
-    assert.equal(cli.code, 1);
+    const cli = seng(["gateway", "reload", "--config", lab.configFile, "--json"]);
+    assert.equal(cli.code, 2);
     assert.match(cli.stderr, /policy\.rules\[2\]\.from: no app, category or set named nosuchapp/);
     // ...and the gateway refuses it when signalled directly (SIGHUP).
     const from = lab.gateway!.stdout.length;
@@ -207,7 +207,7 @@ describe("firewall in namespaces", { concurrency: false }, () => {
     await waitLine(sink, (o) => o.listening === true);
     // Allow 7010 for browser through a reload that changes only the policy: nothing is revoked.
     lab.writeConfig({ extraYaml: POLICY.replace("ports: [7000]", "ports: [7000, 7010]") });
-    const ok = seng(["gateway", "reload", "--config", lab.configFile]);
+    const ok = seng(["gateway", "reload", "--config", lab.configFile, "--json"]);
     assert.equal(ok.code, 0, ok.stderr);
     assert.deepEqual((JSON.parse(ok.stdout) as { revoked: unknown[] }).revoked, []);
     const source = lab.clients[0]!.spawn(node, [
@@ -233,7 +233,7 @@ describe("firewall in namespaces", { concurrency: false }, () => {
       apps: apps("b1".repeat(32)),
       extraYaml: POLICY.replace("ports: [7000]", "ports: [7000, 7010]"),
     });
-    const r = seng(["gateway", "reload", "--config", lab.configFile]);
+    const r = seng(["gateway", "reload", "--config", lab.configFile, "--json"]);
     assert.equal(r.code, 0, r.stderr);
     const res = JSON.parse(r.stdout) as { revoked: { address: string; app: string }[] };
     assert.deepEqual(

@@ -101,10 +101,13 @@ policy:
   for (const line of s.trim().split("\n")) assert.match(line, / inet seng\b/, line);
   assert.match(
     s,
-    /ip saddr @seng_app_browser ip daddr @seng_net_servers tcp dport \{ 443, 8000-8080 \} counter accept comment "policy.rules\[0\]"/,
+    /ip saddr @seng_app_browser ip daddr @seng_net_servers tcp dport \{ 443, 8000-8080 \} counter name "seng_c_[0-9a-f]{16}" accept comment "policy.rules\[0\]"/,
   );
   assert.match(s, /ip6 saddr @seng_app6_browser ip6 daddr @seng_net6_servers/);
-  assert.match(s, /ip saddr @seng_cat_web ip daddr 198\.18\.2\.0\/24 meta l4proto icmp counter accept/);
+  assert.match(
+    s,
+    /ip saddr @seng_cat_web ip daddr 198\.18\.2\.0\/24 meta l4proto icmp counter name "seng_c_[0-9a-f]{16}" accept/,
+  );
   assert.ok(!/ip6 saddr @seng_cat6_web ip6 daddr/.test(s), "no IPv6 rule for an IPv4-only destination");
   assert.match(s, /counter name "seng_policy_default" drop comment "policy.default"\n$/);
   // A re-apply deletes what the table had and keeps app sets (with their live members) unless told the members.

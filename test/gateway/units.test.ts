@@ -205,6 +205,8 @@ test("state files: seng.db, -wal and -shm are created 0600 whatever the umask; t
     process.umask(old);
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
 test("the gateway rotates its cookie secret every period; a cookie lives one to two periods", async () => {
   const ctx = async (role: "server" | "client") => {
     const keys = generateKeyPairSync("ec", { namedCurve: "P-256" });

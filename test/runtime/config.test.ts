@@ -182,7 +182,7 @@ describe("seng runtime: usage errors are one line and exit 2", () => {
     [["runtime", "run", "--gateway", "198.18.1.1:4433"], /give the app after --|missing required argument/],
     [
       ["runtime", "run", "--gateway", "198.18.1.1", "--pin", FP, "--", "node"],
-      /SENG_GATEWAY: expected host:port/,
+      /--gateway: expected host:port/,
     ],
     [
       ["runtime", "run", "--gateway", "198.18.1.1:1", "--pin", "/nonexistent", "--", "node"],

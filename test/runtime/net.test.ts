@@ -803,7 +803,7 @@ describe("shielded apps in the namespace lab", { concurrency: false }, () => {
     const r = await p.wait(30_000);
     assert.notEqual(r.code, 0);
     assert.doesNotMatch(r.stdout, /app ran/);
-    assert.match(r.stderr, /SENG: the tunnel to the gateway closed for good \(policy-rejected\)/);
+    assert.match(r.stderr, /^seng: the tunnel to the gateway closed for good \(policy-rejected\)/m);
   });
 
   test("no gateway configured: the app does not start", async () => {
@@ -815,9 +815,9 @@ describe("shielded apps in the namespace lab", { concurrency: false }, () => {
       { env: e },
     );
     const r = await p.wait(30_000);
-    assert.notEqual(r.code, 0);
+    assert.equal(r.code, 2, "a configuration error");
     assert.doesNotMatch(r.stdout, /app ran/);
-    assert.match(r.stderr, /SENG: no gateway: set SENG_GATEWAY .*; the app is not started/);
+    assert.match(r.stderr, /^seng: no gateway: set SENG_GATEWAY .*; the app is not started/m);
   });
 });
 

@@ -33,6 +33,7 @@ test("curl through TUN mode with the default route taken over", async () => {
     CLI,
     "runtime",
     "up",
+    "--json",
     "--tun",
     "seng-rt0",
     "--tee",
