@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ConfigError, parseConfig } from "../../src/policy/config.js";
 import { explain, parseService } from "../../src/firewall/explain.js";
-import { renderScript } from "../../src/firewall/nft.js";
+import { counterName, renderScript } from "../../src/firewall/nft.js";
 import { LeaseStore } from "../../src/gateway/leases.js";
 import { AuditLog } from "../../src/gateway/audit.js";
 import { ipToInt } from "../../src/packet/ip.js";
@@ -296,16 +296,18 @@ policy:
   assert.match(s, /add chain inet seng input \{ type filter hook input priority filter; policy accept; \}/);
   assert.match(s, /add rule inet seng input iifname "seng0" jump gateway\n/);
   const gw = s.split("\n").filter((l) => l.startsWith("add rule inet seng gateway "));
+  // Named counters (kept across reloads), as in the forward chain.
+  const [r0, r1] = c.model.rules.map((r) => `counter name "${counterName(r)}"`);
   assert.deepEqual(
     gw.map((l) => l.slice("add rule inet seng gateway ".length)),
     [
       "ct state established,related accept",
       'ip daddr 100.64.0.1 udp dport 53 counter accept comment "dns"',
       'ip daddr 100.64.0.1 tcp dport 53 counter accept comment "dns"',
-      'ip saddr @seng_app_browser tcp dport 9443 counter accept comment "policy.rules[0]"',
-      'ip6 saddr @seng_app6_browser tcp dport 9443 counter accept comment "policy.rules[0]"',
-      'ip saddr @seng_cat_web meta l4proto icmp counter accept comment "policy.rules[1]"',
-      'ip6 saddr @seng_cat6_web meta l4proto ipv6-icmp counter accept comment "policy.rules[1]"',
+      `ip saddr @seng_app_browser tcp dport 9443 ${r0} accept comment "policy.rules[0]"`,
+      `ip6 saddr @seng_app6_browser tcp dport 9443 ${r0} accept comment "policy.rules[0]"`,
+      `ip saddr @seng_cat_web meta l4proto icmp ${r1} accept comment "policy.rules[1]"`,
+      `ip6 saddr @seng_cat6_web meta l4proto ipv6-icmp ${r1} accept comment "policy.rules[1]"`,
       // policy.default is allow for forwarded traffic; the gateway host is still default deny.
       'counter name "seng_gateway_default" drop comment "gateway.default"',
     ],
