@@ -1,0 +1,155 @@
+/**
+ * The etcd store through the conformance suite (each system is a fresh key prefix on one throwaway etcd), and what
+ * only etcd has: progress notifications, self-fencing when etcd stops answering, a restarted gateway adopting its
+ * leases. etcd runs on 127.0.0.1 with random ports (test/helpers/etcd.ts); a missing etcd fails the tests.
+ */
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { intToIp } from "../../src/packet/ip.js";
+import { EtcdStore, type EtcdStoreOptions } from "../../src/store/etcd.js";
+import { FencedError, type StoreEvent } from "../../src/store/interface.js";
+import { startEtcd, type EtcdServer } from "../helpers/etcd.js";
+import { conformance } from "./conformance.js";
+
+let etcd: EtcdServer;
+before(async () => {
+  etcd = await startEtcd({ progressMs: 200 });
+});
+after(async () => {
+  await etcd?.stop();
+});
+
+const TTL = 2;
+let systems = 0;
+
+function options(prefix: string, gw: string, extra: Partial<EtcdStoreOptions> = {}): EtcdStoreOptions {
+  return {
+    hosts: [etcd.url],
+    gatewayId: gw,
+    apps: [],
+    prefix,
+    ttlSeconds: TTL,
+    fenceMarginMs: 500,
+    coolDownMs: 1000,
+    callTimeoutMs: 3000,
+    ...extra,
+  };
+}
+
+conformance({
+  name: "etcd",
+  crashBoundMs: TTL * 1000 + 1000,
+  async system() {
+    const prefix = `/t${process.pid}-${++systems}/`;
+    const open: EtcdStore[] = [];
+    return {
+      async open(gw, apps) {
+        const s = await EtcdStore.open({ ...options(prefix, gw), apps });
+        open.push(s);
+        return s;
+      },
+      async dispose() {
+        for (const s of open) await s.revokeAll().catch(() => s.close());
+      },
+    };
+  },
+});
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const app = { name: "a", subnet: "100.64.1.0/29" };
+const req = (keyFp: string, now = Date.now()) => ({
+  app: "a",
+  keyFp,
+  measurement: "m",
+  outer: "198.18.0.2:1",
+  now,
+  until: now + 60_000,
+});
+
+test("etcd store: progress notifications arrive while nothing changes and carry the current revision", async () => {
+  const s = await EtcdStore.open({ ...options("/progress/", "gw1"), apps: [app] });
+  try {
+    const x = (await s.acquire(req("k1")))!;
+    const seen: StoreEvent[] = [];
+    const stop = await s.watch((e) => seen.push(e));
+    await sleep(1500);
+    stop();
+    const progress = seen.filter((e) => e.type === "progress");
+    assert.ok(progress.length >= 2, `progress notifications every 200 ms, got ${progress.length}`);
+    assert.ok(
+      progress.every((e) => e.rev >= x.id),
+      "a progress revision covers the writes before it",
+    );
+  } finally {
+    await s.revokeAll();
+  }
+});
+
+test("etcd store: a gateway cut off from etcd fences itself before its lease can expire", async () => {
+  // A dedicated etcd: this test stops it.
+  const own = await startEtcd();
+  const s = await EtcdStore.open({
+    hosts: [own.url],
+    gatewayId: "gw1",
+    apps: [app],
+    ttlSeconds: TTL,
+    fenceMarginMs: 500,
+    callTimeoutMs: 1000,
+  });
+  try {
+    await s.acquire(req("k1"));
+    // Healthy: keepalives keep the proof ahead of the clock, well past the first TTL.
+    await sleep(TTL * 1000 + 500);
+    assert.equal(s.fence().held, true);
+    const provenAtStop = s.fence().provenUntil;
+    const stoppedAt = Date.now();
+    process.kill(own.pid, "SIGSTOP");
+    try {
+      // The proof cannot outlive the last acknowledged keepalive (sent before the stop) by more than TTL − margin.
+      assert.ok(
+        provenAtStop <= stoppedAt + TTL * 1000 - 500 + 50,
+        `proven until ${provenAtStop - stoppedAt} ms after the stop`,
+      );
+      while (s.fence().held) await sleep(20);
+      const fencedAfter = Date.now() - stoppedAt;
+      assert.ok(fencedAfter <= TTL * 1000 - 500 + 100, `fenced ${fencedAfter} ms after etcd stopped`);
+      await assert.rejects(s.acquire(req("k2")), FencedError);
+    } finally {
+      process.kill(own.pid, "SIGCONT");
+    }
+  } finally {
+    await s.close();
+    await own.stop();
+  }
+});
+
+test("etcd store: a restarted gateway (same id) adopts its leases before the TTL frees them", async () => {
+  const a = await EtcdStore.open({ ...options("/adopt/", "gw1"), apps: [app] });
+  const x = (await a.acquire(req("k1")))!;
+  await a.close();
+  const again = await EtcdStore.open({ ...options("/adopt/", "gw1"), apps: [app] });
+  const other = await EtcdStore.open({ ...options("/adopt/", "gw2"), apps: [app] });
+  try {
+    await sleep(TTL * 1000 + 1500); // the old run's etcd lease has expired
+    assert.deepEqual(await other.members("a"), [intToIp(x.address)]);
+    assert.deepEqual(await again.acquire(req("k1")), { address: x.address, resumed: true, id: x.id });
+  } finally {
+    await again.revokeAll();
+    await other.revokeAll();
+  }
+});
+
+test("etcd store: bad options and an unreachable etcd are clear errors", async () => {
+  await assert.rejects(
+    EtcdStore.open({ ...options("/x/", "gw 1"), apps: [] }),
+    /gateway id 'gw 1': expected/,
+  );
+  await assert.rejects(
+    EtcdStore.open({ ...options("/x/", "gw1"), apps: [], ttlSeconds: 0.5 }),
+    /TTL 0\.5: expected/,
+  );
+  await assert.rejects(
+    EtcdStore.open({ ...options("/x/", "gw1"), apps: [], hosts: ["http://127.0.0.1:1"], callTimeoutMs: 500 }),
+    /^Error: etcd at http:\/\/127\.0\.0\.1:1: /,
+  );
+});
