@@ -645,6 +645,9 @@ export class EtcdStore implements LeaseBackend {
    */
   async watch(onEvent: (e: StoreEvent) => void): Promise<() => void> {
     const w = await this.client.watch().prefix(this.keys.prefix).create();
+    // A broken watch (compaction, cancel) is retried by the client; meanwhile no progress notifications arrive,
+    // which is how a consumer sees that its view is getting stale. An unhandled 'error' would end the process.
+    w.on("error", () => undefined);
     w.on("data", (res) => {
       if (!res.events.length) return onEvent({ type: "progress", rev: Number(res.header.revision) });
       for (const ev of res.events) {

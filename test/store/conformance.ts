@@ -114,6 +114,35 @@ export function conformance(h: Harness): void {
   );
 
   test(
+    name("extend: an extended lease resumes past its first end; the certificate is kept and replaced"),
+    () =>
+      withSystem(h, async (sys) => {
+        const s = await sys.open("gw1", [A]);
+        const cert1 = Buffer.from("3082-cert-one");
+        const x = (await s.acquire({ ...req("k1", 1000, 5000), cert: cert1 }))!;
+        const y = (await s.acquire(req("k2", 1000, 5000)))!;
+        assert.deepEqual(await s.certOf(x.id), cert1);
+        assert.equal(await s.certOf(y.id), undefined);
+        await s.extendMany([
+          [x.id, 20_000],
+          [987_654, 30_000], // unknown ids are ignored
+        ]);
+        assert.equal((await s.get(x.id))!.end, 20_000);
+        assert.deepEqual(
+          await s.expire(6000),
+          [intToIp(y.address)],
+          "only the lease that was not extended lapses",
+        );
+        const again = (await s.acquire(req("k1", 15_000, 25_000)))!;
+        assert.deepEqual(again, { address: x.address, resumed: true, id: x.id });
+        assert.deepEqual(await s.certOf(x.id), cert1, "a resumption without a certificate keeps the old one");
+        const cert2 = Buffer.from("3082-cert-two");
+        await s.acquire({ ...req("k1", 16_000, 25_000), cert: cert2 });
+        assert.deepEqual(await s.certOf(x.id), cert2);
+      }),
+  );
+
+  test(
     name(
       "release frees the address; the same identity gets it back at once, another only after the cool-down",
     ),
