@@ -212,7 +212,9 @@ export class EtcdStore implements LeaseBackend {
     let lastError: unknown;
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       try {
-        return await this.acquireOnce(req, pool, nonce);
+        // The first attempt goes straight to the allocation transaction, whose compare on the owner index detects
+        // an existing lease of this key (one round trip for a new tunnel); later attempts read the owner first.
+        return await this.acquireOnce(req, pool, nonce, attempt > 0);
       } catch (e) {
         if (e instanceof FencedError) throw e;
         // Conflict: read again. Any other error: the commit may or may not have happened; the next attempt reads
@@ -226,9 +228,14 @@ export class EtcdStore implements LeaseBackend {
     );
   }
 
-  private async acquireOnce(req: AcquireRequest, pool: Pool, nonce: string): Promise<AcquireResult | null> {
+  private async acquireOnce(
+    req: AcquireRequest,
+    pool: Pool,
+    nonce: string,
+    readOwner: boolean,
+  ): Promise<AcquireResult | null> {
     const ownerKey = this.keys.owner(req.app, req.keyFp);
-    const owner = await this.getKv(ownerKey);
+    const owner = readOwner ? await this.getKv(ownerKey) : undefined;
     if (owner) {
       const ip = owner.value.toString();
       const kv = await this.getKv(this.keys.lease(ip));
@@ -245,7 +252,10 @@ export class EtcdStore implements LeaseBackend {
         throw new Conflict("lapsed lease released");
       }
     }
-    return await this.allocate(req, pool, nonce, owner);
+    const r = await this.allocate(req, pool, nonce, owner);
+    // No address was tried, so the owner index was never compared: this key may hold one. Look before saying no.
+    if (r === null && !readOwner) return await this.acquireOnce(req, pool, nonce, true);
+    return r;
   }
 
   /** The same key asks again within its grace: the lease moves to this gateway (a takeover if another held it). */
@@ -347,19 +357,19 @@ export class EtcdStore implements LeaseBackend {
             return { address: a, resumed: false, id };
           }
           const [leaseKv, ownerNow, lastKv] = r.responses.map((x) => x.response_range.kvs[0]);
+          const held = leaseKv && this.leaseValue(leaseKv);
+          if (leaseKv && held?.nonce === nonce) {
+            // Our own commit, replayed by a retry below us.
+            const id = Number(leaseKv.create_revision);
+            this.remember(id, ip, Number(leaseKv.mod_revision), held);
+            return { address: a, resumed: false, id };
+          }
+          if ((ownerNow?.mod_revision ?? "0") !== (owner?.mod_revision ?? "0"))
+            throw new Conflict("this key has a lease (resume it) or got one meanwhile (another gateway?)");
           if (leaseKv) {
-            const held = this.leaseValue(leaseKv);
-            if (held?.nonce === nonce) {
-              // Our own commit, replayed by a retry below us.
-              const id = Number(leaseKv.create_revision);
-              this.remember(id, ip, Number(leaseKv.mod_revision), held);
-              return { address: a, resumed: false, id };
-            }
             pool.used.add(a);
             break;
           }
-          if ((ownerNow?.mod_revision ?? "0") !== (owner?.mod_revision ?? "0"))
-            throw new Conflict("this key got a lease meanwhile (another gateway?)");
           if (!lastKv) break; // the `last` record vanished between compare and read: try the next address
           const lv = decode<LastValue>(lastKv.key.toString(), lastKv.value, LAST_FIELDS);
           if (lv.app !== req.app || lv.keyFp !== req.keyFp) {

@@ -40,14 +40,15 @@ async function freePort(): Promise<number> {
 
 /**
  * Starts etcd and waits until it answers /health. Short Raft timers (heartbeat 100 ms, election 500 ms) allow TTLs
- * of 1 s; progress notifications every `progressMs` (default 200).
+ * of 1 s; progress notifications every `progressMs` (default 200). The data directory goes under `dataRoot`
+ * (default the system temp directory; /dev/shm for a memory-backed one).
  */
-export async function startEtcd(opts: { progressMs?: number } = {}): Promise<EtcdServer> {
+export async function startEtcd(opts: { progressMs?: number; dataRoot?: string } = {}): Promise<EtcdServer> {
   if (!existsSync(ETCD_BIN))
     throw new Error(`${ETCD_BIN} not found: install Debian's etcd-server (scripts/quickstart.sh does)`);
   for (let tries = 0; ; tries++) {
     const [client, peer] = [await freePort(), await freePort()];
-    const dir = mkdtempSync(join(tmpdir(), "seng-etcd-"));
+    const dir = mkdtempSync(join(opts.dataRoot ?? tmpdir(), "seng-etcd-"));
     const url = `http://127.0.0.1:${client}`;
     const peerUrl = `http://127.0.0.1:${peer}`;
     const child = spawn(
