@@ -29,6 +29,8 @@ interface Live {
   address: string;
   app: string;
   keyFp: string;
+  /** grace end, as last set through this store */
+  end: number;
 }
 
 export class SqliteStore implements LeaseBackend {
@@ -43,12 +45,14 @@ export class SqliteStore implements LeaseBackend {
   private readonly events = new EventEmitter();
   private rev = 0;
   private closed = false;
+  /** No live lease ends before this (a lower bound: extensions only raise ends); -Infinity: not known. */
+  private nextLapse = -Infinity;
 
   /** Same arguments as LeaseStore: the database file (":memory:" for tests), the app pools, reserved addresses. */
   constructor(path: string, apps: readonly AppPool[], reserved: readonly number[] = []) {
     this.leases = new LeaseStore(path, apps, reserved);
     for (const r of this.leases.audit.since(0)) {
-      if (r.event === "grant") this.track(r.leaseId, r);
+      if (r.event === "grant") this.track(r.leaseId, { ...r, end: -Infinity });
       else if (r.event === "release") this.untrack(r.leaseId);
     }
     // A second connection for the revocations: LeaseStore keeps its own private. For ":memory:" this is a second,
@@ -59,7 +63,8 @@ export class SqliteStore implements LeaseBackend {
   }
 
   private track(id: number, l: Live): void {
-    this.live.set(id, { address: l.address, app: l.app, keyFp: l.keyFp });
+    this.live.set(id, { address: l.address, app: l.app, keyFp: l.keyFp, end: l.end });
+    this.nextLapse = Math.min(this.nextLapse, l.end);
     this.byAddress.set(l.address, id);
   }
 
@@ -86,8 +91,9 @@ export class SqliteStore implements LeaseBackend {
 
   async acquire(req: AcquireRequest): Promise<AcquireResult | null> {
     this.assertOpen();
-    // Lapsed leases are released first (as LeaseStore would on the way), so the live set sees every release.
-    await this.expire(req.now);
+    // Lapsed leases are released first (LeaseStore would release them on the way, unseen by the live sets); only
+    // when one may have lapsed, so a handshake does not pay a query over every live lease.
+    if (req.now > this.nextLapse) await this.expire(req.now);
     const before = this.liveOf(req.app, req.keyFp)?.[0];
     for (let attempt = 0; ; attempt++) {
       try {
@@ -111,6 +117,7 @@ export class SqliteStore implements LeaseBackend {
           req.until,
           req.cert,
         );
+        if (r?.resumed) this.live.get(r.id)!.end = req.until;
         if (r && !r.resumed) {
           const rec = this.leases.get(r.id)!;
           this.track(r.id, rec);
@@ -136,7 +143,12 @@ export class SqliteStore implements LeaseBackend {
   }
 
   async extendMany(ends: Iterable<[number, number]>): Promise<void> {
-    this.leases.extendMany(ends);
+    const rows = [...ends];
+    this.leases.extendMany(rows);
+    for (const [id, end] of rows) {
+      const l = this.live.get(id);
+      if (l) l.end = end; // nextLapse stays a lower bound; the next expire() makes it exact
+    }
   }
 
   async release(id: number, now: number, reason = "released"): Promise<void> {
@@ -151,6 +163,11 @@ export class SqliteStore implements LeaseBackend {
       const id = this.byAddress.get(a);
       if (id !== undefined) this.untrack(id);
       this.emit({ type: "lease-gone", rev: ++this.rev, address: a });
+    }
+    this.nextLapse = Infinity;
+    for (const [id, l] of this.live) {
+      if (l.end === -Infinity) l.end = this.leases.get(id)?.end ?? -Infinity; // after a restart: read once
+      this.nextLapse = Math.min(this.nextLapse, l.end);
     }
     return gone;
   }

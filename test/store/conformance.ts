@@ -103,13 +103,15 @@ export function conformance(h: Harness): void {
         assert.equal((await s.who(intToIp(y.address), 5001)).holder, null);
         assert.equal((await s.who(intToIp(y.address), 4999)).holder?.keyFp, "k2");
         const t = 6001 + s.coolDownMs + 1;
-        const z = (await s.acquire(req("k3", t, t + 4000)))!;
+        const z = (await s.acquire(req("k3", t, t + 40_000)))!;
         assert.deepEqual([z.address, z.resumed], [y.address, false]);
         // A lapsed lease of the asking key itself is released on the way and a new one granted.
         const w = (await s.acquire(req("k1", t + 9001, t + 20000)))!;
         assert.equal(w.resumed, false);
         assert.notEqual(w.id, x.id);
         assert.notEqual((await s.get(x.id))!.released, null);
+        // The sets saw that release too: one entry per live lease.
+        assert.deepEqual((await s.members("a")).sort(), [intToIp(z.address), intToIp(w.address)].sort());
       }),
   );
 
