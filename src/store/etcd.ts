@@ -13,7 +13,15 @@
  *   the TTL, minus a margin, lies in the future. etcd expires the lease no earlier than that, so the gateway stops
  *   before anyone else can take its addresses.
  */
-import { Etcd3, type IKeyValue, type ITxnRequest, type ITxnResponse, type Lease } from "etcd3";
+import { circuitBreaker, ConsecutiveBreaker, handleWhen, noop } from "cockatiel";
+import {
+  Etcd3,
+  isRecoverableError,
+  type IKeyValue,
+  type ITxnRequest,
+  type ITxnResponse,
+  type Lease,
+} from "etcd3";
 import { randomUUID, createHash } from "node:crypto";
 import { performance } from "node:perf_hooks";
 import { intToIp, ipToInt, parseCidr } from "../packet/ip.js";
@@ -107,6 +115,8 @@ export class EtcdStore implements LeaseBackend {
   private readonly fired: number[] = [];
   private lost = false;
   private closed = false;
+  /** An acquire failed after etcd errors: a commit nobody saw may hold an address; expire() adopts such leases. */
+  private orphans = false;
 
   private constructor(
     private readonly client: Etcd3,
@@ -132,6 +142,17 @@ export class EtcdStore implements LeaseBackend {
       hosts: opts.hosts,
       dialTimeout: timeout,
       defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + timeout }),
+      faultHandling: {
+        // No blind retries inside the client: a replayed transaction is exactly the ambiguous commit this store
+        // resolves itself (nonce read-back). The per-host breaker is kept, but probes again after 1 s (default 5 s,
+        // which turned a one-second etcd restart into five seconds of refused tunnels).
+        global: noop,
+        host: () =>
+          circuitBreaker(handleWhen(isRecoverableError), {
+            halfOpenAfter: 1000,
+            breaker: new ConsecutiveBreaker(3),
+          }),
+      },
     });
     const s = new EtcdStore(client, opts);
     try {
@@ -220,6 +241,12 @@ export class EtcdStore implements LeaseBackend {
         // Conflict: read again. Any other error: the commit may or may not have happened; the next attempt reads
         // the owner index first and finds our nonce if it did.
         lastError = e;
+        if (!(e instanceof Conflict)) {
+          // Back off (50 ms doubling, at most 1 s: the attempts span a leader election), and remember that a lease
+          // may have been committed that no caller knows of: expire() then looks for it.
+          this.orphans = true;
+          await sleep(Math.min(1000, 50 * 2 ** attempt));
+        }
         if (!this.fence().held) throw new FencedError();
       }
     }
@@ -508,6 +535,17 @@ export class EtcdStore implements LeaseBackend {
   }
 
   async expire(now: number): Promise<string[]> {
+    if (this.orphans) {
+      // Leases of this gateway that no caller was told about (its acquire gave up after an ambiguous error): take
+      // them into our set, so that they lapse after their grace like any other lease instead of living forever.
+      for (const kv of await this.rangePrefix(this.keys.leases)) {
+        const v = this.leaseValue(kv);
+        const id = Number(kv.create_revision);
+        if (v?.holder === this.gatewayId && !this.mine.has(id))
+          this.remember(id, kv.key.toString().slice(this.keys.leases.length), Number(kv.mod_revision), v);
+      }
+      this.orphans = false;
+    }
     const gone: string[] = [];
     for (const [id, m] of [...this.mine]) {
       if (m.value.end >= now) continue;
@@ -803,3 +841,5 @@ function pick(v: LeaseValue): Omit<LeaseRecord, "id" | "address" | "released"> {
     end: v.end,
   };
 }
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

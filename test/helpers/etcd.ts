@@ -14,7 +14,13 @@ export const ETCD_BIN = process.env.SENG_ETCD ?? "/usr/bin/etcd";
 export interface EtcdServer {
   /** Client URL, http://127.0.0.1:<port> */
   url: string;
+  /** The current etcd process (changes with restart()). */
   pid: number;
+  /** kill -9, keeping the data directory (a crash). */
+  kill(): Promise<void>;
+  /** Starts etcd again on the same data and ports, and waits until it is healthy. */
+  restart(): Promise<void>;
+  /** Ends etcd and removes its data directory. */
   stop(): Promise<void>;
 }
 
@@ -51,51 +57,69 @@ export async function startEtcd(opts: { progressMs?: number; dataRoot?: string }
     const dir = mkdtempSync(join(opts.dataRoot ?? tmpdir(), "seng-etcd-"));
     const url = `http://127.0.0.1:${client}`;
     const peerUrl = `http://127.0.0.1:${peer}`;
-    const child = spawn(
-      ETCD_BIN,
-      [
-        "--name=t",
-        `--data-dir=${dir}`,
-        `--listen-client-urls=${url}`,
-        `--advertise-client-urls=${url}`,
-        `--listen-peer-urls=${peerUrl}`,
-        `--initial-advertise-peer-urls=${peerUrl}`,
-        `--initial-cluster=t=${peerUrl}`,
-        "--heartbeat-interval=100",
-        "--election-timeout=500",
-        `--experimental-watch-progress-notify-interval=${opts.progressMs ?? 200}ms`,
-        "--logger=zap",
-        "--log-level=error",
-      ],
-      { stdio: ["ignore", "ignore", "pipe"] },
-    );
+    const args = [
+      "--name=t",
+      `--data-dir=${dir}`,
+      `--listen-client-urls=${url}`,
+      `--advertise-client-urls=${url}`,
+      `--listen-peer-urls=${peerUrl}`,
+      `--initial-advertise-peer-urls=${peerUrl}`,
+      `--initial-cluster=t=${peerUrl}`,
+      "--heartbeat-interval=100",
+      "--election-timeout=500",
+      `--experimental-watch-progress-notify-interval=${opts.progressMs ?? 200}ms`,
+      "--logger=zap",
+      "--log-level=error",
+    ];
     let stderr = "";
-    child.stderr!.on("data", (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
-    const entry = { child, dir };
+    const entry: { child: ChildProcess; dir: string } = { child: launch(), dir };
     running.add(entry);
-    const stop = async (): Promise<void> => {
-      if (child.exitCode === null && child.signalCode === null) {
-        const exited = new Promise((r) => child.once("exit", r));
-        process.kill(child.pid!, "SIGTERM");
-        const t = setTimeout(() => child.exitCode === null && process.kill(child.pid!, "SIGKILL"), 3000);
-        await exited;
-        clearTimeout(t);
-      }
-      running.delete(entry);
-      rmSync(dir, { recursive: true, force: true });
-    };
-    const deadline = Date.now() + 15_000;
-    while (Date.now() < deadline && child.exitCode === null) {
-      try {
-        const r = await fetch(`${url}/health`);
-        if (r.ok && ((await r.json()) as { health?: string }).health === "true")
-          return { url, pid: child.pid!, stop };
-      } catch {
-        // not listening yet
-      }
-      await new Promise((r) => setTimeout(r, 50));
+    function launch(): ChildProcess {
+      const child = spawn(ETCD_BIN, args, { stdio: ["ignore", "ignore", "pipe"] });
+      child.stderr!.on("data", (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
+      return child;
     }
-    await stop();
+    const end = async (signal: NodeJS.Signals): Promise<void> => {
+      const child = entry.child;
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const exited = new Promise((r) => child.once("exit", r));
+      process.kill(child.pid!, signal);
+      const t = setTimeout(() => child.exitCode === null && process.kill(child.pid!, "SIGKILL"), 3000);
+      await exited;
+      clearTimeout(t);
+    };
+    const healthy = async (): Promise<boolean> => {
+      const deadline = Date.now() + 15_000;
+      while (Date.now() < deadline && entry.child.exitCode === null) {
+        try {
+          const r = await fetch(`${url}/health`);
+          if (r.ok && ((await r.json()) as { health?: string }).health === "true") return true;
+        } catch {
+          // not listening yet
+        }
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      return false;
+    };
+    const server: EtcdServer = {
+      url,
+      pid: entry.child.pid!,
+      kill: () => end("SIGKILL"),
+      async restart() {
+        await end("SIGKILL");
+        entry.child = launch();
+        server.pid = entry.child.pid!;
+        if (!(await healthy()))
+          throw new Error(`etcd did not come back: ${stderr.trim().split("\n").at(-1) ?? ""}`);
+      },
+      async stop() {
+        await end("SIGTERM");
+        running.delete(entry);
+        rmSync(dir, { recursive: true, force: true });
+      },
+    };
+    if (await healthy()) return server;
+    await server.stop();
     if (tries >= 2) throw new Error(`etcd did not become healthy: ${stderr.trim().split("\n").at(-1) ?? ""}`);
   }
 }
