@@ -119,3 +119,12 @@ export function decode<T>(key: string, value: Buffer, fields: readonly (keyof T 
 export const LEASE_FIELDS = ["app", "keyFp", "start", "end", "holder", "nonce", "grant", "audit"] as const;
 export const LAST_FIELDS = ["app", "keyFp", "released", "audit"] as const;
 export const AUDIT_FIELDS = ["app", "keyFp", "start", "released", "renews"] as const;
+
+/** A lease value, or undefined when it is not one (reported by the range reads that need it). */
+export function parseLease(kv: { key: Buffer; value: Buffer }): LeaseValue | undefined {
+  try {
+    return decode<LeaseValue>(kv.key.toString(), kv.value, LEASE_FIELDS);
+  } catch {
+    return undefined;
+  }
+}

@@ -1,47 +1,37 @@
 /**
  * The cluster store: leases in etcd (3.4's v3 API through the `etcd3` client), so several gateways share one
- * address space. docs/CLUSTER.md has the data model, the allocation transaction and the fencing rule.
+ * address space. docs/CLUSTER.md has the data model, the allocation transaction and the fencing rule. This file
+ * holds the lease logic; the connection, the gateway's etcd lease and fencing are in etcd-session.ts, revocations,
+ * the audit answer and the watch in etcd-views.ts, keys and values in etcd-model.ts.
  *
  * - Each gateway holds one etcd lease (TTL); its address keys are attached to it, so a crashed gateway's addresses
  *   are freed after the TTL.
- * - Allocation is one transaction: create-if-absent on `/lease/<ip>` (create_revision == 0), with the owner index
- *   and the audit record written in the same revision (so the audit record's create_revision is the lease id).
+ * - Allocation is one transaction: create-if-absent on `lease/<ip>` (create_revision == 0), with the owner index,
+ *   the cool-down record and the audit record written in the same revision (so the audit record's create_revision
+ *   is the lease id).
  * - Every write carries a nonce. After an error the outcome is unknown (the commit may have happened: lost reply,
- *   leader change, the client's own retry); the next attempt reads the lease back and, finding its own nonce, takes
- *   that commit as its result instead of writing again. So a retry neither doubles an address nor loses one.
- * - Self-fencing: `fence()` is true only while the last acknowledged keepalive (counted from when it was sent) plus
- *   the TTL, minus a margin, lies in the future. etcd expires the lease no earlier than that, so the gateway stops
- *   before anyone else can take its addresses.
+ *   leader change, etcd restarting); the next attempt reads the lease back and, finding its own nonce, takes that
+ *   commit as its result instead of writing again. So a retry neither doubles an address nor loses one.
  */
-import { circuitBreaker, ConsecutiveBreaker, handleWhen, noop } from "cockatiel";
-import {
-  Etcd3,
-  isRecoverableError,
-  type IKeyValue,
-  type ITxnRequest,
-  type ITxnResponse,
-  type Lease,
-} from "etcd3";
+import type { IKeyValue } from "etcd3";
 import { randomUUID, createHash } from "node:crypto";
-import { performance } from "node:perf_hooks";
 import { intToIp, ipToInt, parseCidr } from "../packet/ip.js";
 import {
   AUDIT_FIELDS,
   Keys,
   LAST_FIELDS,
-  LEASE_FIELDS,
   decode,
   encode,
-  pad,
-  prefixEnd,
+  parseLease,
   type AuditValue,
   type LastValue,
   type LeaseValue,
   type RevokeValue,
 } from "./etcd-model.js";
+import { EtcdSession, createIs, del, get, modIs, put, versionIs, type OpReq } from "./etcd-session.js";
+import { listRevocations, watchStore, whoAt } from "./etcd-views.js";
 import {
   FencedError,
-  InjectedFault,
   type AcquireRequest,
   type AcquireResult,
   type AppPool,
@@ -96,9 +86,7 @@ class Conflict extends Error {}
 export class EtcdStore implements LeaseBackend {
   readonly kind = "etcd";
   readonly coolDownMs: number;
-  readonly faults: StoreFaults = { ambiguousCommits: 0, lostCommits: 0 };
   readonly gatewayId: string;
-  private readonly keys: Keys;
   private readonly pools = new Map<string, Pool>();
   private readonly byCidr = new Map<string, Pool>();
   private readonly reserved: readonly number[];
@@ -106,95 +94,53 @@ export class EtcdStore implements LeaseBackend {
   private readonly mine = new Map<number, Mine>();
   /** Audit keys of leases this gateway granted or held, for get() after release. */
   private readonly auditKeys = new Map<number, string>();
-  private readonly ttlMs: number;
-  private readonly marginMs: number;
-  private leaseId = "";
-  private lease!: Lease;
-  /** performance.now() until which holding the etcd lease is proven. */
-  private provenUntil = 0;
-  private readonly fired: number[] = [];
-  private lost = false;
-  private closed = false;
   /** An acquire failed after etcd errors: a commit nobody saw may hold an address; expire() adopts such leases. */
   private orphans = false;
 
   private constructor(
-    private readonly client: Etcd3,
+    private readonly session: EtcdSession,
     opts: EtcdStoreOptions,
+    private readonly keys: Keys,
   ) {
     this.gatewayId = opts.gatewayId;
-    this.keys = new Keys(opts.prefix ?? "/seng/");
     this.coolDownMs = opts.coolDownMs ?? 60_000;
     this.reserved = opts.reserved ?? [];
-    this.ttlMs = (opts.ttlSeconds ?? 10) * 1000;
-    this.marginMs = opts.fenceMarginMs ?? 1000;
   }
 
   /** Connects, takes this gateway's etcd lease and re-adopts the leases a previous run of this gateway held. */
   static async open(opts: EtcdStoreOptions): Promise<EtcdStore> {
-    if (!/^[A-Za-z0-9._-]{1,64}$/.test(opts.gatewayId))
-      throw new Error(`gateway id '${opts.gatewayId}': expected 1-64 letters, digits, '.', '_' or '-'`);
-    const ttl = opts.ttlSeconds ?? 10;
-    if (!Number.isInteger(ttl) || ttl < 1)
-      throw new Error(`etcd lease TTL ${ttl}: expected a whole number of seconds ≥ 1`);
-    const timeout = opts.callTimeoutMs ?? 5000;
-    const client = new Etcd3({
+    const keys = new Keys(opts.prefix ?? "/seng/");
+    const session = await EtcdSession.open({
       hosts: opts.hosts,
-      dialTimeout: timeout,
-      defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + timeout }),
-      faultHandling: {
-        // No blind retries inside the client: a replayed transaction is exactly the ambiguous commit this store
-        // resolves itself (nonce read-back). The per-host breaker is kept, but probes again after 1 s (default 5 s,
-        // which turned a one-second etcd restart into five seconds of refused tunnels).
-        global: noop,
-        host: () =>
-          circuitBreaker(handleWhen(isRecoverableError), {
-            halfOpenAfter: 1000,
-            breaker: new ConsecutiveBreaker(3),
-          }),
-      },
+      gatewayId: opts.gatewayId,
+      gatewayKey: keys.gateway(opts.gatewayId),
+      ttlSeconds: opts.ttlSeconds ?? 10,
+      fenceMarginMs: opts.fenceMarginMs ?? 1000,
+      callTimeoutMs: opts.callTimeoutMs ?? 5000,
     });
-    const s = new EtcdStore(client, opts);
+    const s = new EtcdStore(session, opts, keys);
     try {
-      await s.takeLease(ttl);
       await s.addApps(opts.apps);
       await s.adopt();
     } catch (e) {
-      s.lease?.release();
-      client.close();
+      session.close();
       throw new Error(`etcd at ${opts.hosts.join(",")}: ${(e as Error).message}`, { cause: e });
     }
     return s;
   }
 
-  private async takeLease(ttl: number): Promise<void> {
-    const sent = performance.now();
-    this.lease = this.client.lease(ttl);
-    this.lease.on("keepaliveFired", () => this.fired.push(performance.now()));
-    this.lease.on("keepaliveSucceeded", (res: { TTL: string }) => {
-      // Replies come in order on the stream, so the oldest outstanding send is the one acknowledged.
-      const at = this.fired.shift();
-      if (at === undefined) return;
-      this.provenUntil = Math.max(this.provenUntil, at + Number(res.TTL) * 1000 - this.marginMs);
-    });
-    this.lease.on("keepaliveFailed", () => (this.fired.length = 0));
-    this.lease.on("lost", () => (this.lost = true));
-    this.leaseId = await this.lease.grant();
-    this.provenUntil = sent + ttl * 1000 - this.marginMs;
-    await this.client.kv.put({
-      key: Buffer.from(this.keys.gateway(this.gatewayId)),
-      value: encode({ id: this.gatewayId, started: Date.now() }),
-      lease: this.leaseId,
-    });
+  /** Fault injection for the conformance suite. */
+  get faults(): StoreFaults {
+    return this.session.faults;
   }
 
   /** A restarted gateway (same id) moves its previous run's leases, still alive within the TTL, to its new lease. */
   private async adopt(): Promise<void> {
-    for (const kv of await this.rangePrefix(this.keys.leases)) {
+    for (const kv of await this.session.rangePrefix(this.keys.leases)) {
       const v = this.leaseValue(kv);
       if (!v || v.holder !== this.gatewayId) continue;
       const ip = kv.key.toString().slice(this.keys.leases.length);
-      const r = await this.txn({
+      const r = await this.session.txn({
         compare: [modIs(this.keys.lease(ip), kv.mod_revision)],
         success: [this.putLease(ip, v), this.putOwner(v.app, v.keyFp, ip)],
       });
@@ -203,9 +149,7 @@ export class EtcdStore implements LeaseBackend {
   }
 
   fence(): FenceState {
-    const left = this.provenUntil - performance.now();
-    const held = !this.lost && !this.closed && left > 0;
-    return { held, provenUntil: held ? Date.now() + left : 0 };
+    return this.session.fence();
   }
 
   async addApps(apps: readonly AppPool[]): Promise<void> {
@@ -262,10 +206,10 @@ export class EtcdStore implements LeaseBackend {
     readOwner: boolean,
   ): Promise<AcquireResult | null> {
     const ownerKey = this.keys.owner(req.app, req.keyFp);
-    const owner = readOwner ? await this.getKv(ownerKey) : undefined;
+    const owner = readOwner ? await this.session.getKv(ownerKey) : undefined;
     if (owner) {
       const ip = owner.value.toString();
-      const kv = await this.getKv(this.keys.lease(ip));
+      const kv = await this.session.getKv(this.keys.lease(ip));
       const v = kv && this.leaseValue(kv);
       if (kv && v && v.app === req.app && v.keyFp === req.keyFp) {
         const id = Number(kv.create_revision);
@@ -293,7 +237,7 @@ export class EtcdStore implements LeaseBackend {
     v: LeaseValue,
     nonce: string,
   ): Promise<AcquireResult> {
-    const audit = await this.getKv(v.audit);
+    const audit = await this.session.getKv(v.audit);
     const next: LeaseValue = {
       ...v,
       end: req.until,
@@ -311,7 +255,7 @@ export class EtcdStore implements LeaseBackend {
       success.push(put(v.audit, a));
       compare.push(modIs(v.audit, audit.mod_revision));
     }
-    const r = await this.txn({ compare, success });
+    const r = await this.session.txn({ compare, success });
     if (!r.succeeded) throw new Conflict("lease changed while resuming");
     const id = Number(kv.create_revision);
     this.remember(id, ip, Number(r.header.revision), next);
@@ -367,7 +311,7 @@ export class EtcdStore implements LeaseBackend {
             reason: null,
             audit: auditKey,
           };
-          const r = await this.txn({
+          const r = await this.session.txn({
             compare: [createIs(this.keys.lease(ip), "0"), ownerCmp, lastCmp],
             success: [
               this.putLease(ip, value),
@@ -434,7 +378,7 @@ export class EtcdStore implements LeaseBackend {
   /** Rebuilds a pool's hint from etcd (when it looks full: another gateway may have released addresses). */
   private async refreshUsed(pool: Pool): Promise<void> {
     pool.used = new Set(this.reserved);
-    for (const kv of await this.rangePrefix(this.keys.leases, true)) {
+    for (const kv of await this.session.rangePrefix(this.keys.leases, true)) {
       const a = ipToInt(kv.key.toString().slice(this.keys.leases.length));
       if (a >= pool.first && a <= pool.last) pool.used.add(a);
     }
@@ -442,14 +386,14 @@ export class EtcdStore implements LeaseBackend {
 
   /** Records that an address's holder vanished (its gateway's lease expired), in `last` and in the audit record. */
   private async markLost(ip: string, lastKv: IKeyValue, lv: LastValue, now: number): Promise<void> {
-    const audit = await this.getKv(lv.audit);
+    const audit = await this.session.getKv(lv.audit);
     const success = [put(this.keys.last(ip), { ...lv, released: now, reason: "holder-lost" })];
     if (audit) {
       const a = decode<AuditValue>(lv.audit, audit.value, AUDIT_FIELDS);
       if (a.released === null)
         success.push(put(lv.audit, { ...a, released: now, freed: now, reason: "holder-lost" }));
     }
-    await this.txn({ compare: [modIs(this.keys.last(ip), lastKv.mod_revision)], success });
+    await this.session.txn({ compare: [modIs(this.keys.last(ip), lastKv.mod_revision)], success });
   }
 
   async extendMany(ends: Iterable<[number, number]>): Promise<void> {
@@ -459,7 +403,7 @@ export class EtcdStore implements LeaseBackend {
           const m = this.mine.get(id);
           if (!m) return;
           const next = { ...m.value, end };
-          const r = await this.txn({
+          const r = await this.session.txn({
             compare: [modIs(this.keys.lease(m.address), String(m.modRev))],
             success: [this.putLease(m.address, next)],
             failure: [get(this.keys.lease(m.address))],
@@ -486,7 +430,7 @@ export class EtcdStore implements LeaseBackend {
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       const ip = this.mine.get(id)?.address ?? (await this.findLive(id))?.address;
       if (!ip) return;
-      const kv = await this.getKv(this.keys.lease(ip));
+      const kv = await this.session.getKv(this.keys.lease(ip));
       const v = kv && this.leaseValue(kv);
       if (!kv || !v || Number(kv.create_revision) !== id) {
         this.mine.delete(id);
@@ -510,7 +454,7 @@ export class EtcdStore implements LeaseBackend {
     reason: string,
     at: number,
   ): Promise<void> {
-    const audit = await this.getKv(v.audit);
+    const audit = await this.session.getKv(v.audit);
     const success = [
       del(this.keys.lease(ip)),
       del(this.keys.owner(v.app, v.keyFp)),
@@ -526,7 +470,7 @@ export class EtcdStore implements LeaseBackend {
       const a = decode<AuditValue>(v.audit, audit.value, AUDIT_FIELDS);
       success.push(put(v.audit, { ...a, released: Math.min(at, now), freed: now, reason }));
     }
-    const r = await this.txn({ compare: [modIs(this.keys.lease(ip), kv.mod_revision)], success });
+    const r = await this.session.txn({ compare: [modIs(this.keys.lease(ip), kv.mod_revision)], success });
     if (!r.succeeded) throw new Conflict("lease changed while releasing");
     const id = Number(kv.create_revision);
     this.mine.delete(id);
@@ -538,7 +482,7 @@ export class EtcdStore implements LeaseBackend {
     if (this.orphans) {
       // Leases of this gateway that no caller was told about (its acquire gave up after an ambiguous error): take
       // them into our set, so that they lapse after their grace like any other lease instead of living forever.
-      for (const kv of await this.rangePrefix(this.keys.leases)) {
+      for (const kv of await this.session.rangePrefix(this.keys.leases)) {
         const v = this.leaseValue(kv);
         const id = Number(kv.create_revision);
         if (v?.holder === this.gatewayId && !this.mine.has(id))
@@ -549,7 +493,7 @@ export class EtcdStore implements LeaseBackend {
     const gone: string[] = [];
     for (const [id, m] of [...this.mine]) {
       if (m.value.end >= now) continue;
-      const kv = await this.getKv(this.keys.lease(m.address));
+      const kv = await this.session.getKv(this.keys.lease(m.address));
       if (!this.stillMine(id, m.address, kv)) continue;
       const v = this.mine.get(id)!.value;
       if (v.end >= now) continue;
@@ -567,7 +511,7 @@ export class EtcdStore implements LeaseBackend {
     const live = await this.findLive(id);
     if (live) return { id, address: live.address, ...pick(live.value), released: null };
     const auditKey = this.auditKeys.get(id);
-    const a = auditKey && (await this.getKv(auditKey));
+    const a = auditKey && (await this.session.getKv(auditKey));
     if (!a) return undefined;
     const v = decode<AuditValue>(auditKey, a.value, AUDIT_FIELDS);
     const address = auditKey.slice(this.keys.prefix.length + "audit/".length).split("/")[0]!;
@@ -588,13 +532,13 @@ export class EtcdStore implements LeaseBackend {
   private async findLive(id: number): Promise<{ address: string; value: LeaseValue } | undefined> {
     const m = this.mine.get(id);
     if (m) {
-      const kv = await this.getKv(this.keys.lease(m.address));
+      const kv = await this.session.getKv(this.keys.lease(m.address));
       if (this.stillMine(id, m.address, kv)) return { address: m.address, value: this.mine.get(id)!.value };
       const v = kv && this.leaseValue(kv);
       if (kv && v && Number(kv.create_revision) === id) return { address: m.address, value: v };
       return undefined;
     }
-    for (const kv of await this.rangePrefix(this.keys.leases)) {
+    for (const kv of await this.session.rangePrefix(this.keys.leases)) {
       if (Number(kv.create_revision) !== id) continue;
       const v = this.leaseValue(kv);
       if (v) return { address: kv.key.toString().slice(this.keys.leases.length), value: v };
@@ -609,7 +553,7 @@ export class EtcdStore implements LeaseBackend {
 
   async members(app: string): Promise<string[]> {
     const out: string[] = [];
-    for (const kv of await this.rangePrefix(this.keys.leases)) {
+    for (const kv of await this.session.rangePrefix(this.keys.leases)) {
       if (this.leaseValue(kv)?.app === app) out.push(kv.key.toString().slice(this.keys.leases.length));
     }
     return out;
@@ -625,129 +569,37 @@ export class EtcdStore implements LeaseBackend {
   }
 
   async revoke(r: Revocation): Promise<void> {
-    await this.txn({
+    await this.session.txn({
       compare: [],
       success: [put(this.keys.revoke(r.kind, r.value), { reason: r.reason, t: r.t } satisfies RevokeValue)],
     });
   }
 
   async unrevoke(kind: Revocation["kind"], value: string): Promise<void> {
-    await this.txn({ compare: [], success: [del(this.keys.revoke(kind, value))] });
+    await this.session.txn({ compare: [], success: [del(this.keys.revoke(kind, value))] });
   }
 
   async revocations(): Promise<Revocation[]> {
-    const out: Revocation[] = [];
-    for (const kv of await this.rangePrefix(this.keys.revokes)) {
-      const r = this.revocationOf(kv);
-      if (r) out.push(r);
-    }
-    return out.sort((a, b) => a.t - b.t || a.kind.localeCompare(b.kind) || a.value.localeCompare(b.value));
-  }
-
-  private revocationOf(kv: IKeyValue): Revocation | undefined {
-    const rest = kv.key.toString().slice(this.keys.revokes.length);
-    const slash = rest.indexOf("/");
-    const kind = rest.slice(0, slash);
-    if (kind !== "app" && kind !== "key" && kind !== "measurement") return undefined;
-    const v = decode<RevokeValue>(kv.key.toString(), kv.value, ["reason", "t"]);
-    return { kind, value: rest.slice(slash + 1), reason: v.reason, t: v.t };
+    return await listRevocations(this.session, this.keys);
   }
 
   async who(address: string, at: number): Promise<WhoAnswer> {
-    const from = this.keys.auditOf(address);
-    const res = await this.client.kv.range({
-      key: Buffer.from(from),
-      range_end: Buffer.from(from + pad(at + 1)),
-      sort_order: "Descend",
-      sort_target: "Key",
-      limit: 1,
-    });
-    const kv = res.kvs[0];
-    if (!kv) return { address, at, holder: null, previous: null };
-    const a = decode<AuditValue>(kv.key.toString(), kv.value, AUDIT_FIELDS);
-    const leaseId = Number(kv.create_revision);
-    if (a.released !== null && a.released <= at)
-      return { address, at, holder: null, previous: { app: a.app, leaseId, released: a.released } };
-    const renew = a.renews.filter((r) => r.t <= at).at(-1);
-    return {
-      address,
-      at,
-      holder: {
-        app: a.app,
-        measurement: a.measurement,
-        keyFp: a.keyFp,
-        outer: renew?.outer ?? a.outer,
-        leaseId,
-        granted: a.start,
-        released: a.released,
-        releaseReason: a.reason,
-      },
-      previous: null,
-    };
+    return await whoAt(this.session, this.keys, address, at);
   }
 
-  /**
-   * Watches leases and revocations from now on. Progress notifications (etcd's progress_notify; the interval is
-   * etcd's --experimental-watch-progress-notify-interval) arrive as `progress` events: everything up to their
-   * revision has been delivered, which bounds how stale this gateway's view can be.
-   */
+  /** Lease and revocation changes of every gateway, with progress notifications (etcd-views.ts). */
   async watch(onEvent: (e: StoreEvent) => void): Promise<() => void> {
-    const w = await this.client.watch().prefix(this.keys.prefix).create();
-    // A broken watch (compaction, cancel) is retried by the client; meanwhile no progress notifications arrive,
-    // which is how a consumer sees that its view is getting stale. An unhandled 'error' would end the process.
-    w.on("error", () => undefined);
-    w.on("data", (res) => {
-      if (!res.events.length) return onEvent({ type: "progress", rev: Number(res.header.revision) });
-      for (const ev of res.events) {
-        const key = ev.kv.key.toString();
-        const rev = Number(ev.kv.mod_revision);
-        try {
-          if (key.startsWith(this.keys.leases)) {
-            const address = key.slice(this.keys.leases.length);
-            if (ev.type === "Delete") onEvent({ type: "lease-gone", rev, address });
-            else {
-              const v = this.leaseValue(ev.kv);
-              if (v)
-                onEvent({
-                  type: "lease",
-                  rev,
-                  address,
-                  app: v.app,
-                  keyFp: v.keyFp,
-                  id: Number(ev.kv.create_revision),
-                  holder: v.holder,
-                });
-            }
-          } else if (key.startsWith(this.keys.revokes)) {
-            const rest = key.slice(this.keys.revokes.length);
-            const kind = rest.slice(0, rest.indexOf("/")) as Revocation["kind"];
-            if (ev.type === "Delete")
-              onEvent({ type: "unrevoke", rev, kind, value: rest.slice(kind.length + 1) });
-            else {
-              const r = this.revocationOf(ev.kv);
-              if (r) onEvent({ type: "revoke", rev, revocation: r });
-            }
-          }
-        } catch {
-          // A malformed value under our prefix is skipped here; range reads report it.
-        }
-      }
-    });
-    return () => void w.cancel().catch(() => undefined);
+    return await watchStore(this.session, this.keys, onEvent);
   }
 
   /** Stops keepalives and disconnects without revoking: the addresses stay until the TTL ends (a restart adopts them). */
   async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    this.lease.release();
-    this.client.close();
+    this.session.close();
   }
 
   /** Ends this gateway's etcd lease now: every address it holds is freed at once (a clean decommission). */
   async revokeAll(): Promise<void> {
-    await this.lease.revoke();
-    await this.close();
+    await this.session.revoke();
   }
 
   // ---- etcd plumbing ----
@@ -759,78 +611,18 @@ export class EtcdStore implements LeaseBackend {
   }
 
   private leaseValue(kv: IKeyValue): LeaseValue | undefined {
-    try {
-      return decode<LeaseValue>(kv.key.toString(), kv.value, LEASE_FIELDS);
-    } catch {
-      return undefined;
-    }
+    return parseLease(kv);
   }
 
   private putLease(ip: string, v: LeaseValue): OpReq {
-    return { request_put: { key: Buffer.from(this.keys.lease(ip)), value: encode(v), lease: this.leaseId } };
+    return this.session.putLeased(this.keys.lease(ip), encode(v));
   }
 
   private putOwner(app: string, keyFp: string, ip: string): OpReq {
-    return {
-      request_put: {
-        key: Buffer.from(this.keys.owner(app, keyFp)),
-        value: Buffer.from(ip),
-        lease: this.leaseId,
-      },
-    };
-  }
-
-  private async getKv(key: string): Promise<IKeyValue | undefined> {
-    return (await this.client.kv.range({ key: Buffer.from(key) })).kvs[0];
-  }
-
-  private async rangePrefix(prefix: string, keysOnly = false): Promise<IKeyValue[]> {
-    return (
-      await this.client.kv.range({
-        key: Buffer.from(prefix),
-        range_end: prefixEnd(prefix),
-        keys_only: keysOnly,
-      })
-    ).kvs;
-  }
-
-  /** One transaction, through the fault injection of the conformance suite. */
-  private async txn(req: ITxnRequest): Promise<ITxnResponse> {
-    if (this.closed) throw new Error("lease store is closed");
-    if (this.faults.lostCommits > 0) {
-      this.faults.lostCommits--;
-      throw new InjectedFault("commit lost before it reached etcd");
-    }
-    const r = await this.client.kv.txn(req);
-    if (r.succeeded && this.faults.ambiguousCommits > 0) {
-      this.faults.ambiguousCommits--;
-      throw new InjectedFault("commit succeeded but the reply was lost");
-    }
-    return r;
+    return this.session.putLeased(this.keys.owner(app, keyFp), Buffer.from(ip));
   }
 }
 
-type OpReq = NonNullable<ITxnRequest["success"]>[number];
-type Cmp = NonNullable<ITxnRequest["compare"]>[number];
-
-function modIs(key: string, rev: string): Cmp {
-  return { key: Buffer.from(key), target: "Mod", result: "Equal", mod_revision: rev };
-}
-function createIs(key: string, rev: string): Cmp {
-  return { key: Buffer.from(key), target: "Create", result: "Equal", create_revision: rev };
-}
-function versionIs(key: string, version: string): Cmp {
-  return { key: Buffer.from(key), target: "Version", result: "Equal", version };
-}
-function put(key: string, v: unknown): OpReq {
-  return { request_put: { key: Buffer.from(key), value: encode(v) } };
-}
-function del(key: string): OpReq {
-  return { request_delete_range: { key: Buffer.from(key) } };
-}
-function get(key: string): OpReq {
-  return { request_range: { key: Buffer.from(key) } };
-}
 function pick(v: LeaseValue): Omit<LeaseRecord, "id" | "address" | "released"> {
   return {
     app: v.app,

@@ -98,9 +98,11 @@ test("etcd store: a gateway cut off from etcd fences itself before its lease can
   });
   try {
     await s.acquire(req("k1"));
-    // When each keepalive left (the store's etcd3 Lease; private, watched here only to check the bound).
+    // When each keepalive left (the session's etcd3 Lease; private, watched here only to check the bound).
     const sent: number[] = [];
-    (s as unknown as { lease: NodeJS.EventEmitter }).lease.on("keepaliveFired", () => sent.push(Date.now()));
+    (s as unknown as { session: { lease: NodeJS.EventEmitter } }).session.lease.on("keepaliveFired", () =>
+      sent.push(Date.now()),
+    );
     // Healthy: keepalives keep the proof ahead of the clock, well past the first TTL.
     await sleep(TTL * 1000 + 500);
     assert.equal(s.fence().held, true);
