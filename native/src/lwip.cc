@@ -24,6 +24,7 @@
 // Memory. Packets and payloads are copied out of pbufs (which are freed at once) into queue storage, and from there
 // into one Buffer per batch (output) or one Buffer per data event.
 #include <arpa/inet.h>
+#include <errno.h>
 #include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,21 +58,66 @@ extern "C" {
 #include "lwip/udp.h"
 }
 
-// ---- TCP initial sequence numbers ----------------------------------------------------------------------------------
+// ---- randomness: the OS's, or none --------------------------------------------------------------------------------
+// Sequence numbers and local ports are the only secrets an off-path sender must guess to inject into a connection or
+// spoof a DNS answer. Both come from getrandom(2). If the OS random source ever fails, nothing weaker stands in
+// (no rand()/random(), which are predictable and process-wide): the stack fails closed for the rest of the process
+// (g_entropyFailed): calls that need a port throw ERR_SENG_ENTROPY and nothing more is sent (NetifOutput drops).
+// Nothing here touches libc's rand() state (no srand()): that generator belongs to the rest of the process.
+std::atomic<bool> g_entropyFailed{false};
+std::atomic<uint64_t> g_entropyFailures{0};
+
+static bool OsRandom(void* buf, size_t len) {
+  auto* p = static_cast<uint8_t*>(buf);
+  while (len > 0) {
+    ssize_t r = getrandom(p, len, 0);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) {
+      g_entropyFailures.fetch_add(1, std::memory_order_relaxed);
+      g_entropyFailed.store(true);
+      return false;
+    }
+    p += r;
+    len -= static_cast<size_t>(r);
+  }
+  return true;
+}
+
 // lwIP 2.1.3 without LWIP_HOOK_TCP_ISN (Debian's build) computes ISNs as `iss += tcp_ticks`: predictable, which lets
 // an off-path sender guess sequence numbers (RFC 6528). liblwip calls tcp_next_iss through its PLT, and this addon
 // comes before liblwip in the lookup scope of its dlopen group, so this definition replaces lwIP's: a fresh random
-// ISN per connection. stats().issHook counts calls, so a test can check the replacement took effect.
+// ISN per connection. stats().issHook counts calls, so a test can check the replacement took effect. lwIP cannot be
+// told that an ISN failed: the SYN (or SYN-ACK) it is about to send is dropped by NetifOutput instead.
 static std::atomic<uint64_t> g_issCalls{0};
 
 extern "C" __attribute__((visibility("default"))) u32_t tcp_next_iss(struct tcp_pcb* pcb) {
   (void)pcb;
   g_issCalls.fetch_add(1, std::memory_order_relaxed);
   u32_t v = 0;
-  if (getrandom(&v, sizeof v, 0) != static_cast<ssize_t>(sizeof v)) {
-    v = static_cast<u32_t>(random()) ^ (static_cast<u32_t>(random()) << 16);
-  }
+  if (!OsRandom(&v, sizeof v)) return 0;  // g_entropyFailed is set: the segment never leaves
   return v;
+}
+
+// Local ports are picked here, uniformly from the IANA dynamic range 49152..65535 (lwIP's own range), for every
+// bind to port 0 and every outgoing connection: lwIP's tcp_new_port/udp_new_port count up from one start value, so
+// after the first, every port is known. Retried on collision.
+constexpr int kPortTries = 64;
+
+// Calls tryBind(port) with random ports until one is free (ERR_USE: another), another error, or kPortTries. Sets
+// *noEntropy (and returns ERR_VAL) when the OS random source failed.
+template <typename TryBind>
+err_t BindRandomPort(TryBind tryBind, bool* noEntropy) {
+  *noEntropy = false;
+  err_t e = ERR_USE;
+  for (int i = 0; i < kPortTries && e == ERR_USE; i++) {
+    uint16_t r = 0;
+    if (!OsRandom(&r, sizeof r)) {
+      *noEntropy = true;
+      return ERR_VAL;
+    }
+    e = tryBind(static_cast<u16_t>(0xc000u | (r & 0x3fffu)));
+  }
+  return e;
 }
 
 namespace {
@@ -86,6 +132,10 @@ constexpr int kMaxMtu = 65535;
 // The real bound is TCP_SND_QUEUELEN (180 pbufs, about one per full segment): 192 KiB stays below it at MSS 1360.
 constexpr uint32_t kSndBuf = 192u << 10;
 
+// EV_ERROR context, packed with the type: the same err_t means different things (ERR_RST before the connection was
+// established is a refusal; ERR_ABRT is a timeout, an abort after shutdown(read), or an address change).
+constexpr uint32_t kErrConnected = 0x400, kErrRdShut = 0x800, kErrReconfiguring = 0x1000;
+
 enum EvType : uint8_t { EV_CONNECTED, EV_ACCEPT, EV_DATA, EV_SENT, EV_END, EV_ERROR, EV_CLOSED, EV_MESSAGE, EV_PONG };
 const char* const kEvNames[] = {"connected", "accept", "data", "sent", "end", "error", "closed", "message", "pong"};
 
@@ -95,7 +145,9 @@ struct Event {
   uint32_t child = 0;
   uint32_t n = 0;
   bool hasN = false;
-  std::string remote, local, error;
+  std::string remote, local;
+  int32_t err = 0;        // EV_ERROR: lwIP's err_t (mapped to a Node error code in TypeScript, src/native/lwip.ts)
+  uint32_t errFlags = 0;  // EV_ERROR: what the socket was doing (kErr* below)
   uint32_t dataOff = 0, dataLen = 0;  // payload in Queue::evData
   bool hasData = false;
 };
@@ -210,28 +262,6 @@ std::string AddrText(const ip_addr_t* a, u16_t port) {
   return std::string(s ? s : "?") + ":" + std::to_string(port);
 }
 
-const char* ErrCode(err_t e) {
-  switch (e) {
-    case ERR_MEM: return "ENOMEM";
-    case ERR_BUF: return "ENOBUFS";
-    case ERR_TIMEOUT: return "ETIMEDOUT";
-    case ERR_RTE: return "EHOSTUNREACH";
-    case ERR_INPROGRESS: return "EINPROGRESS";
-    case ERR_VAL: return "EINVAL";
-    case ERR_WOULDBLOCK: return "EWOULDBLOCK";
-    case ERR_USE: return "EADDRINUSE";
-    case ERR_ALREADY: return "EALREADY";
-    case ERR_ISCONN: return "EISCONN";
-    case ERR_CONN: return "ENOTCONN";
-    case ERR_IF: return "ENETDOWN";
-    case ERR_ABRT: return "ECONNABORTED";
-    case ERR_RST: return "ECONNRESET";
-    case ERR_CLSD: return "ENOTCONN";
-    case ERR_ARG: return "EINVAL";
-    default: return "EIO";
-  }
-}
-
 // ---- queue producers (core lock held) ------------------------------------------------------------------------------
 
 void Push(Event&& ev) {
@@ -284,6 +314,10 @@ err_t NetifOutput(struct netif* nif, struct pbuf* p, const ip4_addr_t* nexthop) 
   (void)nexthop;
   std::lock_guard<std::mutex> g(g_q->mu);
   if (!g_q->open) return ERR_IF;
+  if (g_entropyFailed.load()) {  // a segment may carry an ISN that is not random: nothing leaves any more
+    g_q->txDropped++;
+    return ERR_IF;
+  }
   size_t len = p->tot_len;
   if (g_q->outLens.size() >= kMaxQueuedPackets || g_q->out.len + len > kMaxQueuedBytes) {
     g_q->txDropped++;
@@ -429,10 +463,9 @@ void OnErr(void* arg, err_t err) {
     Event ev;
     ev.id = s->id;
     ev.type = EV_ERROR;
-    if (err == ERR_RST) ev.error = s->connected ? "ECONNRESET" : "ECONNREFUSED";
-    // ERR_ABRT from lwIP itself: retransmission/keepalive timeouts; data after shutdown(read); address change.
-    else if (err == ERR_ABRT) ev.error = g_reconfiguring ? "EADDRNOTAVAIL" : s->rdShut ? "ECONNABORTED" : "ETIMEDOUT";
-    else ev.error = ErrCode(err);
+    ev.err = err;
+    ev.errFlags = (s->connected ? kErrConnected : 0) | (s->rdShut ? kErrRdShut : 0) |
+                  (g_reconfiguring ? kErrReconfiguring : 0);
     Push(std::move(ev));
   }
   Forget(s, true);
@@ -536,11 +569,6 @@ u8_t OnRawIcmp(void* arg, raw_pcb* pcb, pbuf* p, const ip_addr_t* addr) {
 // ---- setup ---------------------------------------------------------------------------------------------------------
 
 void StartTcpip() {
-  unsigned seed = 0;
-  if (getrandom(&seed, sizeof seed, 0) != static_cast<ssize_t>(sizeof seed)) {
-    seed = static_cast<unsigned>(time(nullptr));
-  }
-  srand(seed);  // LWIP_RAND() is rand(): the initial local port of lwIP's ephemeral range
   struct Ctx {
     std::mutex m;
     std::condition_variable cv;
@@ -572,9 +600,20 @@ struct Config {
   int mtu;
 };
 
+// An lwIP error thrown to JavaScript: lwIP's own text, and its err_t as `lwipErr` (src/native/lwip.ts maps it to a
+// Node error code through a table).
 Napi::Error CodeError(Napi::Env env, const std::string& what, err_t e) {
-  Napi::Error err = Napi::Error::New(env, what + ": " + lwip_strerr(e) + " (" + ErrCode(e) + ")");
-  err.Set("code", Napi::String::New(env, ErrCode(e)));
+  Napi::Error err = Napi::Error::New(env, what + ": " + lwip_strerr(e));
+  err.Set("lwipErr", Napi::Number::New(env, e));
+  return err;
+}
+
+// The OS random source failed (see OsRandom): no port or sequence number can be picked safely.
+Napi::Error EntropyError(Napi::Env env, const std::string& what) {
+  Napi::Error err = Napi::Error::New(
+      env, what + ": the OS random source (getrandom) failed; the stack refuses to use predictable ports and "
+                  "sequence numbers");
+  err.Set("code", Napi::String::New(env, "ERR_SENG_ENTROPY"));
   return err;
 }
 
@@ -639,6 +678,12 @@ class LwipHandle : public Napi::ObjectWrap<LwipHandle> {
     if (napi_get_uv_event_loop(env, &loop) != napi_ok || !loop) {
       g_active = false;
       Napi::Error::New(env, "LwipStack.create: no event loop").ThrowAsJavaScriptException();
+      return;
+    }
+    uint32_t probe = 0;
+    if (g_entropyFailed.load() || !OsRandom(&probe, sizeof probe)) {
+      g_active = false;
+      EntropyError(env, "LwipStack.create").ThrowAsJavaScriptException();
       return;
     }
     std::call_once(g_tcpipOnce, StartTcpip);
@@ -880,26 +925,41 @@ class LwipHandle : public Napi::ObjectWrap<LwipHandle> {
     if (!GetIpPort(env, info, 0, &ip, &port, "LwipStack.tcpConnect")) return env.Undefined();
     if (!CheckOpen(env, "tcpConnect")) return env.Undefined();
     err_t e = ERR_OK;
+    bool noEntropy = g_entropyFailed.load();
     uint32_t id = 0;
-    {
+    if (!noEntropy) {
       CoreLock lock;
       tcp_pcb* pcb = tcp_new_ip_type(IPADDR_TYPE_V4);
       if (!pcb) {
         e = ERR_MEM;
       } else {
-        auto* s = new Sock{g_nextId++, K_TCP};
-        s->tcp = pcb;
-        pcb->snd_buf = kSndBuf;  // fresh pcb: nothing written yet
-        id = s->id;
-        g_socks[id] = s;
-        Attach(s);
-        e = tcp_connect(pcb, &ip, port, OnConnected);
+        // A random local port (lwIP's own would be the previous one + 1); the address is the interface's.
+        e = BindRandomPort([&](u16_t p) { return tcp_bind(pcb, IP4_ADDR_ANY, p); }, &noEntropy);
         if (e != ERR_OK) {
-          DetachTcp(pcb, false);
           tcp_close(pcb);  // never connected: frees it
-          Forget(s, false);
+        } else {
+          auto* s = new Sock{g_nextId++, K_TCP};
+          s->tcp = pcb;
+          pcb->snd_buf = kSndBuf;  // fresh pcb: nothing written yet
+          id = s->id;
+          g_socks[id] = s;
+          Attach(s);
+          e = tcp_connect(pcb, &ip, port, OnConnected);
+          if (e == ERR_OK && g_entropyFailed.load()) {  // the ISN was not random: the SYN was dropped
+            noEntropy = true;
+            e = ERR_VAL;
+          }
+          if (e != ERR_OK) {
+            DetachTcp(pcb, false);
+            tcp_abort(pcb);  // frees it (an RST, if anything, is dropped like the SYN)
+            Forget(s, false);
+          }
         }
       }
+    }
+    if (noEntropy) {
+      EntropyError(env, "LwipStack.tcpConnect").ThrowAsJavaScriptException();
+      return env.Undefined();
     }
     if (e != ERR_OK) {
       CodeError(env, "LwipStack.tcpConnect", e).ThrowAsJavaScriptException();
@@ -925,8 +985,9 @@ class LwipHandle : public Napi::ObjectWrap<LwipHandle> {
     }
     if (!CheckOpen(env, "tcpListen")) return env.Undefined();
     err_t e = ERR_OK;
+    bool noEntropy = port == 0 && g_entropyFailed.load();
     uint32_t id = 0;
-    {
+    if (!noEntropy) {
       CoreLock lock;
       tcp_pcb* pcb = tcp_new_ip_type(IPADDR_TYPE_V4);
       if (!pcb) {
@@ -935,13 +996,16 @@ class LwipHandle : public Napi::ObjectWrap<LwipHandle> {
         // SOF_REUSEADDR lets a listener come back while connections of its port are in TIME-WAIT; lwIP would then
         // also allow a second listener on the port, which Linux refuses: refuse it here.
         ip_set_option(pcb, SOF_REUSEADDR);
-        for (tcp_pcb_listen* l = tcp_listen_pcbs.listen_pcbs; l && port != 0; l = l->next) {
-          if (l->local_port == port &&
-              (ip_addr_isany(&l->local_ip) || ip_addr_isany(&ip) || ip_addr_cmp(&l->local_ip, &ip))) {
-            e = ERR_USE;
+        auto bind = [&](u16_t p) {
+          for (tcp_pcb_listen* l = tcp_listen_pcbs.listen_pcbs; l; l = l->next) {
+            if (l->local_port == p &&
+                (ip_addr_isany(&l->local_ip) || ip_addr_isany(&ip) || ip_addr_cmp(&l->local_ip, &ip))) {
+              return static_cast<err_t>(ERR_USE);
+            }
           }
-        }
-        if (e == ERR_OK) e = tcp_bind(pcb, &ip, port);
+          return tcp_bind(pcb, &ip, p);
+        };
+        e = port != 0 ? bind(port) : BindRandomPort(bind, &noEntropy);
         tcp_pcb* lpcb = nullptr;
         if (e == ERR_OK) lpcb = tcp_listen_with_backlog_and_err(pcb, static_cast<u8_t>(backlog), &e);
         if (!lpcb) {
@@ -956,6 +1020,10 @@ class LwipHandle : public Napi::ObjectWrap<LwipHandle> {
           id = s->id;
         }
       }
+    }
+    if (noEntropy) {
+      EntropyError(env, "LwipStack.tcpListen").ThrowAsJavaScriptException();
+      return env.Undefined();
     }
     if (e != ERR_OK) {
       CodeError(env, "LwipStack.tcpListen", e).ThrowAsJavaScriptException();
@@ -1109,14 +1177,17 @@ class LwipHandle : public Napi::ObjectWrap<LwipHandle> {
     if (!GetIpPort(env, info, 0, &ip, &port, "LwipStack.udpBind")) return env.Undefined();
     if (!CheckOpen(env, "udpBind")) return env.Undefined();
     err_t e = ERR_OK;
+    bool noEntropy = port == 0 && g_entropyFailed.load();
     uint32_t id = 0;
-    {
+    if (!noEntropy) {
       CoreLock lock;
       udp_pcb* pcb = udp_new_ip_type(IPADDR_TYPE_V4);
       if (!pcb) {
         e = ERR_MEM;
       } else {
-        e = udp_bind(pcb, &ip, port);
+        // Port 0: a random port, so that e.g. each DNS query (dns.ts binds a fresh socket per query) has its own.
+        auto bind = [&](u16_t p) { return udp_bind(pcb, &ip, p); };
+        e = port != 0 ? bind(port) : BindRandomPort(bind, &noEntropy);
         if (e != ERR_OK) {
           udp_remove(pcb);
         } else {
@@ -1127,6 +1198,10 @@ class LwipHandle : public Napi::ObjectWrap<LwipHandle> {
           id = s->id;
         }
       }
+    }
+    if (noEntropy) {
+      EntropyError(env, "LwipStack.udpBind").ThrowAsJavaScriptException();
+      return env.Undefined();
     }
     if (e != ERR_OK) {
       CodeError(env, "LwipStack.udpBind", e).ThrowAsJavaScriptException();
@@ -1258,6 +1333,7 @@ class LwipHandle : public Napi::ObjectWrap<LwipHandle> {
     set("udpTxErrors", static_cast<double>(udpTxErrors_));
     set("flushes", static_cast<double>(flushes_));
     set("issHook", static_cast<double>(g_issCalls.load()));
+    set("entropyFailures", static_cast<double>(g_entropyFailures.load()));
     if (open_) {
       CoreLock lock;
       double tcp = 0, listen = 0, udp = 0, active = 0, tw = 0, lpcbs = 0, upcbs = 0;
@@ -1369,9 +1445,9 @@ class LwipHandle : public Napi::ObjectWrap<LwipHandle> {
 
   // Hands every queued event to onEvents(meta, data, strings) in one call, packed rather than as objects (building
   // objects property by property through N-API cost more than the events' handling): meta holds 4 numbers per
-  // event: id, type (| kHasData, | kHasStrings), n (sent, pong) or child (accept), payload length; the payloads are
-  // back to back in `data` (one Buffer, or undefined); events flagged kHasStrings take the next three entries of
-  // `strings` (remote, local, error; "" when absent).
+  // event: id, type (| kHasData, | kHasStrings, | kErr* for errors), n (sent, pong), child (accept) or err_t (error),
+  // payload length; the payloads are back to back in `data` (one Buffer, or undefined); events flagged kHasStrings
+  // take the next two entries of `strings` (remote, local; "" when absent).
   static constexpr uint32_t kHasData = 0x100, kHasStrings = 0x200;
   bool DeliverEvents(napi_env env) {
     std::vector<Event> evs;
@@ -1414,12 +1490,13 @@ class LwipHandle : public Napi::ObjectWrap<LwipHandle> {
     uint32_t nStr = 0;
     for (size_t i = 0; i < n; i++) {
       const Event& e = evs[i];
-      bool str = !e.remote.empty() || !e.local.empty() || !e.error.empty();
+      bool str = !e.remote.empty() || !e.local.empty();
       u[4 * i] = e.id;
-      u[4 * i + 1] = static_cast<uint32_t>(e.type) | (e.hasData ? kHasData : 0) | (str ? kHasStrings : 0);
-      u[4 * i + 2] = e.type == EV_ACCEPT ? e.child : e.n;
+      u[4 * i + 1] = static_cast<uint32_t>(e.type) | (e.hasData ? kHasData : 0) | (str ? kHasStrings : 0) |
+                     (e.type == EV_ERROR ? e.errFlags : 0);
+      u[4 * i + 2] = e.type == EV_ACCEPT ? e.child : e.type == EV_ERROR ? static_cast<uint32_t>(e.err) : e.n;
       u[4 * i + 3] = e.hasData ? e.dataLen : 0;
-      if (str) nStr += 3;
+      if (str) nStr += 2;
     }
     if (data.len > 0) {
       // Payloads are in event order: the first data event's offset is 0 and each follows the previous.
@@ -1434,8 +1511,8 @@ class LwipHandle : public Napi::ObjectWrap<LwipHandle> {
       if (!Ok(env, napi_create_array_with_length(env, nStr, &strs))) return false;
       uint32_t k = 0;
       for (const Event& e : evs) {
-        if (e.remote.empty() && e.local.empty() && e.error.empty()) continue;
-        for (const std::string* t : {&e.remote, &e.local, &e.error}) {
+        if (e.remote.empty() && e.local.empty()) continue;
+        for (const std::string* t : {&e.remote, &e.local}) {
           napi_value v;
           if (!Ok(env, napi_create_string_utf8(env, t->data(), t->size(), &v)) ||
               !Ok(env, napi_set_element(env, strs, k++, v))) {

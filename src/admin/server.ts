@@ -7,6 +7,10 @@
  *   dashboard's login form exchanges the token for a random session id in an HttpOnly, SameSite=Strict cookie
  *   (Secure with TLS); a state-changing request with the cookie must also carry `X-SENG-Request: 1`, which a
  *   cross-site form cannot send. TCP without a token is refused when the configuration is read.
+ *
+ * Slow clients: headers must arrive within HEADERS_MS and a whole request within REQUEST_MS (checked every second,
+ * not Node's default 30 s), a TLS handshake within HANDSHAKE_MS, and on TCP a ConnectionGuard (guard.ts) caps the
+ * connections per source and in total, making room by closing the oldest connection still waiting for its headers.
  */
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { chmodSync, lstatSync, readFileSync, statSync, unlinkSync } from "node:fs";
@@ -15,6 +19,7 @@ import { createServer as createHttpsServer } from "node:https";
 import { connect } from "node:net";
 import type { AdminConfig } from "../policy/config.js";
 import type { AdminBackend, AuditQuery } from "./backend.js";
+import { ADMIN_LIMITS, ConnectionGuard, type GuardLimits, type GuardStats } from "./guard.js";
 import { DASHBOARD_CSS, DASHBOARD_HTML, DASHBOARD_JS, loginPage } from "./dashboard.js";
 
 /** The cookie that carries a dashboard session on TCP. */
@@ -22,6 +27,19 @@ export const SESSION_COOKIE = "seng_session";
 const SESSION_MS = 12 * 3600_000;
 const MAX_SESSIONS = 1000;
 const MAX_BODY = 64 * 1024;
+/** A client's request headers must be complete this long after it connected (or after its previous request). */
+const HEADERS_MS = 5_000;
+/** A whole request, body included. */
+const REQUEST_MS = 15_000;
+const HANDSHAKE_MS = 5_000;
+/** Timeouts are enforced by a sweep this often (Node's default is every 30 s, far too slow under attack). */
+const SWEEP_MS = 1_000;
+const HTTP_OPTIONS = {
+  headersTimeout: HEADERS_MS,
+  requestTimeout: REQUEST_MS,
+  connectionsCheckingInterval: SWEEP_MS,
+  keepAliveTimeout: 5_000,
+};
 /** Tokens shorter than this are refused: `openssl rand -hex 32` or `seng gateway admin-token` make 64 characters. */
 export const MIN_TOKEN_LENGTH = 32;
 
@@ -75,6 +93,8 @@ export interface AdminServerOptions {
   /** The configuration file, for error messages. */
   configFile?: string;
   backend: AdminBackend;
+  /** Connection caps of the TCP listener (default {@link ADMIN_LIMITS}). */
+  limits?: GuardLimits;
 }
 
 type Auth = "socket" | "token" | "cookie" | undefined;
@@ -86,8 +106,16 @@ export class AdminServer {
   private tls = false;
   /** The TCP listener's port once listening (0 for an ephemeral port in the configuration). */
   tcpPort = 0;
+  private readonly guard: ConnectionGuard;
 
-  constructor(private readonly opts: AdminServerOptions) {}
+  constructor(private readonly opts: AdminServerOptions) {
+    this.guard = new ConnectionGuard(opts.limits ?? ADMIN_LIMITS);
+  }
+
+  /** The TCP listener's connections: open now, evicted while waiting for headers, refused. */
+  connectionStats(): GuardStats {
+    return this.guard.stats();
+  }
 
   /**
    * Re-reads the token file (SIGHUP and reloads): a rotated token takes effect at once and every dashboard session
@@ -122,9 +150,10 @@ export class AdminServer {
         } catch (e) {
           throw new AdminError(`${file}: admin.tls: ${(e as Error).message}`);
         }
-        srv = createHttpsServer({ cert, key }, handler);
+        srv = createHttpsServer({ cert, key, handshakeTimeout: HANDSHAKE_MS, ...HTTP_OPTIONS }, handler);
         this.tls = true;
-      } else srv = createServer(handler);
+      } else srv = createServer(HTTP_OPTIONS, handler);
+      this.guard.attach(srv);
       const i = c.tcp.lastIndexOf(":");
       const host = c.tcp.slice(0, i).replace(/^\[|\]$/g, "");
       await this.listen(srv, { host, port: Number(c.tcp.slice(i + 1)) }, `${file}: admin.tcp: ${c.tcp}`);
@@ -172,7 +201,8 @@ export class AdminServer {
       if (alive) throw new AdminError(`${file}: admin.socket: ${path} is in use by another process`);
       unlinkSync(path);
     }
-    const srv = createServer((req, res) => this.handle(req, res, true));
+    const srv = createServer(HTTP_OPTIONS, (req, res) => this.handle(req, res, true));
+    srv.maxConnections = 64; // whoever can open the socket is the administrator already
     const old = process.umask(0o177); // the socket is created 0600: no window where others could connect
     try {
       await this.listen(srv, { path }, `${file}: admin.socket: ${path}`);
@@ -183,9 +213,6 @@ export class AdminServer {
   }
 
   private listen(srv: Server, where: { path: string } | { host: string; port: number }, what: string) {
-    srv.headersTimeout = 10_000;
-    srv.requestTimeout = 30_000;
-    srv.maxConnections = 64;
     return new Promise<void>((resolve, reject) => {
       srv.once("error", (e: NodeJS.ErrnoException) =>
         reject(new AdminError(`${what}: cannot listen (${e.code})`)),
@@ -326,6 +353,9 @@ export class AdminServer {
     const token = new URLSearchParams(body).get("token") ?? "";
     if (!this.token || !tokenEquals(token.trim(), this.token))
       return this.html(res, 401, loginPage("That is not the gateway's admin token."));
+    // A new session id at every login; the one the browser brought (if any) ends, so a planted id is worth nothing.
+    const previous = cookie(req, SESSION_COOKIE);
+    if (previous) this.sessions.delete(previous);
     const sid = randomBytes(32).toString("base64url");
     if (this.sessions.size >= MAX_SESSIONS) this.sessions.delete(this.sessions.keys().next().value!);
     this.sessions.set(sid, Date.now() + SESSION_MS);

@@ -77,6 +77,46 @@ export interface SnpTcb {
 
 export type SnpProduct = "Milan" | "Genoa" | "Turin";
 
+/** A minimum SEV-SNP TCB: each SPL named must be at least this (unnamed ones are not checked). */
+export interface SnpMinTcb {
+  bootloader?: number;
+  tee?: number;
+  snp?: number;
+  microcode?: number;
+  /** Turin and later only; ignored for products without an FMC SPL. */
+  fmc?: number;
+}
+
+/** A site-wide minimum: one for every product, or one per product (a product not listed has no minimum). */
+export type SnpMinTcbConfig = SnpMinTcb | Partial<Record<SnpProduct, SnpMinTcb>>;
+
+export const SNP_PRODUCTS: readonly SnpProduct[] = ["Milan", "Genoa", "Turin"];
+export const SNP_TCB_FIELDS = ["bootloader", "tee", "snp", "microcode", "fmc"] as const;
+
+/** The minimum of `config` that applies to `product`, if any. */
+export function snpMinFor(config: SnpMinTcbConfig | undefined, product: SnpProduct): SnpMinTcb | undefined {
+  if (!config) return undefined;
+  if (SNP_PRODUCTS.some((p) => p in config))
+    return (config as Partial<Record<SnpProduct, SnpMinTcb>>)[product];
+  return config as SnpMinTcb;
+}
+
+/**
+ * The SPLs of `tcb` below `min`, as "name have < want" strings (empty when `tcb` meets the minimum). The TCB to
+ * pass is REPORTED_TCB: the one the VCEK is derived for and certifies, so old firmware cannot claim a newer one.
+ */
+export function snpTcbShortfall(tcb: SnpTcb, min: SnpMinTcb): string[] {
+  const out: string[] = [];
+  for (const k of SNP_TCB_FIELDS) {
+    const want = min[k];
+    if (want === undefined) continue;
+    const have = tcb[k];
+    if (have === undefined) continue; // fmc on a product without one
+    if (have < want) out.push(`${k} ${have} < ${want}`);
+  }
+  return out;
+}
+
 export interface SnpClaims {
   version: number;
   product: SnpProduct;
@@ -137,7 +177,10 @@ export interface Verdict {
   reason?: string;
   /** Present whenever the evidence could be parsed (even when rejected: logs want the measurement). */
   claims?: Claims;
-  /** null when no TCB collateral was given (signatures and chains only). */
+  /**
+   * Intel: from TCB info; null when no TCB collateral was given (signatures and chains only). SEV-SNP: UpToDate or
+   * OutOfDate against the configured minimum TCB (VerifyOptions.snpMinTcb); null without one.
+   */
   tcbStatus: TcbStatus | null;
   advisoryIds: string[];
   /** Extra non-fatal observations (e.g. "simulated TEE: not secure"). */

@@ -33,6 +33,8 @@ export type RejectCode =
   | "chip_id_mismatch"
   | "policy_invalid"
   | "key_binding_invalid"
+  | "ratls_cert_expired"
+  | "ratls_cert_not_yet_valid"
   | "no_evidence";
 
 /** A verification failure: the evidence is rejected for the given reason. Fail closed on any of these. */

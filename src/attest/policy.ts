@@ -5,13 +5,22 @@
  *  - MRENCLAVE (SGX: this exact enclave build),
  *  - MRSIGNER + ISVPRODID + minimum ISVSVN (SGX: any build of this product from this signer, at or above an SVN),
  *  - MRTD, optionally with RTMR0-3 (TDX),
- *  - SNP MEASUREMENT, optionally with HOST_DATA (SEV-SNP),
+ *  - SNP MEASUREMENT, optionally with HOST_DATA (SEV-SNP), with a minimum TCB (`minTcb`), a maximum VMPL
+ *    (`maxVmpl`, default 0) and the migration agent refused unless `allowMigrationAgent`,
  * plus conditions that apply to all: debug TEEs are refused unless `allowDebug`, and the TCB status must be in
  * `tcbStatuses` (default UpToDate and SWHardeningNeeded; Intel evidence checked without collateral has no status
  * and is refused unless the list contains "Unknown"). The first identity that matches decides; when none does,
  * the result lists, per identity, exactly why not.
  */
-import { TCB_STATUSES, type Claims, type TcbStatus, type Verdict } from "./claims.js";
+import {
+  SNP_TCB_FIELDS,
+  snpTcbShortfall,
+  TCB_STATUSES,
+  type Claims,
+  type SnpMinTcb,
+  type TcbStatus,
+  type Verdict,
+} from "./claims.js";
 
 /** TCB statuses an identity may accept; "Unknown" stands for "verified without TCB collateral". */
 export type AcceptedStatus = TcbStatus | "Unknown";
@@ -28,6 +37,12 @@ export interface IdentitySpec {
   rtmr3?: string;
   measurement?: string;
   hostData?: string;
+  /** SEV-SNP: REPORTED_TCB (what the VCEK certifies) must meet this; overrides the site-wide minimum. */
+  minTcb?: SnpMinTcb;
+  /** SEV-SNP: the highest VMPL the report may come from (default 0: only the most privileged level). */
+  maxVmpl?: number;
+  /** SEV-SNP: accept a guest whose policy allows a migration agent (default false). */
+  allowMigrationAgent?: boolean;
   allowDebug?: boolean;
   tcbStatuses?: AcceptedStatus[];
 }
@@ -119,8 +134,15 @@ function compileIdentity(id: IdentitySpec, p: string): IdentitySpec {
   }
   if (id.allowDebug !== undefined && typeof id.allowDebug !== "boolean")
     throw new PolicyError(`${p}.allowDebug`, "expected true or false");
-  if (kinds[0] !== "snp" && id.hostData !== undefined)
-    throw new PolicyError(`${p}.hostData`, "hostData only applies to a measurement identity");
+  for (const k of ["hostData", "minTcb", "maxVmpl", "allowMigrationAgent"] as const) {
+    if (kinds[0] !== "snp" && id[k] !== undefined)
+      throw new PolicyError(`${p}.${k}`, `${k} only applies to a measurement (SEV-SNP) identity`);
+  }
+  if (id.maxVmpl !== undefined && (!Number.isInteger(id.maxVmpl) || id.maxVmpl < 0 || id.maxVmpl > 3))
+    throw new PolicyError(`${p}.maxVmpl`, "expected an integer 0-3");
+  if (id.allowMigrationAgent !== undefined && typeof id.allowMigrationAgent !== "boolean")
+    throw new PolicyError(`${p}.allowMigrationAgent`, "expected true or false");
+  if (id.minTcb !== undefined) checkMinTcb(id.minTcb, `${p}.minTcb`);
   if (id.tcbStatuses !== undefined) {
     if (!Array.isArray(id.tcbStatuses) || id.tcbStatuses.length === 0)
       throw new PolicyError(`${p}.tcbStatuses`, "expected a non-empty list");
@@ -133,6 +155,60 @@ function compileIdentity(id: IdentitySpec, p: string): IdentitySpec {
       }
     }
   }
+  return out;
+}
+
+/** Checks a minimum SEV-SNP TCB (`{bootloader, tee, snp, microcode, fmc}`, each 0-255, at least one). */
+export function checkMinTcb(min: unknown, p: string): asserts min is SnpMinTcb {
+  if (typeof min !== "object" || min === null || Array.isArray(min))
+    throw new PolicyError(p, `expected a map of ${SNP_TCB_FIELDS.join(", ")}`);
+  const keys = Object.keys(min);
+  if (keys.length === 0) throw new PolicyError(p, `expected at least one of ${SNP_TCB_FIELDS.join(", ")}`);
+  for (const k of keys) {
+    if (!(SNP_TCB_FIELDS as readonly string[]).includes(k))
+      throw new PolicyError(`${p}.${k}`, `unknown TCB component (expected ${SNP_TCB_FIELDS.join(", ")})`);
+    const v = (min as Record<string, unknown>)[k];
+    if (typeof v !== "number" || !Number.isInteger(v) || v < 0 || v > 255)
+      throw new PolicyError(`${p}.${k}`, "expected an integer 0-255 (a security patch level)");
+  }
+}
+
+/**
+ * Weak identities in a compiled app list, one line each naming the key (`apps[0].identities[1]: …`): accepted, but
+ * an administrator should know what they admit. Printed by `seng policy check` and logged when the gateway starts.
+ */
+export function identityWarnings(
+  apps: readonly AppSpec[],
+  opts: { base?: string; siteSnpMinTcb?: boolean } = {},
+): string[] {
+  const out: string[] = [];
+  apps.forEach((app, i) =>
+    app.identities.forEach((id, j) => {
+      const p = `${opts.base ?? "apps"}[${i}].identities[${j}]`;
+      if (
+        id.measurement !== undefined &&
+        id.minTcb === undefined &&
+        !opts.siteSnpMinTcb &&
+        !(id.tcbStatuses ?? DEFAULT_TCB_STATUSES).includes("Unknown")
+      ) {
+        out.push(
+          `${p}: an SEV-SNP identity without minTcb, and no trust.snpMinTcb: its TCB status is Unknown, so every report is refused (set a minimum TCB, docs/ATTESTATION.md)`,
+        );
+      }
+      // MRTD measures only the TD's firmware (TDVF): the kernel, initrd, command line and app are measured into
+      // RTMR1-3. Without them, any TD booted with this firmware matches, whatever it runs.
+      if (
+        id.mrtd !== undefined &&
+        id.rtmr1 === undefined &&
+        id.rtmr2 === undefined &&
+        id.rtmr3 === undefined
+      ) {
+        out.push(
+          `${p}: an mrtd identity without rtmr1-rtmr3 admits any TD booted with this firmware, whatever kernel and app it runs: pin rtmr1 and rtmr2 (kernel, initrd, command line) and rtmr3 if the app extends it (docs/ATTESTATION.md)`,
+        );
+      }
+    }),
+  );
   return out;
 }
 
@@ -160,20 +236,32 @@ export function mismatch(id: IdentitySpec, claims: Claims, tcbStatus: TcbStatus 
     if (snp.measurement !== id.measurement) return `MEASUREMENT ${snp.measurement} is not ${id.measurement}`;
     if (id.hostData !== undefined && snp.hostData !== id.hostData)
       return `HOST_DATA ${snp.hostData} is not ${id.hostData}`;
+    // VMPL is the privilege level of the code that asked for the report. Under an SVSM or a paravisor, the less
+    // privileged levels run code the measurement does not vouch for: only the levels the identity allows speak.
+    const maxVmpl = id.maxVmpl ?? 0;
+    if (snp.vmpl > maxVmpl) return `VMPL ${snp.vmpl} is above maxVmpl ${maxVmpl}`;
+    // A migration agent can read and move the guest's memory (policy bit MIGRATE_MA).
+    if (snp.policyMigrateMa && id.allowMigrationAgent !== true)
+      return "guest policy allows a migration agent (which can read its memory): refused unless allowMigrationAgent";
   } else {
     return "identity names no measurement";
   }
   if (claims.debug && id.allowDebug !== true)
     return "debug TEE (its memory is readable by the host): refused unless allowDebug";
-  // AMD reports carry no Intel-style TCB status: the VCEK's TCB match is their platform check.
-  if (claims.tee !== "sev-snp") {
-    const accepted = id.tcbStatuses ?? DEFAULT_TCB_STATUSES;
-    const s: AcceptedStatus = tcbStatus ?? "Unknown";
-    if (!accepted.includes(s)) {
-      return tcbStatus === null
-        ? "TCB status unknown (verified without collateral, or without a QE identity) and the identity does not accept Unknown"
-        : `TCB status ${tcbStatus} is not accepted (accepted: ${accepted.join(", ")})`;
-    }
+  const accepted = id.tcbStatuses ?? DEFAULT_TCB_STATUSES;
+  let s: AcceptedStatus = tcbStatus ?? "Unknown";
+  let why = "";
+  // SEV-SNP: the identity's own minimum replaces the site-wide one the verdict's status was computed against.
+  if (snp && id.minTcb) {
+    const short = snpTcbShortfall(snp.reportedTcb, id.minTcb);
+    s = short.length ? "OutOfDate" : "UpToDate";
+    if (short.length) why = ` (REPORTED_TCB below the identity's minTcb: ${short.join(", ")})`;
+  } else if (snp && s === "OutOfDate") why = " (REPORTED_TCB below trust.snpMinTcb)";
+  if (!accepted.includes(s)) {
+    if (s !== "Unknown") return `TCB status ${s} is not accepted${why} (accepted: ${accepted.join(", ")})`;
+    return snp
+      ? "TCB status unknown (no SEV-SNP minimum TCB: set minTcb on the identity or trust.snpMinTcb) and the identity does not accept Unknown"
+      : "TCB status unknown (verified without collateral, or without a QE identity) and the identity does not accept Unknown";
   }
   return undefined;
 }

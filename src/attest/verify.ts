@@ -12,15 +12,30 @@ import type { Collateral } from "./intel/collateral.js";
 import { looksLikeSnpReport, parseSnpReport } from "./amd/report.js";
 import { verifySnp } from "./amd/verify.js";
 import { amdRoots, type AmdRoot } from "./amd/roots.js";
-import type { SnpProduct } from "./claims.js";
+import {
+  snpMinFor,
+  snpTcbShortfall,
+  type SnpMinTcbConfig,
+  type SnpProduct,
+  type TcbStatus,
+} from "./claims.js";
 import { Cert, isSignedBy } from "./x509.js";
 import { extractEvidence, keyBindingOk, type RaTlsEvidence } from "./ratls.js";
 
 export interface VerifyOptions {
   /** The time to verify at (certificate and collateral validity). Default: now. */
   at?: Date;
-  /** Intel collateral; without it only signatures and chains are checked and tcbStatus is null. */
+  /**
+   * Collateral: Intel TCB info, QE identities, CRLs; AMD KDS CRLs (ARK-signed, revoking ASKs/ASVKs). Without it
+   * Intel evidence gets only signature and chain checks (tcbStatus null) and no revocation is checked.
+   */
   collateral?: Collateral;
+  /**
+   * SEV-SNP: the site-wide minimum TCB (gateway `trust.snpMinTcb`). With one for the report's product, a verified
+   * report's tcbStatus is `UpToDate` when its REPORTED_TCB (which the VCEK certifies) meets it and `OutOfDate`
+   * otherwise; without one it is null (Unknown to the identity policy).
+   */
+  snpMinTcb?: SnpMinTcbConfig;
   /**
    * Extra trusted roots, configured explicitly (a simulated TEE's root, a test root). Evidence that chains to one
    * of these is marked simulated. The built-in Intel and AMD roots are always trusted.
@@ -30,7 +45,15 @@ export interface VerifyOptions {
   vcek?: Cert;
   /** Intel: the PCK chain for quotes that do not carry it; AMD: an ASK/ASVK (+ ARK) chain. */
   chain?: readonly Cert[];
+  /**
+   * RA-TLS: how far outside its notBefore..notAfter window a certificate may be, in seconds, to allow for clock
+   * differences between the TEE and the verifier. Default {@link DEFAULT_CLOCK_SKEW_SECONDS}.
+   */
+  clockSkewSeconds?: number;
 }
+
+/** Default tolerance of an RA-TLS certificate's validity window (gateway key `trust.clockSkewSeconds`). */
+export const DEFAULT_CLOCK_SKEW_SECONDS = 60;
 
 /** Verifies evidence bytes (binary, hex or base64 text). */
 export function verifyEvidence(input: Buffer | Uint8Array | string, opts: VerifyOptions = {}): Verdict {
@@ -46,7 +69,7 @@ export function verifyEvidence(input: Buffer | Uint8Array | string, opts: Verify
         at,
         roots,
         productionRoots: new Set([intelRoot().fingerprint]),
-        collateral: opts.collateral,
+        collateral: withoutAmdCrls(opts.collateral, opts.extraRoots ?? []),
         pckChain: opts.chain,
       });
       return {
@@ -62,13 +85,30 @@ export function verifyEvidence(input: Buffer | Uint8Array | string, opts: Verify
       const report = parseSnpReport(buf);
       claims = report.claims; // unverified view, for logging a rejection
       const roots = [...amdRoots(), ...amdExtraRoots(opts.extraRoots ?? [])];
-      claims = verifySnp(report, { at, vcek: opts.vcek, chain: opts.chain, roots });
+      const snpWarnings: string[] = [];
+      claims = verifySnp(report, {
+        at,
+        vcek: opts.vcek,
+        chain: opts.chain,
+        roots,
+        crls: opts.collateral?.crls ?? [],
+        warnings: snpWarnings,
+      });
+      const snp = claims.snp!;
       const warnings = claims.simulated
         ? [
-            `INSECURE: trusted through a non-AMD root (ARK-${claims.snp!.product} configured as an extra root): simulated or test TEE, no hardware protection`,
+            `INSECURE: trusted through a non-AMD root (ARK-${snp.product} configured as an extra root): simulated or test TEE, no hardware protection`,
           ]
         : [];
-      return { verified: true, claims, tcbStatus: null, advisoryIds: [], warnings };
+      warnings.push(...snpWarnings);
+      const min = snpMinFor(opts.snpMinTcb, snp.product);
+      let tcbStatus: TcbStatus | null = null;
+      if (min) {
+        const short = snpTcbShortfall(snp.reportedTcb, min);
+        tcbStatus = short.length ? "OutOfDate" : "UpToDate";
+        if (short.length) warnings.push(`REPORTED_TCB is below the minimum TCB: ${short.join(", ")}`);
+      }
+      return { verified: true, claims, tcbStatus, advisoryIds: [], warnings };
     }
     throw new AttestError(
       "unsupported",
@@ -101,6 +141,17 @@ export function amdExtraRoots(extra: readonly Cert[]): AmdRoot[] {
   return out;
 }
 
+/**
+ * The collateral without the CRLs AMD's ARKs issued: one collateral directory may serve both vendors, and Intel's
+ * rule "any CRL given → every certificate must be covered" must not count an AMD CRL as an Intel one.
+ */
+function withoutAmdCrls(col: Collateral | undefined, extra: readonly Cert[]): Collateral | undefined {
+  if (!col || col.crls.length === 0) return col;
+  const arks = [...amdRoots(), ...amdExtraRoots(extra)].map((r) => r.ark.subjectDer);
+  const crls = col.crls.filter((c) => !arks.some((a) => c.issuerDer.equals(a)));
+  return crls.length === col.crls.length ? col : { ...col, crls };
+}
+
 function reject(
   code: string,
   reason: string,
@@ -124,6 +175,24 @@ function reject(
  * with `key_binding_invalid` even when the evidence itself is genuine.
  */
 export function verifyRaTlsCert(cert: Cert, opts: VerifyOptions = {}): Verdict {
+  // The certificate's validity window, checked first (it costs nothing): evidence stays genuine forever, so a
+  // certificate kept past its notAfter (a leaked key, an old build) or dated ahead must not be accepted on it.
+  const at = opts.at ?? new Date();
+  const skew = (opts.clockSkewSeconds ?? DEFAULT_CLOCK_SKEW_SECONDS) * 1000;
+  if (at.getTime() > cert.notAfter.getTime() + skew) {
+    return reject(
+      "ratls_cert_expired",
+      `RA-TLS certificate expired at ${cert.notAfter.toISOString()} (now ${at.toISOString()}, allowed clock skew ${skew / 1000} s)`,
+      undefined,
+    );
+  }
+  if (at.getTime() < cert.notBefore.getTime() - skew) {
+    return reject(
+      "ratls_cert_not_yet_valid",
+      `RA-TLS certificate is not valid before ${cert.notBefore.toISOString()} (now ${at.toISOString()}, allowed clock skew ${skew / 1000} s)`,
+      undefined,
+    );
+  }
   let ev: RaTlsEvidence;
   let endorsed: Pick<VerifyOptions, "vcek" | "chain"> = {};
   try {

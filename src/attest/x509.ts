@@ -8,6 +8,7 @@
  * the time of the verification.
  */
 import {
+  constants,
   createHash,
   createPublicKey,
   verify as cryptoVerify,
@@ -19,6 +20,7 @@ import {
   derBytes,
   derChild,
   derChildren,
+  derInt,
   derIntBytes,
   derOid,
   derParse,
@@ -210,6 +212,8 @@ export interface Crl {
   readonly revoked: ReadonlySet<string>;
   readonly tbs: Buffer;
   readonly sigAlgOid: string;
+  /** RSASSA-PSS only: the hash and salt length from the algorithm's parameters (AMD KDS CRLs). */
+  readonly pss?: { hash: string; saltLength: number };
   readonly signature: Buffer;
 }
 
@@ -242,6 +246,8 @@ export function parseCrl(input: Buffer | string): Crl {
     let nextUpdate: Date | undefined;
     if (f[i] && (f[i]!.tag === TAG.UTC_TIME || f[i]!.tag === TAG.GENERALIZED_TIME))
       nextUpdate = derTime(f[i++]!);
+    const sigAlgOid = derOid(derChild(alg, 0));
+    const pss = sigAlgOid === RSA_PSS ? pssParams(derChildren(alg)[1]) : undefined;
     const revoked = new Set<string>();
     if (f[i] && f[i]!.tag === TAG.SEQUENCE) {
       for (const entry of derChildren(f[i]!)) revoked.add(derIntBytes(derChild(entry, 0)).toString("hex"));
@@ -254,7 +260,8 @@ export function parseCrl(input: Buffer | string): Crl {
       nextUpdate,
       revoked,
       tbs: derBytes(tbs),
-      sigAlgOid: derOid(derChild(alg, 0)),
+      sigAlgOid,
+      ...(pss ? { pss } : {}),
       signature: sig,
     };
   } catch (e) {
@@ -269,7 +276,30 @@ const SIG_HASH: Record<string, string> = {
   "1.2.840.10045.4.3.2": "sha256",
   "1.2.840.10045.4.3.3": "sha384",
   "1.2.840.10045.4.3.4": "sha512",
+  "1.2.840.113549.1.1.11": "sha256", // sha256WithRSAEncryption
+  "1.2.840.113549.1.1.12": "sha384",
+  "1.2.840.113549.1.1.13": "sha512",
 };
+
+/** RSASSA-PSS (RFC 4055), as AMD's ARKs sign their CRLs: SHA-384, salt 48. */
+const RSA_PSS = "1.2.840.113549.1.1.10";
+const PSS_HASH: Record<string, string> = {
+  "2.16.840.1.101.3.4.2.1": "sha256",
+  "2.16.840.1.101.3.4.2.2": "sha384",
+  "2.16.840.1.101.3.4.2.3": "sha512",
+};
+
+/** RSASSA-PSS-params: [0] hashAlgorithm (default SHA-1, refused), [2] saltLength (default 20). */
+function pssParams(params: Der | undefined): { hash: string; saltLength: number } {
+  let hash: string | undefined;
+  let saltLength = 20;
+  for (const p of params && params.tag === TAG.SEQUENCE ? derChildren(params) : []) {
+    if (p.tag === 0xa0) hash = PSS_HASH[derOid(derChild(derChild(p, 0, TAG.SEQUENCE), 0))];
+    else if (p.tag === 0xa2) saltLength = derInt(derChild(p, 0));
+  }
+  // "" never verifies: an unknown or SHA-1 hash makes the CRL's signature invalid rather than guessed.
+  return { hash: hash ?? "", saltLength };
+}
 
 const crlVerified = new Map<string, boolean>();
 
@@ -278,11 +308,21 @@ export function checkCrl(crl: Crl, issuer: Cert, at: Date, what: string): void {
   const key = crl.fingerprint + issuer.fingerprint;
   let ok = crlVerified.get(key);
   if (ok === undefined) {
-    const hash = SIG_HASH[crl.sigAlgOid];
+    const hash = crl.pss ? crl.pss.hash || undefined : SIG_HASH[crl.sigAlgOid];
+    const pss = crl.pss;
     ok =
       hash !== undefined &&
       crl.issuerDer.equals(issuer.subjectDer) &&
-      safeVerify(() => cryptoVerify(hash, crl.tbs, issuer.publicKey, crl.signature));
+      safeVerify(() =>
+        pss
+          ? cryptoVerify(
+              hash,
+              crl.tbs,
+              { key: issuer.publicKey, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: pss.saltLength },
+              crl.signature,
+            )
+          : cryptoVerify(hash, crl.tbs, issuer.publicKey, crl.signature),
+      );
     if (crlVerified.size > 20_000) crlVerified.clear();
     crlVerified.set(key, ok);
   }

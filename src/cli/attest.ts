@@ -5,7 +5,7 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import { Command, Option } from "commander";
 import { AttestError } from "../attest/errors.js";
-import type { Verdict } from "../attest/claims.js";
+import type { SnpMinTcb, Verdict } from "../attest/claims.js";
 import { loadCollateral, type Collateral } from "../attest/intel/collateral.js";
 import { verifyEvidence, verifyRaTlsCert, type VerifyOptions } from "../attest/verify.js";
 import { Cert } from "../attest/x509.js";
@@ -117,7 +117,7 @@ function printHuman(v: Verdict): void {
     lines.push(`  report data  ${c.reportData}`);
   }
   lines.push(
-    `  tcb status   ${v.tcbStatus ?? "not checked (no collateral)"}${v.advisoryIds.length ? `  advisories ${v.advisoryIds.join(" ")}` : ""}`,
+    `  tcb status   ${v.tcbStatus ?? (v.claims?.snp ? "not checked (no minimum TCB: --snp-min-tcb)" : "not checked (no collateral)")}${v.advisoryIds.length ? `  advisories ${v.advisoryIds.join(" ")}` : ""}`,
   );
   for (const w of v.warnings) lines.push(`  warning: ${w}`);
   process.stdout.write(lines.join("\n") + "\n");
@@ -130,6 +130,21 @@ interface VerifyFlags {
   root?: string[];
   at?: string;
   json?: boolean;
+  snpMinTcb?: string;
+}
+
+/** `bootloader=3,tee=0,snp=8,microcode=115` → a minimum SEV-SNP TCB. */
+function snpMinTcbArg(v: string): SnpMinTcb {
+  const out: SnpMinTcb = {};
+  for (const part of v.split(",")) {
+    const m = /^\s*(bootloader|tee|snp|microcode|fmc)\s*=\s*(\d{1,3})\s*$/.exec(part);
+    if (!m || Number(m[2]) > 255)
+      throw new UsageError(
+        `--snp-min-tcb: expected SPL=value pairs such as bootloader=3,tee=0,snp=8,microcode=115 (values 0-255), got ${JSON.stringify(part)}`,
+      );
+    out[m[1] as keyof SnpMinTcb] = Number(m[2]);
+  }
+  return out;
 }
 
 function verifyCommand(): Command {
@@ -143,7 +158,7 @@ function verifyCommand(): Command {
     )
     .option(
       "--collateral <file|dir>",
-      "Intel collateral: dcap-qvl JSON bundle or a directory of PCS responses (repeatable)",
+      "collateral: dcap-qvl JSON bundle, a directory of PCS responses, AMD KDS CRLs (repeatable)",
       collect,
       [],
     )
@@ -156,6 +171,10 @@ function verifyCommand(): Command {
       [],
     )
     .option("--at <time>", "verify at this ISO 8601 time instead of now")
+    .option(
+      "--snp-min-tcb <spls>",
+      "SEV-SNP minimum TCB, e.g. bootloader=3,tee=0,snp=8,microcode=115: sets tcbStatus UpToDate/OutOfDate",
+    )
     .option("--json", "print one JSON object")
     .action(
       action(async (path: string, f: VerifyFlags) => {
@@ -175,6 +194,7 @@ function verifyCommand(): Command {
             throw e;
           }
         }
+        if (f.snpMinTcb !== undefined) opts.snpMinTcb = snpMinTcbArg(f.snpMinTcb);
         if (f.vcek) opts.vcek = certsFrom(f.vcek, "VCEK")[0];
         if (f.chain) opts.chain = certsFrom(f.chain, "chain");
         if (f.root?.length) opts.extraRoots = f.root.flatMap((r) => certsFrom(r, "root"));

@@ -60,6 +60,8 @@ function gatewayRun(): Command {
           }
         };
         const scrape = config.metrics && new MetricsServer(metrics, config.metrics.listen);
+        metrics.addConnectionGuard("admin", () => admin.connectionStats());
+        if (scrape) metrics.addConnectionGuard("metrics", () => scrape.connectionStats());
         await gw.start();
         try {
           await admin.start();

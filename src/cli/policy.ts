@@ -3,6 +3,7 @@
  * <proto/port>`: the firewall policy of a gateway configuration (docs/POLICY.md).
  */
 import { existsSync } from "node:fs";
+import { networkInterfaces } from "node:os";
 import Database from "better-sqlite3";
 import { Command } from "commander";
 import { explain, parseService, type Resolver } from "../firewall/explain.js";
@@ -43,6 +44,18 @@ export function configResolver(config: GatewayConfig, dbPath = config.database):
     live?.get(address) ?? config.apps.find((a) => !a.shared && inNets(address, [a.subnet]))?.name;
 }
 
+/**
+ * The addresses of the host explain runs on: like the lease database, explain assumes it runs on the gateway, where
+ * a packet to one of these goes up the input path (rules with `to: gateway`).
+ */
+export function hostAddresses(): Set<string> {
+  return new Set(
+    Object.values(networkInterfaces())
+      .flat()
+      .flatMap((i) => (i ? [i.address] : [])),
+  );
+}
+
 export function policyCommand(): Command {
   const p = new Command("policy").description("the gateway's firewall policy (nftables)");
   p.addCommand(
@@ -53,6 +66,7 @@ export function policyCommand(): Command {
         action((file: string) => {
           const c = load(file);
           const m = c.model;
+          for (const w of c.warnings) process.stderr.write(`warning: ${w}\n`);
           process.stdout.write(
             `${file}: ok: ${c.apps.length} apps, ${Object.keys(m.categories).length} categories, ${m.rules.length} rules, ` +
               `default ${m.filtering ? (m.defaultAction === "accept" ? "allow" : "deny") : "none (no policy section: not filtered)"}` +
@@ -97,7 +111,7 @@ export function policyCommand(): Command {
       .option("--in <interface>", "interface a non-tunnel source comes in on (for firewall.unshielded)")
       .option("--json", "print the explanation as JSON")
       .argument("<source>", "an app name or an address")
-      .argument("<destination>", "an address, or an app name")
+      .argument("<destination>", "an address, an app name, or gateway (the gateway host itself)")
       .argument("<service>", "tcp/<port>, udp/<port>, icmp or any")
       .action(
         action(
@@ -114,12 +128,14 @@ export function policyCommand(): Command {
             } catch (e) {
               throw new UsageError(`<service>: ${(e as Error).message}`);
             }
+            const local = hostAddresses();
             let r;
             try {
               r = explain(
                 c.model,
                 { from: source, to: destination, ...svc, inInterface: f.in },
                 configResolver(c, f.db),
+                (a) => local.has(a),
               );
             } catch (e) {
               throw new UsageError((e as Error).message);

@@ -2,18 +2,24 @@
  * `seng policy explain`: which rule decides a packet, evaluated in TypeScript over the same compiled model
  * (model.ts) that nft.ts renders, in the same order as the chains:
  *
- *   1. from a LAN interface listed in firewall.unshielded (not a tunnel): the allow list, else dropped
- *   2. not from and not to a tunnel: SENG's table does not decide (accepted by our table)
- *   3. from or to a tunnel: policy.rules in order, first match wins; none → policy.default
- * Only new connections are evaluated (established flows are accepted as the chain's first rule does).
+ *   1. from the gateway host (output path): not filtered by SENG's table
+ *   2. to the gateway host (input path): from a tunnel, DNS to the TUN address when the leases announce it, then the
+ *      `to: gateway` rules in order, none → dropped (`gateway.default`); not from a tunnel: not ours to decide
+ *   3. from a LAN interface listed in firewall.unshielded (not a tunnel): the allow list, else dropped
+ *   4. not from and not to a tunnel: SENG's table does not decide (accepted by our table)
+ *   5. from or to a tunnel: policy.rules (those not `to: gateway`) in order, first match wins; none → policy.default
+ * Only new connections are evaluated (established flows are accepted as the chains' first rules do).
  */
 import { isIP } from "node:net";
-import { inNets, type Endpoint, type PolicyModel, type Proto } from "./model.js";
+import { GATEWAY, inNets, type Endpoint, type PolicyModel, type Proto } from "./model.js";
 
 export interface Packet {
   /** Source: an app name, or an address. */
   from: string;
-  /** Destination address (or an app name, taken as one of its live addresses). */
+  /**
+   * Destination address (or an app name, taken as one of its live addresses), or `gateway`: the gateway host, taken
+   * as its TUN address.
+   */
   to: string;
   proto: Proto;
   port?: number;
@@ -32,6 +38,12 @@ export interface Explanation {
 /** address → app holding it now (live tunnel), if any */
 export type Resolver = (address: string) => string | undefined;
 
+/**
+ * True for an address of the gateway host (the kernel delivers packets to it locally: input path). The TUN address
+ * and `gateway` are always the host; the CLI adds the addresses of the host it runs on.
+ */
+export type LocalCheck = (address: string) => boolean;
+
 /** Parses `tcp/443`, `udp/53`, `icmp`, `any`. */
 export function parseService(s: string): { proto: Proto; port?: number } {
   const m = /^(tcp|udp)\/(\d{1,5})$/.exec(s);
@@ -47,9 +59,15 @@ export function parseService(s: string): { proto: Proto; port?: number } {
 interface Side {
   app?: string;
   address?: string;
+  /** The gateway host itself. */
+  gateway?: boolean;
 }
 
 function matches(e: Endpoint, side: Side, model: PolicyModel): { ok: boolean; why: string } {
+  if (e.kind === "gateway")
+    return side.gateway
+      ? { ok: true, why: `${side.address} is the gateway host` }
+      : { ok: false, why: `${side.address ?? side.app} is not the gateway host` };
   if (e.kind === "any") return { ok: true, why: "any" };
   if (e.kind === "apps") {
     if (!side.app) return { ok: false, why: `${side.address} is not a live tunnel of ${e.label}` };
@@ -77,12 +95,20 @@ function portOk(rule: { proto: Proto; ports: [number, number][] }, p: Packet): {
 }
 
 /** Explains what SENG's table does with the first packet of a connection. */
-export function explain(model: PolicyModel, p: Packet, resolve: Resolver): Explanation {
+export function explain(
+  model: PolicyModel,
+  p: Packet,
+  resolve: Resolver,
+  isLocal: LocalCheck = () => false,
+): Explanation {
   const trace: string[] = [];
   const appNames = new Set(model.apps.map((a) => a.name));
   const side = (s: string, what: string): Side => {
     if (appNames.has(s)) return { app: s };
-    if (!isIP(s)) throw new Error(`${what}: ${s} is neither an app of this config nor an address`);
+    if (s === GATEWAY) return { address: model.gateway.address, gateway: true };
+    if (!isIP(s))
+      throw new Error(`${what}: ${s} is neither an app of this config, ${GATEWAY}, nor an address`);
+    if (s === model.gateway.address || isLocal(s)) return { address: s, gateway: true };
     const app = resolve(s);
     return { app, address: s };
   };
@@ -93,6 +119,13 @@ export function explain(model: PolicyModel, p: Packet, resolve: Resolver): Expla
   if (!model.enabled)
     return { verdict: "accept", decidedBy: "none", trace: [...trace, "firewall.enabled is false"] };
   const fromTunnel = src.app !== undefined;
+  if (src.gateway) {
+    trace.push(
+      `${src.address} is the gateway host: what it sends (output path) is not filtered by SENG's table`,
+    );
+    return { verdict: "accept", decidedBy: "none", trace };
+  }
+  if (dst.gateway) return toGateway(model, p, src, dst, trace);
   if (
     !fromTunnel &&
     model.unshielded &&
@@ -126,6 +159,10 @@ export function explain(model: PolicyModel, p: Packet, resolve: Resolver): Expla
     return { verdict: "accept", decidedBy: "none", trace };
   }
   for (const r of model.rules) {
+    if (r.to.kind === "gateway") {
+      trace.push(`${r.path}: no (to: only for traffic to the gateway host)`);
+      continue;
+    }
     const f = matches(r.from, src, model);
     if (!f.ok) {
       trace.push(`${r.path}: no (from: ${f.why})`);
@@ -148,4 +185,43 @@ export function explain(model: PolicyModel, p: Packet, resolve: Resolver): Expla
   }
   trace.push(`no rule matches: policy.default is ${model.defaultAction === "accept" ? "allow" : "deny"}`);
   return { verdict: model.defaultAction, decidedBy: "policy.default", trace };
+}
+
+/** The input path: a packet to the gateway host itself (nft chain `gateway`). */
+function toGateway(model: PolicyModel, p: Packet, src: Side, dst: Side, trace: string[]): Explanation {
+  if (src.app === undefined) {
+    trace.push(
+      `${dst.address} is the gateway host, and ${src.address} is not a tunnel: SENG's table filters only what tunnels send to the gateway`,
+    );
+    return { verdict: "accept", decidedBy: "none", trace };
+  }
+  trace.push(`${dst.address} is the gateway host: only rules with to: ${GATEWAY} apply (input path)`);
+  if (
+    model.gateway.dns &&
+    dst.address === model.gateway.address &&
+    (p.proto === "udp" || p.proto === "tcp") &&
+    p.port === 53
+  ) {
+    trace.push(`dns: ${dst.address} is a DNS server the leases announce: DNS to it is allowed`);
+    return { verdict: "accept", decidedBy: "dns", trace };
+  }
+  for (const r of model.rules) {
+    if (r.to.kind !== "gateway") continue;
+    const f = matches(r.from, src, model);
+    if (!f.ok) {
+      trace.push(`${r.path}: no (from: ${f.why})`);
+      continue;
+    }
+    const l = portOk(r, p);
+    if (!l.ok) {
+      trace.push(`${r.path}: no (${l.why})`);
+      continue;
+    }
+    trace.push(
+      `${r.path}: matches (${f.why}; to the gateway host${r.proto !== "any" ? `; ${p.proto}${p.port ? `/${p.port}` : ""}` : ""})`,
+    );
+    return { verdict: r.action, decidedBy: r.path, trace };
+  }
+  trace.push(`no rule with to: ${GATEWAY} matches: traffic from tunnels to the gateway host is dropped`);
+  return { verdict: "drop", decidedBy: "gateway.default", trace };
 }

@@ -115,15 +115,19 @@ export class Firewall {
   }
 
   /**
-   * Packets our rules dropped, by reason: `policy` (deny rules and a deny default) and `unshielded`, read from the
-   * live table's counters.
+   * Packets our rules dropped, by reason: `policy` (deny rules and a deny default), `unshielded`, and `to-gateway`
+   * (tunnel traffic to the gateway host that no `to: gateway` rule allowed), read from the live table's counters.
    */
   async drops(): Promise<Record<string, number>> {
     if (!this.enabled) return {};
     const c = await this.counters();
     let policy = this.model.defaultAction === "drop" ? (c.seng_policy_default ?? 0) : 0;
     for (const r of this.model.rules) if (r.action === "drop") policy += c[r.path] ?? 0;
-    return { policy, unshielded: c.seng_unshielded_drops ?? 0 };
+    return {
+      policy,
+      unshielded: c.seng_unshielded_drops ?? 0,
+      "to-gateway": c.seng_gateway_default ?? 0,
+    };
   }
 
   /** Live counters of our table: per rule (key path) and the named counters. */

@@ -8,7 +8,9 @@
  *   - `category:<name>`: every app in the category (sets `seng_cat_<name>` / `seng_cat6_<name>`)
  *   - `set:<name>`: a named list of addresses from `policy.sets` (sets `seng_net_<name>` / `seng_net6_<name>`)
  *   - an IPv4 or IPv6 address or CIDR
- * A bare name is looked up as an app, then a category, then a set.
+ *   - `gateway` (only in `to`): the gateway host itself, i.e. traffic from a tunnel that the kernel delivers locally
+ *     (nftables hook `input`) to any of the host's addresses. No other endpoint, not even `any`, matches it.
+ * A bare name is looked up as an app, then a category, then a set; `gateway` is reserved and names none of them.
  */
 import { BlockList, isIP } from "node:net";
 
@@ -24,7 +26,12 @@ export type Endpoint =
   /** `set` is the nftables set base name: `seng_app_<app>` or `seng_cat_<category>` (v6: `seng_app6_…`). */
   | { kind: "apps"; label: string; apps: string[]; set: string; set6: string }
   /** Addresses; `set` names the config set when the endpoint is `set:<name>`. */
-  | { kind: "net"; label: string; v4: string[]; v6: string[]; set?: string; set6?: string };
+  | { kind: "net"; label: string; v4: string[]; v6: string[]; set?: string; set6?: string }
+  /** The gateway host itself (input path); only as a destination. */
+  | { kind: "gateway"; label: "gateway" };
+
+/** The endpoint keyword for the gateway host; no app, category or set may be called so. */
+export const GATEWAY = "gateway";
 
 export interface Rule {
   /** Key path in the config, e.g. `policy.rules[2]`; also the rule's nftables comment. */
@@ -62,11 +69,19 @@ export interface PolicyModel {
   exportTables: { family: "inet" | "ip" | "ip6"; name: string }[];
   /** Whether nftables is used at all (`firewall.enabled`). */
   enabled: boolean;
+  /**
+   * The input path from the tunnels to the gateway host: always filtered when `enabled` (default deny, counted in
+   * `seng_gateway_default`), opened only by rules with `to: gateway`. `address` is the gateway's TUN address; `dns`
+   * is true when the leases name it as a DNS server (`dns:`), so tunnels may send DNS (udp and tcp 53) to it.
+   */
+  gateway: { address: string; dns: boolean };
 }
 
 export interface PolicyInput {
   apps: { name: string; mark: number; categories: string[]; subnet: string; shared: boolean }[];
   tun: string;
+  /** The gateway's TUN address and the DNS servers the leases announce (default: 100.64.0.1, none). */
+  gateway?: { address: string; dns: readonly string[] } | undefined;
   firewall: {
     enabled: boolean;
     table: string;
@@ -128,9 +143,13 @@ function parsePorts(list: (number | string)[] | undefined, path: string, proto: 
 /** Compiles the firewall part of a gateway config. Throws FirewallConfigError naming the key path. */
 export function compilePolicy(input: PolicyInput): PolicyModel {
   const appNames = new Set(input.apps.map((a) => a.name));
+  const reserved = `is reserved for the gateway host as a rule destination (to: ${GATEWAY}); use another name`;
+  for (const [i, a] of input.apps.entries())
+    if (a.name === GATEWAY) throw new FirewallConfigError(`apps[${i}].name: ${GATEWAY} ${reserved}`);
   const categories: Record<string, string[]> = {};
   for (const [i, a] of input.apps.entries()) {
     for (const c of a.categories) {
+      if (c === GATEWAY) throw new FirewallConfigError(`apps[${i}].categories: ${GATEWAY} ${reserved}`);
       if (appNames.has(c))
         throw new FirewallConfigError(`apps[${i}].categories: ${c} is also an app name; use another name`);
       (categories[c] ??= []).push(a.name);
@@ -138,6 +157,7 @@ export function compilePolicy(input: PolicyInput): PolicyModel {
   }
   const sets: PolicyModel["sets"] = {};
   for (const [name, list] of Object.entries(input.policy?.sets ?? {})) {
+    if (name === GATEWAY) throw new FirewallConfigError(`policy.sets.${name}: ${GATEWAY} ${reserved}`);
     if (appNames.has(name) || categories[name])
       throw new FirewallConfigError(`policy.sets.${name}: also the name of an app or category`);
     const s = { v4: [] as string[], v6: [] as string[] };
@@ -153,6 +173,7 @@ export function compilePolicy(input: PolicyInput): PolicyModel {
   }
   const endpoint = (text: string, path: string): Endpoint => {
     if (text === "any") return { kind: "any", label: "any" };
+    if (text === GATEWAY) return { kind: "gateway", label: GATEWAY };
     const net = parseNet(text);
     if (net)
       return {
@@ -196,7 +217,12 @@ export function compilePolicy(input: PolicyInput): PolicyModel {
     const path = `policy.rules[${i}]`;
     const from = endpoint(r.from, `${path}.from`);
     const to = endpoint(r.to, `${path}.to`);
-    if (from.kind !== "apps" && to.kind !== "apps")
+    if (from.kind === "gateway")
+      throw new FirewallConfigError(
+        `${path}.from: ${GATEWAY} is only a destination (what the gateway host sends is not filtered by SENG)`,
+      );
+    // A rule to the gateway filters tunnel traffic by construction (the input path only sees the tunnels).
+    if (from.kind !== "apps" && to.kind !== "apps" && to.kind !== "gateway")
       throw new FirewallConfigError(
         `${path}: from or to must name an app or category (the policy filters traffic of tunnels only)`,
       );
@@ -221,7 +247,10 @@ export function compilePolicy(input: PolicyInput): PolicyModel {
       allow: u.allow.map((a, i) => {
         const path = `firewall.unshielded.allow[${i}]`;
         const to = endpoint(a.to ?? "any", `${path}.to`);
-        if (to.kind === "apps") throw new FirewallConfigError(`${path}.to: expected an address, CIDR or set`);
+        if (to.kind === "apps" || to.kind === "gateway")
+          throw new FirewallConfigError(
+            `${path}.to: expected an address, CIDR or set (unshielded traffic to the gateway host itself is not SENG's to filter)`,
+          );
         return { path, to, proto: a.proto, ports: parsePorts(a.ports, path, a.proto) };
       }),
     };
@@ -250,6 +279,10 @@ export function compilePolicy(input: PolicyInput): PolicyModel {
       return { family, name };
     }),
     enabled: input.firewall.enabled,
+    gateway: {
+      address: input.gateway?.address ?? "100.64.0.1",
+      dns: (input.gateway?.dns ?? []).includes(input.gateway?.address ?? "100.64.0.1"),
+    },
   };
 }
 

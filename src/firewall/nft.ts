@@ -19,6 +19,11 @@
  *   marks: `ip saddr @seng_app_<app> ct mark set <mark>` per app (connection accounting)
  *   rules: `ct state established,related accept`, the rules in order (each with a counter and its key path as
  *     comment), then the default with the named counter seng_policy_default
+ *   input (hook input, priority filter, policy accept)
+ *     iifname <tun>  jump gateway         traffic from tunnels to the gateway host itself
+ *   gateway: `ct state established,related accept` (answers to the gateway's own connections, and their ICMP
+ *     errors), DNS to the TUN address when the leases announce it, the `to: gateway` rules in order, then
+ *     `counter name seng_gateway_default drop`, whatever policy.default says and also without a policy section
  * An accept here ends only our chain; other tables' chains still see the packet, so admins' own rules keep working.
  */
 import { spawn } from "node:child_process";
@@ -88,7 +93,8 @@ const q = (s: string) => JSON.stringify(s);
 
 function addrMatch(dir: "saddr" | "daddr", e: Endpoint, fam: 4 | 6): string | null {
   const ip = fam === 4 ? "ip" : "ip6";
-  if (e.kind === "any") return "";
+  // `gateway` is the input chain itself (every packet there is to the host), rendered only there as `any`.
+  if (e.kind === "any" || e.kind === "gateway") return "";
   if (e.kind === "apps") return `${ip} ${dir} @${fam === 4 ? e.set : e.set6}`;
   const list = fam === 4 ? e.v4 : e.v6;
   if (list.length === 0) return null; // this family cannot match
@@ -143,6 +149,11 @@ export interface RenderOptions {
   exported?: ReadonlyMap<string, readonly string[]>;
 }
 
+/** The rules with `to: gateway` (the input path), in order. */
+export function gatewayRules(model: PolicyModel): Rule[] {
+  return model.rules.filter((r) => r.to.kind === "gateway");
+}
+
 /** The whole policy as one nft script (one transaction). */
 export function renderScript(model: PolicyModel, opts: RenderOptions = {}): string {
   const T = `inet ${model.table}`;
@@ -188,7 +199,7 @@ export function renderScript(model: PolicyModel, opts: RenderOptions = {}): stri
       if (list.length) L.push(`add element ${T} ${name} { ${list.join(", ")} }`);
     }
   }
-  for (const c of ["seng_policy_default", "seng_unshielded_drops", "seng_sync"])
+  for (const c of ["seng_policy_default", "seng_unshielded_drops", "seng_gateway_default", "seng_sync"])
     L.push(`add counter ${T} ${c}`);
 
   const tun = q(model.tun);
@@ -196,6 +207,8 @@ export function renderScript(model: PolicyModel, opts: RenderOptions = {}): stri
   if (model.unshielded) L.push(`add chain ${T} unshielded`);
   if (model.marks) L.push(`add chain ${T} marks`);
   if (model.filtering) L.push(`add chain ${T} rules`);
+  L.push(`add chain ${T} input { type filter hook input priority filter; policy accept; }`);
+  L.push(`add chain ${T} gateway`);
   const rule = (chain: string, text: string) => L.push(`add rule ${T} ${chain} ${text}`);
 
   if (model.unshielded)
@@ -227,9 +240,19 @@ export function renderScript(model: PolicyModel, opts: RenderOptions = {}): stri
       );
     }
   }
+  // The gateway host: only what names it as destination, whatever the forward policy says.
+  rule("input", `iifname ${tun} jump gateway`);
+  rule("gateway", "ct state established,related accept");
+  if (model.gateway.dns)
+    for (const p of ["udp", "tcp"])
+      rule("gateway", `ip daddr ${model.gateway.address} ${p} dport 53 counter accept comment "dns"`);
+  for (const r of gatewayRules(model))
+    for (const m of renderMatch(r.from, { kind: "any", label: "any" }, r.proto, r.ports))
+      rule("gateway", `${m} counter ${r.action} comment ${q(r.path)}`.replace(/^ /, ""));
+  rule("gateway", `counter name "seng_gateway_default" drop comment "gateway.default"`);
   if (model.filtering) {
     rule("rules", "ct state established,related accept");
-    for (const r of model.rules)
+    for (const r of model.rules.filter((x) => x.to.kind !== "gateway"))
       for (const m of renderMatch(r.from, r.to, r.proto, r.ports))
         rule("rules", `${m} counter ${r.action} comment ${q(r.path)}`.replace(/^ /, ""));
     rule("rules", `counter name "seng_policy_default" ${model.defaultAction} comment "policy.default"`);
@@ -269,7 +292,7 @@ export async function removeTable(table: string): Promise<void> {
 export async function readCounters(table: string): Promise<Record<string, number>> {
   // Named counters and the rules' chains only: listing the whole table would print every set element (megabytes
   // with 100,000 tunnels), for each metrics scrape.
-  const chains = ["rules", "unshielded"];
+  const chains = ["rules", "unshielded", "gateway"];
   const [named, ...lists] = await Promise.all([
     nft(["-j", "list", "counters", "table", "inet", table]),
     ...chains.map((c) => nft(["-j", "list", "chain", "inet", table, c]).catch(() => '{"nftables":[]}')),

@@ -10,6 +10,7 @@
  * Apps with the same subnet (the shared `pool`) share one address pool. Every grant, renewal and release is also
  * written to the audit log (audit.ts) in the same transaction.
  */
+import { chmodSync, closeSync, openSync, statSync } from "node:fs";
 import Database from "better-sqlite3";
 import { intToIp, ipToInt, parseCidr } from "../packet/ip.js";
 import { AuditLog } from "./audit.js";
@@ -40,8 +41,54 @@ export interface AcquireResult {
   id: number;
 }
 
+/** The database's own files: SQLite gives the WAL and shared-memory files the main file's mode when it makes them. */
+const STATE_SUFFIXES = ["", "-wal", "-shm", "-journal"];
+
+/**
+ * The lease database holds the audit trail and the runtimes' certificates: only the gateway's user may read it.
+ * Creates the file with mode 0600 when it does not exist (so SQLite's -wal and -shm inherit 0600), and makes any of
+ * its files that others can read 0600. Returns the files whose mode was changed, with their old mode.
+ */
+export function secureStateFiles(path: string): { file: string; mode: string }[] {
+  if (path === "" || path === ":memory:" || path.startsWith("file:")) return [];
+  try {
+    closeSync(openSync(path, "wx", 0o600)); // an empty file is an empty SQLite database
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== "EEXIST")
+      throw new Error(`database: ${path}: cannot create it (${code ?? (e as Error).message})`, {
+        cause: e,
+      });
+  }
+  const fixed: { file: string; mode: string }[] = [];
+  for (const suffix of STATE_SUFFIXES) {
+    const file = path + suffix;
+    let mode: number;
+    try {
+      mode = statSync(file).mode & 0o777;
+    } catch {
+      continue; // not there
+    }
+    if (mode & 0o077) {
+      try {
+        chmodSync(file, 0o600);
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code ?? (e as Error).message;
+        throw new Error(
+          `database: ${file}: open to group or others (mode ${mode.toString(8)}) and cannot be made 600 (${code})`,
+          { cause: e },
+        );
+      }
+      fixed.push({ file, mode: mode.toString(8) });
+    }
+  }
+  return fixed;
+}
+
 export class LeaseStore {
   private readonly db: Database.Database;
+  /** State files whose mode was too open at start and made 0600 (the gateway logs them). */
+  readonly fixedModes: { file: string; mode: string }[];
   private readonly pools = new Map<string, Pool>();
   private readonly stmts;
   readonly audit: AuditLog;
@@ -55,6 +102,7 @@ export class LeaseStore {
     apps: readonly { name: string; subnet: string }[],
     reserved: readonly number[] = [],
   ) {
+    this.fixedModes = secureStateFiles(path);
     this.db = new Database(path);
     this.db.pragma("journal_mode = WAL");
     this.db.pragma("synchronous = NORMAL");
@@ -96,6 +144,8 @@ export class LeaseStore {
       get: this.db.prepare("SELECT * FROM leases WHERE id = ?"),
     };
     this.audit = new AuditLog(this.db);
+    // -wal and -shm exist now; SQLite made them with the database's mode, checked here rather than assumed.
+    this.fixedModes.push(...secureStateFiles(path));
     this.reserved = reserved;
     this.addApps(apps);
   }

@@ -218,7 +218,10 @@ export class Gateway {
         note: "INSECURE: evidence under these roots has no hardware protection",
       });
     }
+    for (const warning of c.warnings) this.log.log("warn", "config-warning", { warning });
     this.leases = new LeaseStore(c.database, c.apps, [this.gatewayAddress]);
+    for (const f of this.leases.fixedModes)
+      this.log.log("warn", "state-file-mode-fixed", { ...f, now: "600" });
     this.leases.expire(this.now());
     this.ctx = new DtlsContext({
       role: "server",
@@ -708,6 +711,7 @@ export class Gateway {
     }
     const immutable = immutableChange(this.config, next);
     if (immutable) return fail(immutable);
+    for (const warning of next.warnings) this.log.log("warn", "config-warning", { warning });
     const revoke: { t: Tunnel; reason: string }[] = [];
     for (const t of this.byAddress.values()) {
       const reason = revocationReason(this.leases.certOf(t.leaseId), t.app, next.apps, verify);
@@ -881,6 +885,8 @@ function verifyOptions(config: GatewayConfig): VerifyOptions {
   return {
     collateral: config.trust.collateral.length ? loadCollateral(config.trust.collateral) : undefined,
     extraRoots: config.trust.simulatedRoots.flatMap((p) => Cert.fromPemBundle(readFileSync(p))),
+    clockSkewSeconds: config.trust.clockSkewSeconds,
+    snpMinTcb: config.trust.snpMinTcb,
   };
 }
 

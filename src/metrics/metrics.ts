@@ -8,6 +8,7 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { CloseReason } from "../tunnel/protocol.js";
 import type { GatewayObserver, GatewayStats, TunnelInfo } from "../gateway/server.js";
+import type { GuardStats } from "../admin/guard.js";
 
 /** What metrics read at scrape time. */
 export interface MetricsSource {
@@ -30,6 +31,7 @@ export const DROP_REASONS = [
   "not-leased",
   "policy",
   "unshielded",
+  "to-gateway",
 ] as const;
 
 export const HANDSHAKE_RESULTS = ["started", "accepted", "refused", "timeout", "pool-exhausted"] as const;
@@ -41,6 +43,8 @@ export class GatewayMetrics implements GatewayObserver {
   private readonly closes: Counter<"app" | "reason">;
   private readonly setUpdateSeconds: Histogram<"operation">;
   private snap: GatewayStats | undefined;
+  /** HTTP listeners with a connection guard (admin API, metrics), read at scrape time. */
+  private readonly guards = new Map<string, () => GuardStats>();
 
   constructor(
     private readonly source: MetricsSource,
@@ -107,6 +111,21 @@ export class GatewayMetrics implements GatewayObserver {
       "Inner IP bytes (IP header included) per app; direction in = from the app's tunnels, out = to them",
       "Bytes",
     );
+    const guards = this.guards;
+    new Counter({
+      name: "seng_http_connections_closed_total",
+      help: "Connections the admin API's and the metrics listener's guard closed: evicted (waiting for headers to make room) or refused (all busy)",
+      labelNames: ["server", "reason"],
+      registers,
+      collect() {
+        this.reset();
+        for (const [server, stats] of guards) {
+          const st = stats();
+          this.inc({ server, reason: "evicted" }, st.evicted);
+          this.inc({ server, reason: "refused" }, st.refused);
+        }
+      },
+    });
     new Counter({
       name: "seng_drops_total",
       help: "Packets and datagrams dropped, by reason",
@@ -153,6 +172,11 @@ export class GatewayMetrics implements GatewayObserver {
 
   tunnelDown(t: TunnelInfo, reason: CloseReason): void {
     this.closes.inc({ app: t.app, reason });
+  }
+
+  /** Reports a listener's connection guard (src/admin/guard.ts) as `seng_http_connections_closed_total`. */
+  addConnectionGuard(listener: string, stats: () => GuardStats): void {
+    this.guards.set(listener, stats);
   }
 
   /** Records one firewall set update (called by the firewall code; see docs/ADMIN.md). */

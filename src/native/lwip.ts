@@ -17,7 +17,11 @@
  * - "sent" (`n`): the peer acknowledged n bytes; send buffer space is back. {@link LwipStack.tcpWrite} accepts at most
  *   the free send buffer and returns how much it took: write again after "sent".
  * - "end": the peer sent FIN (no more data). "error" (`error`: ECONNRESET, ECONNREFUSED, ETIMEDOUT, ECONNABORTED,
- *   EADDRNOTAVAIL...) is always followed by "closed".
+ *   EADDRNOTAVAIL..., mapped from lwIP's err_t `lwipErr` by the table in ./lwip-errors.ts) is always followed by
+ *   "closed". Errors thrown by calls carry `lwipErr` and the Node `code` the same way.
+ * - Randomness: local ports (port 0, and every outgoing connection) are random in 49152..65535 and TCP initial
+ *   sequence numbers random, both from getrandom(2). If the OS random source fails the stack fails closed: calls
+ *   that need a port throw `ERR_SENG_ENTROPY`, nothing more is sent, and `stats().entropyFailures` counts it.
  * - A TCP socket is finished when both directions are (our FIN via tcpShutdown(write) and their "end"), or on
  *   tcpClose (graceful FIN, data already queued still goes) or tcpAbort (RST): "closed" follows. lwIP completes the
  *   close itself (FIN retransmission, TIME-WAIT).
@@ -33,6 +37,7 @@
  * bounded by 64 KiB per round-trip time. The send buffer is a run-time field, set to 192 KiB per connection (Debian's
  * TCP_SND_BUF is 64 KiB), so upload is bounded by 192 KiB per round trip.
  */
+import { contextFromFlags, nodeCodeOf, withNodeCode } from "./lwip-errors.js";
 import { native } from "./load.js";
 
 const EMPTY = Buffer.alloc(0);
@@ -69,8 +74,10 @@ export interface LwipEvent {
   local?: string;
   /** "sent": bytes acknowledged; "pong": the echo sequence number. */
   n?: number;
-  /** "error": an errno-style code. */
+  /** "error": Node's errno-style code for it (ECONNRESET...). */
   error?: string;
+  /** "error": lwIP's err_t (ERR_RST = -14...), see ./lwip-errors.ts. */
+  lwipErr?: number;
 }
 
 /** Counters of a stack. `mallocInUse` is the whole process's malloc'd bytes (lwIP allocates with malloc). */
@@ -210,7 +217,12 @@ export class LwipStack {
    * follows. Data may be written before "connected" (it goes once connected).
    */
   tcpConnect(ip: string, port: number): number {
-    const id = this.#h.tcpConnect(ip, port);
+    let id: number;
+    try {
+      id = this.#h.tcpConnect(ip, port);
+    } catch (e) {
+      throw withNodeCode(e);
+    }
     this.#soon();
     this.#kinds.set(id, "tcp");
     return id;
@@ -218,7 +230,12 @@ export class LwipStack {
 
   /** Listens on `ip:port` ("0.0.0.0" for any). Connections arrive as "accept" events on the returned id. */
   tcpListen(ip: string, port: number, backlog?: number): number {
-    const id = this.#h.tcpListen(ip, port, backlog);
+    let id: number;
+    try {
+      id = this.#h.tcpListen(ip, port, backlog);
+    } catch (e) {
+      throw withNodeCode(e);
+    }
     this.#kinds.set(id, "listener");
     return id;
   }
@@ -283,7 +300,12 @@ export class LwipStack {
 
   /** Binds a UDP socket; datagrams arrive as "message" events. */
   udpBind(ip: string, port: number): number {
-    const id = this.#h.udpBind(ip, port);
+    let id: number;
+    try {
+      id = this.#h.udpBind(ip, port);
+    } catch (e) {
+      throw withNodeCode(e);
+    }
     this.#kinds.set(id, "udp");
     return id;
   }
@@ -370,8 +392,8 @@ export class LwipStack {
 
   /**
    * One batch of events, packed by the addon (native/src/lwip.cc, DeliverPacked): 4 numbers per event in `meta`
-   * (id, type with flags, n or child, payload length), payloads back to back in `data`, and three strings (remote,
-   * local, error) per event flagged as having any. Every event object gets the same shape.
+   * (id, type with flags, n / child / err_t, payload length), payloads back to back in `data`, and two strings
+   * (remote, local) per event flagged as having any. Every event object gets the same shape.
    */
   #deliverEvents(meta: Uint32Array, data: Buffer | undefined, strings: string[] | undefined): void {
     let off = 0;
@@ -388,6 +410,7 @@ export class LwipStack {
         local: undefined,
         n: undefined,
         error: undefined,
+        lwipErr: undefined,
       };
       if ((t & HAS_DATA) !== 0) {
         const end = off + meta[i + 3]!;
@@ -397,11 +420,14 @@ export class LwipStack {
       }
       if (type === "accept") ev.child = meta[i + 2]!;
       else if (type === "sent" || type === "pong") ev.n = meta[i + 2]!;
+      else if (type === "error") {
+        ev.lwipErr = meta[i + 2]! | 0; // a negative err_t, sent as 32 bits
+        ev.error = nodeCodeOf(ev.lwipErr, contextFromFlags(t));
+      }
       if ((t & HAS_STRINGS) !== 0) {
         ev.remote = strings![k] || undefined;
         ev.local = strings![k + 1] || undefined;
-        ev.error = strings![k + 2] || undefined;
-        k += 3;
+        k += 2;
       }
       if (type === "accept" && ev.child !== undefined) this.#kinds.set(ev.child, "tcp");
       if (type === "closed") this.#kinds.delete(ev.id);

@@ -7,7 +7,7 @@ import { readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { parseDocument } from "yaml";
 import { z } from "zod";
-import { compileApps, PolicyError, type AppSpec } from "../attest/policy.js";
+import { compileApps, identityWarnings, PolicyError, type AppSpec } from "../attest/policy.js";
 import { TCB_STATUSES } from "../attest/claims.js";
 import { parseCidr } from "../packet/ip.js";
 import { compilePolicy, FirewallConfigError, type PolicyModel } from "../firewall/model.js";
@@ -40,6 +40,14 @@ const ipv4 = z.string().regex(/^(\d{1,3}\.){3}\d{1,3}$/, "expected an IPv4 addre
 const hex = (bytes: number) =>
   z.string().regex(new RegExp(`^(0x)?[0-9a-fA-F]{${bytes * 2}}$`), `expected ${bytes} bytes of hex`);
 
+/** A minimum SEV-SNP TCB: security patch levels, each 0-255. */
+const spl = z.number().int().min(0).max(255, "expected a security patch level 0-255").optional();
+const snpMinTcbFields = { bootloader: spl, tee: spl, snp: spl, microcode: spl, fmc: spl };
+const snpMinTcb = z
+  .object(snpMinTcbFields)
+  .strict()
+  .refine((m) => Object.keys(m).length > 0, "expected at least one of bootloader, tee, snp, microcode, fmc");
+
 const identity = z
   .object({
     mrenclave: hex(32).optional(),
@@ -53,6 +61,9 @@ const identity = z
     rtmr3: hex(48).optional(),
     measurement: hex(48).optional(),
     hostData: hex(32).optional(),
+    minTcb: snpMinTcb.optional(),
+    maxVmpl: z.number().int().min(0).max(3).optional(),
+    allowMigrationAgent: z.boolean().optional(),
     allowDebug: z.boolean().optional(),
     tcbStatuses: z.array(z.enum(["Unknown", ...TCB_STATUSES])).optional(),
   })
@@ -86,9 +97,25 @@ const schema = z
       .object({
         simulatedRoots: z.array(z.string()).default([]),
         collateral: z.array(z.string()).default([]),
+        // RA-TLS certificates are accepted this far outside their validity window (clock differences).
+        clockSkewSeconds: z.number().int().min(0).max(3600).default(60),
+        // SEV-SNP minimum TCB for identities without their own minTcb: one for all products, or per product.
+        snpMinTcb: z
+          .object({
+            ...snpMinTcbFields,
+            Milan: snpMinTcb.optional(),
+            Genoa: snpMinTcb.optional(),
+            Turin: snpMinTcb.optional(),
+          })
+          .strict()
+          .refine((m) => {
+            const products = ["Milan", "Genoa", "Turin"].filter((k) => k in m).length;
+            return products > 0 ? products === Object.keys(m).length : Object.keys(m).length > 0;
+          }, "expected SPLs (bootloader, tee, snp, microcode, fmc) for all products, or per product (Milan, Genoa, Turin), not both")
+          .optional(),
       })
       .strict()
-      .default({ simulatedRoots: [], collateral: [] }),
+      .default({ simulatedRoots: [], collateral: [], clockSkewSeconds: 60 }),
     tunnel: z
       .object({
         keepaliveSeconds: z.number().positive().default(10),
@@ -223,6 +250,8 @@ export interface GatewayConfig extends Omit<GatewayConfigFile, "apps" | "admin">
   model: PolicyModel;
   /** Admin API: always on the Unix socket; on TCP only with a token. Paths are absolute. */
   admin: AdminConfig;
+  /** Accepted but weak settings, one line each (`file: key: why`): e.g. a TDX identity that pins no RTMR. */
+  warnings: string[];
 }
 
 export interface AdminConfig {
@@ -333,6 +362,7 @@ export function parseConfig(text: string, file: string): GatewayConfig {
     model = compilePolicy({
       apps: resolved,
       tun: c.tun.name,
+      gateway: { address: c.tun.address.split("/")[0]!, dns: c.dns },
       firewall: c.firewall,
       policy: c.policy,
     });
@@ -356,11 +386,15 @@ export function parseConfig(text: string, file: string): GatewayConfig {
       },
     },
     trust: {
+      ...c.trust,
       simulatedRoots: c.trust.simulatedRoots.map((p) => resolve(base, p)),
       collateral: c.trust.collateral.map((p) => resolve(base, p)),
     },
     apps: resolved,
     model,
+    warnings: identityWarnings(apps, { siteSnpMinTcb: c.trust.snpMinTcb !== undefined }).map(
+      (w) => `${file}: ${w}`,
+    ),
   };
 }
 

@@ -22,6 +22,7 @@ import net from "node:net";
 import { constants as osConstants } from "node:os";
 import type { Duplex } from "node:stream";
 import { lookup as shieldedLookup } from "./dns.js";
+import { socketInternals, type ServerInternals } from "./node-internals.js";
 import {
   hostNetworkingError,
   parseEndpoint,
@@ -36,29 +37,8 @@ import {
 export const HostSocket = net.Socket;
 export const HostServer = net.Server;
 
-/** Internal fields of net.Socket / net.Server that the SDK reads or sets. */
-interface SocketInternals {
-  connecting: boolean;
-  _host: string | null;
-  _handle: unknown;
-  _unrefTimer(): void;
-  server: unknown;
-  _server: ServerInternals | null;
-  allowHalfOpen: boolean;
-}
-interface ServerInternals extends net.Server {
-  _handle: unknown;
-  _connections: number;
-  _listeningId: number;
-  _unref: boolean;
-  _connectionKey?: string;
-  _emitCloseIfDrained(): void;
-  allowHalfOpen: boolean;
-  pauseOnConnect: boolean;
-  noDelay: boolean;
-  highWaterMark?: number;
-}
-const internals = (s: net.Socket) => s as unknown as SocketInternals;
+// Node's private fields are reached only through ./node-internals.ts, which probes them at start.
+const internals = socketInternals;
 
 type Endpoint = { address: string; port: number };
 
@@ -144,28 +124,27 @@ export function sysError(
   return err;
 }
 
-/** Maps an lwIP error (errno-style code, lwIP text or number) to Node's code for it. */
-export function errorCode(raw: unknown, connecting: boolean): string {
-  const code = (raw as { code?: unknown })?.code;
-  const text =
-    `${typeof code === "string" ? code : ""} ${raw instanceof Error ? raw.message : String(raw)}`.trim();
-  if (/^E[A-Z]+$/.test(text) && text in osConstants.errno) return text;
-  if (/ECONNREFUSED|refused/i.test(text)) return "ECONNREFUSED";
-  if (/ECONNRESET|reset|ERR_RST|(^|\s)-14\b/i.test(text)) return connecting ? "ECONNREFUSED" : "ECONNRESET";
-  if (/ETIMEDOUT|time(d)? ?out|ERR_TIMEOUT|(^|\s)-3\b/i.test(text)) return "ETIMEDOUT";
-  // lwIP aborts a pcb whose retransmissions ran out (ERR_ABRT): a timeout, as the kernel reports it.
-  if (/ECONNABORTED|abort|ERR_ABRT|(^|\s)-13\b/i.test(text)) return connecting ? "ETIMEDOUT" : "ECONNABORTED";
-  if (/EHOSTUNREACH|ENETUNREACH|rout|ERR_RTE|(^|\s)-4\b/i.test(text)) return "EHOSTUNREACH";
-  if (/EADDRINUSE|in use|ERR_USE|(^|\s)-8\b/i.test(text)) return "EADDRINUSE";
-  if (/ENOBUFS|ENOMEM|memory|ERR_MEM|(^|\s)-1\b/i.test(text)) return "ENOBUFS";
-  if (/closed|ERR_CLSD|(^|\s)-15\b/i.test(text)) return connecting ? "ECONNREFUSED" : "ECONNRESET";
+/**
+ * The Node code of an error from the stack: an errno-style code (what lwIP's "error" events carry, mapped from its
+ * err_t by src/native/lwip-errors.ts), or an Error with such a `code` (what the binding throws). Anything else: EIO.
+ */
+export function errorCode(raw: unknown): string {
+  const code = typeof raw === "string" ? raw : (raw as { code?: unknown } | null)?.code;
+  if (typeof code === "string" && (code in osConstants.errno || code.startsWith("ERR_SENG_"))) return code;
   return "EIO";
 }
 
-function stackError(raw: unknown, syscall: string, at: Endpoint | undefined, connecting: boolean): Error {
+/**
+ * A Node-shaped error for what the stack reported: an "error" event's code, or an Error a binding call threw (lwIP's
+ * carry `lwipErr` and get "connect EADDRINUSE 1.2.3.4:80 (lwIP: ...)"). Errors that already have their own code
+ * (lookups, SENG's: ERR_SENG_ENTROPY...) and argument errors pass through.
+ */
+function stackError(raw: unknown, syscall: string, at: Endpoint | undefined): Error {
   if (raw instanceof ShieldedStackError || raw instanceof TypeError || raw instanceof RangeError) return raw;
-  const detail = raw instanceof Error ? raw.message : String(raw);
-  return sysError(errorCode(raw, connecting), syscall, at?.address, at?.port, `lwIP: ${detail}`);
+  if (raw instanceof Error && !("lwipErr" in raw) && typeof (raw as { code?: unknown }).code === "string")
+    return raw;
+  const detail = raw instanceof Error ? `lwIP: ${raw.message}` : undefined;
+  return sysError(errorCode(raw), syscall, at?.address, at?.port, detail);
 }
 
 // ---- argument handling ----------------------------------------------------------------------------------------------
@@ -551,8 +530,7 @@ function connectImpl(s: net.Socket, args: unknown[]): net.Socket {
       st.id = id;
       shield.register(id, st.handler);
     } catch (e) {
-      if (!s.destroyed)
-        s.destroy(e instanceof Error && "code" in e ? e : stackError(e, "connect", st.remote, true));
+      if (!s.destroyed) s.destroy(stackError(e, "connect", st.remote));
     }
   })();
   return s;
@@ -607,8 +585,7 @@ function onEvent(s: net.Socket, ev: StackEvent): void {
       const connecting = st.phase === "connecting";
       st.gone = true;
       st.shield?.unregister(st.id, st.handler);
-      if (!s.destroyed)
-        s.destroy(stackError(ev.error, connecting ? "connect" : "read", st.remote, connecting));
+      if (!s.destroyed) s.destroy(stackError(ev.error, connecting ? "connect" : "read", st.remote));
       return;
     }
     case "closed": {
@@ -688,7 +665,7 @@ function flush(s: net.Socket): void {
     n = st.stack.tcpWrite(st.id, p.buf);
   } catch (e) {
     st.pending = undefined;
-    return p.cb(stackError(e, "write", st.remote, false));
+    return p.cb(stackError(e, "write", st.remote));
   }
   st.bytesWritten += n;
   st.inflight += n;
@@ -866,7 +843,7 @@ class ListenHandle {
   onEvent(ev: StackEvent): void {
     const server = this.server;
     if (ev.type === "error") {
-      server.emit("error", stackError(ev.error, "accept", { address: this.address, port: this.port }, false));
+      server.emit("error", stackError(ev.error, "accept", { address: this.address, port: this.port }));
       return;
     }
     if (ev.type !== "accept" || typeof ev.child !== "number") return;
@@ -966,8 +943,7 @@ export function shieldedListen(this: net.Server, ...args: unknown[]): net.Server
       if (opts.signal) opts.signal.addEventListener("abort", () => server.close(), { once: true });
       process.nextTick(() => server.emit("listening"));
     } catch (e) {
-      const err =
-        e instanceof Error && "code" in e ? e : stackError(e, "listen", { address: host, port }, false);
+      const err = stackError(e, "listen", { address: host, port });
       process.nextTick(() => server.emit("error", err));
     } finally {
       opts.signal?.removeEventListener("abort", abort);

@@ -4,10 +4,12 @@
  *  1. Node's networking entry points are replaced first, before anything can connect (see `installShield`):
  *     TCP (net.connect/createConnection, net.Socket.prototype.connect, net.createServer, net.Server.prototype.listen
  *     — so http/https/tls/http2 servers too), TLS clients (tls.connect), HTTP agents (http/https.globalAgent and
- *     http.Agent.prototype.createConnection), DNS (dns.lookup, dns.promises.lookup, resolve4; the rest of dns, which
- *     is c-ares on the host's network, fails closed), UDP (dgram.createSocket), and the network bindings of
- *     process.binding. `fetch` is Node's own (its bundled undici), which opens its connections with net.connect and
- *     tls.connect at call time and so goes through the SDK sockets as well.
+ *     http.Agent.prototype.createConnection), DNS (dns.lookup and every resolve method, dns.promises and the
+ *     Resolver classes, through the tunnel's DNS; lookupService fails closed), UDP (dgram.createSocket), the network
+ *     bindings of process.binding, and Node's host-handle exports (host-handles.ts). `fetch` is Node's own (its
+ *     bundled undici), which opens its connections with net.connect and tls.connect at call time and so goes through
+ *     the SDK sockets as well. Before all this, the Node internals the runtime relies on are probed
+ *     (node-internals.ts): a Node where they changed is refused.
  *  2. An RA-TLS identity is made in this process (SENG_TEE: gramine, tsm, sim or auto) and the tunnel to
  *     SENG_GATEWAY (pinned by SENG_PIN) is opened; the app starts once the lease has arrived (or after
  *     SENG_LEASE_TIMEOUT seconds, with sockets waiting for it).
@@ -41,9 +43,12 @@ import { linkRef, makeGlobalAgents, ShieldedHttpAgent } from "./agents.js";
 import { AttesterError, detectAttester, makeIdentity } from "./attesters.js";
 import { configFromEnv, type RuntimeConfig } from "./config.js";
 import * as sdkDgram from "./dgram.js";
+import * as sdkResolve from "./dns-resolve.js";
 import * as sdkDns from "./dns.js";
 import * as sdkNet from "./net.js";
 import { hostNetworkingError, ShieldedStack, ShieldedStackError } from "./stack.js";
+import { checkNodeInternals } from "./node-internals.js";
+import { closeHostHandles } from "./host-handles.js";
 
 export { ShieldedStack, shieldedStack } from "./stack.js";
 
@@ -101,21 +106,6 @@ function refuse(
     throw err;
   };
 }
-
-const C_ARES_METHODS = [
-  "resolveAny",
-  "resolve6",
-  "resolveCaa",
-  "resolveCname",
-  "resolveMx",
-  "resolveNaptr",
-  "resolveNs",
-  "resolvePtr",
-  "resolveSoa",
-  "resolveSrv",
-  "resolveTxt",
-  "reverse",
-] as const;
 
 let installed: "shield" | "refuse" | undefined;
 
@@ -180,8 +170,10 @@ export function installShield(refuseAll?: string): void {
     });
   }
 
-  // --- DNS: lookups through the tunnel; c-ares (the host's network) refused.
+  // --- DNS: lookups and every resolve method through the tunnel's DNS (never c-ares on the host's network);
+  // lookupService (getnameinfo on the host) refused.
   const dnsP = dns.promises as unknown as Record<string, unknown>;
+  const dnsC = dns as unknown as Record<string, unknown>;
   if (refuseAll) {
     replace(dns, "lookup", refuse(why("dns.lookup"), "callback"));
     replace(dnsP, "lookup", refuse(why("dns.promises.lookup"), "promise"));
@@ -189,41 +181,52 @@ export function installShield(refuseAll?: string): void {
     replace(dns, "lookup", sdkDns.lookup as AnyFn);
     replace(dnsP, "lookup", sdkDns.lookupPromise as AnyFn);
   }
-  const resolveA = (style: "callback" | "promise") =>
-    refuseAll
-      ? refuse(why("dns.resolve4"), style)
-      : style === "callback"
-        ? sdkDns.resolve4
-        : sdkDns.resolve4Promise;
-  replace(dns, "resolve4", resolveA("callback") as AnyFn);
-  replace(dnsP, "resolve4", resolveA("promise") as AnyFn);
-  replace(dns, "resolve", function (this: unknown, host: string, rrtype: unknown, cb?: unknown) {
-    if (typeof rrtype === "function")
-      return (resolveA("callback") as AnyFn as (...a: unknown[]) => unknown)(host, rrtype);
-    if (rrtype === "A") return (resolveA("callback") as AnyFn as (...a: unknown[]) => unknown)(host, cb);
-    return refuse(`dns.resolve(${String(rrtype)}) through the host's resolver`, "callback")(host, rrtype, cb);
-  } as AnyFn);
-  replace(dnsP, "resolve", function (host: string, rrtype?: unknown) {
-    if (rrtype === undefined || rrtype === "A") return (resolveA("promise") as (h: string) => unknown)(host);
-    return Promise.reject(
-      hostNetworkingError(`dns.promises.resolve(${String(rrtype)}) through the host's resolver`),
+  const resolvers = [
+    [dnsC, "callback", "dns."],
+    [dnsP, "promise", "dns.promises."],
+    [dns.Resolver.prototype as unknown as Record<string, unknown>, "callback", "dns.Resolver#"],
+    [
+      (dns.promises as unknown as { Resolver: typeof dns.Resolver }).Resolver.prototype as unknown as Record<
+        string,
+        unknown
+      >,
+      "promise",
+      "dns.promises.Resolver#",
+    ],
+  ] as const;
+  for (const [target, style, prefix] of resolvers) {
+    const cb = style === "callback";
+    for (const m of Object.keys(sdkResolve.RESOLVE_METHODS) as sdkResolve.ResolveMethod[])
+      replace(
+        target,
+        m,
+        refuseAll
+          ? refuse(why(`${prefix}${m}`), style)
+          : cb
+            ? sdkResolve.callbackResolver(m)
+            : (sdkResolve.promiseResolver(m) as AnyFn),
+      );
+    replace(
+      target,
+      "resolve",
+      refuseAll
+        ? refuse(why(`${prefix}resolve`), style)
+        : cb
+          ? (sdkResolve.resolveCallback as AnyFn)
+          : (sdkResolve.resolvePromise as AnyFn),
     );
-  } as AnyFn);
-  for (const m of C_ARES_METHODS) {
-    replace(dns, m, refuse(`dns.${m} through the host's resolver`, "callback"));
-    replace(dnsP, m, refuse(`dns.promises.${m} through the host's resolver`, "promise"));
+    replace(
+      target,
+      "reverse",
+      refuseAll
+        ? refuse(why(`${prefix}reverse`), style)
+        : cb
+          ? (sdkResolve.reverseCallback as AnyFn)
+          : (sdkResolve.reverse as AnyFn),
+    );
   }
   replace(dns, "lookupService", refuse("dns.lookupService through the host's resolver", "callback"));
   replace(dnsP, "lookupService", refuse("dns.promises.lookupService through the host's resolver", "promise"));
-  for (const [R, style] of [
-    [dns.Resolver, "callback"],
-    [(dns.promises as unknown as { Resolver: typeof dns.Resolver }).Resolver, "promise"],
-  ] as const) {
-    const proto = R.prototype as unknown as Record<string, unknown>;
-    for (const m of [...C_ARES_METHODS, "resolve"])
-      replace(proto, m, refuse(`dns.Resolver#${m} through the host's resolver`, style));
-    replace(proto, "resolve4", resolveA(style) as AnyFn);
-  }
 
   // --- UDP
   if (refuseAll) replace(dgram, "createSocket", refuse(why("dgram.createSocket")));
@@ -271,6 +274,9 @@ export function installShield(refuseAll?: string): void {
     replace(workerThreads, "Worker", Worker as unknown as AnyFn);
   }
 
+  // --- host socket handles (net._createServerHandle, new net.Socket({ handle })...), TLS sockets' addresses
+  if (!refuseAll) closeHostHandles();
+
   // ESM named imports of node:net, node:dns... see the replacements too.
   syncBuiltinESMExports();
 }
@@ -300,6 +306,8 @@ export function workerGuardSource(): string {
   for (const k of ["connect", "createConnection"]) put(net, k);
   put(net.Socket.prototype, "connect");
   put(net.Server.prototype, "listen");
+  put(net, "_createServerHandle");
+  put(dgram, "_createSocketHandle");
   put(tls, "connect");
   put(dgram, "createSocket");
   for (const k of ["bind", "send", "connect"]) put(dgram.Socket.prototype, k);
@@ -380,6 +388,7 @@ if (!isMainThread) {
   (globalThis as Record<symbol, unknown>)[Symbol.for("seng.runtime.startMs")] = performance.now();
   try {
     checkFlags();
+    checkNodeInternals(); // fail closed on a Node whose internals the shield relies on changed (node-internals.ts)
     installShield();
     await startFromConfig(configFromEnv());
   } catch (e) {

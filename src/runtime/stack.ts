@@ -19,6 +19,7 @@ import { EventEmitter } from "node:events";
 import { TunnelClient, type TunnelClientOptions } from "../tunnel/client.js";
 import type { CloseReason, Lease } from "../tunnel/protocol.js";
 import type { StackConfig } from "../native/lwip.js";
+import { checkNodeInternals } from "./node-internals.js";
 
 /** Addressing of the in-process stack, from the lease (the binding's own type; a type import loads nothing). */
 export type { StackConfig };
@@ -216,6 +217,7 @@ export class ShieldedStack extends EventEmitter<ShieldedStackEvents> {
   static start(opts: ShieldedStackOptions): ShieldedStack {
     if (current && !current.#closed)
       throw new Error("SENG: a shielded stack is already running in this process");
+    checkNodeInternals(); // the SDK's sockets rely on them: refuse a Node where they changed
     const s = new ShieldedStack(opts);
     current = s;
     process.on("exit", s.#onExit);

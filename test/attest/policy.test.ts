@@ -166,7 +166,12 @@ test("real SNP vectors: MEASUREMENT (+HOST_DATA); the debug-policy report is ref
   assert.equal(
     matchApp(
       milan,
-      compileApps([{ name: "cvm", identities: [{ measurement: m, hostData: milan.claims!.snp!.hostData }] }]),
+      compileApps([
+        {
+          name: "cvm",
+          identities: [{ measurement: m, hostData: milan.claims!.snp!.hostData, minTcb: MILAN_TCB }],
+        },
+      ]),
     ).matched,
     true,
   );
@@ -182,7 +187,7 @@ test("real SNP vectors: MEASUREMENT (+HOST_DATA); the debug-policy report is ref
   });
   assert.equal(dbg.verified, true, dbg.reason);
   assert.equal(dbg.claims!.debug, true);
-  const id = { measurement: dbg.claims!.snp!.measurement };
+  const id = { measurement: dbg.claims!.snp!.measurement, minTcb: { bootloader: 0 } };
   const refused = matchApp(dbg, compileApps([{ name: "cvm", identities: [id] }]));
   assert.ok(!refused.matched && refused.reasons[0]!.includes("debug"));
   assert.equal(
@@ -190,6 +195,9 @@ test("real SNP vectors: MEASUREMENT (+HOST_DATA); the debug-policy report is ref
     true,
   );
 });
+
+/** report_milan.hex's REPORTED_TCB (MANIFEST.md), as a minimum it meets. */
+const MILAN_TCB = { bootloader: 3, tee: 0, snp: 8, microcode: 115 };
 
 function certOf(rel: string): Cert {
   return Cert.from(vector(rel));

@@ -164,7 +164,7 @@ for (const format of ["tcg-dice", "gramine-legacy"] as const) {
       mrsigner: SIGNER,
       reportData: raTlsReportData(spki, format),
     });
-    const { cert } = await createRaTlsCert({ keys, evidence: quote, format });
+    const { cert } = await createRaTlsCert({ keys, evidence: quote, format, notBefore: NOW });
     const opts = { at: AT, collateral: collateralFromBundle(s.collateral), extraRoots: [s.root] };
     const v = verifyRaTlsCert(cert, opts);
     assert.equal(v.verified, true, v.reason);

@@ -246,7 +246,13 @@ describe("the SEV-SNP certificate table (configfs-tsm auxblob)", () => {
 
 describe("RA-TLS with SEV-SNP evidence", () => {
   const apps = (id: Partial<AppSpec["identities"][0]>): AppSpec[] => [
-    { name: "snp-app", identities: [{ measurement: MEASUREMENT, ...id }] },
+    // The sim's TCB (sim-snp.ts) as the minimum: met.
+    {
+      name: "snp-app",
+      identities: [
+        { measurement: MEASUREMENT, minTcb: { bootloader: 3, tee: 0, snp: 8, microcode: 115 }, ...id },
+      ],
+    },
   ];
 
   test("a certificate made from a report and its certificate table verifies, and the identity policy matches", async () => {

@@ -274,3 +274,105 @@ firewall: { exportSets: ["ip filter"] }
   ]);
   assert.doesNotMatch(script, /delete set ip filter|delete set inet other/);
 });
+
+test("the gateway host: to: gateway rules go to the input chain only; default drop, counted; dns; explain agrees", () => {
+  const c = parseConfig(
+    BASE.replace("tun: { address: 100.64.0.1/32 }", "tun: { address: 100.64.0.1/32 }\ndns: [100.64.0.1]") +
+      APPS +
+      `pool: 100.64.128.0/24
+policy:
+  default: allow
+  rules:
+    - { from: browser, to: gateway, proto: tcp, ports: [9443], action: allow }
+    - { from: category:web, to: gateway, proto: icmp, action: allow }
+    - { from: category:web, to: any, proto: tcp, action: allow }
+`,
+    "gw.yaml",
+  );
+  const s = renderScript(c.model);
+  assert.match(s, /add chain inet seng input \{ type filter hook input priority filter; policy accept; \}/);
+  assert.match(s, /add rule inet seng input iifname "seng0" jump gateway\n/);
+  const gw = s.split("\n").filter((l) => l.startsWith("add rule inet seng gateway "));
+  assert.deepEqual(
+    gw.map((l) => l.slice("add rule inet seng gateway ".length)),
+    [
+      "ct state established,related accept",
+      'ip daddr 100.64.0.1 udp dport 53 counter accept comment "dns"',
+      'ip daddr 100.64.0.1 tcp dport 53 counter accept comment "dns"',
+      'ip saddr @seng_app_browser tcp dport 9443 counter accept comment "policy.rules[0]"',
+      'ip6 saddr @seng_app6_browser tcp dport 9443 counter accept comment "policy.rules[0]"',
+      'ip saddr @seng_cat_web meta l4proto icmp counter accept comment "policy.rules[1]"',
+      'ip6 saddr @seng_cat6_web meta l4proto ipv6-icmp counter accept comment "policy.rules[1]"',
+      // policy.default is allow for forwarded traffic; the gateway host is still default deny.
+      'counter name "seng_gateway_default" drop comment "gateway.default"',
+    ],
+  );
+  const fwd = s.split("\n").filter((l) => l.startsWith("add rule inet seng rules "));
+  assert.ok(
+    !fwd.some((l) => /rules\[[01]\]/.test(l)),
+    `to: gateway rules are not forward rules:\n${fwd.join("\n")}`,
+  );
+  // Without a policy section the gateway host is filtered all the same.
+  const bare = renderScript(cfg("pool: 100.64.128.0/24\n").model);
+  assert.match(bare, /add rule inet seng gateway counter name "seng_gateway_default" drop/);
+  assert.ok(!/ dport 53 /.test(bare), "no DNS rule when the leases do not name the gateway as DNS server");
+
+  const live = new Map([
+    ["100.64.1.5", "browser"],
+    ["100.64.128.9", "mail"],
+  ]);
+  const local = new Set(["198.18.2.1"]);
+  const table: [string, string, string, string, string][] = [
+    ["100.64.1.5", "198.18.2.1", "tcp/9443", "accept", "policy.rules[0]"],
+    ["100.64.1.5", "gateway", "tcp/9443", "accept", "policy.rules[0]"],
+    ["100.64.128.9", "198.18.2.1", "tcp/9443", "drop", "gateway.default"],
+    // `to: any` does not reach the gateway host: rules[2] would allow it if it were forwarded.
+    ["100.64.1.5", "198.18.2.1", "tcp/22", "drop", "gateway.default"],
+    ["100.64.1.5", "198.18.2.9", "tcp/22", "accept", "policy.rules[2]"],
+    ["100.64.128.9", "100.64.0.1", "icmp", "accept", "policy.rules[1]"],
+    ["100.64.128.9", "100.64.0.1", "udp/53", "accept", "dns"],
+    ["100.64.128.9", "198.18.2.1", "udp/53", "drop", "gateway.default"],
+    // Not from a tunnel (the LAN, say) to the gateway host, or from the gateway host: not SENG's table.
+    ["10.1.1.1", "198.18.2.1", "tcp/22", "accept", "none"],
+    ["198.18.2.1", "100.64.1.5", "tcp/22", "accept", "none"],
+  ];
+  for (const [from, to, svc, verdict, by] of table) {
+    const r = explain(
+      c.model,
+      { from, to, ...parseService(svc) },
+      (a) => live.get(a),
+      (a) => local.has(a),
+    );
+    assert.deepEqual(
+      [r.verdict, r.decidedBy],
+      [verdict, by],
+      `${from} → ${to} ${svc}: ${r.trace.join("; ")}`,
+    );
+  }
+
+  const bad: [string, RegExp][] = [
+    [
+      "policy: { rules: [{ from: gateway, to: browser, action: allow }] }\n",
+      /gw\.yaml: policy\.rules\[0\]\.from: gateway is only a destination/,
+    ],
+    [
+      "policy: { sets: { gateway: [10.0.0.1] } }\n",
+      /gw\.yaml: policy\.sets\.gateway: gateway is reserved for the gateway host/,
+    ],
+    [
+      "firewall: { unshielded: { drop: true, interfaces: [lan0], allow: [{ to: gateway }] } }\n",
+      /gw\.yaml: firewall\.unshielded\.allow\[0\]\.to: expected an address, CIDR or set/,
+    ],
+  ];
+  for (const [extra, re] of bad)
+    assert.throws(
+      () => cfg("pool: 100.64.128.0/24\n" + extra),
+      (e: Error) => e instanceof ConfigError && re.test(e.message),
+      extra,
+    );
+  assert.throws(
+    () => cfg("pool: 100.64.128.0/24\n", APPS.replace("name: mail", "name: gateway")),
+    (e: Error) =>
+      e instanceof ConfigError && /gw\.yaml: apps\[1\]\.name: gateway is reserved/.test(e.message),
+  );
+});

@@ -18,7 +18,15 @@ describe("a simulated SEV-SNP VM through the gateway", { concurrency: false }, (
   before(async () => {
     lab = await Lab.create({
       clients: 1,
-      apps: [{ name: "cvm", subnet: "100.64.3.0/24", identities: [{ measurement: VM, hostData: HOST }] }],
+      apps: [
+        {
+          name: "cvm",
+          subnet: "100.64.3.0/24",
+          identities: [
+            { measurement: VM, hostData: HOST, minTcb: { bootloader: 3, tee: 0, snp: 8, microcode: 115 } },
+          ],
+        },
+      ],
     });
     await lab.startGateway();
   });

@@ -1,7 +1,7 @@
 /** Gateway building blocks without the network: IP checks, rate limiting, config validation, leases. */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
+import { chmodSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { checkTunnelPacket, intToIp, ipToInt, parseCidr } from "../../src/packet/ip.js";
@@ -162,4 +162,41 @@ test("leases: the database refuses two live leases of one address", () => {
     /UNIQUE/,
   );
   s.close();
+});
+
+test("state files: seng.db, -wal and -shm are created 0600 whatever the umask; too-open files are fixed at start", () => {
+  const dir = mkdtempSync(join(tmpdir(), "seng-modes-"));
+  const old = process.umask(0o022); // the common default, under which SQLite alone makes 0644 files
+  try {
+    const db = join(dir, "seng.db");
+    const apps = [{ name: "a", subnet: "100.64.1.0/30" }];
+    const mode = (f: string) => (statSync(f).mode & 0o777).toString(8);
+    let s = new LeaseStore(db, apps);
+    s.acquire("a", "key1", "m", "198.18.1.2:1", 1000, 5000); // writes to the WAL
+    for (const f of [db, `${db}-wal`, `${db}-shm`]) assert.equal(mode(f), "600", f);
+    assert.deepEqual(s.fixedModes, [], "nothing to fix in a fresh database");
+    s.close();
+    // A database left world-readable (by an older gateway, or a copy): every file of it is made 0600 at start.
+    chmodSync(db, 0o644);
+    writeFileSync(`${db}-wal`, "", { mode: 0o644 });
+    chmodSync(`${db}-wal`, 0o644);
+    s = new LeaseStore(db, apps);
+    assert.deepEqual(
+      s.fixedModes.map((f) => [f.file, f.mode]),
+      [
+        [db, "644"],
+        [`${db}-wal`, "644"],
+      ],
+    );
+    for (const f of [db, `${db}-wal`, `${db}-shm`]) assert.equal(mode(f), "600", f);
+    assert.equal(s.acquire("a", "key1", "m", "p", 2000, 6000)!.resumed, true, "the leases are still there");
+    s.close();
+    assert.throws(
+      () => new LeaseStore(join(dir, "missing", "seng.db"), apps),
+      /^Error: database: .*missing\/seng\.db: cannot create it \(ENOENT\)$/,
+    );
+  } finally {
+    process.umask(old);
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -160,8 +160,12 @@ test("tsm (sev_guest): the VCEK from the auxblob travels in the RA-TLS certifica
   assert.equal(v.verified, true, v.reason);
   assert.equal(v.claims!.snp!.measurement, MEASUREMENT);
   assert.equal(
-    matchApp(v, [{ name: "vm", identities: [{ measurement: MEASUREMENT, hostData: "d4".repeat(32) }] }])
-      .matched,
+    matchApp(v, [
+      {
+        name: "vm",
+        identities: [{ measurement: MEASUREMENT, hostData: "d4".repeat(32), minTcb: { snp: 8 } }],
+      },
+    ]).matched,
     true,
   );
   assert.equal(verifyRaTlsCert(cert).code, "untrusted_root", "not without the simulated ARK configured");

@@ -6,7 +6,7 @@
 import type { Claims, SnpProduct, SnpTcb } from "../claims.js";
 import { derInt, derParse, derValue } from "../der.js";
 import { AttestError } from "../errors.js";
-import { Cert, check, isSignedBy, verifyChain, verifySignature } from "../x509.js";
+import { Cert, check, checkCrl, isSignedBy, verifyChain, verifySignature, type Crl } from "../x509.js";
 import { decodeTcb, snpClaims, type SnpReport } from "./report.js";
 import { amdRoots, type AmdRoot } from "./roots.js";
 
@@ -48,6 +48,13 @@ export interface SnpVerifyOptions {
    * built in are marked `simulated`.
    */
   roots?: readonly AmdRoot[];
+  /**
+   * CRLs from the collateral. Those an ARK issued (AMD KDS `/vcek/v1/{product}/crl`) are checked against the
+   * ASK/ASVK; once any ARK's CRL is given, the chain's own ARK must have one too.
+   */
+  crls?: readonly Crl[];
+  /** Receives non-fatal observations (e.g. that revocation was not checked). */
+  warnings?: string[];
 }
 
 /**
@@ -58,7 +65,9 @@ export interface SnpVerifyOptions {
 export function verifySnp(report: SnpReport, opts: SnpVerifyOptions): Claims {
   if (!opts.vcek)
     throw new AttestError("vcek_missing", "no VCEK or VLEK certificate was supplied for the SNP report");
-  const chain = verifyAmdChain(opts.vcek, opts, opts.roots);
+  const roots = opts.roots ?? amdRoots();
+  const chain = verifyAmdChain(opts.vcek, opts, roots);
+  checkAmdRevocation(chain, opts.crls ?? [], roots, opts.at, opts.warnings);
   const claims = checkSnpReport(report, opts.vcek, chain);
   if (!amdRoots().some((r) => r.ark === chain.ark)) claims.simulated = true;
   return claims;
@@ -138,6 +147,41 @@ export function verifyAmdChain(
     );
   }
   return { product, kind, issuer, ark };
+}
+
+/**
+ * Revocation of the ASK/ASVK by its ARK's CRL (AMD KDS; VCEKs and VLEKs have no CRL). As with Intel's PCK chain:
+ * when any ARK's CRL is supplied, the chain's own ARK must have supplied one, or the chain cannot be checked and is
+ * refused (`collateral_mismatch`); with no AMD CRL at all, revocation is not checked and a warning says so. A CRL
+ * that is not signed by the ARK is `crl_invalid`, an outdated one `crl_expired`, a listed ASK `cert_revoked`.
+ */
+export function checkAmdRevocation(
+  chain: AmdChain,
+  crls: readonly Crl[],
+  roots: readonly AmdRoot[],
+  at: Date,
+  warnings?: string[],
+): void {
+  const amdCrls = crls.filter((c) => roots.some((r) => c.issuerDer.equals(r.ark.subjectDer)));
+  const own = amdCrls.filter((c) => c.issuerDer.equals(chain.ark.subjectDer));
+  const what = chain.kind === "vcek" ? "ASK" : "ASVK";
+  if (own.length === 0) {
+    check(
+      amdCrls.length === 0,
+      "collateral_mismatch",
+      `the collateral has AMD CRLs but none from ARK-${chain.product}, so the ${what} cannot be checked for revocation`,
+    );
+    warnings?.push(`no AMD CRL given: ${what} revocation not checked`);
+    return;
+  }
+  for (const crl of own) {
+    checkCrl(crl, chain.ark, at, `CRL of ARK-${chain.product}`);
+    check(
+      !crl.revoked.has(chain.issuer.serial.toString("hex")),
+      "cert_revoked",
+      `${what} "${chain.issuer.subject}" (serial ${chain.issuer.serial.toString("hex")}) is revoked by ARK-${chain.product}'s CRL`,
+    );
+  }
 }
 
 /**

@@ -9,7 +9,6 @@
  */
 import type { SgxClaims, TdxClaims } from "../claims.js";
 import { need } from "../errors.js";
-import { isZeroTail } from "../input.js";
 
 export const INTEL_QE_VENDOR_ID = "939a7233f79c4ca9940a0db3957f0607";
 export const HEADER_LEN = 48;
@@ -25,8 +24,14 @@ export const CERT_QE_REPORT = 6;
 export type BodyType = "sgx" | "td10" | "td15";
 
 export interface Quote {
-  /** The quote without trailing padding. */
+  /** The quote without trailing bytes. */
   readonly raw: Buffer;
+  /**
+   * Bytes after the quote's end (after the signature data the length field delimits): padding, or data a transport
+   * appended. The signature does not cover them and nothing reads them; the verifier warns when they are not all
+   * zero (go-tdx-guest keeps them apart as "extra bytes", dcap-qvl ignores them).
+   */
+  readonly extraBytes: Buffer;
   readonly version: 3 | 4 | 5;
   readonly akType: number;
   readonly teeType: number;
@@ -79,7 +84,10 @@ export function looksLikeQuote(buf: Buffer): boolean {
   return v >= 3 && v <= 5 && (ak === 2 || ak === 3);
 }
 
-/** Parses a DCAP quote. Trailing zero bytes are tolerated; anything else after the quote is malformed. */
+/**
+ * Parses a DCAP quote. Bytes after its end are kept apart in `extraBytes` (not covered by the signature); a length
+ * field that points past the end of the input is malformed.
+ */
 export function parseQuote(input: Buffer): Quote {
   const r = new Reader(input);
   const header = r.take(HEADER_LEN, "header");
@@ -125,7 +133,6 @@ export function parseQuote(input: Buffer): Quote {
   const sigStart = r.pos;
   const sigData = new Reader(r.take(sigLen, "signature data"));
   const end = r.pos;
-  need(isZeroTail(input, end), `quote has ${input.length - end} unexpected non-zero bytes after its end`);
 
   const signature = sigData.take(64, "quote signature");
   const attestKey = sigData.take(64, "attestation key");
@@ -152,6 +159,7 @@ export function parseQuote(input: Buffer): Quote {
 
   return {
     raw: input.subarray(0, end),
+    extraBytes: input.subarray(end),
     version,
     akType,
     teeType,

@@ -6,7 +6,8 @@
  *   3. QE REPORT_DATA = SHA-256(attestation key ‖ QE authentication data) ‖ zeros
  *   4. quote (header ‖ body) signed by the attestation key
  *   with collateral:
- *   5. TCB info and QE identity: signed (over their exact bytes) by a TCB signing chain to the root, fresh
+ *   5. TCB info and QE identity: signed (over their exact bytes) by the TCB Signing certificate of the PCK chain's
+ *      own root, fresh
  *   6. TCB info matches the PCK's FMSPC and PCE-ID and the quote's TEE
  *   7. QE report matches the QE identity (MRSIGNER, ISVPRODID, masked MISCSELECT and ATTRIBUTES)
  *   8. TDX: module identity (MRSIGNERSEAM, SEAM attributes) by TEE_TCB_SVN[1]
@@ -15,6 +16,7 @@
 import { createHash, createPublicKey, type KeyObject } from "node:crypto";
 import type { Claims, TcbStatus } from "../claims.js";
 import { AttestError } from "../errors.js";
+import { isZeroTail } from "../input.js";
 import { Cert, check, isSignedBy, verifyChain, verifySignature, type Crl } from "../x509.js";
 import { signedJsonOk, type Collateral, type SignedJson } from "./collateral.js";
 import { pckExtensions } from "./pck.js";
@@ -126,26 +128,30 @@ function pckChainOf(q: Quote, opts: IntelVerifyOptions): Cert[] {
   return [...opts.pckChain!];
 }
 
-/** Finds the chain of issuers for `leaf` among `pool` (leaf first, not including roots). */
-function buildChain(leaf: Cert, pool: readonly Cert[], roots: readonly Cert[]): Cert[] {
-  const chain = [leaf];
-  for (let cur = leaf; chain.length < 6;) {
-    if (roots.some((r) => r.der.equals(cur.der) || isSignedBy(cur, r))) break;
-    const next = pool.find((c) => c !== cur && !c.der.equals(cur.der) && isSignedBy(cur, c));
-    if (!next) break;
-    chain.push(next);
-    cur = next;
-  }
-  return chain;
+/** Subject CN of Intel's TCB Signing certificate (Intel's QVL: TCBSigningChain), issued directly by the root. */
+export const TCB_SIGNING_CN = "Intel SGX TCB Signing";
+/** The simulated TEE's TCB signing certificate (src/attest/sim.ts): accepted under a configured root only. */
+export const SIM_TCB_SIGNING_CN = "SENG Simulated TCB Signing";
+
+function nameAttr(name: string, key: string): string | undefined {
+  return new RegExp(`^${key}=(.*)$`, "m").exec(name)?.[1];
 }
 
-/** Verifies a signed collateral document: signer chain to a trusted root, signature over exact bytes, freshness. */
+/**
+ * Verifies a signed collateral document as Intel's QVL does: the signer must be a TCB Signing certificate (by its
+ * subject, not a CA) issued directly by `root`, the very root the PCK chain ended in, valid and not revoked; its
+ * signature must cover the exact bytes; and the document must be fresh. Any other certificate that chains to a
+ * trusted root (a PCK leaf, a PCK CA, a configured test root's signer) cannot vouch for TCB levels or QE identities,
+ * and collateral under one root never applies to evidence under another (a test root cannot sign production
+ * collateral, so it cannot lift a real, out-of-date platform to UpToDate).
+ */
 function checkSigned(
   doc: SignedJson,
   what: string,
   col: Collateral,
   opts: IntelVerifyOptions,
   crls: readonly Crl[],
+  root: Cert,
 ): void {
   const pool = [...doc.chain, ...col.certs];
   const signer = doc.chain[0] ?? pool.find((c) => signedJsonOk(doc, c));
@@ -159,8 +165,25 @@ function checkSigned(
     "collateral_signature_invalid",
     `${what} (${doc.source}): signature does not verify`,
   );
-  verifyChain(buildChain(signer!, pool, opts.roots), {
-    roots: opts.roots,
+  const production = opts.productionRoots.has(root.fingerprint);
+  const cn = nameAttr(signer!.x509.subject, "CN");
+  const roleOk =
+    !signer!.x509.ca &&
+    (production
+      ? cn === TCB_SIGNING_CN && nameAttr(signer!.x509.subject, "O") === "Intel Corporation"
+      : cn === TCB_SIGNING_CN || cn === SIM_TCB_SIGNING_CN);
+  check(
+    roleOk,
+    "collateral_signature_invalid",
+    `${what} (${doc.source}) is signed by "${signer!.subject}", which is not a TCB Signing certificate (CN=${TCB_SIGNING_CN})`,
+  );
+  check(
+    isSignedBy(signer!, root),
+    "collateral_signature_invalid",
+    `${what} (${doc.source}): its TCB Signing certificate is not issued by "${root.subject}", the root of the quote's PCK chain (collateral must come from the quote's own root)`,
+  );
+  verifyChain([signer!], {
+    roots: [root],
     at: opts.at,
     crls,
     requireCrls: crls.length > 0,
@@ -229,6 +252,11 @@ export function verifyQuote(q: Quote, claims: Claims, opts: IntelVerifyOptions):
     );
   }
   if (crls.length === 0) warnings.push("no CRLs given: PCK certificate revocation not checked");
+  if (!isZeroTail(q.extraBytes, 0)) {
+    warnings.push(
+      `${q.extraBytes.length} bytes after the quote's end were ignored (not covered by its signature)`,
+    );
+  }
 
   // 2-4. QE report, its binding of the attestation key, the quote signature.
   check(
@@ -264,7 +292,7 @@ export function verifyQuote(q: Quote, claims: Claims, opts: IntelVerifyOptions):
     "collateral_mismatch",
     `collateral has no ${tcbId} TCB info for FMSPC ${ext.fmspc} (has: ${col.tcbInfos.map((t) => `${t.id}/${t.fmspc}`).join(", ") || "none"})`,
   );
-  checkSigned(info!, "TCB info", col, opts, crls);
+  checkSigned(info!, "TCB info", col, opts, crls, root);
   check(
     info!.pceId === ext.pceid,
     "collateral_mismatch",
@@ -282,7 +310,7 @@ export function verifyQuote(q: Quote, claims: Claims, opts: IntelVerifyOptions):
   if (!identity) {
     warnings.push(`no ${qeId} identity in the collateral: the quoting enclave's identity was not checked`);
   } else {
-    checkSigned(identity, "QE identity", col, opts, crls);
+    checkSigned(identity, "QE identity", col, opts, crls, root);
     const r = q.qeReport;
     check(
       r.subarray(SGX.mrsigner, SGX.mrsigner + 32).equals(identity.mrsigner),
