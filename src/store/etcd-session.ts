@@ -58,6 +58,11 @@ export class EtcdSession {
       throw new Error(`gateway id '${o.gatewayId}': expected 1-64 letters, digits, '.', '_' or '-'`);
     if (!Number.isInteger(o.ttlSeconds) || o.ttlSeconds < 1)
       throw new Error(`etcd lease TTL ${o.ttlSeconds}: expected a whole number of seconds ≥ 1`);
+    // Keepalives go every TTL/3: a margin past 2/3 of the TTL would fence a healthy gateway between two of them.
+    if (!(o.fenceMarginMs >= 0 && o.fenceMarginMs < (o.ttlSeconds * 2000) / 3))
+      throw new Error(
+        `fence margin ${o.fenceMarginMs} ms: expected at least 0 and less than 2/3 of the TTL (${o.ttlSeconds} s)`,
+      );
     const client = new Etcd3({
       hosts: o.hosts,
       dialTimeout: o.callTimeoutMs,

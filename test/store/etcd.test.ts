@@ -157,6 +157,10 @@ test("etcd store: bad options and an unreachable etcd are clear errors", async (
     /TTL 0\.5: expected/,
   );
   await assert.rejects(
+    EtcdStore.open({ ...options("/x/", "gw1"), apps: [], ttlSeconds: 3, fenceMarginMs: 2000 }),
+    /fence margin 2000 ms: expected at least 0 and less than 2\/3 of the TTL \(3 s\)/,
+  );
+  await assert.rejects(
     EtcdStore.open({ ...options("/x/", "gw1"), apps: [], hosts: ["http://127.0.0.1:1"], callTimeoutMs: 500 }),
     /^Error: etcd at http:\/\/127\.0\.0\.1:1: /,
   );
