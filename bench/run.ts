@@ -1,11 +1,13 @@
 /**
- * `npm run bench [-- --quick] [-- --json] [-- --only=attest,gateway,flood,runtime,firewall]`: runs every benchmark (the
- * gateway, runtime and firewall ones need root, iperf3, openvpn, wrk and nft) and prints one JSON object of named figures
- * (with --json) or a readable table. Figures and the machine they were taken on go to docs/BENCHMARKS.md.
+ * `npm run bench [-- --quick] [-- --json] [-- --only=attest,gateway,flood,runtime,firewall,cluster]`: runs every
+ * benchmark (the gateway, runtime and firewall ones need root, iperf3, openvpn, wrk and nft; the cluster one Debian's
+ * etcd-server) and prints one JSON object of named figures (with --json) or a readable table. Figures and the machine
+ * they were taken on go to docs/BENCHMARKS.md.
  */
 import { cpus } from "node:os";
 import { resolve } from "node:path";
 import { benchAttest } from "./attest.js";
+import { benchCluster } from "./cluster.js";
 import { benchFirewall } from "./firewall.js";
 import { benchFlood } from "./flood.js";
 import { benchGateway } from "./gateway.js";
@@ -36,6 +38,7 @@ if (gatewayParts.size) Object.assign(figures, await benchGateway(quick, gatewayP
 if (want("flood")) Object.assign(figures, await benchFlood(quick));
 if (want("runtime")) Object.assign(figures, await benchRuntime(quick));
 if (want("firewall")) Object.assign(figures, await benchFirewall(quick));
+if (want("cluster")) Object.assign(figures, await benchCluster(quick));
 
 if (json) {
   process.stdout.write(JSON.stringify(figures) + "\n");
