@@ -74,20 +74,27 @@ test("seng policy check prints the mrtd-only warning on stderr and still exits 0
   const dir = mkdtempSync(join(tmpdir(), "seng-attest-config-"));
   try {
     const file = join(dir, "gateway.yaml");
-    writeFileSync(file, config(`[{ mrtd: ${MRTD} }]`));
-    const r = spawnSync(
-      process.execPath,
-      ["--import", "tsx", join(ROOT, "src/cli/main.ts"), "policy", "check", file],
-      {
-        cwd: ROOT,
-        encoding: "utf8",
-      },
+    // policy check also checks the files the gateway needs at start: a real key pair next to the config.
+    const cli = ["--import", "tsx", join(ROOT, "src/cli/main.ts")];
+    assert.equal(
+      spawnSync(process.execPath, [...cli, "gateway", "keygen", "--dir", dir], { cwd: ROOT }).status,
+      0,
     );
+    writeFileSync(
+      file,
+      config(`[{ mrtd: ${MRTD} }]`)
+        .replace("gw.pem", join(dir, "gateway.pem"))
+        .replace("gw.key", join(dir, "gateway.key")),
+    );
+    const r = spawnSync(process.execPath, [...cli, "policy", "check", "--config", file], {
+      cwd: ROOT,
+      encoding: "utf8",
+    });
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stdout, /: ok: 1 apps/);
     assert.match(
       r.stderr,
-      /^warning: .*gateway\.yaml: apps\[0\]\.identities\[0\]: an mrtd identity without rtmr1-rtmr3/m,
+      /^seng: warning: .*gateway\.yaml: apps\[0\]\.identities\[0\]: an mrtd identity without rtmr1-rtmr3/m,
     );
     assert.match(r.stderr, /pin rtmr1 and rtmr2/);
   } finally {

@@ -111,6 +111,6 @@ test("the preload refuses to start the app on a Node it does not support", () =>
   assert.doesNotMatch(r.stdout, /APP RAN/);
   assert.match(
     r.stderr,
-    /^SENG: Node v20\.\d+\.\d+ is not supported .*_emitCloseIfDrained.*; the app is not started$/m,
+    /^seng: Node v20\.\d+\.\d+ is not supported .*_emitCloseIfDrained.*; the app is not started$/m,
   );
 });
