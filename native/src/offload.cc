@@ -324,7 +324,8 @@ const std::vector<PlannedWrite>& Coalescer::Plan(const uint8_t* const* data, con
       const uint8_t* ft = f + g.iphl;
       // Everything but lengths, IDs, sequence numbers, PSH and checksums must be what one TSO write would
       // reproduce: the kernel copies the first header to every segment.
-      bool ok = g.thl == c.thl && seq == g.nextSeq && payload <= g.gso && g.count < kMaxMerge &&
+      // Byte 12 is the data offset and the reserved bits (AE among them): all of it must match, not only thl.
+      bool ok = tcp[12] == ft[12] && seq == g.nextSeq && payload <= g.gso && g.count < kMaxMerge &&
                 g.bytes + payload <= kMaxIpPacket && memcmp(tcp + 8, ft + 8, 4) == 0 /* ack */ &&
                 memcmp(tcp + 14, ft + 14, 2) == 0 /* window */ && memcmp(tcp + 18, ft + 18, 2) == 0 /* urg ptr */ &&
                 memcmp(tcp + 20, ft + 20, c.thl - 20) == 0 /* options */;
