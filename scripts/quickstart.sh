@@ -15,7 +15,7 @@ case "$what" in
 esac
 
 # Debian packages the project needs (tests and demo). Installed only when missing.
-APT_PACKAGES=(python3 make g++ iproute2 iputils-ping procps curl liblwip-dev nftables conntrack chromium)
+APT_PACKAGES=(python3 make g++ clang iproute2 iputils-ping procps curl liblwip-dev nftables conntrack chromium)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

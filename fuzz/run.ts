@@ -1,0 +1,113 @@
+/**
+ * The fuzzing campaign's entry point (see fuzz/README.md).
+ *
+ *   npm run fuzz                      short run: every target for a few seconds, saved regressions replayed
+ *   npm run fuzz -- --long            long run: 1,000,000 inputs per target, findings saved to fuzz/regressions/
+ *   options: --runs N  --seed N  --target a,b  --no-native  --no-ts  --seconds S (native short run)
+ *
+ * Exit status: 0 when no target found anything, 1 otherwise, 2 for a usage error.
+ */
+import { spawnSync } from "node:child_process";
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { TARGETS, NATIVE_TARGETS } from "./targets/index.js";
+import { fuzz, replayRegressions } from "./lib/engine.js";
+import { buildNative, haveClang, runNative } from "./lib/native.js";
+import { moduleCoverage } from "./lib/coverage.js";
+import { ROOT, VECTORS } from "./lib/seeds.js";
+
+let args;
+try {
+  args = parseArgs({
+    options: {
+      long: { type: "boolean", default: false },
+      runs: { type: "string" },
+      seed: { type: "string", default: "1" },
+      target: { type: "string" },
+      "no-native": { type: "boolean", default: false },
+      "no-ts": { type: "boolean", default: false },
+      seconds: { type: "string", default: "3" },
+    },
+  }).values;
+} catch (e) {
+  console.error(`fuzz: ${(e as Error).message}`);
+  process.exit(2);
+}
+const long = args.long;
+const runs = Number(args.runs ?? (long ? 1_000_000 : 2000));
+const seed = Number(args.seed);
+const only = args.target?.split(",");
+if (!Number.isInteger(runs) || runs < 1 || !Number.isInteger(seed)) {
+  console.error("fuzz: --runs and --seed must be integers");
+  process.exit(2);
+}
+const want = (name: string): boolean => !only || only.includes(name);
+const OUT = join(ROOT, "fuzz/out");
+mkdirSync(OUT, { recursive: true });
+if (!VECTORS)
+  console.error("fuzz: attestation vectors not found (set SENG_VECTORS); seeds are synthetic only");
+
+const summary: Record<string, unknown>[] = [];
+let failed = false;
+
+if (!args["no-ts"]) {
+  for (const t of TARGETS.filter((x) => want(x.name))) {
+    if (!long) {
+      await t.prepare?.();
+      const replay = replayRegressions(t);
+      const s = fuzz(t, { runs, seed });
+      const findings = [...replay, ...s.findings];
+      console.log(`${t.name}: ${s.inputs} inputs in ${s.ms} ms, ${findings.length} findings`);
+      for (const f of findings) console.log(`  ${f.file ?? "new input"}: ${f.message.split("\n")[0]}`);
+      failed ||= findings.length > 0;
+      continue;
+    }
+    // Long: a child process per target, with V8 coverage and a hang watchdog.
+    const cov = join(OUT, "coverage", t.name);
+    rmSync(cov, { recursive: true, force: true });
+    const result = join(OUT, `${t.name}.json`);
+    rmSync(result, { force: true });
+    const r = spawnSync(
+      process.execPath,
+      ["--import", "tsx", join(ROOT, "fuzz/lib/child.ts"), t.name, String(runs), String(seed), result],
+      { stdio: ["ignore", "inherit", "inherit"], env: { ...process.env, NODE_V8_COVERAGE: cov } },
+    );
+    let res: Record<string, unknown>;
+    try {
+      res = JSON.parse(readFileSync(result, "utf8")) as Record<string, unknown>;
+    } catch {
+      res = { target: t.name, error: `child exited with ${r.status ?? r.signal}` };
+    }
+    res.coverage = moduleCoverage(cov, t.modules);
+    summary.push(res);
+    console.log(JSON.stringify(res));
+    failed ||= !!res.error || (res.findings as unknown[] | undefined)?.length !== 0;
+  }
+}
+
+if (!args["no-native"]) {
+  if (!haveClang()) {
+    console.error("fuzz: clang++ not found: native harnesses skipped (apt-get install clang)");
+    failed = true;
+  } else {
+    buildNative();
+    for (const t of NATIVE_TARGETS.filter(want)) {
+      const r = runNative(t, { long, runs, seconds: Number(args.seconds) });
+      const { output, ...rest } = r;
+      console.log(`${t}: ${JSON.stringify(rest)}`);
+      if (!r.ok)
+        console.log(
+          output
+            .split("\n")
+            .filter((l) => /violated|ERROR|SUMMARY|artifact/.test(l))
+            .join("\n"),
+        );
+      summary.push({ ...rest, native: true });
+      failed ||= !r.ok;
+    }
+  }
+}
+
+if (long) writeFileSync(join(OUT, "summary.json"), JSON.stringify(summary, null, 2));
+process.exit(failed ? 1 : 0);
