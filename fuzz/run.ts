@@ -4,6 +4,7 @@
  *   npm run fuzz                      short run: every target for a few seconds, saved regressions replayed
  *   npm run fuzz -- --long            long run: 1,000,000 inputs per target, findings saved to fuzz/regressions/
  *   options: --runs N  --seed N  --target a,b  --no-native  --no-ts  --seconds S (native short run)
+ *            --no-build (use the native harnesses as built)
  *
  * Exit status: 0 when no target found anything, 1 otherwise, 2 for a usage error.
  */
@@ -28,6 +29,7 @@ try {
       "no-native": { type: "boolean", default: false },
       "no-ts": { type: "boolean", default: false },
       seconds: { type: "string", default: "3" },
+      "no-build": { type: "boolean", default: false },
     },
   }).values;
 } catch (e) {
@@ -91,7 +93,7 @@ if (!args["no-native"]) {
     console.error("fuzz: clang++ not found: native harnesses skipped (apt-get install clang)");
     failed = true;
   } else {
-    buildNative();
+    if (!args["no-build"]) buildNative();
     for (const t of NATIVE_TARGETS.filter(want)) {
       const r = runNative(t, { long, runs, seconds: Number(args.seconds) });
       const { output, ...rest } = r;
