@@ -38,6 +38,7 @@ if (isMainThread) {
   const hangS = Number(hang ?? 20);
   const timer = setInterval(() => {
     const n = Atomics.load(meta, 0);
+    if (n === 0) return; // still starting: loading modules and preparing seeds is not an input
     if (n !== last) {
       last = n;
       still = 0;
@@ -48,11 +49,11 @@ if (isMainThread) {
     const input = Buffer.from(new Uint8Array(shared, 8, len));
     const file = saveFinding(target!, {
       kind: "hang",
-      message: `no result after ${hangS} s (input ${n})`,
+      message: `no result after ${hangS} s (input ${n - 1})`,
       input,
     });
     writeFileSync(out!, JSON.stringify({ target, inputs: n, hang: file, findings: [file] }));
-    console.error(`${target}: hang at input ${n}, saved ${file}`);
+    console.error(`${target}: hang at input ${n - 1}, saved ${file}`);
     clearInterval(timer);
     void worker.terminate().then(() => process.exit(3));
   }, 1000);

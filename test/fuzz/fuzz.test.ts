@@ -19,40 +19,48 @@ const show = (fs: Finding[]): string =>
   fs.map((f) => `${f.file ?? `input ${f.input.toString("base64")}`}\n${f.message}`).join("\n\n");
 
 for (const t of TARGETS) {
-  test(`fuzz ${t.name}: regressions and ${RUNS} inputs (seed ${SEED}) keep the error contract`, async () => {
-    await t.prepare?.();
-    const replayed = replayRegressions(t);
-    assert.deepEqual(replayed, [], `saved regressions fail again:\n${show(replayed)}`);
-    const { findings, inputs } = fuzz(t, { runs: RUNS, seed: SEED });
-    assert.equal(
-      findings.length,
-      0,
-      `${t.name} broke its contract (rerun: npm run fuzz -- --target ${t.name} --seed ${SEED}):\n${show(findings)}`,
-    );
-    assert.equal(inputs, RUNS);
-  });
+  test(
+    `fuzz ${t.name}: regressions and ${RUNS} inputs (seed ${SEED}) keep the error contract`,
+    { timeout: 300_000 },
+    async () => {
+      await t.prepare?.();
+      const replayed = replayRegressions(t);
+      assert.deepEqual(replayed, [], `saved regressions fail again:\n${show(replayed)}`);
+      const { findings, inputs } = fuzz(t, { runs: RUNS, seed: SEED });
+      assert.equal(
+        findings.length,
+        0,
+        `${t.name} broke its contract (rerun: npm run fuzz -- --target ${t.name} --seed ${SEED}):\n${show(findings)}`,
+      );
+      assert.equal(inputs, RUNS);
+    },
+  );
 }
 
 test("rawJsonMember returns exactly the member's JSON text (objects and lists)", () => {
   assert.equal(rawJsonMemberRoundTrip(RUNS, SEED), undefined);
 });
 
-test("native offload harnesses (libFuzzer + ASan + UBSan): regressions and a few seconds each", (t) => {
-  if (!haveClang()) {
-    t.skip("clang++ with libFuzzer is not installed (scripts/quickstart.sh installs it)");
-    return;
-  }
-  buildNative();
-  for (const name of NATIVE_TARGETS) {
-    assert.ok(regressionFiles(name).length >= 0);
-    const r = runNative(name, { long: false, runs: 0, seconds: 3 });
-    assert.ok(
-      r.ok,
-      `${name}_fuzz failed:\n${r.output
-        .split("\n")
-        .filter((l) => /violated|ERROR|SUMMARY|artifact|failed/.test(l))
-        .join("\n")}`,
-    );
-    assert.ok(r.inputs > 0, `${name}_fuzz ran no inputs`);
-  }
-});
+test(
+  "native offload harnesses (libFuzzer + ASan + UBSan): regressions and a few seconds each",
+  { timeout: 600_000 },
+  (t) => {
+    if (!haveClang()) {
+      t.skip("clang++ with libFuzzer is not installed (scripts/quickstart.sh installs it)");
+      return;
+    }
+    buildNative();
+    for (const name of NATIVE_TARGETS) {
+      assert.ok(regressionFiles(name).length >= 0);
+      const r = runNative(name, { long: false, runs: 0, seconds: 3 });
+      assert.ok(
+        r.ok,
+        `${name}_fuzz failed:\n${r.output
+          .split("\n")
+          .filter((l) => /violated|ERROR|SUMMARY|artifact|failed/.test(l))
+          .join("\n")}`,
+      );
+      assert.ok(r.inputs > 0, `${name}_fuzz ran no inputs`);
+    }
+  },
+);
