@@ -5,10 +5,11 @@
  *   npm run fuzz -- --long            long run: 1,000,000 inputs per target, findings saved to fuzz/regressions/
  *   options: --runs N  --seed N  --target a,b  --no-native  --no-ts  --seconds S (native short run)
  *            --no-build (use the native harnesses as built)
+ *            --shards K (long run: K processes per TypeScript target, seeds seed..seed+K-1, runs/K inputs each)
  *
  * Exit status: 0 when no target found anything, 1 otherwise, 2 for a usage error.
  */
-import { spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -30,6 +31,7 @@ try {
       "no-ts": { type: "boolean", default: false },
       seconds: { type: "string", default: "3" },
       "no-build": { type: "boolean", default: false },
+      shards: { type: "string", default: "1" },
     },
   }).values;
 } catch (e) {
@@ -65,22 +67,55 @@ if (!args["no-ts"]) {
       failed ||= findings.length > 0;
       continue;
     }
-    // Long: a child process per target, with V8 coverage and a hang watchdog.
+    // Long: child processes per target (shards run at once), with V8 coverage and a hang watchdog each.
     const cov = join(OUT, "coverage", t.name);
     rmSync(cov, { recursive: true, force: true });
-    const result = join(OUT, `${t.name}.json`);
-    rmSync(result, { force: true });
-    const r = spawnSync(
-      process.execPath,
-      ["--import", "tsx", join(ROOT, "fuzz/lib/child.ts"), t.name, String(runs), String(seed), result],
-      { stdio: ["ignore", "inherit", "inherit"], env: { ...process.env, NODE_V8_COVERAGE: cov } },
+    const shards = Math.max(1, Number(args.shards));
+    const each = Math.ceil(runs / shards);
+    const results = await Promise.all(
+      Array.from({ length: shards }, (_, i) => {
+        const result = join(OUT, shards === 1 ? `${t.name}.json` : `${t.name}.${i}.json`);
+        rmSync(result, { force: true });
+        const child = spawn(
+          process.execPath,
+          [
+            "--import",
+            "tsx",
+            join(ROOT, "fuzz/lib/child.ts"),
+            t.name,
+            String(each),
+            String(seed + i),
+            result,
+          ],
+          { stdio: ["ignore", "inherit", "inherit"], env: { ...process.env, NODE_V8_COVERAGE: cov } },
+        );
+        return new Promise<Record<string, unknown>>((done) =>
+          child.on("exit", (code, signal) => {
+            try {
+              done(JSON.parse(readFileSync(result, "utf8")) as Record<string, unknown>);
+            } catch {
+              done({ target: t.name, error: `child exited with ${code ?? signal}` });
+            }
+          }),
+        );
+      }),
     );
-    let res: Record<string, unknown>;
-    try {
-      res = JSON.parse(readFileSync(result, "utf8")) as Record<string, unknown>;
-    } catch {
-      res = { target: t.name, error: `child exited with ${r.status ?? r.signal}` };
-    }
+    const res: Record<string, unknown> = {
+      target: t.name,
+      shards,
+      inputs: results.reduce((n, r) => n + ((r.inputs as number | undefined) ?? 0), 0),
+      ms: Math.max(...results.map((r) => (r.ms as number | undefined) ?? 0)),
+      findings: results.flatMap((r) => (r.findings as string[] | undefined) ?? []),
+      messages: results.flatMap((r) => (r.messages as string[] | undefined) ?? []),
+      ...(results.some((r) => r.error)
+        ? {
+            error: results
+              .map((r) => r.error)
+              .filter(Boolean)
+              .join("; "),
+          }
+        : {}),
+    };
     res.coverage = moduleCoverage(cov, t.modules);
     summary.push(res);
     console.log(JSON.stringify(res));

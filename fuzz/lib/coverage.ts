@@ -35,25 +35,34 @@ export function moduleCoverage(dir: string, modules: readonly string[]): ModuleC
   }
   return modules.map((m) => {
     const mine = scripts.filter((s) => s.url.endsWith(`/${m}`));
-    // Merge across processes and threads: the script with the most executed bytes wins (each is a full report).
-    let best: ModuleCoverage = { module: m, bytesPct: 0, functions: 0, functionsRun: 0 };
+    // The union over processes and threads (shards of one target, its worker): a byte ran if it ran in any of them.
+    // Every report covers the same transpiled source, so offsets agree.
+    let union: Uint8Array | undefined;
+    const run = new Set<string>();
+    const names = new Set<string>();
     for (const s of mine) {
       const ranges = s.functions.flatMap((f) => f.ranges);
       const size = Math.max(0, ...ranges.map((r) => r.endOffset));
       const hit = new Uint8Array(size);
       const sorted = [...ranges].sort((a, b) => a.startOffset - b.startOffset || b.endOffset - a.endOffset);
       for (const r of sorted) hit.fill(r.count > 0 ? 1 : 0, r.startOffset, r.endOffset);
-      let covered = 0;
-      for (const h of hit) covered += h;
-      const fns = s.functions.filter((f) => f.functionName !== "");
-      const c: ModuleCoverage = {
-        module: m,
-        bytesPct: size ? Math.round((1000 * covered) / size) / 10 : 0,
-        functions: fns.length,
-        functionsRun: fns.filter((f) => f.ranges[0]!.count > 0).length,
-      };
-      if (c.bytesPct > best.bytesPct) best = c;
+      if (!union || union.length !== size)
+        union = union && union.length > size ? union : new Uint8Array(size);
+      for (let i = 0; i < size; i++) union[i]! |= hit[i]!;
+      for (const f of s.functions) {
+        if (f.functionName === "") continue;
+        const key = `${f.functionName}@${f.ranges[0]!.startOffset}`;
+        names.add(key);
+        if (f.ranges[0]!.count > 0) run.add(key);
+      }
     }
-    return best;
+    let covered = 0;
+    for (const h of union ?? []) covered += h;
+    return {
+      module: m,
+      bytesPct: union?.length ? Math.round((1000 * covered) / union.length) / 10 : 0,
+      functions: names.size,
+      functionsRun: run.size,
+    };
   });
 }
