@@ -134,7 +134,8 @@ export function fuzz(t: FuzzTarget, o: RunOptions): RunStats {
       const f = runOne(t, input);
       n++;
       if (f) {
-        const key = `${f.kind}:${f.message.split("\n")[0]}`;
+        // One bug shows with many different numbers in its message: group by the message's shape.
+        const key = `${f.kind}:${f.message.split("\n")[0]!.replace(/[0-9a-f]{2,}|\d+/g, "#")}`;
         const seen = perMessage.get(key) ?? 0;
         perMessage.set(key, seen + 1);
         if (seen < (o.maxPerMessage ?? 3)) findings.push(f);
