@@ -6,6 +6,7 @@
  *   options: --runs N  --seed N  --target a,b  --no-native  --no-ts  --seconds S (native short run)
  *            --no-build (use the native harnesses as built)
  *            --shards K (long run: K processes per TypeScript target, seeds seed..seed+K-1, runs/K inputs each)
+ *            --max-seconds S (long run: a TypeScript target stops after S seconds with the inputs it reached)
  *
  * Exit status: 0 when no target found anything, 1 otherwise, 2 for a usage error.
  */
@@ -32,6 +33,7 @@ try {
       seconds: { type: "string", default: "3" },
       "no-build": { type: "boolean", default: false },
       shards: { type: "string", default: "1" },
+      "max-seconds": { type: "string" },
     },
   }).values;
 } catch (e) {
@@ -86,6 +88,8 @@ if (!args["no-ts"]) {
             String(each),
             String(seed + i),
             result,
+            "20",
+            ...(args["max-seconds"] ? [args["max-seconds"]] : []),
           ],
           { stdio: ["ignore", "inherit", "inherit"], env: { ...process.env, NODE_V8_COVERAGE: cov } },
         );

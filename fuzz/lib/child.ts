@@ -3,7 +3,7 @@
  * worker thread; before each input the worker copies it into shared memory, and this thread, the watchdog, saves
  * that input as a hang and stops the worker when no input has finished for --hang seconds.
  *
- *   node --import tsx fuzz/lib/child.ts <target> <runs> <seed> <result.json> [hangSeconds]
+ *   node --import tsx fuzz/lib/child.ts <target> <runs> <seed> <result.json> [hangSeconds] [maxSeconds]
  */
 import { Worker, isMainThread, parentPort, workerData } from "node:worker_threads";
 import { writeFileSync } from "node:fs";
@@ -17,10 +17,11 @@ interface Data {
   runs: number;
   seed: number;
   shared: SharedArrayBuffer;
+  deadline?: number;
 }
 
 if (isMainThread) {
-  const [target, runs, seed, out, hang] = process.argv.slice(2);
+  const [target, runs, seed, out, hang, maxSeconds] = process.argv.slice(2);
   if (!target || !out) {
     console.error("usage: child.ts <target> <runs> <seed> <result.json> [hangSeconds]");
     process.exit(2);
@@ -31,7 +32,16 @@ if (isMainThread) {
   const tsx = import.meta.resolve("tsx/esm/api");
   const worker = new Worker(
     `import(${JSON.stringify(tsx)}).then(({ register }) => { register(); return import(${JSON.stringify(import.meta.url)}); });`,
-    { eval: true, workerData: { target, runs: Number(runs), seed: Number(seed), shared } satisfies Data },
+    {
+      eval: true,
+      workerData: {
+        target,
+        runs: Number(runs),
+        seed: Number(seed),
+        shared,
+        deadline: maxSeconds ? Date.now() + Number(maxSeconds) * 1000 : undefined,
+      } satisfies Data,
+    },
   );
   let last = -1;
   let still = 0;
@@ -80,6 +90,7 @@ if (isMainThread) {
     runs: d.runs,
     seed: d.seed,
     keepGoing: true,
+    deadline: d.deadline,
     onInput: (input, n) => {
       const len = Math.min(input.length, MAX_INPUT);
       bytes.set(input.subarray(0, len));

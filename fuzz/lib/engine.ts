@@ -115,6 +115,8 @@ export interface RunOptions {
   /** Called every `progressEvery` inputs. */
   onProgress?: (n: number, findings: number) => void;
   progressEvery?: number;
+  /** Stop early at this time (ms since the epoch): a long run on a busy machine ends with what it reached. */
+  deadline?: number;
   /** At most this many findings with the same first message line are kept (a bug found a million times). */
   maxPerMessage?: number;
 }
@@ -127,7 +129,7 @@ export function fuzz(t: FuzzTarget, o: RunOptions): RunStats {
   const start = Date.now();
   const chunk = 1000;
   let n = 0;
-  for (let c = 0; n < o.runs; c++) {
+  for (let c = 0; n < o.runs && !(o.deadline && Date.now() > o.deadline); c++) {
     const batch = fc.sample(arb, { numRuns: Math.min(chunk, o.runs - n), seed: (o.seed + c * 7919) | 0 });
     for (const input of batch) {
       o.onInput?.(input, n);
