@@ -7,11 +7,12 @@
  *            --no-build (use the native harnesses as built)
  *            --shards K (long run: K processes per TypeScript target, seeds seed..seed+K-1, runs/K inputs each)
  *            --max-seconds S (long run: a TypeScript target stops after S seconds with the inputs it reached)
+ *   npm run fuzz -- --coverage          coverage of each target's modules from the last long run (fuzz/out/coverage/)
  *
  * Exit status: 0 when no target found anything, 1 otherwise, 2 for a usage error.
  */
 import { spawn } from "node:child_process";
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { TARGETS, NATIVE_TARGETS } from "./targets/index.js";
@@ -34,6 +35,7 @@ try {
       "no-build": { type: "boolean", default: false },
       shards: { type: "string", default: "1" },
       "max-seconds": { type: "string" },
+      coverage: { type: "boolean", default: false },
     },
   }).values;
 } catch (e) {
@@ -53,6 +55,17 @@ const OUT = join(ROOT, "fuzz/out");
 mkdirSync(OUT, { recursive: true });
 if (!VECTORS)
   console.error("fuzz: attestation vectors not found (set SENG_VECTORS); seeds are synthetic only");
+
+if (args.coverage) {
+  for (const t of TARGETS.filter((x) => want(x.name))) {
+    const dir = join(OUT, "coverage", t.name);
+    const cov = existsSync(dir) ? moduleCoverage(dir, t.modules) : [];
+    console.log(
+      `${t.name}: ${cov.map((c) => `${c.module} ${c.bytesPct}% (${c.functionsRun}/${c.functions} functions)`).join(", ")}`,
+    );
+  }
+  process.exit(0);
+}
 
 const summary: Record<string, unknown>[] = [];
 let failed = false;

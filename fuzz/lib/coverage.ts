@@ -1,6 +1,7 @@
 /**
  * Coverage of a module from V8's own block coverage (NODE_V8_COVERAGE, no extra packages): the share of the
- * module's code bytes (as executed, after tsx strips the types) inside blocks that ran at least once, and the
+ * module's code bytes (as executed, after tsx strips the types; up to the end of its last function) inside blocks
+ * that ran at least once, and the
  * functions that ran. Nested ranges override their parents, as in V8's report.
  */
 import { readdirSync, readFileSync } from "node:fs";
@@ -42,10 +43,12 @@ export function moduleCoverage(dir: string, modules: readonly string[]): ModuleC
     const names = new Set<string>();
     for (const s of mine) {
       const ranges = s.functions.flatMap((f) => f.ranges);
-      const size = Math.max(0, ...ranges.map((r) => r.endOffset));
+      // The script's own range also spans the inline source map tsx appends: measure up to the end of the last
+      // function instead (top-level statements before it count; they run at import).
+      const size = Math.max(0, ...s.functions.slice(1).map((f) => f.ranges[0]!.endOffset));
       const hit = new Uint8Array(size);
       const sorted = [...ranges].sort((a, b) => a.startOffset - b.startOffset || b.endOffset - a.endOffset);
-      for (const r of sorted) hit.fill(r.count > 0 ? 1 : 0, r.startOffset, r.endOffset);
+      for (const r of sorted) hit.fill(r.count > 0 ? 1 : 0, r.startOffset, Math.min(r.endOffset, size));
       if (!union || union.length !== size)
         union = union && union.length > size ? union : new Uint8Array(size);
       for (let i = 0; i < size; i++) union[i]! |= hit[i]!;
