@@ -14,9 +14,10 @@ case "$what" in
     ;;
 esac
 
-# Debian packages the project needs (tests and demo). Installed only when missing. etcd-server: the cluster store's
-# tests start their own etcd (/usr/bin/etcd) on random loopback ports; the packaged service is not used.
-APT_PACKAGES=(python3 make g++ iproute2 iputils-ping procps curl liblwip-dev nftables conntrack chromium etcd-server)
+# Debian packages the project needs (tests and demo). Installed only when missing. clang: the fuzz harnesses of the
+# native code (libFuzzer with ASan/UBSan). etcd-server: the cluster store's tests start their own etcd (/usr/bin/etcd)
+# on random loopback ports; the packaged service is not used.
+APT_PACKAGES=(python3 make g++ clang iproute2 iputils-ping procps curl liblwip-dev nftables conntrack chromium etcd-server)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

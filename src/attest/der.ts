@@ -129,6 +129,8 @@ export function derOid(d: Der): string {
   for (let i = 0; i < v.length; i++) {
     const b = v[i]!;
     n = n * 128 + (b & 0x7f);
+    // Beyond 2^53 a JS number loses digits: two different OIDs would print the same (or in exponent notation).
+    if (n > Number.MAX_SAFE_INTEGER) bad("OID arc too large");
     if (!(b & 0x80)) {
       parts.push(n);
       n = 0;
