@@ -43,6 +43,13 @@ import { configFromEnv, type RuntimeConfig } from "./config.js";
 import * as sdkDgram from "./dgram.js";
 import * as sdkDns from "./dns.js";
 import * as sdkNet from "./net.js";
+import {
+  decideDebugger,
+  installAddonGuard,
+  installChildGuard,
+  installDebuggerGuard,
+  workerGuardsSource,
+} from "./guards.js";
 import { hostNetworkingError, ShieldedStack, ShieldedStackError } from "./stack.js";
 
 export { ShieldedStack, shieldedStack } from "./stack.js";
@@ -247,7 +254,7 @@ export function installShield(refuseAll?: string): void {
   // --- worker threads: Node 20 runs --import preloads in the main thread only; every worker runs the guard first.
   if (!refuseAll) {
     const Original = workerThreads.Worker;
-    const guard = workerGuardSource();
+    const guard = `${workerGuardSource()}\n${workerGuardsSource(guardedConfig?.allowAddons)}`;
     class Worker extends Original {
       constructor(filename: string | URL, options: workerThreads.WorkerOptions = {}) {
         if (options.eval) super(`${guard}\n${String(filename)}`, options);
@@ -335,6 +342,22 @@ function checkFlags(): void {
     throw hostNetworkingError("--expose-internals gives the app Node's raw socket bindings; remove the flag");
 }
 
+// ---- guards beyond the sockets (./guards.ts) ----------------------------------------------------------------------
+
+let guardedConfig: RegisterConfig | undefined;
+
+/** No debugger, no unshielded child programs unless allowed, addons logged or pinned; before the app runs. */
+function installGuards(cfg: RegisterConfig): void {
+  guardedConfig = cfg;
+  const say = (m: string, o: Record<string, unknown>) => {
+    process.stderr.write(`seng: ${m}\n`);
+    if (cfg.log) process.stderr.write(JSON.stringify({ seng: true, ...o }) + "\n");
+  };
+  installDebuggerGuard();
+  installChildGuard({ allowHostPrograms: cfg.allowHostPrograms, warn: (m, o) => say(`warning: ${m}`, o) });
+  installAddonGuard({ allowAddons: cfg.allowAddons, say });
+}
+
 // ---- start ----------------------------------------------------------------------------------------------------------
 
 /** Starts the shielded stack from `cfg` (identity, tunnel) and waits for the lease. */
@@ -351,6 +374,9 @@ export async function startFromConfig(cfg: RegisterConfig): Promise<ShieldedStac
   }
   if (identity.provider.startsWith("sim"))
     process.stderr.write("seng: warning: simulated TEE: INSECURE, for development and tests only\n");
+  // A debugger (flags, an open inspector) stops the app here, before any tunnel, unless the TEE is a debug one.
+  if (decideDebugger(identity, (m) => process.stderr.write(`seng: warning: ${m}\n`)))
+    say({ event: "debugger-allowed", provider: identity.provider });
   say({ event: "identity", provider: identity.provider });
   const stack = ShieldedStack.start({
     gateway: cfg.gateway,
@@ -380,8 +406,10 @@ if (!isMainThread) {
   (globalThis as Record<symbol, unknown>)[Symbol.for("seng.runtime.startMs")] = performance.now();
   try {
     checkFlags();
+    const cfg = configFromEnv();
+    installGuards(cfg);
     installShield();
-    await startFromConfig(configFromEnv());
+    await startFromConfig(cfg);
   } catch (e) {
     // The app must not start without its shield; the user gets one line, not a stack trace (SENG_DEBUG=1 for it).
     const err = e as Error;
