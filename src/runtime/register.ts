@@ -13,6 +13,8 @@
  *     SENG_LEASE_TIMEOUT seconds, with sockets waiting for it).
  *
  * Whatever still tries the host's network fails with "SENG: host networking is disabled in a shielded app: ...".
+ * Before both, ./guards.ts closes the ways around the shield: no debugger, no non-Node child programs unless the
+ * config allows them, native addons logged or pinned (`allowAddons`).
  *
  * Environment:
  *   SENG_GATEWAY        gateway host:port (required)
@@ -24,6 +26,8 @@
  *   SENG_LEASE_TIMEOUT  seconds to wait for the lease before the app starts (default 30)
  *   SENG_DEAD_SECONDS   tunnel considered lost after this long without an answer (default 30)
  *   SENG_LOG            "json": lease and tunnel events as JSON lines on stderr
+ *   SENG_ALLOW_HOST_PROGRAMS, SENG_ALLOW_ADDONS
+ *                       comma-separated: host programs the app may start (unshielded), addons it may load
  *
  * `seng runtime run -- node app.js` sets these from its flags and config file and starts node with this preload.
  */

@@ -244,8 +244,11 @@ describe("a shielded app has no debugger and no unshielded way out", { concurren
         (o) => o.ready === true,
         60_000,
       );
-      for (const k of ["open", "openDefault", "debugProcess", "binding", "worker"])
-        assert.equal(ready[k], "ERR_SENG_DEBUGGER", `${k}: ${String(ready[k])}`);
+      const keys = ["open", "openDefault", "debugProcess", "binding", "worker"];
+      assert.deepEqual(
+        Object.fromEntries(keys.map((k) => [k, ready[k]])),
+        Object.fromEntries(keys.map((k) => [k, "ERR_SENG_DEBUGGER"])),
+      );
       const lease = /"event":"lease".*?"address":"([\d.]+)"/.exec(p.stderr)?.[1];
       assert.ok(lease, p.stderr);
       // Real signals: Node would open an inspector on 127.0.0.1:9229 in either process.
@@ -351,7 +354,7 @@ describe("a shielded app has no debugger and no unshielded way out", { concurren
     const r = await run("children.cjs", { client: 1 });
     assert.equal(r.code, 0, r.stderr);
     assert.ok(r.lease, r.stderr);
-    for (const k of [
+    const forms = [
       "spawn",
       "exec",
       "execFile",
@@ -360,9 +363,11 @@ describe("a shielded app has no debugger and no unshielded way out", { concurren
       "execSync",
       "execFileSync",
       "binding",
-      "worker",
-    ])
-      assert.equal(r.result[k], "ERR_SENG_HOST_NETWORKING", `${k}: ${String(r.result[k])}`);
+    ];
+    assert.deepEqual(
+      r.result,
+      Object.fromEntries([...forms, "worker"].map((k) => [k, "ERR_SENG_HOST_NETWORKING"])),
+    );
     await new Promise((res) => setTimeout(res, 1000));
     assert.deepEqual(seen(from), [], "the server saw nothing from a refused child");
     assert.equal(await unshieldedDrops(), drops);
