@@ -267,7 +267,16 @@ function admitChild(
 ): string[] {
   const p = childPolicy!;
   const program = real(resolveProgram(file, (env ?? process.env).PATH, cwd));
-  if (program === p.node) return withPreload(args, p.preload);
+  if (program === p.node) {
+    // A Node child with a debugger would wait for it (--inspect-brk) before its own preload runs: refused here.
+    const asked = [
+      ...debuggerInNodeArgs(args),
+      ...debuggerOptions(nodeOptionsTokens((env ?? process.env).NODE_OPTIONS)),
+    ];
+    if (asked.length && !debuggerAllowed)
+      throw debuggerError(`a Node child with ${asked.join(" ")} would give the host a debugger`);
+    return withPreload(args, p.preload);
+  }
   const what =
     shellCommand !== undefined ? `${program}, a shell running "${shellCommand.slice(0, 80)}",` : program;
   if (p.allowHostPrograms.some((a) => real(a) === program)) {

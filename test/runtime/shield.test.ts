@@ -89,6 +89,9 @@ const ended = (c) => new Promise((res) => c.on("exit", (code) => res(code)));
   out.fork = await ended(fork(kid, ["fork"], { stdio: "inherit" }));
   out.forkBare = await ended(fork(kid, ["fork-bare"], { execArgv: [], stdio: "inherit" }));
   out.spawn = await ended(spawn(process.execPath, [kid, "spawn"], { stdio: "inherit" }));
+  // A Node child that would wait for a debugger before its preload runs: refused.
+  try { spawn(process.execPath, ["--inspect-brk=0.0.0.0:9235", kid, "inspect"]); out.inspectArg = "NOT REFUSED"; } catch (e) { out.inspectArg = e.code; }
+  try { fork(kid, ["inspect-env"], { env: { ...process.env, NODE_OPTIONS: "--inspect-wait=0.0.0.0:9236" } }); out.inspectEnv = "NOT REFUSED"; } catch (e) { out.inspectEnv = e.code; }
   http.get("${URL_BASE}/parent", (r) => { r.resume(); r.on("end", () => console.log(JSON.stringify(out))); });
 })();
 `,
@@ -153,7 +156,9 @@ describe("a shielded app has no debugger and no unshielded way out", { concurren
       [...(opts.node ?? []), "--import", "tsx", "--import", REGISTER, join(lab.dir, file)],
       { env: env(opts.env, c) },
     );
-    const r = await p.wait(90_000);
+    // An app whose guard is broken may leave a child waiting for a debugger on its pipes: end everything in time.
+    const timer = setTimeout(() => killAllIn(c), 60_000);
+    const r = await p.wait(90_000).finally(() => clearTimeout(timer));
     const lines = r.stdout.split("\n").filter((l) => l.startsWith("{"));
     const lease = /"event":"lease".*?"address":"([\d.]+)"/.exec(r.stderr)?.[1];
     return {
@@ -393,7 +398,11 @@ describe("a shielded app has no debugger and no unshielded way out", { concurren
     const from = web.stdout.length;
     const r = await run("node-children.cjs");
     assert.equal(r.code, 0, r.stderr);
-    assert.deepEqual(r.result, { fork: 0, forkBare: 0, spawn: 0 }, r.stderr);
+    assert.deepEqual(
+      r.result,
+      { fork: 0, forkBare: 0, spawn: 0, inspectArg: "ERR_SENG_DEBUGGER", inspectEnv: "ERR_SENG_DEBUGGER" },
+      r.stderr,
+    );
     const asked = seen(from);
     assert.deepEqual(
       asked.map((o) => o.url),
