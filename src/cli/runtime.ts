@@ -15,6 +15,12 @@ import { fileURLToPath } from "node:url";
 import { Command, Option } from "commander";
 import { AttesterError, detectAttester, makeIdentity } from "../runtime/attesters.js";
 import { configFromEnv, readPin as readPinSetting, RuntimeConfigError } from "../runtime/config.js";
+import {
+  debuggerInNodeArgs,
+  installDebuggerGuard,
+  nodeArgsOptions,
+  requestedDebugger,
+} from "../runtime/guards.js";
 import { TunMode } from "../runtime/tun-mode.js";
 import { action, UsageError } from "./errors.js";
 import { helpText, LOG_LEVELS } from "./common.js";
@@ -49,6 +55,9 @@ interface RuntimeFlags {
   json?: boolean;
   /** commander's --no-offload: false when given. */
   offload?: boolean;
+  allowHostProgram?: string[];
+  allowAddon?: string[];
+  debugTee?: boolean;
 }
 
 /** The flag of each `SENG_*` variable, so that an error about a value given as a flag names the flag. */
@@ -103,6 +112,10 @@ export function flagsToEnv(f: RuntimeFlags): Record<string, string> {
   // --log <level>: the runtime has one kind of log line (events at info), so any level but off turns them on.
   if (f.log !== undefined)
     e.SENG_LOG = f.log === "off" || f.log === "error" || f.log === "warn" ? "off" : "json";
+  if (f.allowHostProgram?.length)
+    e.SENG_ALLOW_HOST_PROGRAMS = f.allowHostProgram.map((p) => resolve(p)).join(",");
+  if (f.allowAddon?.length)
+    e.SENG_ALLOW_ADDONS = f.allowAddon.map((a) => (/^[0-9a-fA-F]{64}$/.test(a) ? a : resolve(a))).join(",");
   return e;
 }
 
@@ -182,9 +195,32 @@ async function run(command: string[], f: RuntimeFlags): Promise<number> {
       `runtime run: ${prog} is not node: run shields Node apps from inside their process; ` +
         "for other programs use `seng runtime up --tun` in a confidential VM",
     );
+  // No debugger, in this launcher or the app: --inspect-brk/--inspect-wait wait for one before any JavaScript (the
+  // preload too) runs, so they are refused here, before node starts. Only a debug TEE may have one (--debug-tee;
+  // the preload then checks that the evidence really is debug).
+  const own = requestedDebugger();
+  const theirs = debuggerInNodeArgs(args);
+  if ((own || theirs.length) && !f.debugTee)
+    throw new UsageError(
+      `runtime run: ${own ? `${own} (this launcher)` : theirs.join(" ")}: no debugger in a shielded process: ` +
+        "a debugger can run any code inside the attested app; remove it (a debug TEE: --debug-tee)",
+    );
+  if (nodeArgsOptions(args).some((a) => /^--expose[-_]internals$/.test(a)))
+    throw new UsageError(
+      "runtime run: --expose-internals gives the app Node's raw socket bindings; remove the flag",
+    );
+  if (f.debugTee)
+    process.stderr.write(
+      "seng: warning: --debug-tee: the app may have a debugger; the runtime allows it only when the TEE's " +
+        "evidence is debug, which production policies refuse\n",
+    );
   const env = { ...process.env, ...flagsToEnv(f) };
   settings(env, f); // fail here, with the CLI's message, rather than inside the app's process
+  // SIGUSR1 would open an inspector in this launcher: it is handled, and passed on to the app (which handles it too).
+  const app: { child?: ReturnType<typeof spawn> } = {};
+  installDebuggerGuard(() => app.child?.kill("SIGUSR1"));
   const child = spawn(process.execPath, [...preload(), ...args], { env, stdio: "inherit" });
+  app.child = child;
   // The app is in our process group: a terminal's Ctrl-C or hangup reaches it directly, so those are passed on only
   // when no terminal sent them (a second SIGINT makes many apps skip their graceful shutdown). SIGTERM (kill, a
   // service manager) reaches only us, and is always passed on.
@@ -204,6 +240,11 @@ async function run(command: string[], f: RuntimeFlags): Promise<number> {
       done(code ?? 128 + (signal ? (osConstants.signals[signal] ?? 1) : 1));
     });
   });
+}
+
+/** commander: a repeatable option's values. */
+function collect(v: string, prev: string[] | undefined): string[] {
+  return [...(prev ?? []), v];
 }
 
 function commonOptions(c: Command): Command {
@@ -264,6 +305,20 @@ export function runtimeCommands(): Command[] {
           "--log <level>",
           "runtime events as JSON lines on stderr: info or debug; off (default) writes none",
         ).choices([...LOG_LEVELS, "json"]),
+      )
+      .option(
+        "--allow-host-program <path>",
+        "a non-Node program the app may start; its traffic is NOT shielded (repeatable)",
+        collect,
+      )
+      .option(
+        "--allow-addon <path|sha256>",
+        "a native addon the app may load; with any, every other addon is refused (repeatable)",
+        collect,
+      )
+      .option(
+        "--debug-tee",
+        "let the app have a debugger (--inspect…): allowed only when the TEE's evidence is debug, which production policies refuse",
       )
       .action(action((command: string[], f: RuntimeFlags) => run(command, f))),
   );

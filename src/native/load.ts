@@ -25,10 +25,15 @@ export function packageRoot(from = dirname(fileURLToPath(import.meta.url))): str
 
 let addon: Record<string, unknown> | undefined;
 
+/** Where SENG's own addon is (the runtime's addon guard always lets it load). */
+export function nativeAddonPath(): string {
+  return join(packageRoot(), "build", "Release", "seng_native.node");
+}
+
 /** The addon's exports. Throws a clear error when it was not built. */
 export function native<T>(): T {
   if (!addon) {
-    const path = join(packageRoot(), "build", "Release", "seng_native.node");
+    const path = nativeAddonPath();
     if (!existsSync(path))
       throw new Error(
         `native addon not built (${path} missing): run npm install (or npm rebuild seng) with the build tools of docs/INSTALL.md`,

@@ -224,7 +224,8 @@ const schema = z
           .default([]),
         unshielded: z
           .object({
-            drop: z.boolean().default(false),
+            // Naming the LAN interfaces means: drop what did not come through a tunnel (issue 19: the default).
+            drop: z.boolean().default(true),
             interfaces: z.array(z.string().regex(/^[A-Za-z0-9_.@-]{1,15}$/, "expected an interface name")),
             allow: z
               .array(

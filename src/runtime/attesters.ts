@@ -26,7 +26,8 @@ import {
   simSnpCertTable,
   type SimSnpReportClaims,
 } from "../attest/sim-snp.js";
-import { parseSnpReport } from "../attest/amd/report.js";
+import { looksLikeSnpReport, parseSnpReport } from "../attest/amd/report.js";
+import { looksLikeQuote, parseQuote, sgxDebug, tdDebug } from "../attest/intel/quote.js";
 import { AttestError } from "../attest/errors.js";
 
 export type AttesterKind = "gramine" | "tsm" | "sim";
@@ -251,6 +252,26 @@ export interface RaTlsIdentity {
   keyPem: string;
   key: KeyObject;
   provider: string;
+  /**
+   * The evidence claims a debug TEE (SGX ATTRIBUTES.DEBUG, TDATTRIBUTES.DEBUG, SEV-SNP policy DEBUG): its memory is
+   * open to the host and the gateway refuses it unless an identity sets `allowDebug`. Evidence that cannot be read
+   * counts as not debug (the guards that depend on it stay closed).
+   */
+  debug: boolean;
+}
+
+/** Whether `evidence` (a DCAP quote or an SEV-SNP report) claims a debug TEE; false when it cannot be parsed. */
+export function evidenceIsDebug(evidence: Buffer): boolean {
+  try {
+    if (looksLikeQuote(evidence)) {
+      const q = parseQuote(evidence);
+      return q.bodyType === "sgx" ? sgxDebug(q.body) : tdDebug(q.body);
+    }
+    if (looksLikeSnpReport(evidence)) return parseSnpReport(evidence).policyDebug;
+  } catch {
+    // not evidence we can read: not debug
+  }
+  return false;
 }
 
 /**
@@ -274,5 +295,6 @@ export async function makeIdentity(attester: Attester): Promise<RaTlsIdentity> {
     keyPem: keys.privateKey.export({ type: "pkcs8", format: "pem" }) as string,
     key: keys.privateKey,
     provider: ev.provider,
+    debug: evidenceIsDebug(ev.evidence),
   };
 }

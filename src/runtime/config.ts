@@ -16,9 +16,11 @@
  *   deadSeconds: 30                 # the tunnel counts as lost after this long without an answer
  *   log: json                       # json: runtime events as JSON lines on stderr; off (default)
  *   tun: { name: seng-rt0, routes: [default] }   # `seng runtime up --tun`
+ *   allowHostPrograms: [/usr/bin/git]  # child programs that may run, UNSHIELDED (others: ERR_SENG_HOST_NETWORKING)
+ *   allowAddons: [<path or SHA-256>]   # native addons the app may load (others: ERR_SENG_ADDON); unset: any, warned
  */
 import { readFileSync } from "node:fs";
-import { dirname, resolve } from "node:path";
+import { dirname, isAbsolute, resolve } from "node:path";
 import { z } from "zod";
 import { Cert } from "../attest/x509.js";
 import { validateYaml } from "../policy/config.js";
@@ -38,6 +40,10 @@ export interface RuntimeConfig {
   log: boolean;
   /** TUN mode: interface name and routes ("default" takes over the default route). */
   tun: { name: string; routes: string[] };
+  /** Absolute paths of non-Node programs the app may start; their traffic is not shielded (src/runtime/guards.ts). */
+  allowHostPrograms: string[];
+  /** Native addons the app may load (absolute paths or lower-case SHA-256); undefined: any, with a warning. */
+  allowAddons?: string[];
 }
 
 /** A missing or wrong setting; the message names where it came from and what was expected. */
@@ -96,6 +102,8 @@ const fileSchema = z
       })
       .partial()
       .strict(),
+    allowHostPrograms: z.array(z.string().min(1, "expected the absolute path of a program")),
+    allowAddons: z.array(z.string().min(1, "expected an addon's path or SHA-256 (64 hex)")),
   })
   .partial()
   .strict();
@@ -115,6 +123,14 @@ export function loadRuntimeConfigFile(file: string): FileSettings {
   const base = dirname(resolve(file));
   if (s.pin && !HEX32.test(s.pin)) s.pin = resolve(base, s.pin);
   if (s.sim) s.sim.dir = resolve(base, s.sim.dir);
+  s.allowHostPrograms?.forEach((p, i) => {
+    if (!isAbsolute(p))
+      throw new RuntimeConfigError(
+        `${file}: allowHostPrograms[${i}]: expected an absolute path such as /usr/bin/git, got ${p}`,
+      );
+  });
+  if (s.allowAddons)
+    s.allowAddons = s.allowAddons.map((a) => (HEX32.test(a) ? a.toLowerCase() : resolve(base, a)));
   return s;
 }
 
@@ -240,6 +256,25 @@ export function configFromEnv(env: NodeJS.ProcessEnv = process.env): RuntimeConf
   // An unknown value used to mean "off" without a word.
   if (log !== undefined && log !== "json" && log !== "off")
     throw new RuntimeConfigError(`SENG: SENG_LOG: expected json or off, got ${log}`);
+  const list = (v: string) =>
+    get(v)
+      ?.split(",")
+      .map((x) => x.trim())
+      .filter(Boolean);
+  const programs = list("SENG_ALLOW_HOST_PROGRAMS") ?? file.allowHostPrograms ?? [];
+  for (const p of programs)
+    if (!isAbsolute(p))
+      throw new RuntimeConfigError(
+        `SENG: ${src("SENG_ALLOW_HOST_PROGRAMS", "allowHostPrograms")}: expected absolute paths such as /usr/bin/git, got ${p}`,
+      );
+  // SENG_ALLOW_ADDONS=none: an empty allow list (no addon but SENG's own).
+  const addonsEnv = get("SENG_ALLOW_ADDONS");
+  const addons = addonsEnv === "none" ? [] : (list("SENG_ALLOW_ADDONS") ?? file.allowAddons);
+  for (const a of addons ?? [])
+    if (!HEX32.test(a) && !isAbsolute(a))
+      throw new RuntimeConfigError(
+        `SENG: ${src("SENG_ALLOW_ADDONS", "allowAddons")}: expected absolute paths or SHA-256 hashes (64 hex), got ${a}`,
+      );
   return {
     gateway,
     pin,
@@ -252,5 +287,7 @@ export function configFromEnv(env: NodeJS.ProcessEnv = process.env): RuntimeConf
       name: get("SENG_TUN") ?? file.tun?.name ?? "seng-rt0",
       routes: routes !== undefined ? routes.split(",").filter(Boolean) : (file.tun?.routes ?? []),
     },
+    allowHostPrograms: programs,
+    ...(addons ? { allowAddons: addons.map((a) => (HEX32.test(a) ? a.toLowerCase() : a)) } : {}),
   };
 }

@@ -15,6 +15,8 @@
  *     SENG_LEASE_TIMEOUT seconds, with sockets waiting for it).
  *
  * Whatever still tries the host's network fails with "SENG: host networking is disabled in a shielded app: ...".
+ * Before both, ./guards.ts closes the ways around the shield: no debugger, no non-Node child programs unless the
+ * config allows them, native addons logged or pinned (`allowAddons`).
  *
  * Environment:
  *   SENG_GATEWAY        gateway host:port (required)
@@ -26,6 +28,8 @@
  *   SENG_LEASE_TIMEOUT  seconds to wait for the lease before the app starts (default 30)
  *   SENG_DEAD_SECONDS   tunnel considered lost after this long without an answer (default 30)
  *   SENG_LOG            "json": lease and tunnel events as JSON lines on stderr
+ *   SENG_ALLOW_HOST_PROGRAMS, SENG_ALLOW_ADDONS
+ *                       comma-separated: host programs the app may start (unshielded), addons it may load
  *
  * `seng runtime run -- node app.js` sets these from its flags and config file and starts node with this preload.
  */
@@ -46,6 +50,13 @@ import * as sdkDgram from "./dgram.js";
 import * as sdkResolve from "./dns-resolve.js";
 import * as sdkDns from "./dns.js";
 import * as sdkNet from "./net.js";
+import {
+  decideDebugger,
+  installAddonGuard,
+  installChildGuard,
+  installDebuggerGuard,
+  workerGuardsSource,
+} from "./guards.js";
 import { hostNetworkingError, ShieldedStack, ShieldedStackError } from "./stack.js";
 import { checkNodeInternals } from "./node-internals.js";
 import { closeHostHandles } from "./host-handles.js";
@@ -250,7 +261,7 @@ export function installShield(refuseAll?: string): void {
   // --- worker threads: Node 20 runs --import preloads in the main thread only; every worker runs the guard first.
   if (!refuseAll) {
     const Original = workerThreads.Worker;
-    const guard = workerGuardSource();
+    const guard = `${workerGuardSource()}\n${workerGuardsSource(guardedConfig?.allowAddons)}`;
     class Worker extends Original {
       constructor(filename: string | URL, options: workerThreads.WorkerOptions = {}) {
         if (options.eval) super(`${guard}\n${String(filename)}`, options);
@@ -343,6 +354,22 @@ function checkFlags(): void {
     throw hostNetworkingError("--expose-internals gives the app Node's raw socket bindings; remove the flag");
 }
 
+// ---- guards beyond the sockets (./guards.ts) ----------------------------------------------------------------------
+
+let guardedConfig: RegisterConfig | undefined;
+
+/** No debugger, no unshielded child programs unless allowed, addons logged or pinned; before the app runs. */
+function installGuards(cfg: RegisterConfig): void {
+  guardedConfig = cfg;
+  const say = (m: string, o: Record<string, unknown>) => {
+    process.stderr.write(`seng: ${m}\n`);
+    if (cfg.log) process.stderr.write(JSON.stringify({ seng: true, ...o }) + "\n");
+  };
+  installDebuggerGuard();
+  installChildGuard({ allowHostPrograms: cfg.allowHostPrograms, warn: (m, o) => say(`warning: ${m}`, o) });
+  installAddonGuard({ allowAddons: cfg.allowAddons, say });
+}
+
 // ---- start ----------------------------------------------------------------------------------------------------------
 
 /** Starts the shielded stack from `cfg` (identity, tunnel) and waits for the lease. */
@@ -359,6 +386,9 @@ export async function startFromConfig(cfg: RegisterConfig): Promise<ShieldedStac
   }
   if (identity.provider.startsWith("sim"))
     process.stderr.write("seng: warning: simulated TEE: INSECURE, for development and tests only\n");
+  // A debugger (flags, an open inspector) stops the app here, before any tunnel, unless the TEE is a debug one.
+  if (decideDebugger(identity, (m) => process.stderr.write(`seng: warning: ${m}\n`)))
+    say({ event: "debugger-allowed", provider: identity.provider });
   say({ event: "identity", provider: identity.provider });
   const stack = ShieldedStack.start({
     gateway: cfg.gateway,
@@ -389,8 +419,10 @@ if (!isMainThread) {
   try {
     checkFlags();
     checkNodeInternals(); // fail closed on a Node whose internals the shield relies on changed (node-internals.ts)
+    const cfg = configFromEnv();
+    installGuards(cfg);
     installShield();
-    await startFromConfig(configFromEnv());
+    await startFromConfig(cfg);
   } catch (e) {
     // The app must not start without its shield; the user gets one line, not a stack trace (SENG_DEBUG=1 for it).
     // Prefixed as every seng message; exit 2 for a configuration error, 1 when the gateway or the TEE said no.

@@ -87,6 +87,13 @@ test("pool mode: apps without a subnet lease from one shared pool; marks and cat
   assert.equal(c.model.filtering, false, "no policy section: not filtered");
 });
 
+test("unshielded: naming the LAN interfaces turns the drop on; drop: false turns it off", () => {
+  const on = cfg("pool: 100.64.128.0/24\nfirewall: { unshielded: { interfaces: [lan0] } }\n");
+  assert.deepEqual(on.model.unshielded, { interfaces: ["lan0"], allow: [] });
+  const off = cfg("pool: 100.64.128.0/24\nfirewall: { unshielded: { drop: false, interfaces: [lan0] } }\n");
+  assert.equal(off.model.unshielded, null);
+});
+
 test("compiled rules: one nft rule per family, our table only, default counted", () => {
   const c = cfg(`pool: 100.64.128.0/24
 policy:

@@ -7,14 +7,15 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ROOT } from "../helpers/vectors.js";
 import { collateralFromBundle, verifyRaTlsCert } from "../../src/attest/index.js";
-import { createSimTee, saveSimTee, type SimTee } from "../../src/attest/sim.js";
-import { createSimSnp, saveSimSnp, type SimSnp } from "../../src/attest/sim-snp.js";
+import { createSimTee, issueSimQuote, saveSimTee, type SimTee } from "../../src/attest/sim.js";
+import { createSimSnp, issueSimSnpReport, saveSimSnp, type SimSnp } from "../../src/attest/sim-snp.js";
 import { certSpki, extractEvidence, raTlsReportData } from "../../src/attest/ratls.js";
 import { matchApp } from "../../src/attest/policy.js";
 import { Cert } from "../../src/attest/x509.js";
 import {
   AttesterError,
   detectAttester,
+  evidenceIsDebug,
   GramineAttester,
   makeIdentity,
   TsmAttester,
@@ -185,3 +186,17 @@ for (const [aux, message] of [
     );
   });
 }
+
+test("a debug TEE is read from the evidence (SGX ATTRIBUTES.DEBUG, SNP policy DEBUG); unreadable evidence is not debug", async () => {
+  const sgx = await createSimTee();
+  const snp = await createSimSnp();
+  const quote = (debug: boolean) => issueSimQuote(sgx, { mrenclave: MR, mrsigner: MR, debug });
+  const report = (debug: boolean) => issueSimSnpReport(snp, { measurement: "5e".repeat(48), debug });
+  assert.equal(evidenceIsDebug(quote(true)), true);
+  assert.equal(evidenceIsDebug(quote(false)), false);
+  assert.equal(evidenceIsDebug(report(true)), true);
+  assert.equal(evidenceIsDebug(report(false)), false);
+  // The debugger guard depends on it: what cannot be read keeps the debugger out.
+  assert.equal(evidenceIsDebug(quote(true).subarray(0, 100)), false);
+  assert.equal(evidenceIsDebug(Buffer.alloc(2000, 0xff)), false);
+});

@@ -79,6 +79,39 @@ describe("runtime config", () => {
     assert.deepEqual(c.tun, { name: "seng-rt0", routes: [] });
   });
 
+  test("allowHostPrograms and allowAddons: file, variables, flags; unset addons means any (warned)", () => {
+    const f = file(
+      "allow.yaml",
+      `gateway: a:1\npin: "${FP}"\nallowHostPrograms: [/usr/bin/git]\nallowAddons: [lib/x.node, "${"AB".repeat(32)}"]\n`,
+    );
+    const c = configFromEnv({ SENG_CONFIG: f });
+    assert.deepEqual(c.allowHostPrograms, ["/usr/bin/git"]);
+    assert.deepEqual(c.allowAddons, [join(dir, "lib/x.node"), "ab".repeat(32)]);
+    const v = configFromEnv({
+      SENG_CONFIG: f,
+      SENG_ALLOW_HOST_PROGRAMS: "/bin/a,/bin/b",
+      SENG_ALLOW_ADDONS: "none",
+    });
+    assert.deepEqual(v.allowHostPrograms, ["/bin/a", "/bin/b"]);
+    assert.deepEqual(v.allowAddons, [], "none: SENG's own addon only");
+    const flags = flagsToEnv({ allowHostProgram: ["/usr/bin/curl"], allowAddon: ["cd".repeat(32)] });
+    assert.deepEqual(flags, {
+      SENG_ALLOW_HOST_PROGRAMS: "/usr/bin/curl",
+      SENG_ALLOW_ADDONS: "cd".repeat(32),
+    });
+    const d = configFromEnv({ SENG_GATEWAY: "a:1", SENG_PIN: FP });
+    assert.deepEqual(d.allowHostPrograms, []);
+    assert.equal(d.allowAddons, undefined);
+    assert.throws(
+      () => configFromEnv({ SENG_GATEWAY: "a:1", SENG_PIN: FP, SENG_ALLOW_HOST_PROGRAMS: "git" }),
+      /SENG_ALLOW_HOST_PROGRAMS: expected absolute paths such as \/usr\/bin\/git, got git/,
+    );
+    assert.throws(
+      () => configFromEnv({ SENG_GATEWAY: "a:1", SENG_PIN: FP, SENG_ALLOW_ADDONS: "x.node" }),
+      /SENG_ALLOW_ADDONS: expected absolute paths or SHA-256 hashes \(64 hex\), got x\.node/,
+    );
+  });
+
   const bad: [string, string, RegExp][] = [
     ["unknown key", "gateway: a:1\npinn: x\n", /bad1\.yaml: \(top level\): unknown key\(s\) pinn/],
     ["gateway without port", "gateway: 198.18.1.1\n", /bad2\.yaml: gateway: expected host:port/],
@@ -92,6 +125,12 @@ describe("runtime config", () => {
     ],
     ["not YAML", "gateway: [\n", /bad7\.yaml:\d+:\d+: not valid YAML/],
     ["a list, not a map", "- a\n- b\n", /bad8\.yaml: \(top level\): expected object/],
+    [
+      "a program by name",
+      "allowHostPrograms: [git]\n",
+      /bad9\.yaml: allowHostPrograms\[0\]: expected an absolute path such as \/usr\/bin\/git, got git/,
+    ],
+    ["addons not a list", "allowAddons: x.node\n", /bad10\.yaml: allowAddons: expected array/],
   ];
   bad.forEach(([what, text, re], i) => {
     test(`a broken file is refused, naming file and key: ${what}`, () => {

@@ -1,0 +1,103 @@
+/**
+ * The guards' decisions without a network (src/runtime/guards.ts): which Node options ask for a debugger, where a
+ * `node …` command line's options end, what a Node child needs to run the preload, how programs resolve, and the
+ * addon allow list. The guards themselves run in test/runtime/shield.test.ts against a real gateway.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, symlinkSync, writeFileSync, chmodSync, realpathSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import {
+  addonAllowed,
+  debuggerInNodeArgs,
+  debuggerOptions,
+  nodeArgsOptions,
+  nodeOptionsTokens,
+  preloadArgs,
+  resolveProgram,
+} from "../../src/runtime/guards.js";
+
+test("debugger options in every spelling Node accepts", () => {
+  assert.deepEqual(
+    debuggerOptions([
+      "--inspect",
+      "--inspect=0.0.0.0:9230",
+      "--inspect-brk",
+      "--inspect_brk=1",
+      "--inspect-wait=9",
+      "--inspect-port=9229",
+      "--debug-port=1",
+      "--inspect-publish-uid=http",
+      "--max-old-space-size=100",
+      "--import",
+      "--inspection", // not an option of Node's: not ours to judge
+    ]),
+    [
+      "--inspect",
+      "--inspect=0.0.0.0:9230",
+      "--inspect-brk",
+      "--inspect_brk=1",
+      "--inspect-wait=9",
+      "--inspect-port=9229",
+      "--debug-port=1",
+      "--inspect-publish-uid=http",
+    ],
+  );
+  assert.deepEqual(
+    debuggerOptions(nodeOptionsTokens(' --max-old-space-size=64  "--inspect=0.0.0.0:9230" ')),
+    ["--inspect=0.0.0.0:9230"],
+  );
+  assert.deepEqual(debuggerOptions(nodeOptionsTokens(undefined)), []);
+});
+
+test("a node command line's options end at the script, -e, or --; option values are skipped", () => {
+  assert.deepEqual(nodeArgsOptions(["--inspect", "app.js", "--inspect-brk"]), ["--inspect"]);
+  assert.deepEqual(debuggerInNodeArgs(["app.js", "--inspect"]), [], "the app's own argument");
+  assert.deepEqual(debuggerInNodeArgs(["-r", "./x.js", "--inspect-wait", "app.js"]), ["--inspect-wait"]);
+  assert.deepEqual(debuggerInNodeArgs(["--import", "--inspect", "app.js"]), [], "a value, not an option");
+  assert.deepEqual(debuggerInNodeArgs(["--import=x", "--inspect-port=1", "app.js"]), ["--inspect-port=1"]);
+  assert.deepEqual(debuggerInNodeArgs(["-e", "1", "--inspect"]), []);
+  assert.deepEqual(debuggerInNodeArgs(["--", "--inspect"]), []);
+});
+
+test("a Node child's preload: the --import/--require arguments of this process", () => {
+  assert.deepEqual(
+    preloadArgs([
+      "--max-old-space-size=64",
+      "--import",
+      "tsx",
+      "--import=/seng/register.js",
+      "-r",
+      "a.cjs",
+      "--inspect",
+    ]),
+    ["--import", "tsx", "--import=/seng/register.js", "-r", "a.cjs"],
+  );
+  assert.deepEqual(preloadArgs(["--import"]), [], "a dangling option is not a preload");
+});
+
+test("programs resolve as execvp does, symlinks and all", () => {
+  const dir = mkdtempSync(join(tmpdir(), "seng-guards-"));
+  try {
+    const prog = join(dir, "tool");
+    writeFileSync(prog, "#!/bin/sh\n");
+    chmodSync(prog, 0o755);
+    writeFileSync(join(dir, "data"), "");
+    symlinkSync(prog, join(dir, "alias"));
+    assert.equal(resolveProgram("tool", `/nonexistent:${dir}`), prog);
+    assert.equal(resolveProgram("data", dir), "data", "not executable: not found");
+    assert.equal(resolveProgram("./tool", undefined, dir), prog);
+    assert.equal(realpathSync(resolveProgram("alias", dir)), realpathSync(prog));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("addon allow list: paths by their real path, hashes in any case", () => {
+  const sha = "ab".repeat(32);
+  assert.equal(addonAllowed([sha.toUpperCase()], "/x.node", sha), true);
+  assert.equal(addonAllowed(["/x.node"], "/x.node", "cd".repeat(32)), true);
+  assert.equal(addonAllowed(["/y.node", "cd".repeat(32)], "/x.node", sha), false);
+  assert.equal(addonAllowed([], "/x.node", sha), false);
+});
