@@ -288,7 +288,7 @@ describe("a shielded app has no debugger and no unshielded way out", { concurren
       assert.equal(r.code, 1, `${what}: ${r.stderr}`);
       assert.match(
         r.stderr,
-        /SENG: no debugger in a shielded app: --inspect.*; the app is not started/,
+        /seng: no debugger in a shielded app: --inspect.*; the app is not started/,
         what,
       );
       assert.doesNotMatch(r.stderr, /"event":"(identity|lease)"/, `${what}: no identity, no tunnel`);
