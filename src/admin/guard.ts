@@ -5,10 +5,11 @@
  * Node's own `maxConnections` refuses every new connection once the cap is reached: 70 connections that send their
  * headers a byte at a time were enough to answer none of the legitimate requests. Here instead:
  * - one source address holds at most `perSource` connections, all sources together at most `total`;
- * - a new connection over either cap evicts the oldest connection (of that source, or of anyone for the total cap)
- *   that is still waiting for its request headers, and is refused only when every connection is busy with a
- *   request. A legitimate client sends its headers within a round trip, so the oldest waiting connection is almost
- *   always an attacker's; the attacker's own new connections push out its old ones;
+ * - a new connection over the per-source cap evicts that source's oldest connection still waiting for its request
+ *   headers; over the total cap, the oldest waiting connection of the source that holds the most connections, and
+ *   only one at least `minAgeMs` old. A new connection is refused when nothing qualifies. So an attacker's new
+ *   connections push out its own old ones, and connects from many sources cannot cycle a legitimate client's
+ *   connection out before it has had time for its TLS handshake and first request;
  * - with the server's short `headersTimeout` (checked every second), a slow connection lives seconds, not minutes.
  * Busy connections (headers received, request being answered) are never evicted; `requestTimeout` bounds them.
  */
@@ -21,6 +22,8 @@ export interface GuardLimits {
   perSource: number;
   /** Connections all sources together may hold at once. */
   total: number;
+  /** Over the total cap, connections younger than this are never evicted (default 1,000 ms). */
+  minAgeMs?: number;
 }
 
 /** Defaults: a browser opens about six connections; the admin API has a handful of users. */
@@ -40,6 +43,8 @@ interface Conn {
   source: string;
   /** Waiting for a request's headers (new, or idle between keep-alive requests). */
   waiting: boolean;
+  /** When it was accepted (ms, monotonic). */
+  since: number;
 }
 
 export class ConnectionGuard {
@@ -74,8 +79,8 @@ export class ConnectionGuard {
     const k = key(socket);
     if ((this.perSource.get(source) ?? 0) >= this.limits.perSource && !this.evict((c) => c.source === source))
       return this.refuse(socket);
-    if (this.conns.size >= this.limits.total && !this.evict(() => true)) return this.refuse(socket);
-    this.conns.set(k, { socket, source, waiting: true });
+    if (this.conns.size >= this.limits.total && !this.evictFromHeaviest()) return this.refuse(socket);
+    this.conns.set(k, { socket, source, waiting: true, since: performance.now() });
     this.perSource.set(source, (this.perSource.get(source) ?? 0) + 1);
     socket.once("close", () => this.forget(k));
   }
@@ -95,6 +100,18 @@ export class ConnectionGuard {
       return true;
     }
     return false;
+  }
+
+  /** Over the total cap: the oldest old-enough waiting connection of the source holding the most connections. */
+  private evictFromHeaviest(): boolean {
+    const oldest = performance.now() - (this.limits.minAgeMs ?? 1000);
+    let heaviest: string | undefined;
+    let most = 0;
+    for (const c of this.conns.values()) {
+      const n = this.perSource.get(c.source) ?? 0;
+      if (c.waiting && c.since <= oldest && n > most) [heaviest, most] = [c.source, n];
+    }
+    return heaviest !== undefined && this.evict((c) => c.source === heaviest && c.since <= oldest);
   }
 
   private forget(k: string): void {
