@@ -8,6 +8,8 @@ import assert from "node:assert/strict";
 import { mkdtempSync, rmSync, symlinkSync, writeFileSync, chmodSync, realpathSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { EventEmitter } from "node:events";
+import { Worker } from "node:worker_threads";
 import {
   addonAllowed,
   debuggerInNodeArgs,
@@ -17,6 +19,7 @@ import {
   preloadArgs,
   resolveProgram,
 } from "../../src/runtime/guards.js";
+import { guardWorkerClass } from "../../src/runtime/worker-guard.js";
 
 test("debugger options in every spelling Node accepts", () => {
   assert.deepEqual(
@@ -100,4 +103,38 @@ test("addon allow list: paths by their real path, hashes in any case", () => {
   assert.equal(addonAllowed(["/x.node"], "/x.node", "cd".repeat(32)), true);
   assert.equal(addonAllowed(["/y.node", "cd".repeat(32)], "/x.node", sha), false);
   assert.equal(addonAllowed([], "/x.node", sha), false);
+});
+
+test("the guarded Worker: no path back to Node's raw class, every construction runs the guard", async () => {
+  const Guarded = guardWorkerClass(Worker, "globalThis.guarded = true;");
+  const run = (W: unknown) =>
+    new Promise<unknown>((res, rej) => {
+      const w = new (W as typeof Worker)(
+        "require('node:worker_threads').parentPort.postMessage(globalThis.guarded === true)",
+        { eval: true },
+      );
+      w.once("message", (m) => void w.terminate().then(() => res(m)));
+      w.once("error", rej);
+    });
+  const w = new Guarded("1", { eval: true });
+  const instanceCtor = w.constructor;
+  await w.terminate();
+  const paths = {
+    guarded: Guarded,
+    prototypeOfClass: Object.getPrototypeOf(Guarded),
+    protoConstructor: Guarded.prototype.constructor,
+    superProtoConstructor: Object.getPrototypeOf(Guarded.prototype).constructor,
+    instanceConstructor: instanceCtor,
+    nodeProtoConstructor: Worker.prototype.constructor,
+  };
+  for (const [what, W] of Object.entries(paths)) {
+    if (W === EventEmitter) continue; // Node's Worker's own parent: starts no thread
+    assert.equal(await run(W), true, `${what} starts an unguarded worker`);
+  }
+  assert.equal(Object.getPrototypeOf(Guarded), EventEmitter);
+  class Sub extends Guarded {}
+  const s = new Sub("1", { eval: true });
+  assert.ok(s instanceof Sub && s instanceof Guarded);
+  await s.terminate();
+  assert.equal(await run(Sub), true, "a subclass");
 });
