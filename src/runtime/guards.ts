@@ -84,6 +84,38 @@ const VALUE_OPTIONS = new Set([
 ]);
 
 /**
+ * Node options that run code before the app, so before a preload's guards (or, `--env-file`, set NODE_OPTIONS).
+ */
+const LOADER_OPTIONS = new Set([
+  "-r",
+  "--require",
+  "--import",
+  "--loader",
+  "--experimental-loader",
+  "--env-file",
+]);
+
+/**
+ * The loader options among Node option tokens, each as `name=value` (`--import x`, `--import=x` and
+ * `--experimental_loader x` are `--import=x`, `--experimental-loader=x`). `commandLine`: the tokens are a `node …`
+ * command line, whose options end at the script, `-e`/`-p` or `--`.
+ */
+export function loaderOptions(tokens: readonly string[], commandLine = false): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < tokens.length; i++) {
+    const t = tokens[i]!;
+    if (commandLine && (t === "--" || !t.startsWith("-") || t === "-")) break;
+    const name = optionName(t);
+    const eq = t.indexOf("=");
+    if (LOADER_OPTIONS.has(name))
+      out.push(`${name}=${eq >= 0 ? t.slice(eq + 1).replace(/"/g, "") : (tokens[++i] ?? "")}`);
+    else if (commandLine && ["-e", "--eval", "-p", "--print"].includes(t)) break;
+    else if (VALUE_OPTIONS.has(name) && eq < 0) i++;
+  }
+  return out;
+}
+
+/**
  * The Node options of a `node …` command line (the arguments after `node`, up to the script or `--`), for the
  * launcher, which must refuse a debugger before Node opens it: `--inspect-brk` and `--inspect-wait` wait for a
  * debugger before any JavaScript (the preload too) runs.

@@ -5,11 +5,19 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync, symlinkSync, writeFileSync, chmodSync, realpathSync } from "node:fs";
+import {
+  existsSync,
+  mkdtempSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+  chmodSync,
+  realpathSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { EventEmitter } from "node:events";
-import { Worker } from "node:worker_threads";
+import { SHARE_ENV, Worker, type WorkerOptions } from "node:worker_threads";
 import {
   addonAllowed,
   debuggerInNodeArgs,
@@ -19,7 +27,7 @@ import {
   preloadArgs,
   resolveProgram,
 } from "../../src/runtime/guards.js";
-import { guardWorkerClass } from "../../src/runtime/worker-guard.js";
+import { checkWorkerOptions, guardWorkerClass } from "../../src/runtime/worker-guard.js";
 
 test("debugger options in every spelling Node accepts", () => {
   assert.deepEqual(
@@ -137,4 +145,48 @@ test("the guarded Worker: no path back to Node's raw class, every construction r
   assert.ok(s instanceof Sub && s instanceof Guarded);
   await s.terminate();
   assert.equal(await run(Sub), true, "a subclass");
+});
+
+test("a worker's execArgv or env NODE_OPTIONS may not load code first, expose internals or open a debugger", () => {
+  const code = (o: WorkerOptions, allowed?: string[]) => {
+    try {
+      checkWorkerOptions(o, allowed);
+      return "ok";
+    } catch (e) {
+      return (e as { code: string }).code;
+    }
+  };
+  const NET = "ERR_SENG_HOST_NETWORKING";
+  for (const execArgv of [
+    ["--expose-internals"],
+    ["--expose_internals"],
+    ["-r", "/tmp/x.cjs"],
+    ["--require=/tmp/x.cjs"],
+    ["--import", "data:text/javascript,1"],
+    ["--experimental_loader=/tmp/l.mjs"],
+    ["--loader", "/tmp/l.mjs"],
+  ])
+    assert.equal(code({ execArgv }), NET, execArgv.join(" "));
+  assert.equal(code({ execArgv: ["--inspect-brk"] }), "ERR_SENG_DEBUGGER");
+  assert.equal(code({ execArgv: ["--max-old-space-size=64"] }), "ok");
+  assert.equal(code({ env: { NODE_OPTIONS: '--max-old-space-size=64 "--require=/tmp/x.cjs"' } }), NET);
+  assert.equal(code({ env: { NODE_OPTIONS: "--expose-internals" } }), NET);
+  assert.equal(code({ env: { NODE_OPTIONS: "--inspect" } }), "ERR_SENG_DEBUGGER");
+  assert.equal(code({ env: { NODE_OPTIONS: "--import x" } }, ["--import=x"]), "ok", "the operator's own");
+  assert.equal(code({ env: SHARE_ENV }), "ok");
+
+  // Through the guarded class: refused before any thread starts.
+  const dir = mkdtempSync(join(tmpdir(), "seng-guards-"));
+  try {
+    const evil = join(dir, "evil.cjs");
+    writeFileSync(evil, "require('node:fs').writeFileSync(__filename + '.ran', '')");
+    const Guarded = guardWorkerClass(Worker, "");
+    assert.throws(() => new Guarded("1", { eval: true, execArgv: ["-r", evil] }), { code: NET });
+    assert.throws(() => new Guarded("1", { eval: true, env: { NODE_OPTIONS: `--require ${evil}` } }), {
+      code: NET,
+    });
+    assert.equal(existsSync(`${evil}.ran`), false);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
