@@ -270,21 +270,39 @@ export function preloadArgs(execArgv: readonly string[] = process.execArgv): str
   return out;
 }
 
-const REGISTER = /(^|[/\\])register\.(ts|js|mjs)$|^seng\/register$/;
-
-/** `args` (after argv0) of a Node child with the preload in front, unless its options already import it. */
-function withPreload(args: readonly string[], preload: readonly string[]): string[] {
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i]!;
-    if (a === "--" || !a.startsWith("-") || ["-e", "--eval", "-p", "--print"].includes(a)) break;
-    if (a.startsWith("--import=") && REGISTER.test(a.slice("--import=".length))) return [...args];
-    if (a === "--import" && REGISTER.test(args[i + 1] ?? "")) return [...args];
-    if (VALUE_OPTIONS.has(optionName(a)) && !a.includes("=")) i++;
-  }
-  return [...preload, ...args];
+/**
+ * A Node child's arguments (after argv0) with the preload in front (unless they already hold all of it). Loader
+ * options (`-r`, `--require`, `--import`, `--loader`, `--experimental-loader`, `--env-file`, any spelling) in its
+ * options or its NODE_OPTIONS would run code before the preload's guards: only the preload's own and those this
+ * process was started with (`allowed`, as {@link loaderOptions} spells them) pass; any other throws
+ * `ERR_SENG_HOST_NETWORKING`.
+ */
+export function nodeChildArgs(
+  args: readonly string[],
+  nodeOptions: string | undefined,
+  preload: readonly string[],
+  allowed: readonly string[],
+): string[] {
+  const own = loaderOptions(preload);
+  const ok = new Set([...own, ...allowed]);
+  const inArgs = loaderOptions(args, true);
+  const foreign = [
+    ...inArgs.filter((l) => !ok.has(l)),
+    ...loaderOptions(nodeOptionsTokens(nodeOptions))
+      .filter((l) => !ok.has(l))
+      .map((l) => `NODE_OPTIONS ${l}`),
+  ];
+  if (foreign.length)
+    throw hostNetworkingError(
+      `a Node child with ${foreign.join(", ")} would run code before SENG's preload; only the preload this ` +
+        "process runs with may load code in a Node child",
+    );
+  return own.length && own.every((l) => inArgs.includes(l)) ? [...args] : [...preload, ...args];
 }
 
-let childPolicy: (ChildGuardOptions & { node: string; preload: string[]; warned: Set<string> }) | undefined;
+let childPolicy:
+  | (ChildGuardOptions & { node: string; preload: string[]; allowed: string[]; warned: Set<string> })
+  | undefined;
 
 /**
  * Decides about one child: returns its arguments (after argv0; with the preload for a Node child) or throws
@@ -307,7 +325,7 @@ function admitChild(
     ];
     if (asked.length && !debuggerAllowed)
       throw debuggerError(`a Node child with ${asked.join(" ")} would give the host a debugger`);
-    return withPreload(args, p.preload);
+    return nodeChildArgs(args, (env ?? process.env).NODE_OPTIONS, p.preload, p.allowed);
   }
   const what =
     shellCommand !== undefined ? `${program}, a shell running "${shellCommand.slice(0, 80)}",` : program;
@@ -355,7 +373,17 @@ function cwdOf(o: SpawnOpts): string | undefined {
  */
 export function installChildGuard(opts: ChildGuardOptions): void {
   if (childPolicy) return;
-  childPolicy = { ...opts, node: real(process.execPath), preload: preloadArgs(), warned: new Set() };
+  childPolicy = {
+    ...opts,
+    node: real(process.execPath),
+    preload: preloadArgs(),
+    // What this process was started with (the operator's command line) may reach a child (fork's execArgv, env).
+    allowed: [
+      ...loaderOptions(process.execArgv),
+      ...loaderOptions(nodeOptionsTokens(process.env.NODE_OPTIONS)),
+    ],
+    warned: new Set(),
+  };
   const proto = childProcess.ChildProcess.prototype as unknown as Record<string, AnyFn>;
   const spawn = proto.spawn as unknown as (this: unknown, o: Record<string, unknown>) => unknown;
   put(proto, "spawn", function (this: unknown, o: Record<string, unknown>) {

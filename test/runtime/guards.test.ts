@@ -23,6 +23,7 @@ import {
   debuggerInNodeArgs,
   debuggerOptions,
   nodeArgsOptions,
+  nodeChildArgs,
   nodeOptionsTokens,
   preloadArgs,
   resolveProgram,
@@ -189,4 +190,43 @@ test("a worker's execArgv or env NODE_OPTIONS may not load code first, expose in
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test("a Node child: only the preload's own loaders pass, in its options, fork's execArgv or NODE_OPTIONS", () => {
+  const preload = ["--import", "tsx", "--import=/seng/src/runtime/register.ts"];
+  const code = (args: string[], nodeOptions?: string, allowed: string[] = []) => {
+    try {
+      return nodeChildArgs(args, nodeOptions, preload, allowed);
+    } catch (e) {
+      return (e as { code: string }).code;
+    }
+  };
+  const NET = "ERR_SENG_HOST_NETWORKING";
+  assert.deepEqual(code(["app.js", "-r", "x"]), [...preload, "app.js", "-r", "x"], "the app's own arguments");
+  assert.deepEqual(code(["--import=tsx", "--import", "/seng/src/runtime/register.ts", "app.js"]), [
+    "--import=tsx",
+    "--import",
+    "/seng/src/runtime/register.ts",
+    "app.js",
+  ]);
+  for (const args of [
+    ["--import=/tmp/x/register.mjs", "app.js"], // a look-alike of the preload is not the preload
+    ["--import", "/tmp/x/register.js", "app.js"],
+    ["-r", "evil.cjs", "app.js"],
+    ["--require=evil.cjs", "app.js"],
+    ["--experimental_loader", "evil.mjs", "app.js"],
+    ["--loader=evil.mjs", "-e", "1"],
+    ["--env-file=.env", "app.js"],
+    ["--max-old-space-size=64", "--import", "tsx", "-r", "evil.cjs", "app.js"],
+  ])
+    assert.equal(code(args), NET, args.join(" "));
+  assert.equal(code(["app.js"], '--max-old-space-size=64 "--require=/tmp/evil.cjs"'), NET);
+  assert.equal(code(["app.js"], "--import /tmp/x/register.js"), NET);
+  assert.deepEqual(code(["app.js"], "--import tsx"), [...preload, "app.js"], "the preload's own");
+  assert.deepEqual(code(["-r", "op.cjs", "app.js"], undefined, ["-r=op.cjs"]), [
+    ...preload,
+    "-r",
+    "op.cjs",
+    "app.js",
+  ]);
 });
