@@ -451,6 +451,14 @@ export function addonAllowed(allow: readonly string[], path: string, sha256: str
   return allow.some((a) => (/^[0-9a-fA-F]{64}$/.test(a) ? a.toLowerCase() === sha256 : real(a) === path));
 }
 
+/** SHA-256 (hex) of the file at `path`; throws as readFileSync does. Replaceable in tests (hashing faults). */
+let addonHash = (path: string): string => createHash("sha256").update(readFileSync(path)).digest("hex");
+
+/** For tests: the hash function the addon guard uses. */
+export function setAddonHashForTest(fn: (path: string) => string): void {
+  addonHash = fn;
+}
+
 let addonsGuarded = false;
 
 /**
@@ -469,10 +477,16 @@ export function installAddonGuard(opts: AddonGuardOptions): void {
     if (path !== own) {
       let sha256: string;
       try {
-        sha256 = createHash("sha256").update(readFileSync(path)).digest("hex");
-      } catch {
+        sha256 = addonHash(path);
+      } catch (e) {
+        // With an allow list an addon that cannot be hashed (gone, unreadable, > 2 GiB) is not known: refused.
+        if (opts.allowAddons)
+          throw addonError(
+            `${path} cannot be hashed to check it against allowAddons (${(e as Error).message})`,
+          );
         return (dlopen as (...a: unknown[]) => unknown).call(this, module, filename, ...rest); // Node's own error
       }
+      // Known limit (docs/THREAT-MODEL.md): the file may change between this hash and dlopen (TOCTOU).
       const allowed = opts.allowAddons ? addonAllowed(opts.allowAddons, path, sha256) : undefined;
       if (allowed === false)
         throw addonError(
@@ -522,7 +536,11 @@ export function workerGuardsSource(allowAddons: readonly string[] | undefined): 
   def(process, "dlopen", function (m, f, ...r) {
     let p = String(f); try { p = fs.realpathSync(p); } catch {}
     if (p !== own) {
-      let h; try { h = require("node:crypto").createHash("sha256").update(fs.readFileSync(p)).digest("hex"); } catch { return dlopen.call(this, m, f, ...r); }
+      let h; try { h = require("node:crypto").createHash("sha256").update(fs.readFileSync(p)).digest("hex"); } catch (e) {
+        if (allow) throw Object.assign(new Error("SENG: native addon refused: " + p + " cannot be hashed to check it against allowAddons (" + e.message + ")"), { code: "ERR_SENG_ADDON" });
+        return dlopen.call(this, m, f, ...r);
+      }
+      // Known limit: the file may change between this hash and dlopen (TOCTOU).
       if (allow && !allow.includes(h) && !allow.includes(p))
         throw Object.assign(new Error("SENG: native addon refused: " + p + " (sha256 " + h + ") is not in the runtime config's allowAddons (add its path or hash)"), { code: "ERR_SENG_ADDON" });
       process.stderr.write("seng: " + (allow ? "" : "warning: ") + "native addon " + p + " sha256 " + h + " loaded in a worker" + (allow ? " (in allowAddons)" : " without allowAddons") + "\\n");

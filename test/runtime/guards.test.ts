@@ -13,20 +13,25 @@ import {
   writeFileSync,
   chmodSync,
   realpathSync,
+  readFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { createHash } from "node:crypto";
 import { EventEmitter } from "node:events";
 import { SHARE_ENV, Worker, type WorkerOptions } from "node:worker_threads";
 import {
   addonAllowed,
   debuggerInNodeArgs,
   debuggerOptions,
+  installAddonGuard,
   nodeArgsOptions,
   nodeChildArgs,
   nodeOptionsTokens,
   preloadArgs,
   resolveProgram,
+  setAddonHashForTest,
+  workerGuardsSource,
 } from "../../src/runtime/guards.js";
 import { checkWorkerOptions, guardWorkerClass } from "../../src/runtime/worker-guard.js";
 
@@ -229,4 +234,38 @@ test("a Node child: only the preload's own loaders pass, in its options, fork's 
     "op.cjs",
     "app.js",
   ]);
+});
+
+test("with allowAddons, an addon whose hash cannot be computed is refused (fails closed)", () => {
+  const addon = realpathSync("node_modules/better-sqlite3/build/Release/better_sqlite3.node");
+  const said: string[] = [];
+  installAddonGuard({ allowAddons: [addon], say: (m) => void said.push(m) });
+  setAddonHashForTest(() => {
+    throw Object.assign(new Error("ENOENT: no such file or directory"), { code: "ENOENT" });
+  });
+  try {
+    assert.throws(() => process.dlopen({ exports: {} }, addon), {
+      code: "ERR_SENG_ADDON",
+      message: /cannot be hashed to check it against allowAddons \(ENOENT/,
+    });
+    assert.deepEqual(said, [], "not loaded, not logged as loaded");
+  } finally {
+    setAddonHashForTest((p) => createHash("sha256").update(readFileSync(p)).digest("hex"));
+  }
+});
+
+test("in a worker too: with allowAddons, an addon the guard cannot hash is refused", async () => {
+  const addon = realpathSync("node_modules/better-sqlite3/build/Release/better_sqlite3.node");
+  // The app breaks the guard's hashing (fs.readFileSync throws) and then loads an addon that is not allowed.
+  const code = `${workerGuardsSource(["ab".repeat(32)])}
+const fs = require("node:fs"), { parentPort } = require("node:worker_threads");
+fs.readFileSync = () => { throw new Error("EIO"); };
+try { require(${JSON.stringify(addon)}); parentPort.postMessage("loaded"); } catch (e) { parentPort.postMessage(String(e.code)); }`;
+  const w = new Worker(code, { eval: true, stderr: true });
+  const got = await new Promise((res, rej) => {
+    w.once("message", res);
+    w.once("error", rej);
+  });
+  await w.terminate();
+  assert.equal(got, "ERR_SENG_ADDON");
 });
