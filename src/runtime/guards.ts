@@ -511,7 +511,8 @@ export function installAddonGuard(opts: AddonGuardOptions): void {
 
 /**
  * JavaScript for the start of every worker thread (self-contained, run by the worker guard in register.ts): no
- * debugger, no child processes at all (start them from the main thread), and the addon policy.
+ * debugger, no child processes and no nested workers at all (start them from the main thread), and the addon
+ * policy.
  */
 export function workerGuardsSource(allowAddons: readonly string[] | undefined): string {
   const allow = allowAddons
@@ -519,13 +520,17 @@ export function workerGuardsSource(allowAddons: readonly string[] | undefined): 
     : "null";
   return `{
   const dbg = (what) => Object.assign(new Error(${JSON.stringify(DEBUGGER_REFUSED)} + ": " + what), { code: "ERR_SENG_DEBUGGER" });
-  const host = (what) => Object.assign(new Error("SENG: host networking is disabled in a shielded app: " + what + " (worker threads cannot start programs; use the main thread)"), { code: "ERR_SENG_HOST_NETWORKING" });
+  const host = (what) => Object.assign(new Error("SENG: host networking is disabled in a shielded app: " + what + " (worker threads cannot start programs or workers; use the main thread)"), { code: "ERR_SENG_HOST_NETWORKING" });
   const def = (o, k, f) => { try { Object.defineProperty(o, k, { value: f, writable: true, configurable: true }); } catch {} };
   const inspector = require("node:inspector"), cp = require("node:child_process"), fs = require("node:fs");
   def(inspector, "open", () => { throw dbg("inspector.open() would give the host a debugger"); });
   def(process, "_debugProcess", () => { throw dbg("process._debugProcess() opens a debugger in a Node process"); });
   for (const k of ["spawn", "exec", "execFile", "fork", "spawnSync", "execSync", "execFileSync"]) def(cp, k, () => { throw host("child_process." + k); });
   def(cp.ChildProcess.prototype, "spawn", () => { throw host("ChildProcess#spawn"); });
+  // A nested worker would get fresh, unguarded modules: none (a Proxy, so no prototype path to Node's class).
+  const wt = require("node:worker_threads"), NoWorker = new Proxy(wt.Worker, { construct() { throw host("new Worker"); } });
+  def(wt.Worker.prototype, "constructor", NoWorker);
+  def(wt, "Worker", NoWorker);
   const binding = process.binding;
   def(process, "binding", (n) => {
     if (n === "inspector") throw dbg('process.binding("inspector") can open a debugger');

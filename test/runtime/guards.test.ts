@@ -269,3 +269,21 @@ try { require(${JSON.stringify(addon)}); parentPort.postMessage("loaded"); } cat
   await w.terminate();
   assert.equal(got, "ERR_SENG_ADDON");
 });
+
+test("a worker cannot start a nested worker (it would have fresh, unguarded modules)", async () => {
+  const code = `${workerGuardsSource(undefined)}
+const { parentPort } = require("node:worker_threads"), out = [];
+for (const W of [require("node:worker_threads").Worker, require("node:worker_threads").Worker.prototype.constructor])
+  try { const w = new W("1", { eval: true }); w.terminate(); out.push("STARTED"); } catch (e) { out.push(String(e.code)); }
+import("node:worker_threads").then((m) => {
+  try { new m.Worker("1", { eval: true }).terminate(); out.push("STARTED"); } catch (e) { out.push(String(e.code)); }
+  parentPort.postMessage(out);
+});`;
+  const w = new Worker(code, { eval: true });
+  const got = await new Promise((res, rej) => {
+    w.once("message", res);
+    w.once("error", rej);
+  });
+  await w.terminate();
+  assert.deepEqual(got, ["ERR_SENG_HOST_NETWORKING", "ERR_SENG_HOST_NETWORKING", "ERR_SENG_HOST_NETWORKING"]);
+});
