@@ -11,7 +11,8 @@
  *  - native addons: each one the app loads is logged with its path and SHA-256; with `allowAddons` any other is
  *    refused (`ERR_SENG_ADDON`), without it they load with a warning. SENG's own addon always loads.
  *
- * The preload (register.ts) installs these in the main thread; worker threads get {@link workerGuardsSource}.
+ * The preload (register.ts) installs these in the main thread; worker threads get `workerGuardsSource`
+ * (worker-guard.ts).
  * `seng runtime run` uses {@link debuggerInNodeArgs} and {@link installDebuggerGuard} for itself.
  */
 import { createHash } from "node:crypto";
@@ -234,7 +235,8 @@ export interface ChildGuardOptions {
   warn: (message: string, event: Record<string, unknown>) => void;
 }
 
-function real(p: string): string {
+/** The real path of `p`, or `p` when it has none (not there yet). */
+export function real(p: string): string {
   try {
     return realpathSync(p);
   } catch {
@@ -505,53 +507,4 @@ export function installAddonGuard(opts: AddonGuardOptions): void {
     }
     return (dlopen as (...a: unknown[]) => unknown).call(this, module, filename, ...rest);
   } as AnyFn);
-}
-
-// ---- worker threads -------------------------------------------------------------------------------------------------
-
-/**
- * JavaScript for the start of every worker thread (self-contained, run by the worker guard in register.ts): no
- * debugger, no child processes and no nested workers at all (start them from the main thread), and the addon
- * policy.
- */
-export function workerGuardsSource(allowAddons: readonly string[] | undefined): string {
-  const allow = allowAddons
-    ? JSON.stringify(allowAddons.map((a) => (/^[0-9a-fA-F]{64}$/.test(a) ? a.toLowerCase() : real(a))))
-    : "null";
-  return `{
-  const dbg = (what) => Object.assign(new Error(${JSON.stringify(DEBUGGER_REFUSED)} + ": " + what), { code: "ERR_SENG_DEBUGGER" });
-  const host = (what) => Object.assign(new Error("SENG: host networking is disabled in a shielded app: " + what + " (worker threads cannot start programs or workers; use the main thread)"), { code: "ERR_SENG_HOST_NETWORKING" });
-  const def = (o, k, f) => { try { Object.defineProperty(o, k, { value: f, writable: true, configurable: true }); } catch {} };
-  const inspector = require("node:inspector"), cp = require("node:child_process"), fs = require("node:fs");
-  def(inspector, "open", () => { throw dbg("inspector.open() would give the host a debugger"); });
-  def(process, "_debugProcess", () => { throw dbg("process._debugProcess() opens a debugger in a Node process"); });
-  for (const k of ["spawn", "exec", "execFile", "fork", "spawnSync", "execSync", "execFileSync"]) def(cp, k, () => { throw host("child_process." + k); });
-  def(cp.ChildProcess.prototype, "spawn", () => { throw host("ChildProcess#spawn"); });
-  // A nested worker would get fresh, unguarded modules: none (a Proxy, so no prototype path to Node's class).
-  const wt = require("node:worker_threads"), NoWorker = new Proxy(wt.Worker, { construct() { throw host("new Worker"); } });
-  def(wt.Worker.prototype, "constructor", NoWorker);
-  def(wt, "Worker", NoWorker);
-  const binding = process.binding;
-  def(process, "binding", (n) => {
-    if (n === "inspector") throw dbg('process.binding("inspector") can open a debugger');
-    if (n === "process_wrap" || n === "spawn_sync") throw host("process.binding(" + n + ")");
-    return binding.call(process, n);
-  });
-  const allow = ${allow}, own = ${JSON.stringify(real(nativeAddonPath()))}, dlopen = process.dlopen;
-  def(process, "dlopen", function (m, f, ...r) {
-    let p = String(f); try { p = fs.realpathSync(p); } catch {}
-    if (p !== own) {
-      let h; try { h = require("node:crypto").createHash("sha256").update(fs.readFileSync(p)).digest("hex"); } catch (e) {
-        if (allow) throw Object.assign(new Error("SENG: native addon refused: " + p + " cannot be hashed to check it against allowAddons (" + e.message + ")"), { code: "ERR_SENG_ADDON" });
-        return dlopen.call(this, m, f, ...r);
-      }
-      // Known limit: the file may change between this hash and dlopen (TOCTOU).
-      if (allow && !allow.includes(h) && !allow.includes(p))
-        throw Object.assign(new Error("SENG: native addon refused: " + p + " (sha256 " + h + ") is not in the runtime config's allowAddons (add its path or hash)"), { code: "ERR_SENG_ADDON" });
-      process.stderr.write("seng: " + (allow ? "" : "warning: ") + "native addon " + p + " sha256 " + h + " loaded in a worker" + (allow ? " (in allowAddons)" : " without allowAddons") + "\\n");
-    }
-    return dlopen.call(this, m, f, ...r);
-  });
-  require("node:module").syncBuiltinESMExports();
-}`;
 }

@@ -48,14 +48,8 @@ import * as sdkDgram from "./dgram.js";
 import * as sdkResolve from "./dns-resolve.js";
 import * as sdkDns from "./dns.js";
 import * as sdkNet from "./net.js";
-import {
-  decideDebugger,
-  installAddonGuard,
-  installChildGuard,
-  installDebuggerGuard,
-  workerGuardsSource,
-} from "./guards.js";
-import { guardWorkerClass } from "./worker-guard.js";
+import { decideDebugger, installAddonGuard, installChildGuard, installDebuggerGuard } from "./guards.js";
+import { guardWorkerClass, workerGuardsSource } from "./worker-guard.js";
 import { hostNetworkingError, ShieldedStack, ShieldedStackError } from "./stack.js";
 import { checkNodeInternals } from "./node-internals.js";
 import { closeHostHandles } from "./host-handles.js";

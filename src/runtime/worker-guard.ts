@@ -3,12 +3,21 @@
  * only, so every worker runs the guards' source first. The class is a Proxy of Node's own, not a subclass: a
  * subclass's prototype chain (`Object.getPrototypeOf(Worker)`) would hand out Node's raw constructor, which starts
  * a worker with no guard at all. Node's prototype's `constructor` points at the Proxy too. A worker's `execArgv`
- * must not load code before the guard or expose Node's internals. (Workers do not read NODE_OPTIONS from `env`.)
+ * (and NODE_OPTIONS of its `env`, which Node parses for it) must not load code before the guard or expose Node's
+ * internals. Also here: the guards' source for every worker ({@link workerGuardsSource}).
  */
 import { resolve as resolvePath } from "node:path";
 import { pathToFileURL } from "node:url";
 import type { Worker as NodeWorker, WorkerOptions } from "node:worker_threads";
-import { debuggerError, debuggerOptions, loaderOptions, nodeOptionsTokens } from "./guards.js";
+import { nativeAddonPath } from "../native/load.js";
+import {
+  DEBUGGER_REFUSED,
+  debuggerError,
+  debuggerOptions,
+  loaderOptions,
+  nodeOptionsTokens,
+  real,
+} from "./guards.js";
 import { hostNetworkingError } from "./stack.js";
 
 /**
@@ -80,4 +89,51 @@ export function guardWorkerClass(Original: typeof NodeWorker, guard: string): ty
     enumerable: false,
   });
   return Guarded;
+}
+
+/**
+ * JavaScript for the start of every worker thread (self-contained, run by the worker guard in register.ts): no
+ * debugger, no child processes and no nested workers at all (start them from the main thread), and the addon
+ * policy.
+ */
+export function workerGuardsSource(allowAddons: readonly string[] | undefined): string {
+  const allow = allowAddons
+    ? JSON.stringify(allowAddons.map((a) => (/^[0-9a-fA-F]{64}$/.test(a) ? a.toLowerCase() : real(a))))
+    : "null";
+  return `{
+  const dbg = (what) => Object.assign(new Error(${JSON.stringify(DEBUGGER_REFUSED)} + ": " + what), { code: "ERR_SENG_DEBUGGER" });
+  const host = (what) => Object.assign(new Error("SENG: host networking is disabled in a shielded app: " + what + " (worker threads cannot start programs or workers; use the main thread)"), { code: "ERR_SENG_HOST_NETWORKING" });
+  const def = (o, k, f) => { try { Object.defineProperty(o, k, { value: f, writable: true, configurable: true }); } catch {} };
+  const inspector = require("node:inspector"), cp = require("node:child_process"), fs = require("node:fs");
+  def(inspector, "open", () => { throw dbg("inspector.open() would give the host a debugger"); });
+  def(process, "_debugProcess", () => { throw dbg("process._debugProcess() opens a debugger in a Node process"); });
+  for (const k of ["spawn", "exec", "execFile", "fork", "spawnSync", "execSync", "execFileSync"]) def(cp, k, () => { throw host("child_process." + k); });
+  def(cp.ChildProcess.prototype, "spawn", () => { throw host("ChildProcess#spawn"); });
+  // A nested worker would get fresh, unguarded modules: none (a Proxy, so no prototype path to Node's class).
+  const wt = require("node:worker_threads"), NoWorker = new Proxy(wt.Worker, { construct() { throw host("new Worker"); } });
+  def(wt.Worker.prototype, "constructor", NoWorker);
+  def(wt, "Worker", NoWorker);
+  const binding = process.binding;
+  def(process, "binding", (n) => {
+    if (n === "inspector") throw dbg('process.binding("inspector") can open a debugger');
+    if (n === "process_wrap" || n === "spawn_sync") throw host("process.binding(" + n + ")");
+    return binding.call(process, n);
+  });
+  const allow = ${allow}, own = ${JSON.stringify(real(nativeAddonPath()))}, dlopen = process.dlopen;
+  def(process, "dlopen", function (m, f, ...r) {
+    let p = String(f); try { p = fs.realpathSync(p); } catch {}
+    if (p !== own) {
+      let h; try { h = require("node:crypto").createHash("sha256").update(fs.readFileSync(p)).digest("hex"); } catch (e) {
+        if (allow) throw Object.assign(new Error("SENG: native addon refused: " + p + " cannot be hashed to check it against allowAddons (" + e.message + ")"), { code: "ERR_SENG_ADDON" });
+        return dlopen.call(this, m, f, ...r);
+      }
+      // Known limit: the file may change between this hash and dlopen (TOCTOU).
+      if (allow && !allow.includes(h) && !allow.includes(p))
+        throw Object.assign(new Error("SENG: native addon refused: " + p + " (sha256 " + h + ") is not in the runtime config's allowAddons (add its path or hash)"), { code: "ERR_SENG_ADDON" });
+      process.stderr.write("seng: " + (allow ? "" : "warning: ") + "native addon " + p + " sha256 " + h + " loaded in a worker" + (allow ? " (in allowAddons)" : " without allowAddons") + "\\n");
+    }
+    return dlopen.call(this, m, f, ...r);
+  });
+  require("node:module").syncBuiltinESMExports();
+}`;
 }

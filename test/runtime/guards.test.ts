@@ -31,9 +31,8 @@ import {
   preloadArgs,
   resolveProgram,
   setAddonHashForTest,
-  workerGuardsSource,
 } from "../../src/runtime/guards.js";
-import { checkWorkerOptions, guardWorkerClass } from "../../src/runtime/worker-guard.js";
+import { checkWorkerOptions, guardWorkerClass, workerGuardsSource } from "../../src/runtime/worker-guard.js";
 
 test("debugger options in every spelling Node accepts", () => {
   assert.deepEqual(
