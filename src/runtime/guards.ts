@@ -307,7 +307,8 @@ let childPolicy:
   | undefined;
 
 /**
- * Decides about one child: returns its arguments (after argv0; with the preload for a Node child) or throws
+ * Decides about one child: returns the program to start (the resolved path that was judged, so PATH is not looked
+ * up twice) and its arguments (after argv0; with the preload for a Node child), or throws
  * `ERR_SENG_HOST_NETWORKING`. `shellCommand` is the command line a shell was asked to run.
  */
 function admitChild(
@@ -316,9 +317,10 @@ function admitChild(
   env: Record<string, string | undefined> | undefined,
   cwd: string | undefined,
   shellCommand?: string,
-): string[] {
+): { file: string; args: string[] } {
   const p = childPolicy!;
-  const program = real(resolveProgram(file, (env ?? process.env).PATH, cwd));
+  const resolved = resolveProgram(file, (env ?? process.env).PATH, cwd);
+  const program = real(resolved);
   if (program === p.node) {
     // A Node child with a debugger would wait for it (--inspect-brk) before its own preload runs: refused here.
     const asked = [
@@ -327,7 +329,10 @@ function admitChild(
     ];
     if (asked.length && !debuggerAllowed)
       throw debuggerError(`a Node child with ${asked.join(" ")} would give the host a debugger`);
-    return nodeChildArgs(args, (env ?? process.env).NODE_OPTIONS, p.preload, p.allowed);
+    return {
+      file: resolved,
+      args: nodeChildArgs(args, (env ?? process.env).NODE_OPTIONS, p.preload, p.allowed),
+    };
   }
   const what =
     shellCommand !== undefined ? `${program}, a shell running "${shellCommand.slice(0, 80)}",` : program;
@@ -339,7 +344,7 @@ function admitChild(
         { event: "unshielded-child", program },
       );
     }
-    return [...args];
+    return { file: resolved, args: [...args] };
   }
   throw hostNetworkingError(
     `child process ${what} would run on the host's network stack; only Node children (with the preload) are ` +
@@ -348,6 +353,7 @@ function admitChild(
 }
 
 interface SpawnOpts {
+  argv0?: string;
   shell?: boolean | string;
   env?: Record<string, string | undefined>;
   cwd?: string | URL;
@@ -396,14 +402,14 @@ export function installChildGuard(opts: ChildGuardOptions): void {
       env[kv.slice(0, i)] = kv.slice(i + 1);
     }
     const shell = args[1] === "-c" && args.length === 3 ? args[2] : undefined;
-    const rest = admitChild(
+    const admitted = admitChild(
       String(o.file),
       args.slice(1),
       o.envPairs ? env : undefined,
       o.cwd as string | undefined,
       shell,
     );
-    return spawn.call(this, { ...o, args: [args[0]!, ...rest] });
+    return spawn.call(this, { ...o, file: admitted.file, args: [args[0]!, ...admitted.args] });
   } as AnyFn);
 
   const cp = childProcess as unknown as Record<string, (...a: unknown[]) => unknown>;
@@ -414,7 +420,8 @@ export function installChildGuard(opts: ChildGuardOptions): void {
       admitChild(shellOf(o), [], o.env, cwdOf(o), [String(a[0]), ...args].join(" "));
       return spawnSync(...a);
     }
-    return spawnSync(a[0], admitChild(String(a[0]), args, o.env, cwdOf(o)), o);
+    const admitted = admitChild(String(a[0]), args, o.env, cwdOf(o));
+    return spawnSync(admitted.file, admitted.args, { ...o, argv0: o.argv0 ?? String(a[0]) });
   }) as AnyFn);
   const execSync = cp.execSync!;
   put(childProcess, "execSync", ((cmd: unknown, o: SpawnOpts = {}) => {
@@ -428,7 +435,8 @@ export function installChildGuard(opts: ChildGuardOptions): void {
       admitChild(shellOf(o), [], o.env, cwdOf(o), [String(a[0]), ...args].join(" "));
       return execFileSync(...a);
     }
-    return execFileSync(a[0], admitChild(String(a[0]), args, o.env, cwdOf(o)), o);
+    const admitted = admitChild(String(a[0]), args, o.env, cwdOf(o));
+    return execFileSync(admitted.file, admitted.args, { ...o, argv0: o.argv0 ?? String(a[0]) });
   }) as AnyFn);
 
   const raw = () =>

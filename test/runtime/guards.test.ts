@@ -18,6 +18,7 @@ import {
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createHash } from "node:crypto";
+import { spawn, spawnSync } from "node:child_process";
 import { EventEmitter } from "node:events";
 import { SHARE_ENV, Worker, type WorkerOptions } from "node:worker_threads";
 import {
@@ -25,6 +26,7 @@ import {
   debuggerInNodeArgs,
   debuggerOptions,
   installAddonGuard,
+  installChildGuard,
   nodeArgsOptions,
   nodeChildArgs,
   nodeOptionsTokens,
@@ -285,4 +287,24 @@ import("node:worker_threads").then((m) => {
   });
   await w.terminate();
   assert.deepEqual(got, ["ERR_SENG_HOST_NETWORKING", "ERR_SENG_HOST_NETWORKING", "ERR_SENG_HOST_NETWORKING"]);
+});
+
+test("an allowed program starts from the path that was judged, not from a second PATH look-up", () => {
+  const dir = mkdtempSync(join(tmpdir(), "seng-guards-"));
+  try {
+    const prog = join(dir, "tool");
+    writeFileSync(prog, '#!/bin/sh\necho ran "$0"\n');
+    chmodSync(prog, 0o755);
+    const warned: string[] = [];
+    installChildGuard({ allowHostPrograms: [prog], warn: (m) => void warned.push(m) });
+    const c = spawn("tool", [], { env: { PATH: dir } });
+    c.kill();
+    assert.equal(c.spawnfile, prog);
+    const r = spawnSync("tool", [], { env: { PATH: `/nonexistent:${dir}` }, encoding: "utf8" });
+    assert.equal(r.stdout, `ran ${prog}\n`);
+    assert.throws(() => spawnSync("sh", ["-c", "true"]), { code: "ERR_SENG_HOST_NETWORKING" });
+    assert.equal(warned.length, 1);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
