@@ -11,7 +11,8 @@
  *  - native addons: each one the app loads is logged with its path and SHA-256; with `allowAddons` any other is
  *    refused (`ERR_SENG_ADDON`), without it they load with a warning. SENG's own addon always loads.
  *
- * The preload (register.ts) installs these in the main thread; worker threads get {@link workerGuardsSource}.
+ * The preload (register.ts) installs these in the main thread; worker threads get `workerGuardsSource`
+ * (worker-guard.ts).
  * `seng runtime run` uses {@link debuggerInNodeArgs} and {@link installDebuggerGuard} for itself.
  */
 import { createHash } from "node:crypto";
@@ -82,6 +83,38 @@ const VALUE_OPTIONS = new Set([
   "--env-file",
   "--stack-trace-limit",
 ]);
+
+/**
+ * Node options that run code before the app, so before a preload's guards (or, `--env-file`, set NODE_OPTIONS).
+ */
+const LOADER_OPTIONS = new Set([
+  "-r",
+  "--require",
+  "--import",
+  "--loader",
+  "--experimental-loader",
+  "--env-file",
+]);
+
+/**
+ * The loader options among Node option tokens, each as `name=value` (`--import x`, `--import=x` and
+ * `--experimental_loader x` are `--import=x`, `--experimental-loader=x`). `commandLine`: the tokens are a `node …`
+ * command line, whose options end at the script, `-e`/`-p` or `--`.
+ */
+export function loaderOptions(tokens: readonly string[], commandLine = false): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < tokens.length; i++) {
+    const t = tokens[i]!;
+    if (commandLine && (t === "--" || !t.startsWith("-") || t === "-")) break;
+    const name = optionName(t);
+    const eq = t.indexOf("=");
+    if (LOADER_OPTIONS.has(name))
+      out.push(`${name}=${eq >= 0 ? t.slice(eq + 1).replace(/"/g, "") : (tokens[++i] ?? "")}`);
+    else if (commandLine && ["-e", "--eval", "-p", "--print"].includes(t)) break;
+    else if (VALUE_OPTIONS.has(name) && eq < 0) i++;
+  }
+  return out;
+}
 
 /**
  * The Node options of a `node …` command line (the arguments after `node`, up to the script or `--`), for the
@@ -202,7 +235,8 @@ export interface ChildGuardOptions {
   warn: (message: string, event: Record<string, unknown>) => void;
 }
 
-function real(p: string): string {
+/** The real path of `p`, or `p` when it has none (not there yet). */
+export function real(p: string): string {
   try {
     return realpathSync(p);
   } catch {
@@ -238,24 +272,43 @@ export function preloadArgs(execArgv: readonly string[] = process.execArgv): str
   return out;
 }
 
-const REGISTER = /(^|[/\\])register\.(ts|js|mjs)$|^seng\/register$/;
-
-/** `args` (after argv0) of a Node child with the preload in front, unless its options already import it. */
-function withPreload(args: readonly string[], preload: readonly string[]): string[] {
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i]!;
-    if (a === "--" || !a.startsWith("-") || ["-e", "--eval", "-p", "--print"].includes(a)) break;
-    if (a.startsWith("--import=") && REGISTER.test(a.slice("--import=".length))) return [...args];
-    if (a === "--import" && REGISTER.test(args[i + 1] ?? "")) return [...args];
-    if (VALUE_OPTIONS.has(optionName(a)) && !a.includes("=")) i++;
-  }
-  return [...preload, ...args];
+/**
+ * A Node child's arguments (after argv0) with the preload in front (unless they already hold all of it). Loader
+ * options (`-r`, `--require`, `--import`, `--loader`, `--experimental-loader`, `--env-file`, any spelling) in its
+ * options or its NODE_OPTIONS would run code before the preload's guards: only the preload's own and those this
+ * process was started with (`allowed`, as {@link loaderOptions} spells them) pass; any other throws
+ * `ERR_SENG_HOST_NETWORKING`.
+ */
+export function nodeChildArgs(
+  args: readonly string[],
+  nodeOptions: string | undefined,
+  preload: readonly string[],
+  allowed: readonly string[],
+): string[] {
+  const own = loaderOptions(preload);
+  const ok = new Set([...own, ...allowed]);
+  const inArgs = loaderOptions(args, true);
+  const foreign = [
+    ...inArgs.filter((l) => !ok.has(l)),
+    ...loaderOptions(nodeOptionsTokens(nodeOptions))
+      .filter((l) => !ok.has(l))
+      .map((l) => `NODE_OPTIONS ${l}`),
+  ];
+  if (foreign.length)
+    throw hostNetworkingError(
+      `a Node child with ${foreign.join(", ")} would run code before SENG's preload; only the preload this ` +
+        "process runs with may load code in a Node child",
+    );
+  return own.length && own.every((l) => inArgs.includes(l)) ? [...args] : [...preload, ...args];
 }
 
-let childPolicy: (ChildGuardOptions & { node: string; preload: string[]; warned: Set<string> }) | undefined;
+let childPolicy:
+  | (ChildGuardOptions & { node: string; preload: string[]; allowed: string[]; warned: Set<string> })
+  | undefined;
 
 /**
- * Decides about one child: returns its arguments (after argv0; with the preload for a Node child) or throws
+ * Decides about one child: returns the program to start (the resolved path that was judged, so PATH is not looked
+ * up twice) and its arguments (after argv0; with the preload for a Node child), or throws
  * `ERR_SENG_HOST_NETWORKING`. `shellCommand` is the command line a shell was asked to run.
  */
 function admitChild(
@@ -264,9 +317,10 @@ function admitChild(
   env: Record<string, string | undefined> | undefined,
   cwd: string | undefined,
   shellCommand?: string,
-): string[] {
+): { file: string; args: string[] } {
   const p = childPolicy!;
-  const program = real(resolveProgram(file, (env ?? process.env).PATH, cwd));
+  const resolved = resolveProgram(file, (env ?? process.env).PATH, cwd);
+  const program = real(resolved);
   if (program === p.node) {
     // A Node child with a debugger would wait for it (--inspect-brk) before its own preload runs: refused here.
     const asked = [
@@ -275,7 +329,10 @@ function admitChild(
     ];
     if (asked.length && !debuggerAllowed)
       throw debuggerError(`a Node child with ${asked.join(" ")} would give the host a debugger`);
-    return withPreload(args, p.preload);
+    return {
+      file: resolved,
+      args: nodeChildArgs(args, (env ?? process.env).NODE_OPTIONS, p.preload, p.allowed),
+    };
   }
   const what =
     shellCommand !== undefined ? `${program}, a shell running "${shellCommand.slice(0, 80)}",` : program;
@@ -287,7 +344,7 @@ function admitChild(
         { event: "unshielded-child", program },
       );
     }
-    return [...args];
+    return { file: resolved, args: [...args] };
   }
   throw hostNetworkingError(
     `child process ${what} would run on the host's network stack; only Node children (with the preload) are ` +
@@ -296,6 +353,7 @@ function admitChild(
 }
 
 interface SpawnOpts {
+  argv0?: string;
   shell?: boolean | string;
   env?: Record<string, string | undefined>;
   cwd?: string | URL;
@@ -323,7 +381,17 @@ function cwdOf(o: SpawnOpts): string | undefined {
  */
 export function installChildGuard(opts: ChildGuardOptions): void {
   if (childPolicy) return;
-  childPolicy = { ...opts, node: real(process.execPath), preload: preloadArgs(), warned: new Set() };
+  childPolicy = {
+    ...opts,
+    node: real(process.execPath),
+    preload: preloadArgs(),
+    // What this process was started with (the operator's command line) may reach a child (fork's execArgv, env).
+    allowed: [
+      ...loaderOptions(process.execArgv),
+      ...loaderOptions(nodeOptionsTokens(process.env.NODE_OPTIONS)),
+    ],
+    warned: new Set(),
+  };
   const proto = childProcess.ChildProcess.prototype as unknown as Record<string, AnyFn>;
   const spawn = proto.spawn as unknown as (this: unknown, o: Record<string, unknown>) => unknown;
   put(proto, "spawn", function (this: unknown, o: Record<string, unknown>) {
@@ -334,14 +402,14 @@ export function installChildGuard(opts: ChildGuardOptions): void {
       env[kv.slice(0, i)] = kv.slice(i + 1);
     }
     const shell = args[1] === "-c" && args.length === 3 ? args[2] : undefined;
-    const rest = admitChild(
+    const admitted = admitChild(
       String(o.file),
       args.slice(1),
       o.envPairs ? env : undefined,
       o.cwd as string | undefined,
       shell,
     );
-    return spawn.call(this, { ...o, args: [args[0]!, ...rest] });
+    return spawn.call(this, { ...o, file: admitted.file, args: [args[0]!, ...admitted.args] });
   } as AnyFn);
 
   const cp = childProcess as unknown as Record<string, (...a: unknown[]) => unknown>;
@@ -352,7 +420,8 @@ export function installChildGuard(opts: ChildGuardOptions): void {
       admitChild(shellOf(o), [], o.env, cwdOf(o), [String(a[0]), ...args].join(" "));
       return spawnSync(...a);
     }
-    return spawnSync(a[0], admitChild(String(a[0]), args, o.env, cwdOf(o)), o);
+    const admitted = admitChild(String(a[0]), args, o.env, cwdOf(o));
+    return spawnSync(admitted.file, admitted.args, { ...o, argv0: o.argv0 ?? String(a[0]) });
   }) as AnyFn);
   const execSync = cp.execSync!;
   put(childProcess, "execSync", ((cmd: unknown, o: SpawnOpts = {}) => {
@@ -366,7 +435,8 @@ export function installChildGuard(opts: ChildGuardOptions): void {
       admitChild(shellOf(o), [], o.env, cwdOf(o), [String(a[0]), ...args].join(" "));
       return execFileSync(...a);
     }
-    return execFileSync(a[0], admitChild(String(a[0]), args, o.env, cwdOf(o)), o);
+    const admitted = admitChild(String(a[0]), args, o.env, cwdOf(o));
+    return execFileSync(admitted.file, admitted.args, { ...o, argv0: o.argv0 ?? String(a[0]) });
   }) as AnyFn);
 
   const raw = () =>
@@ -391,6 +461,14 @@ export function addonAllowed(allow: readonly string[], path: string, sha256: str
   return allow.some((a) => (/^[0-9a-fA-F]{64}$/.test(a) ? a.toLowerCase() === sha256 : real(a) === path));
 }
 
+/** SHA-256 (hex) of the file at `path`; throws as readFileSync does. Replaceable in tests (hashing faults). */
+let addonHash = (path: string): string => createHash("sha256").update(readFileSync(path)).digest("hex");
+
+/** For tests: the hash function the addon guard uses. */
+export function setAddonHashForTest(fn: (path: string) => string): void {
+  addonHash = fn;
+}
+
 let addonsGuarded = false;
 
 /**
@@ -409,10 +487,16 @@ export function installAddonGuard(opts: AddonGuardOptions): void {
     if (path !== own) {
       let sha256: string;
       try {
-        sha256 = createHash("sha256").update(readFileSync(path)).digest("hex");
-      } catch {
+        sha256 = addonHash(path);
+      } catch (e) {
+        // With an allow list an addon that cannot be hashed (gone, unreadable, > 2 GiB) is not known: refused.
+        if (opts.allowAddons)
+          throw addonError(
+            `${path} cannot be hashed to check it against allowAddons (${(e as Error).message})`,
+          );
         return (dlopen as (...a: unknown[]) => unknown).call(this, module, filename, ...rest); // Node's own error
       }
+      // Known limit (docs/THREAT-MODEL.md): the file may change between this hash and dlopen (TOCTOU).
       const allowed = opts.allowAddons ? addonAllowed(opts.allowAddons, path, sha256) : undefined;
       if (allowed === false)
         throw addonError(
@@ -431,44 +515,4 @@ export function installAddonGuard(opts: AddonGuardOptions): void {
     }
     return (dlopen as (...a: unknown[]) => unknown).call(this, module, filename, ...rest);
   } as AnyFn);
-}
-
-// ---- worker threads -------------------------------------------------------------------------------------------------
-
-/**
- * JavaScript for the start of every worker thread (self-contained, run by the worker guard in register.ts): no
- * debugger, no child processes at all (start them from the main thread), and the addon policy.
- */
-export function workerGuardsSource(allowAddons: readonly string[] | undefined): string {
-  const allow = allowAddons
-    ? JSON.stringify(allowAddons.map((a) => (/^[0-9a-fA-F]{64}$/.test(a) ? a.toLowerCase() : real(a))))
-    : "null";
-  return `{
-  const dbg = (what) => Object.assign(new Error(${JSON.stringify(DEBUGGER_REFUSED)} + ": " + what), { code: "ERR_SENG_DEBUGGER" });
-  const host = (what) => Object.assign(new Error("SENG: host networking is disabled in a shielded app: " + what + " (worker threads cannot start programs; use the main thread)"), { code: "ERR_SENG_HOST_NETWORKING" });
-  const def = (o, k, f) => { try { Object.defineProperty(o, k, { value: f, writable: true, configurable: true }); } catch {} };
-  const inspector = require("node:inspector"), cp = require("node:child_process"), fs = require("node:fs");
-  def(inspector, "open", () => { throw dbg("inspector.open() would give the host a debugger"); });
-  def(process, "_debugProcess", () => { throw dbg("process._debugProcess() opens a debugger in a Node process"); });
-  for (const k of ["spawn", "exec", "execFile", "fork", "spawnSync", "execSync", "execFileSync"]) def(cp, k, () => { throw host("child_process." + k); });
-  def(cp.ChildProcess.prototype, "spawn", () => { throw host("ChildProcess#spawn"); });
-  const binding = process.binding;
-  def(process, "binding", (n) => {
-    if (n === "inspector") throw dbg('process.binding("inspector") can open a debugger');
-    if (n === "process_wrap" || n === "spawn_sync") throw host("process.binding(" + n + ")");
-    return binding.call(process, n);
-  });
-  const allow = ${allow}, own = ${JSON.stringify(real(nativeAddonPath()))}, dlopen = process.dlopen;
-  def(process, "dlopen", function (m, f, ...r) {
-    let p = String(f); try { p = fs.realpathSync(p); } catch {}
-    if (p !== own) {
-      let h; try { h = require("node:crypto").createHash("sha256").update(fs.readFileSync(p)).digest("hex"); } catch { return dlopen.call(this, m, f, ...r); }
-      if (allow && !allow.includes(h) && !allow.includes(p))
-        throw Object.assign(new Error("SENG: native addon refused: " + p + " (sha256 " + h + ") is not in the runtime config's allowAddons (add its path or hash)"), { code: "ERR_SENG_ADDON" });
-      process.stderr.write("seng: " + (allow ? "" : "warning: ") + "native addon " + p + " sha256 " + h + " loaded in a worker" + (allow ? " (in allowAddons)" : " without allowAddons") + "\\n");
-    }
-    return dlopen.call(this, m, f, ...r);
-  });
-  require("node:module").syncBuiltinESMExports();
-}`;
 }

@@ -40,8 +40,6 @@ import https from "node:https";
 import { syncBuiltinESMExports } from "node:module";
 import net from "node:net";
 import tls from "node:tls";
-import { resolve as resolvePath } from "node:path";
-import { pathToFileURL } from "node:url";
 import workerThreads, { isMainThread } from "node:worker_threads";
 import { linkRef, makeGlobalAgents, ShieldedHttpAgent } from "./agents.js";
 import { AttesterError, detectAttester, makeIdentity } from "./attesters.js";
@@ -50,13 +48,8 @@ import * as sdkDgram from "./dgram.js";
 import * as sdkResolve from "./dns-resolve.js";
 import * as sdkDns from "./dns.js";
 import * as sdkNet from "./net.js";
-import {
-  decideDebugger,
-  installAddonGuard,
-  installChildGuard,
-  installDebuggerGuard,
-  workerGuardsSource,
-} from "./guards.js";
+import { decideDebugger, installAddonGuard, installChildGuard, installDebuggerGuard } from "./guards.js";
+import { guardWorkerClass, workerGuardsSource } from "./worker-guard.js";
 import { hostNetworkingError, ShieldedStack, ShieldedStackError } from "./stack.js";
 import { checkNodeInternals } from "./node-internals.js";
 import { closeHostHandles } from "./host-handles.js";
@@ -260,29 +253,8 @@ export function installShield(refuseAll?: string): void {
 
   // --- worker threads: Node 20 runs --import preloads in the main thread only; every worker runs the guard first.
   if (!refuseAll) {
-    const Original = workerThreads.Worker;
     const guard = `${workerGuardSource()}\n${workerGuardsSource(guardedConfig?.allowAddons)}`;
-    class Worker extends Original {
-      constructor(filename: string | URL, options: workerThreads.WorkerOptions = {}) {
-        if (options.eval) super(`${guard}\n${String(filename)}`, options);
-        else {
-          const href =
-            filename instanceof URL
-              ? filename.href
-              : /^(file|data):/.test(filename)
-                ? filename
-                : pathToFileURL(resolvePath(filename)).href;
-          super(
-            `${guard}\nimport(${JSON.stringify(href)}).catch((e) => process.nextTick(() => { throw e; }));`,
-            {
-              ...options,
-              eval: true,
-            },
-          );
-        }
-      }
-    }
-    replace(workerThreads, "Worker", Worker as unknown as AnyFn);
+    replace(workerThreads, "Worker", guardWorkerClass(workerThreads.Worker, guard) as unknown as AnyFn);
   }
 
   // --- host socket handles (net._createServerHandle, new net.Socket({ handle })...), TLS sockets' addresses
