@@ -38,6 +38,7 @@ ${rules}    - { from: category:web, to: any, proto: tcp, action: allow }
 `;
 const CLOSED = base("");
 const OPEN = base("    - { from: browser, to: gateway, proto: tcp, ports: [9464, 2222], action: allow }\n");
+const PING = base("    - { from: browser, to: gateway, proto: icmp, action: allow }\n");
 const DNAT_OPEN = base("    - { from: browser, to: gateway, proto: tcp, ports: [8443], action: allow }\n");
 
 /** Opens a TCP connection to the gateway (1.5 s) and sends an HTTP GET; the first line of the answer, or null. */
@@ -207,5 +208,21 @@ describe("the gateway host behind the policy", { concurrency: false }, () => {
       await published.kill("SIGKILL");
       await lab.gw.exec("nft", ["delete", "table", "ip", "testnat"], { check: false });
     }
+  });
+
+  test("a packet to the host is judged once: three pings allowed, three packets counted", async () => {
+    lab.writeConfig({ extraYaml: PING });
+    assert.equal(seng(["gateway", "reload", "--config", lab.configFile]).code, 0);
+    const name = "policy.rules[0]";
+    const before = (await counters())[name] ?? 0;
+    // Three pings of one echo request each: three new flows (a rule counts the first packet of a flow).
+    for (let i = 0; i < 3; i++) {
+      const r = await lab.clients[0]!.exec("ping", ["-c", "1", "-W", "2", GW], {
+        check: false,
+        timeoutMs: 10_000,
+      });
+      assert.match(r.stdout, /1 received/, r.stdout);
+    }
+    assert.equal(((await counters())[name] ?? 0) - before, 3, "each echo request counted exactly once");
   });
 });
