@@ -42,7 +42,7 @@ export function configResolver(config: GatewayConfig, dbPath = config.database):
 
 /**
  * The addresses of the host explain runs on: like the lease database, explain assumes it runs on the gateway, where
- * a packet to one of these goes up the input path (rules with `to: gateway`).
+ * a packet to one of these goes to the gateway chain (rules with `to: gateway`).
  */
 export function hostAddresses(): Set<string> {
   return new Set(

@@ -3,7 +3,7 @@
  * (model.ts) that nft.ts renders, in the same order as the chains:
  *
  *   1. from the gateway host (output path): not filtered by SENG's table
- *   2. to the gateway host (input path): from a tunnel, DNS to the TUN address when the leases announce it, then the
+ *   2. to the gateway host (gateway path): from a tunnel, DNS to the TUN address when the leases announce it, then the
  *      `to: gateway` rules in order, none → dropped (`gateway.default`); not from a tunnel: not ours to decide
  *   3. from a LAN interface listed in firewall.unshielded (not a tunnel): the allow list, else dropped
  *   4. not from and not to a tunnel: SENG's table does not decide (accepted by our table)
@@ -39,7 +39,7 @@ export interface Explanation {
 export type Resolver = (address: string) => string | undefined;
 
 /**
- * True for an address of the gateway host (the kernel delivers packets to it locally: input path). The TUN address
+ * True for an address of the gateway host (judged on the gateway path, before any DNAT). The TUN address
  * and `gateway` are always the host; the CLI adds the addresses of the host it runs on.
  */
 export type LocalCheck = (address: string) => boolean;
@@ -187,7 +187,7 @@ export function explain(
   return { verdict: model.defaultAction, decidedBy: "policy.default", trace };
 }
 
-/** The input path: a packet to the gateway host itself (nft chain `gateway`). */
+/** The gateway path: a packet to the gateway host itself, also on a DNATed port (nft chain `gateway`). */
 function toGateway(model: PolicyModel, p: Packet, src: Side, dst: Side, trace: string[]): Explanation {
   if (src.app === undefined) {
     trace.push(
@@ -195,7 +195,7 @@ function toGateway(model: PolicyModel, p: Packet, src: Side, dst: Side, trace: s
     );
     return { verdict: "accept", decidedBy: "none", trace };
   }
-  trace.push(`${dst.address} is the gateway host: only rules with to: ${GATEWAY} apply (input path)`);
+  trace.push(`${dst.address} is the gateway host: only rules with to: ${GATEWAY} apply (gateway path)`);
   if (
     model.gateway.dns &&
     dst.address === model.gateway.address &&

@@ -27,7 +27,7 @@ export type Endpoint =
   | { kind: "apps"; label: string; apps: string[]; set: string; set6: string }
   /** Addresses; `set` names the config set when the endpoint is `set:<name>`. */
   | { kind: "net"; label: string; v4: string[]; v6: string[]; set?: string; set6?: string }
-  /** The gateway host itself (input path); only as a destination. */
+  /** The gateway host itself (gateway path); only as a destination. */
   | { kind: "gateway"; label: "gateway" };
 
 /** The endpoint keyword for the gateway host; no app, category or set may be called so. */
@@ -70,7 +70,7 @@ export interface PolicyModel {
   /** Whether nftables is used at all (`firewall.enabled`). */
   enabled: boolean;
   /**
-   * The input path from the tunnels to the gateway host: always filtered when `enabled` (default deny, counted in
+   * The gateway path from the tunnels to the gateway host (before DNAT): always filtered when `enabled` (default deny, counted in
    * `seng_gateway_default`), opened only by rules with `to: gateway`. `address` is the gateway's TUN address; `dns`
    * is true when the leases name it as a DNS server (`dns:`), so tunnels may send DNS (udp and tcp 53) to it.
    */
@@ -221,7 +221,7 @@ export function compilePolicy(input: PolicyInput): PolicyModel {
       throw new FirewallConfigError(
         `${path}.from: ${GATEWAY} is only a destination (what the gateway host sends is not filtered by SENG)`,
       );
-    // A rule to the gateway filters tunnel traffic by construction (the input path only sees the tunnels).
+    // A rule to the gateway filters tunnel traffic by construction (the gateway path only sees the tunnels).
     if (from.kind !== "apps" && to.kind !== "apps" && to.kind !== "gateway")
       throw new FirewallConfigError(
         `${path}: from or to must name an app or category (the policy filters traffic of tunnels only)`,

@@ -19,8 +19,11 @@
  *   marks: `ip saddr @seng_app_<app> ct mark set <mark>` per app (connection accounting)
  *   rules: `ct state established,related accept`, the rules in order (each with its named counter and its key path
  *     as comment), then the default with the named counter seng_policy_default
- *   input (hook input, priority filter, policy accept)
- *     iifname <tun>  jump gateway         traffic from tunnels to the gateway host itself
+ *   prerouting (hook prerouting, type filter, priority dstnat - 1 = -101, policy accept)
+ *     iifname <tun> fib daddr type { local, broadcast, multicast } jump gateway
+ *                                         traffic from tunnels to the gateway host itself, judged before any DNAT
+ *                                         (Docker -p, kube-proxy, NodePort) can turn it into forwarded traffic;
+ *                                         conntrack (-200) has run, so ct state works; each packet is judged once
  *   gateway: `ct state established,related accept` (answers to the gateway's own connections, and their ICMP
  *     errors), DNS to the TUN address when the leases announce it, the `to: gateway` rules in order, then
  *     `counter name seng_gateway_default drop`, whatever policy.default says and also without a policy section
@@ -106,7 +109,7 @@ const q = (s: string) => JSON.stringify(s);
 
 function addrMatch(dir: "saddr" | "daddr", e: Endpoint, fam: 4 | 6): string | null {
   const ip = fam === 4 ? "ip" : "ip6";
-  // `gateway` is the input chain itself (every packet there is to the host), rendered only there as `any`.
+  // `gateway` is the gateway chain itself (every packet there is to the host), rendered only there as `any`.
   if (e.kind === "any" || e.kind === "gateway") return "";
   if (e.kind === "apps") return `${ip} ${dir} @${fam === 4 ? e.set : e.set6}`;
   const list = fam === 4 ? e.v4 : e.v6;
@@ -162,7 +165,7 @@ export interface RenderOptions {
   exported?: ReadonlyMap<string, readonly string[]>;
 }
 
-/** The rules with `to: gateway` (the input path), in order. */
+/** The rules with `to: gateway` (the gateway chain, before NAT), in order. */
 export function gatewayRules(model: PolicyModel): Rule[] {
   return model.rules.filter((r) => r.to.kind === "gateway");
 }
@@ -232,7 +235,8 @@ export function renderScript(model: PolicyModel, opts: RenderOptions = {}): stri
   if (model.unshielded) L.push(`add chain ${T} unshielded`);
   if (model.marks) L.push(`add chain ${T} marks`);
   if (model.filtering) L.push(`add chain ${T} rules`);
-  L.push(`add chain ${T} input { type filter hook input priority filter; policy accept; }`);
+  // Before NAT (dstnat is -100): an input-hooked chain never saw a packet to the host that DNAT redirects.
+  L.push(`add chain ${T} prerouting { type filter hook prerouting priority dstnat - 1; policy accept; }`);
   L.push(`add chain ${T} gateway`);
   const rule = (chain: string, text: string) => L.push(`add rule ${T} ${chain} ${text}`);
 
@@ -270,7 +274,8 @@ export function renderScript(model: PolicyModel, opts: RenderOptions = {}): stri
     }
   }
   // The gateway host: only what names it as destination, whatever the forward policy says.
-  rule("input", `iifname ${tun} jump gateway`);
+  // Addressed to the host (as the input hook saw it, broadcast and multicast included), before any DNAT.
+  rule("prerouting", `iifname ${tun} fib daddr type { local, broadcast, multicast } jump gateway`);
   rule("gateway", "ct state established,related accept");
   if (model.gateway.dns)
     for (const p of ["udp", "tcp"])

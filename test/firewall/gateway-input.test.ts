@@ -2,7 +2,8 @@
  * The gateway host itself behind the policy, in namespaces: from a tunnel, the gateway's admin TCP port, its metrics
  * listener and another service on the host (standing in for SSH) are unreachable unless a `to: gateway` rule allows
  * that app; `to: any` never opens them. Every case is also explained, and the verdict, the packets and the counter
- * of the deciding rule must agree.
+ * of the deciding rule must agree. A port the host DNATs elsewhere (as Docker `-p`, kube-proxy or a NodePort do) is
+ * still the gateway host's: closed by default although `to: any` allows the forwarded connection.
  */
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
@@ -37,6 +38,8 @@ ${rules}    - { from: category:web, to: any, proto: tcp, action: allow }
 `;
 const CLOSED = base("");
 const OPEN = base("    - { from: browser, to: gateway, proto: tcp, ports: [9464, 2222], action: allow }\n");
+const PING = base("    - { from: browser, to: gateway, proto: icmp, action: allow }\n");
+const DNAT_OPEN = base("    - { from: browser, to: gateway, proto: tcp, ports: [8443], action: allow }\n");
 
 /** Opens a TCP connection to the gateway (1.5 s) and sends an HTTP GET; the first line of the answer, or null. */
 async function get(ns: Netns, port: number): Promise<string | null> {
@@ -173,5 +176,53 @@ describe("the gateway host behind the policy", { concurrency: false }, () => {
     const cli = seng(["policy", "explain", "--config", lab.configFile, "mail", "gateway", "tcp/2222"]);
     assert.equal(cli.code, 1, cli.stdout + cli.stderr);
     assert.match(cli.stdout, /^DENY by gateway\.default/);
+  });
+
+  test("a port the host DNATs to another machine is the gateway's: closed by default, opened by to: gateway", async () => {
+    // The host publishes 8443 as a DNAT to the server namespace, in a table of its own (what Docker -p does).
+    const natFile = join(lab.dir, "testnat.nft");
+    writeFileSync(
+      natFile,
+      "table ip testnat {\n  chain pre {\n    type nat hook prerouting priority dstnat;\n" +
+        "    tcp dport 8443 dnat to 198.18.2.2:7443\n  }\n}\n",
+    );
+    await lab.gw.exec("nft", ["-f", natFile]);
+    const published = lab.server(node, ["--import", "tsx", TCP_TOOL, "echo", "198.18.2.2", "7443"]);
+    try {
+      await waitLine(published, (o) => o.listening === true);
+      const seen = () => published.stdout.split("\n").filter((l) => l.includes('"remote"'));
+      const b = lab.clients[0]!;
+      // `to: any` tcp allows browser's forwarded connections, but this one is addressed to the gateway host.
+      lab.writeConfig({ extraYaml: CLOSED });
+      assert.equal(seng(["gateway", "reload", "--config", lab.configFile]).code, 0);
+      await check([{ ns: b, who: browserAddr, port: 8443, expect: "gateway.default" }]);
+      assert.deepEqual(seen(), [], "nothing reached the DNAT target");
+      lab.writeConfig({ extraYaml: DNAT_OPEN });
+      assert.equal(seng(["gateway", "reload", "--config", lab.configFile]).code, 0);
+      await check([{ ns: b, who: browserAddr, port: 8443, expect: "policy.rules[0]" }]);
+      // The DNAT works: with the port opened, browser's connection reaches the server namespace.
+      const now = seen();
+      assert.equal(now.length, 1, `browser's connection went through: ${now.join(" ")}`);
+      assert.equal((JSON.parse(now[0]!) as { remote: string }).remote, browserAddr);
+    } finally {
+      await published.kill("SIGKILL");
+      await lab.gw.exec("nft", ["delete", "table", "ip", "testnat"], { check: false });
+    }
+  });
+
+  test("a packet to the host is judged once: three pings allowed, three packets counted", async () => {
+    lab.writeConfig({ extraYaml: PING });
+    assert.equal(seng(["gateway", "reload", "--config", lab.configFile]).code, 0);
+    const name = "policy.rules[0]";
+    const before = (await counters())[name] ?? 0;
+    // Three pings of one echo request each: three new flows (a rule counts the first packet of a flow).
+    for (let i = 0; i < 3; i++) {
+      const r = await lab.clients[0]!.exec("ping", ["-c", "1", "-W", "2", GW], {
+        check: false,
+        timeoutMs: 10_000,
+      });
+      assert.match(r.stdout, /1 received/, r.stdout);
+    }
+    assert.equal(((await counters())[name] ?? 0) - before, 3, "each echo request counted exactly once");
   });
 });

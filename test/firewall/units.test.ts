@@ -285,7 +285,7 @@ firewall: { exportSets: ["ip filter"] }
   assert.doesNotMatch(script, /delete set ip filter|delete set inet other/);
 });
 
-test("the gateway host: to: gateway rules go to the input chain only; default drop, counted; dns; explain agrees", () => {
+test("the gateway host: to: gateway rules go to the gateway chain only, before NAT; default drop, counted; dns; explain agrees", () => {
   const c = parseConfig(
     BASE.replace("tun: { address: 100.64.0.1/32 }", "tun: { address: 100.64.0.1/32 }\ndns: [100.64.0.1]") +
       APPS +
@@ -300,8 +300,18 @@ policy:
     "gw.yaml",
   );
   const s = renderScript(c.model);
-  assert.match(s, /add chain inet seng input \{ type filter hook input priority filter; policy accept; \}/);
-  assert.match(s, /add rule inet seng input iifname "seng0" jump gateway\n/);
+  // Hooked before DNAT (dstnat is -100), so a redirected packet to the host is still judged as one to the host.
+  assert.match(
+    s,
+    /add chain inet seng prerouting \{ type filter hook prerouting priority dstnat - 1; policy accept; \}/,
+  );
+  assert.match(
+    s,
+    /add rule inet seng prerouting iifname "seng0" fib daddr type \{ local, broadcast, multicast \} jump gateway\n/,
+  );
+  // Judged once: no input-hooked chain, and one way into the gateway chain.
+  assert.doesNotMatch(s, /hook input/);
+  assert.equal(s.match(/jump gateway/g)?.length, 1);
   const gw = s.split("\n").filter((l) => l.startsWith("add rule inet seng gateway "));
   // Named counters (kept across reloads), as in the forward chain.
   const [r0, r1] = c.model.rules.map((r) => `counter name "${counterName(r)}"`);
