@@ -23,7 +23,11 @@
  *     iifname <tun> fib daddr type { local, broadcast, multicast } jump gateway
  *                                         traffic from tunnels to the gateway host itself, judged before any DNAT
  *                                         (Docker -p, kube-proxy, NodePort) can turn it into forwarded traffic;
- *                                         conntrack (-200) has run, so ct state works; each packet is judged once
+ *                                         conntrack (-200) has run, so ct state works
+ *   input (hook input, priority filter, policy accept)
+ *     iifname <tun> ct status dnat jump gateway
+ *                                         traffic that a DNAT/REDIRECT of the host turned toward the host itself
+ *                                         (a transparent proxy, say): prerouting saw another address
  *   gateway: `ct state established,related accept` (answers to the gateway's own connections, and their ICMP
  *     errors), DNS to the TUN address when the leases announce it, the `to: gateway` rules in order, then
  *     `counter name seng_gateway_default drop`, whatever policy.default says and also without a policy section
@@ -237,6 +241,7 @@ export function renderScript(model: PolicyModel, opts: RenderOptions = {}): stri
   if (model.filtering) L.push(`add chain ${T} rules`);
   // Before NAT (dstnat is -100): an input-hooked chain never saw a packet to the host that DNAT redirects.
   L.push(`add chain ${T} prerouting { type filter hook prerouting priority dstnat - 1; policy accept; }`);
+  L.push(`add chain ${T} input { type filter hook input priority filter; policy accept; }`);
   L.push(`add chain ${T} gateway`);
   const rule = (chain: string, text: string) => L.push(`add rule ${T} ${chain} ${text}`);
 
@@ -276,6 +281,9 @@ export function renderScript(model: PolicyModel, opts: RenderOptions = {}): stri
   // The gateway host: only what names it as destination, whatever the forward policy says.
   // Addressed to the host (as the input hook saw it, broadcast and multicast included), before any DNAT.
   rule("prerouting", `iifname ${tun} fib daddr type { local, broadcast, multicast } jump gateway`);
+  // ... and what the host's own DNAT/REDIRECT turned toward the host (prerouting saw another destination). A packet
+  // both addressed to the host and redirected to another local port is judged in both places (its first packet only).
+  rule("input", `iifname ${tun} ct status dnat jump gateway`);
   rule("gateway", "ct state established,related accept");
   if (model.gateway.dns)
     for (const p of ["udp", "tcp"])

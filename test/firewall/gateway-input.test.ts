@@ -210,6 +210,38 @@ describe("the gateway host behind the policy", { concurrency: false }, () => {
     }
   });
 
+  test("a connection the host DNATs to itself is the gateway's too (judged on the input path)", async () => {
+    // A transparent-proxy style DNAT: browser connects to the server's address, the host turns it to its own
+    // service on :2222. Prerouting saw a forwarded destination; the input hook must still judge it.
+    const natFile = join(lab.dir, "testredirect.nft");
+    writeFileSync(
+      natFile,
+      "table ip testredirect {\n  chain pre {\n    type nat hook prerouting priority dstnat;\n" +
+        '    iifname "seng0" tcp dport 9999 dnat to 198.18.2.1:2222\n  }\n}\n',
+    );
+    await lab.gw.exec("nft", ["-f", natFile]);
+    try {
+      lab.writeConfig({ extraYaml: CLOSED });
+      assert.equal(seng(["gateway", "reload", "--config", lab.configFile]).code, 0);
+      const seenBefore = accepted().length;
+      const before = (await counters()).seng_gateway_default ?? 0;
+      const r = await lab.clients[0]!.exec(
+        node,
+        [
+          "-e",
+          `const s=require("net").connect(9999,"198.18.2.2",()=>{console.log("connected");s.destroy()});` +
+            `s.on("error",()=>{});setTimeout(()=>process.exit(0),2000)`,
+        ],
+        { check: false, timeoutMs: 10_000 },
+      );
+      assert.doesNotMatch(r.stdout, /connected/, "the redirected connection was answered");
+      assert.equal(accepted().length, seenBefore, "the host's service saw no connection");
+      assert.ok(((await counters()).seng_gateway_default ?? 0) > before, "counted by gateway.default");
+    } finally {
+      await lab.gw.exec("nft", ["delete", "table", "ip", "testredirect"], { check: false });
+    }
+  });
+
   test("a packet to the host is judged once: three pings allowed, three packets counted", async () => {
     lab.writeConfig({ extraYaml: PING });
     assert.equal(seng(["gateway", "reload", "--config", lab.configFile]).code, 0);

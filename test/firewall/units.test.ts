@@ -310,8 +310,9 @@ policy:
     /add rule inet seng prerouting iifname "seng0" fib daddr type \{ local, broadcast, multicast \} jump gateway\n/,
   );
   // Judged once: no input-hooked chain, and one way into the gateway chain.
-  assert.doesNotMatch(s, /hook input/);
-  assert.equal(s.match(/jump gateway/g)?.length, 1);
+  // The input hook sees only what the host's own DNAT/REDIRECT turned toward it: the rest was judged before NAT.
+  assert.match(s, /add rule inet seng input iifname "seng0" ct status dnat jump gateway\n/);
+  assert.equal(s.match(/jump gateway/g)?.length, 2);
   const gw = s.split("\n").filter((l) => l.startsWith("add rule inet seng gateway "));
   // Named counters (kept across reloads), as in the forward chain.
   const [r0, r1] = c.model.rules.map((r) => `counter name "${counterName(r)}"`);
