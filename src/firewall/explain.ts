@@ -11,7 +11,7 @@
  * Only new connections are evaluated (established flows are accepted as the chains' first rules do).
  */
 import { isIP } from "node:net";
-import { GATEWAY, inNets, type Endpoint, type PolicyModel, type Proto } from "./model.js";
+import { GATEWAY, inNets, type Endpoint, type PolicyModel, type Proto, type Rule } from "./model.js";
 
 export interface Packet {
   /** Source: an app name, or an address. */
@@ -95,6 +95,38 @@ function portOk(rule: { proto: Proto; ports: [number, number][] }, p: Packet): {
 }
 
 /** Explains what SENG's table does with the first packet of a connection. */
+/**
+ * Whether `r` matches (from, to, then service), with one trace line either way. `dst` null: the gateway host, which
+ * a `to: gateway` rule names by its kind alone.
+ */
+function ruleMatches(
+  r: Rule,
+  p: Packet,
+  src: Side,
+  dst: Side | null,
+  model: PolicyModel,
+  trace: string[],
+): boolean {
+  const f = matches(r.from, src, model);
+  if (!f.ok) {
+    trace.push(`${r.path}: no (from: ${f.why})`);
+    return false;
+  }
+  const t = dst ? matches(r.to, dst, model) : { ok: true, why: "to the gateway host" };
+  if (!t.ok) {
+    trace.push(`${r.path}: no (to: ${t.why})`);
+    return false;
+  }
+  const l = portOk(r, p);
+  if (!l.ok) {
+    trace.push(`${r.path}: no (${l.why})`);
+    return false;
+  }
+  const service = r.proto !== "any" ? `; ${p.proto}${p.port ? `/${p.port}` : ""}` : "";
+  trace.push(`${r.path}: matches (${f.why}; ${t.why}${service})`);
+  return true;
+}
+
 export function explain(
   model: PolicyModel,
   p: Packet,
@@ -163,25 +195,7 @@ export function explain(
       trace.push(`${r.path}: no (to: only for traffic to the gateway host)`);
       continue;
     }
-    const f = matches(r.from, src, model);
-    if (!f.ok) {
-      trace.push(`${r.path}: no (from: ${f.why})`);
-      continue;
-    }
-    const t = matches(r.to, dst, model);
-    if (!t.ok) {
-      trace.push(`${r.path}: no (to: ${t.why})`);
-      continue;
-    }
-    const l = portOk(r, p);
-    if (!l.ok) {
-      trace.push(`${r.path}: no (${l.why})`);
-      continue;
-    }
-    trace.push(
-      `${r.path}: matches (${f.why}; ${t.why}${r.proto !== "any" ? `; ${p.proto}${p.port ? `/${p.port}` : ""}` : ""})`,
-    );
-    return { verdict: r.action, decidedBy: r.path, trace };
+    if (ruleMatches(r, p, src, dst, model, trace)) return { verdict: r.action, decidedBy: r.path, trace };
   }
   trace.push(`no rule matches: policy.default is ${model.defaultAction === "accept" ? "allow" : "deny"}`);
   return { verdict: model.defaultAction, decidedBy: "policy.default", trace };
@@ -207,20 +221,7 @@ function toGateway(model: PolicyModel, p: Packet, src: Side, dst: Side, trace: s
   }
   for (const r of model.rules) {
     if (r.to.kind !== "gateway") continue;
-    const f = matches(r.from, src, model);
-    if (!f.ok) {
-      trace.push(`${r.path}: no (from: ${f.why})`);
-      continue;
-    }
-    const l = portOk(r, p);
-    if (!l.ok) {
-      trace.push(`${r.path}: no (${l.why})`);
-      continue;
-    }
-    trace.push(
-      `${r.path}: matches (${f.why}; to the gateway host${r.proto !== "any" ? `; ${p.proto}${p.port ? `/${p.port}` : ""}` : ""})`,
-    );
-    return { verdict: r.action, decidedBy: r.path, trace };
+    if (ruleMatches(r, p, src, null, model, trace)) return { verdict: r.action, decidedBy: r.path, trace };
   }
   trace.push(`no rule with to: ${GATEWAY} matches: traffic from tunnels to the gateway host is dropped`);
   return { verdict: "drop", decidedBy: "gateway.default", trace };
