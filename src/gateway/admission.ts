@@ -13,7 +13,7 @@ import { primaryMeasurement } from "../attest/claims.js";
 import { verifyRaTlsCert } from "../attest/verify.js";
 import { Cert } from "../attest/x509.js";
 import { intToIp, parseCidr } from "../packet/ip.js";
-import { MSG, type Lease } from "../tunnel/protocol.js";
+import { MSG, ProtocolError, versionFromAlpn, type Lease } from "../tunnel/protocol.js";
 import { sourceIp } from "./ratelimit.js";
 import { sendControl } from "./send.js";
 import type { Gateway } from "./server.js";
@@ -89,6 +89,13 @@ export function onEstablished(gw: Gateway, t: Tunnel): void {
   const started = t.createdAt;
   gw.churnAt = gw.now();
   gw.halfOpen.delete(t);
+  try {
+    // The listener selects only names it offers; anything else is a broken session.
+    t.version = versionFromAlpn(t.session.alpn());
+  } catch (e) {
+    if (!(e instanceof ProtocolError)) throw e;
+    return gw.close(t, "protocol-error", e.message);
+  }
   const der = t.session.peerCertificate();
   if (!der) return refuse(gw, t, "no client certificate", "", "no_certificate");
   // The DER is all the gateway keeps (with the lease, in SQLite); OpenSSL's parsed copy loses its extensions (the

@@ -138,7 +138,7 @@ export function onTunnelDatagrams(gw: Gateway, t: Tunnel, batch: Buffer[], toTun
 export function onControl(gw: Gateway, t: Tunnel, rec: Buffer): void {
   let msg;
   try {
-    msg = decodeControl(rec);
+    msg = decodeControl(rec, t.version);
   } catch (e) {
     if (e instanceof ProtocolError) return gw.close(t, "protocol-error", e.message);
     throw e;
@@ -151,11 +151,18 @@ export function onControl(gw: Gateway, t: Tunnel, rec: Buffer): void {
       t.keepaliveAnsweredAt = now;
       return sendControl(gw, t, { type: MSG.KEEPALIVE });
     }
-    case MSG.LEASE_ACK:
-      if (msg.address !== intToIp(t.address))
-        return gw.close(t, "protocol-error", `LEASE_ACK for ${msg.address}, leased ${intToIp(t.address)}`);
+    case MSG.LEASE_ACK: {
+      // Exactly the leased addresses, each family present iff leased.
+      const leased = intToIp(t.address);
+      if (msg.address !== leased || msg.address6 !== undefined)
+        return gw.close(
+          t,
+          "protocol-error",
+          `LEASE_ACK for ${msg.address ?? "-"} ${msg.address6 ?? "-"}, leased ${leased}`,
+        );
       t.acked = true;
       return;
+    }
     case MSG.CLOSE:
       // A runtime that refused this gateway (its pin) will not come back with this key: release the lease now.
       return gw.close(

@@ -43,5 +43,5 @@ export function onTunPackets(gw: Gateway, packets: Buffer[]): void {
 
 export function sendControl(gw: Gateway, t: Tunnel, msg: Parameters<typeof encodeControl>[0]): void {
   t.lastTx = gw.now();
-  gw.udp.sendMany(t.session.send([encodeControl(msg)]), t.peer);
+  gw.udp.sendMany(t.session.send([encodeControl(msg, t.version)]), t.peer);
 }

@@ -24,7 +24,7 @@ import { DtlsContext, DtlsListener } from "../native/dtls.js";
 import { Tun, UdpSocket } from "../native/io.js";
 import { intToIp, ipToInt } from "../packet/ip.js";
 import { ConfigError, loadConfig, type GatewayConfig } from "../policy/config.js";
-import { encodeControl, MSG, type CloseReason } from "../tunnel/protocol.js";
+import { ALPN_OFFER, encodeControl, MSG, type CloseReason } from "../tunnel/protocol.js";
 import { CookieRotation } from "./admission.js";
 import { PeerGuard } from "./guard.js";
 import { LeaseStore } from "./leases.js";
@@ -170,6 +170,7 @@ export class Gateway {
       certPem: readFileSync(c.certificate, "utf8"),
       keyPem: readFileSync(c.key, "utf8"),
       mtu: c.tun.mtu + DTLS_OVERHEAD,
+      alpn: ALPN_OFFER, // protocol version 2 preferred; a runtime offering nothing speaks version 1
     });
     this.listener = new DtlsListener(this.ctx);
     this.cookies = new CookieRotation(this.listener, this.now());
@@ -249,7 +250,7 @@ export class Gateway {
         if (t.session.established())
           this.udp.sendMany(
             [
-              ...t.session.send([encodeControl({ type: MSG.CLOSE, reason, message })]),
+              ...t.session.send([encodeControl({ type: MSG.CLOSE, reason, message }, t.version)]),
               ...t.session.shutdown(),
             ],
             t.peer,

@@ -1,6 +1,7 @@
 /** A runtime's tunnel as the gateway holds it (cf. wireguard-go's peer): state, lease, counters, timestamps. */
 import type { DtlsSession } from "../native/dtls.js";
 import type { DropReason } from "../packet/ip.js";
+import type { ProtocolVersion } from "../tunnel/protocol.js";
 
 /** Per-tunnel and per-app traffic counters. */
 export interface Counters {
@@ -21,6 +22,8 @@ export class Tunnel {
   /** Stable id for the admin API, unique within the process. */
   readonly id = ++nextTunnelId;
   state: State = "handshake";
+  /** Protocol version negotiated in the handshake (ALPN); control messages carry it. */
+  version: ProtocolVersion = 1;
   app = "";
   address = 0;
   leaseId = 0;

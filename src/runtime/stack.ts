@@ -24,18 +24,8 @@ import { checkNodeInternals } from "./node-internals.js";
 /** Addressing of the in-process stack, from the lease (the binding's own type; a type import loads nothing). */
 export type { StackConfig };
 
-/**
- * A lease as the runtime reads it (protocol v2): an IPv4 address (address/prefix/gateway), an IPv6 one
- * (address6/prefix6/gateway6), or both.
- */
-export type DualLease = Omit<Lease, "address" | "prefix" | "gateway"> & {
-  address?: string | undefined;
-  prefix?: number | undefined;
-  gateway?: string | undefined;
-  address6?: string | undefined;
-  prefix6?: number | undefined;
-  gateway6?: string | undefined;
-};
+/** A lease as the runtime reads it (protocol v2): IPv4 (address/prefix/gateway), IPv6 (address6/...), or both. */
+export type DualLease = Lease;
 
 /** The stack's configuration for a lease: each family only when the lease has it. */
 export function stackConfigOf(lease: Lease | DualLease): StackConfig {
