@@ -202,4 +202,60 @@ describe("IPv6 end to end: an unmodified app on a dual-stack lease", { concurren
     const w = JSON.parse(who) as { holder: { app: string; measurement?: string } };
     assert.equal(w.holder.app, "dual");
   });
+
+  test("TUN mode (confidential VM): the leased IPv6 address on the TUN, ::/0 through it, no link-local; curl -6 reaches the IPv6-only server", async () => {
+    const cli = lab.clients[0]!;
+    const rt = cli.spawn(process.execPath, [
+      "--import",
+      "tsx",
+      CLI,
+      "runtime",
+      "up",
+      "--json",
+      "--tun",
+      "seng-rt6",
+      "--tee",
+      "sim",
+      "--sim-dir",
+      lab.simDir,
+      "--mrenclave",
+      MR,
+      "--gateway",
+      lab.gatewayAddr(0),
+      "--pin",
+      `${lab.dir}/gateway.pem`,
+      "--route",
+      "default",
+    ]);
+    const lease = await waitLine<{ address: string; address6: string }>(
+      rt,
+      (o) => o.event === "lease",
+      30_000,
+    );
+    assert.match(lease.address6, /^fd64:9::/);
+    const addrs = (await cli.ip("-6", "addr", "show", "dev", "seng-rt6")).stdout;
+    assert.match(addrs, new RegExp(`inet6 ${lease.address6}/128`));
+    assert.doesNotMatch(addrs, /fe80:/, "no link-local address on the TUN");
+    assert.match((await cli.ip("-6", "route", "show", "default")).stdout, /default dev seng-rt6/);
+    const from = procs.web6!.stdout.length;
+    let out = { code: 1 as number | null, stdout: "", stderr: "" };
+    for (let i = 0; i < 20 && out.code !== 0; i++) {
+      out = await cli.exec("curl", ["-6", "-sS", "--max-time", "3", `http://[${SERVER6}]:8080/tun`], {
+        check: false,
+        timeoutMs: 10_000,
+      });
+      if (out.code !== 0) await new Promise((r) => setTimeout(r, 200));
+    }
+    assert.equal(out.code, 0, out.stderr);
+    assert.equal(out.stdout, "v6-only server /tun");
+    const seen = await waitLine<{ remote: string }>(procs.web6!, (o) => o.url === "/tun", 5000, from);
+    assert.equal(seen.remote, lease.address6);
+    await rt.kill("SIGTERM", 10_000);
+    assert.doesNotMatch(
+      (await cli.ip("-6", "route", "show")).stdout,
+      /seng-rt6|^default/m,
+      "IPv6 routes restored",
+    );
+    assert.doesNotMatch((await cli.ip("link", "show")).stdout, /seng-rt6/, "the TUN is gone");
+  });
 });
