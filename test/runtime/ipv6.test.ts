@@ -319,6 +319,30 @@ describe("dual-stack lease", { concurrency: false }, () => {
     );
   });
 
+  test(
+    "a new lease with another IPv6 address: connections on the old one end with EADDRNOTAVAIL, the new one works",
+    { timeout: 15_000 },
+    async () => {
+      const { server, port } = await echoServer();
+      servers.push(server);
+      const old = createConnection(port, ME6);
+      await once(old, "connect");
+      const ended = new Promise<NodeJS.ErrnoException>((r) => old.on("error", r));
+      const keep4 = createConnection(port, ME4);
+      await once(keep4, "connect");
+      const moved = "fd64:99::3";
+      tunnel.emit("lease", { ...tunnel.lease, address6: moved });
+      assert.equal((await ended).code, "EADDRNOTAVAIL");
+      assert.equal(await echo(keep4, "IPv4 untouched"), "IPv4 untouched");
+      const c = createConnection(port, moved);
+      await once(c, "connect");
+      assert.equal(c.localAddress, moved);
+      assert.equal(await echo(c, "new address"), "new address");
+      tunnel.emit("lease", tunnel.lease); // back, for the tests after this one
+      await new Promise((r) => setTimeout(r, 50));
+    },
+  );
+
   test("a new lease with another MTU: the IPv6 MSS follows (MTU - 60)", async () => {
     tunnel.emit("lease", { ...tunnel.lease, mtu: 1300 });
     await new Promise((r) => setTimeout(r, 50));
