@@ -76,6 +76,26 @@ describe("IPv6 through the gateway in namespaces", { concurrency: false }, () =>
       [l2.version, l2.address, l2.address6, l2.prefix6, l2.gateway6],
       [2, "100.64.1.1", "fd64:1::1", 64, "fd64::1"],
     );
+    // The admin API shows both addresses of the tunnel and both families of the apps.
+    const st = seng(["status", "--socket", join(lab.dir, "admin.sock"), "--json"]);
+    assert.equal(st.code, 0, st.stderr);
+    const view = JSON.parse(st.stdout) as {
+      tunnels: { app: string; address: string; address6?: string; version?: number }[];
+      apps: { name: string; subnet?: string; subnet6?: string }[];
+    };
+    assert.deepEqual(
+      view.tunnels.map((t) => [t.app, t.address, t.address6, t.version]),
+      [["dual", "100.64.1.1", "fd64:1::1", 2]],
+    );
+    assert.deepEqual(
+      view.apps.map((a) => [a.name, a.subnet, a.subnet6]),
+      [
+        ["dual", "100.64.1.0/24", "fd64:1::/64"],
+        ["six", undefined, "fd64:2::/64"],
+      ],
+    );
+    const table = seng(["status", "--socket", join(lab.dir, "admin.sock")]).stdout;
+    assert.match(table, /dual +100\.64\.1\.1 fd64:1::1 /, table);
     await v2.kill();
     const v1 = client(DUAL, 1, ["--max-version", "1"]);
     const l1 = await waitLine<LeaseLine>(v1, (o) => o.event === "lease");
