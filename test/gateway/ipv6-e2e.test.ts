@@ -115,6 +115,17 @@ describe("IPv6 through the gateway in namespaces", { concurrency: false }, () =>
     await six.kill();
   });
 
+  test("kill -9 and restart of the gateway: the client reconnects and gets both addresses back", async () => {
+    const c = client(DUAL);
+    const first = await waitLine<LeaseLine>(c, (o) => o.event === "lease");
+    await lab.stopGateway("SIGKILL");
+    const from = c.stdout.length;
+    await lab.startGateway();
+    const again = await waitLine<LeaseLine>(c, (o) => o.event === "lease", 30_000, from);
+    assert.deepEqual([again.address, again.address6], [first.address, first.address6]);
+    await c.kill();
+  });
+
   test("100 MB over TCP over IPv6 through the tunnel arrives intact, from the leased IPv6 address", async () => {
     const c = client(DUAL);
     const lease = await waitLine<LeaseLine>(c, (o) => o.event === "lease");
