@@ -3,7 +3,8 @@
  *  - one TCP stream (iperf3, 5 s; 3 s with --quick) client → server: direct (routed by the gateway namespace, no
  *    tunnel), through SENG (TUN offloads on, and off: gateway_nooffload_tcp_mbps), through OpenVPN 2.6 (UDP,
  *    AES-256-GCM, TLS mode) and through wireguard-go (bench/wggo.ts) over the same namespaces; and the CPU both ends
- *    of each VPN spent per GB carried;
+ *    of each VPN spent per GB carried (`*_cpu_s_per_gb`) and the server side alone (`gateway_only_cpu_s_per_gb`,
+ *    `openvpn_server_cpu_s_per_gb`, `wggo_server_cpu_s_per_gb`);
  *  - UDP packets per second (iperf3 -u, 64-byte payloads, unlimited rate) received at the server, all three VPNs;
  *  - request/response (bench/rr.ts, at least 10 s also with --quick): CPU per transaction of the tunnel's server
  *    side (`*_rr_cpu_us`: the gateway, openvpn's server, wireguard-go's server) and client side
@@ -51,20 +52,20 @@ export async function iperf(
 }
 
 /**
- * Runs a TCP measurement and the CPU the VPN's two ends (`pids`) spent on it per GB carried: a figure that holds
- * when other work shares the machine, unlike Mbit/s.
+ * Runs a TCP measurement and the CPU the VPN's two ends (`pids`: server side first) spent on it per GB carried: a
+ * figure that holds when other work shares the machine, unlike Mbit/s. `serverPerGb` is the first pid's alone.
  */
 async function perGb(
   pids: number[],
   secs: number,
   measure: () => Promise<{ mbps: number }>,
-): Promise<{ mbps: number; cpuPerGb: number }> {
-  const cpu = () => pids.reduce((s, p) => s + cpuSeconds(p), 0);
-  const c0 = cpu();
+): Promise<{ mbps: number; cpuPerGb: number; serverPerGb: number }> {
+  const c0 = pids.map(cpuSeconds);
   const r = await measure();
-  const used = cpu() - c0;
+  const used = pids.map((p, i) => cpuSeconds(p) - c0[i]!);
   const gb = (r.mbps * secs) / 8000; // iperf3's average over its `secs`
-  return { mbps: r.mbps, cpuPerGb: gb > 0 ? used / gb : 0 };
+  const per = (cpu: number) => (gb > 0 ? cpu / gb : 0);
+  return { mbps: r.mbps, cpuPerGb: per(used.reduce((a, b) => a + b, 0)), serverPerGb: per(used[0]!) };
 }
 
 function rssKb(pid: number): number {
@@ -269,6 +270,7 @@ export async function benchGateway(
         const ov = await perGb(ovpn.pids, secs, () => iperf(lab, cli, secs, false));
         out.openvpn_tcp_mbps = round(ov.mbps, 0);
         out.openvpn_cpu_s_per_gb = round(ov.cpuPerGb, 2);
+        out.openvpn_server_cpu_s_per_gb = round(ov.serverPerGb, 2);
         out.openvpn_udp_kpps = round((await iperf(lab, cli, secs, true)).kpps, 1);
       }
       if (rrs) {
@@ -285,6 +287,7 @@ export async function benchGateway(
         const w = await perGb(wgPids, secs, () => iperf(lab, cli, secs, false));
         out.wggo_tcp_mbps = round(w.mbps, 0);
         out.wggo_cpu_s_per_gb = round(w.cpuPerGb, 2);
+        out.wggo_server_cpu_s_per_gb = round(w.serverPerGb, 2);
         out.wggo_udp_kpps = round((await iperf(lab, cli, secs, true)).kpps, 1);
       }
       if (rrs) {
@@ -317,6 +320,7 @@ export async function benchGateway(
         const gw = await perGb([lab.gateway!.pid!, client.pid!], secs, () => iperf(lab, cli, secs, false));
         out.gateway_tcp_mbps = round(gw.mbps, 0);
         out.gateway_cpu_s_per_gb = round(gw.cpuPerGb, 2);
+        out.gateway_only_cpu_s_per_gb = round(gw.serverPerGb, 2);
         out.gateway_udp_kpps = round((await iperf(lab, cli, secs, true)).kpps, 1);
       }
       if (rrs) {
