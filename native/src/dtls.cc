@@ -209,12 +209,28 @@ struct Meta {
   }
 };
 
+Napi::Value EmitLengths(Napi::Env env, Meta& meta, uint32_t flags, Napi::Value buf, size_t total);
+
 /**
  * Returns the thread scratch as the call's result: the output datagrams then the records, in the shared scratch
  * when they fit (kInScratch) or else as one Buffer that takes over the native memory; counts and lengths in `meta`.
+ * `direct`: a Buffer the records were already decrypted into (`directLen` bytes; tScratch.rec is then empty).
  */
-Napi::Value Emit(Napi::Env env, Meta& meta, uint32_t flags) {
+Napi::Value Emit(Napi::Env env, Meta& meta, uint32_t flags, Napi::Buffer<uint8_t> direct = {}, size_t directLen = 0) {
   Scratch& s = tScratch;
+  if (!direct.IsEmpty()) {
+    // The records were decrypted straight into `direct` (a large batch, see Receive). With no datagrams to send
+    // (the usual case once established) it is the result as it is: no copy.
+    if (s.out.len == 0 && directLen > 0) {
+      Napi::Value r = EmitLengths(env, meta, flags, direct, directLen);
+      s.clear();
+      return r;
+    }
+    if (!s.rec.reserve(directLen) || (directLen > 0 && !s.rec.append(direct.Data(), directLen))) {
+      s.clear();
+      return ThrowError(env, "out of memory");
+    }
+  }
   size_t total = s.out.len + s.rec.len;
   Napi::Value buf = env.Undefined();
   if (total > 0 && total <= meta.scratchCap) {
@@ -230,6 +246,14 @@ Napi::Value Emit(Napi::Env env, Meta& meta, uint32_t flags) {
     if (s.rec.len > 0) std::memcpy(b.Data() + s.out.len, s.rec.p, s.rec.len);
     buf = b;
   }
+  Napi::Value result = EmitLengths(env, meta, flags, buf, total);
+  s.clear();
+  return result;
+}
+
+/** Writes the call's counts and lengths to `meta` (or, if they do not fit, pairs them with `buf`) and the flags. */
+Napi::Value EmitLengths(Napi::Env env, Meta& meta, uint32_t flags, Napi::Value buf, size_t total) {
+  Scratch& s = tScratch;
   size_t no = s.outLens.size();
   size_t nr = s.recLens.size();
   meta.p[1] = static_cast<uint32_t>(no);
@@ -250,7 +274,6 @@ Napi::Value Emit(Napi::Env env, Meta& meta, uint32_t flags) {
     result = pair;
   }
   meta.p[0] = flags;
-  s.clear();
   return result;
 }
 
@@ -986,11 +1009,11 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
   }
 
   /** Ends a call that may have produced datagrams: releases/keeps buffers, empties the error queue, emits. */
-  Napi::Value Finish(Napi::Env env, Conn* c) {
+  Napi::Value Finish(Napi::Env env, Conn* c, Napi::Buffer<uint8_t> direct = {}, size_t directLen = 0) {
     if (tScratch.outFailed) Fail(c, "out of memory");
     ClearErrors();
     Rest(c);
-    return Emit(env, meta_, Flags(c));
+    return Emit(env, meta_, Flags(c), direct, directLen);
   }
 
   // start() -> datagrams (the ClientHello)
@@ -1041,11 +1064,26 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
       total = one.second;
     }
     tScratch.clear();
-    ByteBuf& rec = tScratch.rec;
     bool closed = (SSL_get_shutdown(c->ssl) & SSL_RECEIVED_SHUTDOWN) != 0;
     if (c->failed || closed || total == 0) return Emit(env, meta_, Flags(c));
-    // Plaintext never exceeds the ciphertext it came from: this reservation holds every record of the batch.
-    if (!rec.reserve(total + 1)) return ThrowError(env, "out of memory");
+    // Plaintext never exceeds the ciphertext it came from: a buffer of `total + 1` holds every record of the
+    // batch. Batches larger than the shared scratch (bulk traffic) are decrypted straight into the Buffer that is
+    // returned, saving a copy of every record; small ones go through the thread scratch and the shared one.
+    Napi::Buffer<uint8_t> direct;
+    uint8_t* dst;
+    size_t cap;
+    size_t len = 0;
+    if (total + 1 > meta_.scratchCap) {
+      direct = Napi::Buffer<uint8_t>::New(env, total + 1);
+      if (env.IsExceptionPending()) return env.Undefined();
+      dst = direct.Data();
+      cap = total + 1;
+    } else {
+      ByteBuf& rec = tScratch.rec;
+      if (!rec.reserve(total + 1)) return ThrowError(env, "out of memory");
+      dst = rec.p;
+      cap = rec.cap;
+    }
     ClearErrors();
     c->released = false;  // SSL_read sets the record buffers up again
     for (size_t i = 0; i < count && !c->failed && !closed; i++) {
@@ -1053,10 +1091,10 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
       c->in = grams[i].first;
       c->inLen = grams[i].second;
       for (;;) {
-        size_t room = std::min<size_t>(rec.cap - rec.len, INT32_MAX);
-        int n = SSL_read(c->ssl, rec.p + rec.len, static_cast<int>(room));
+        size_t room = std::min<size_t>(cap - len, INT32_MAX);
+        int n = SSL_read(c->ssl, dst + len, static_cast<int>(room));
         if (n > 0) {
-          rec.len += static_cast<size_t>(n);
+          len += static_cast<size_t>(n);
           tScratch.recLens.push_back(static_cast<uint32_t>(n));
           continue;
         }
@@ -1072,7 +1110,8 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
       c->in = nullptr;
       c->inLen = 0;
     }
-    return Finish(env, c);
+    if (direct.IsEmpty()) tScratch.rec.len = len;
+    return Finish(env, c, direct, len);
   }
 
   // send(records: Buffer[]) -> datagrams, one per record

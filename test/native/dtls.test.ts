@@ -234,6 +234,27 @@ test("records both ways are byte-identical; N records make N datagrams and come 
   server.free();
 });
 
+test("a batch larger than the shared scratch (bulk) comes back byte-identical; forged datagrams in it are dropped", async () => {
+  const { listener, cctx } = await setup();
+  const { client, server } = connect(listener, cctx);
+  const max = client.maxRecord();
+  // 64 full records: about 88 KB of ciphertext, far beyond the 4 KB scratch, so the records are decrypted straight
+  // into the returned Buffer; a forged datagram in the middle must not shift or corrupt the records after it.
+  const recs = Array.from({ length: 64 }, (_, i) => randomBytes(i % 2 ? max : 1 + i * 17));
+  const grams = client.send(recs);
+  const forged = Buffer.from(grams[10]!);
+  forged[forged.length - 1]! ^= 1;
+  const got = server.receiveMany([...grams.slice(0, 32), forged, ...grams.slice(32)]);
+  assert.equal(got.records.length, recs.length);
+  got.records.forEach((r, i) => assert.ok(r.equals(recs[i]!), `record ${i}`));
+  assert.equal(got.out.length, 0);
+  assert.equal(got.error, undefined);
+  // The next small call (scratch path) is not disturbed by the large one.
+  assert.deepEqual(server.receiveMany(client.send([Buffer.from("after")])).records.map(String), ["after"]);
+  client.free();
+  server.free();
+});
+
 test("peer certificates are the other side's DER; exported keying material matches", async () => {
   const { id, listener, cctx } = await setup();
   const { client, server } = connect(listener, cctx);
