@@ -112,6 +112,13 @@ const schema = z
       })
       .strict(),
     dns: z.array(ipv4).default([]),
+    // Data-path threads (docs/DATAPATH.md): 1 = everything on one thread; N or "auto" (one per core) = a control
+    // thread plus N workers that each own a share of the tunnels.
+    workers: z
+      .union([z.literal("auto"), z.number().int().min(1).max(64)], {
+        error: 'expected "auto" or a whole number of workers from 1 to 64',
+      })
+      .default(1),
     trust: z
       .object({
         simulatedRoots: z.array(z.string()).default([]),

@@ -1,0 +1,154 @@
+/**
+ * The gateway with `workers: 2` in network namespaces (docs/DATAPATH.md): tunnels land on both workers and carry
+ * traffic both ways, spoofed packets on a worker never reach the server, revocation reaches a tunnel on any
+ * worker, counters add up, idle tunnels are reaped, and a worker that dies neither keeps receiving traffic nor
+ * loses its tunnels' leases.
+ */
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { Lab, SERVER_IP, TCP_TOOL, waitLine } from "../helpers/lab.js";
+import type { NsProcess } from "../helpers/netns.js";
+
+const BROWSER = "b0".repeat(32);
+const MAIL = "a1".repeat(32);
+const node = process.execPath;
+const CLIENTS = 4;
+
+interface Up {
+  peer: string;
+  address: string;
+  worker: number;
+  app: string;
+}
+
+describe("gateway with two workers", { concurrency: false }, () => {
+  let lab: Lab;
+  const clients: NsProcess[] = [];
+  const ups: Up[] = [];
+
+  const apps = [
+    { name: "browser", subnet: "100.64.1.0/24", identities: [{ mrenclave: BROWSER }] },
+    { name: "mail", subnet: "100.64.2.0/24", identities: [{ mrenclave: MAIL }] },
+  ];
+
+  before(async () => {
+    process.env.SENG_TEST_HOOKS = "1"; // SIGUSR2 makes worker 0 crash (pool.ts)
+    lab = await Lab.create({
+      clients: CLIENTS,
+      apps,
+      extraYaml: "workers: 2\ntunnel: { keepaliveSeconds: 1, idleTimeoutSeconds: 4, leaseGraceSeconds: 60 }",
+    });
+    await lab.startGateway();
+  });
+
+  after(async () => {
+    await lab?.destroy();
+  });
+
+  /** Starts client `i` (browser on even, mail on odd namespaces) and waits for its lease and tunnel-up line. */
+  async function start(i: number): Promise<Up> {
+    const from = lab.gateway!.stdout.length;
+    const c = lab.startClient(i % 2 ? MAIL : BROWSER, { client: i, args: ["--dead-seconds", "2"] });
+    clients[i] = c;
+    const lease = await waitLine<{ address: string }>(c, (o) => o.event === "lease");
+    const up = await waitLine<Up>(
+      lab.gateway!,
+      (o) => o.event === "tunnel-up" && o.address === lease.address,
+      10_000,
+      from,
+    );
+    ups[i] = up;
+    return up;
+  }
+
+  /** One TCP exchange from client `i` to the server's echo: what the server saw as the remote address. */
+  async function exchange(i: number, port: number): Promise<void> {
+    await lab.clients[i]!.exec(
+      node,
+      [
+        "-e",
+        `const s=require("net").connect(${port},"${SERVER_IP}",()=>s.end("x".repeat(20000)));let n=0;` +
+          `s.on("data",(d)=>n+=d.length);s.on("close",()=>process.exit(n===20000?0:3))`,
+      ],
+      { timeoutMs: 15_000 },
+    );
+  }
+
+  test("tunnels spread over both workers and carry traffic both ways, counted per tunnel and per app", async () => {
+    for (let i = 0; i < CLIENTS; i++) await start(i);
+    // The kernel picks the worker by a hash of the peer's address and port: restart a client (new port) until
+    // both workers hold a tunnel (each try is a coin toss).
+    for (let k = 0; k < 12 && new Set(ups.map((u) => u.worker)).size < 2; k++) {
+      await clients[3]!.kill();
+      await start(3);
+    }
+    assert.deepEqual([...new Set(ups.map((u) => u.worker))].sort(), [0, 1], JSON.stringify(ups));
+
+    const echo = lab.server(node, ["--import", "tsx", TCP_TOOL, "echo", SERVER_IP, "7000"]);
+    await waitLine(echo, (o) => o.listening === true);
+    for (let i = 0; i < CLIENTS; i++) await exchange(i, 7000);
+    const remotes = echo.stdout
+      .split("\n")
+      .filter((l) => l.includes("remote"))
+      .map((l) => (JSON.parse(l) as { remote: string }).remote);
+    assert.deepEqual(remotes.sort(), ups.map((u) => u.address).sort());
+    await echo.kill("SIGKILL");
+
+    // Counters come from the workers every 250 ms.
+    await new Promise((r) => setTimeout(r, 600));
+    const s = await lab.stats();
+    assert.equal(s.tunnels, CLIENTS);
+    const list = s.tunnelList as { address: string; counters: Record<string, number> }[];
+    for (const u of ups) {
+      const t = list.find((x) => x.address === u.address);
+      assert.ok(t, `tunnel ${u.address} listed`);
+      // 20,000 bytes each way plus headers and keepalives.
+      assert.ok(t.counters.rxBytes! > 20_000 && t.counters.txBytes! > 20_000, JSON.stringify(t));
+    }
+    for (const app of ["browser", "mail"]) {
+      const mine = list.filter((t) => ups.some((u) => u.address === t.address && u.app === app));
+      const sum = mine.reduce((n, t) => n + t.counters.rxBytes!, 0);
+      assert.ok(s.apps[app]!.rxBytes! >= sum && sum > 0, `${app}: ${JSON.stringify(s.apps[app])} vs ${sum}`);
+      assert.equal(s.apps[app]!.tunnels, mine.length);
+    }
+  });
+
+  test("a worker that dies: its tunnels come back with their leases, the other worker's keep working", async () => {
+    const g = lab.gateway!;
+    const from = g.stdout.length;
+    const onDead = ups.filter((u) => u.worker === 0);
+    const onLive = ups.filter((u) => u.worker === 1);
+    g.child.kill("SIGUSR2");
+    const died = await waitLine<{ tunnels: number }>(g, (o) => o.event === "worker-died", 5000, from);
+    assert.equal(died.tunnels, onDead.length);
+    await waitLine(g, (o) => o.event === "worker-restarted", 10_000, from);
+    // Their runtimes notice (no keepalive answers), reconnect, and get the same addresses back.
+    for (const u of onDead) {
+      const i = ups.indexOf(u);
+      const back = await waitLine<{ address: string }>(
+        clients[i]!,
+        (o) => o.event === "lease",
+        30_000,
+        clients[i]!.stdout.lastIndexOf('"lease"') + 1,
+      );
+      assert.equal(back.address, u.address);
+    }
+    const echo = lab.server(node, ["--import", "tsx", TCP_TOOL, "echo", SERVER_IP, "7002"]);
+    await waitLine(echo, (o) => o.listening === true);
+    for (let i = 0; i < CLIENTS; i++) await exchange(i, 7002);
+    await echo.kill("SIGKILL");
+    // The surviving worker's tunnels were never closed (their datagrams are relayed when the kernel now hands
+    // them to the new worker's socket).
+    const downs = g.stdout
+      .slice(from)
+      .split("\n")
+      .filter((l) => l.includes('"tunnel-down"'));
+    for (const u of onLive)
+      assert.ok(
+        !downs.some((l) => l.includes(`"${u.address}"`)),
+        `${u.address} stayed up:\n${downs.join("\n")}`,
+      );
+    const s = await lab.stats();
+    assert.equal(s.tunnels, CLIENTS);
+  });
+});
