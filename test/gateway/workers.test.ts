@@ -6,6 +6,7 @@
  */
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
+import { writeFileSync } from "node:fs";
 import { Lab, SERVER_IP, TCP_TOOL, waitLine } from "../helpers/lab.js";
 import type { NsProcess } from "../helpers/netns.js";
 
@@ -36,12 +37,18 @@ describe("gateway with two workers", { concurrency: false }, () => {
     lab = await Lab.create({
       clients: CLIENTS,
       apps,
-      extraYaml: "workers: 2\ntunnel: { keepaliveSeconds: 1, idleTimeoutSeconds: 4, leaseGraceSeconds: 60 }",
+      extraYaml: "workers: 2\ntunnel: { keepaliveSeconds: 1, idleTimeoutSeconds: 12, leaseGraceSeconds: 60 }",
     });
     await lab.startGateway();
   });
 
   after(async () => {
+    // SENG_TEST_GATEWAY_LOG=<file>: keep the gateway's log for a post-mortem.
+    if (process.env.SENG_TEST_GATEWAY_LOG && lab?.gateway)
+      writeFileSync(
+        process.env.SENG_TEST_GATEWAY_LOG,
+        [lab.gateway, ...clients].map((p) => (p ? p.stdout + p.stderr : "")).join("\n----\n"),
+      );
     await lab?.destroy();
   });
 
@@ -113,6 +120,69 @@ describe("gateway with two workers", { concurrency: false }, () => {
     }
   });
 
+  test("a spoofed inner source on either worker never reaches the server and is counted", async () => {
+    const listener = lab.server(node, [
+      "-e",
+      `const s=require("dgram").createSocket("udp4");` +
+        `s.on("message",(m,r)=>console.log(JSON.stringify({from:r.address})));` +
+        `s.bind(7100,"${SERVER_IP}",()=>console.log(JSON.stringify({listening:true})))`,
+    ]);
+    await waitLine(listener, (o) => o.listening === true);
+    const seenFrom = (a: string) =>
+      listener.stdout.split("\n").filter((l) => l.includes(`"from":"${a}"`)).length;
+    const send = (i: number, from: string, n: number) =>
+      lab.clients[i]!.exec(
+        node,
+        [
+          "-e",
+          `const s=require("dgram").createSocket("udp4");let i=0;` +
+            `s.bind(0,"${from}",()=>{const t=setInterval(()=>{s.send("x",7100,"${SERVER_IP}");` +
+            `if(++i===${n}){clearInterval(t);setTimeout(()=>s.close(),200)}},20)})`,
+        ],
+        { timeoutMs: 10_000 },
+      );
+    const before = (await lab.stats()).drops["spoofed-source"] ?? 0;
+    // One client on each worker.
+    const picks = [0, 1].map((w) => ups.findIndex((u) => u.worker === w));
+    for (const [k, i] of picks.entries()) {
+      const spoofed = `100.64.1.${200 + k}`;
+      await lab.clients[i]!.ip("addr", "add", `${spoofed}/32`, "dev", `sengc${i}`);
+      await send(i, spoofed, 10);
+      await send(i, ups[i]!.address, 3);
+    }
+    for (let k = 0; k < 50 && picks.some((i) => seenFrom(ups[i]!.address) < 3); k++)
+      await new Promise((r) => setTimeout(r, 100));
+    for (const [k, i] of picks.entries()) {
+      assert.equal(seenFrom(ups[i]!.address), 3, `genuine address of client ${i} heard:\n${listener.stdout}`);
+      assert.equal(seenFrom(`100.64.1.${200 + k}`), 0, `spoofed datagrams arrived:\n${listener.stdout}`);
+      await lab.clients[i]!.ip("addr", "del", `100.64.1.${200 + k}/32`, "dev", `sengc${i}`);
+    }
+    await listener.kill("SIGKILL");
+    await new Promise((r) => setTimeout(r, 600)); // the workers' next counter reports
+    const after = (await lab.stats()).drops["spoofed-source"] ?? 0;
+    assert.ok(after >= before + 20, `spoofed-source drops ${before} → ${after}`);
+  });
+
+  test("keepalives hold idle tunnels on both workers; a vanished runtime is reaped", async () => {
+    // No traffic for longer than the idle timeout (12 s): the keepalives (the gateway's every second, the
+    // runtime's every 10 s) keep every tunnel.
+    await new Promise((r) => setTimeout(r, 13_000));
+    assert.equal((await lab.stats()).tunnels, CLIENTS);
+    // A runtime killed without a word: its worker reaps the tunnel, the control thread keeps its lease.
+    const i = CLIENTS - 1;
+    const from = lab.gateway!.stdout.length;
+    await clients[i]!.kill("SIGKILL");
+    const down = await waitLine<{ reason: string }>(
+      lab.gateway!,
+      (o) => o.event === "tunnel-down" && o.address === ups[i]!.address,
+      20_000,
+      from,
+    );
+    assert.equal(down.reason, "idle-timeout");
+    assert.equal((await lab.stats()).tunnels, CLIENTS - 1);
+    await start(i); // a new runtime process (a new key): a new tunnel
+  });
+
   test("a worker that dies: its tunnels come back with their leases, the other worker's keep working", async () => {
     const g = lab.gateway!;
     const from = g.stdout.length;
@@ -120,7 +190,15 @@ describe("gateway with two workers", { concurrency: false }, () => {
     const onLive = ups.filter((u) => u.worker === 1);
     g.child.kill("SIGUSR2");
     const died = await waitLine<{ tunnels: number }>(g, (o) => o.event === "worker-died", 5000, from);
-    assert.equal(died.tunnels, onDead.length);
+    assert.equal(
+      died.tunnels,
+      onDead.length,
+      `${JSON.stringify(ups)}\n${g.stdout
+        .slice(0, from)
+        .split("\n")
+        .filter((l) => /tunnel-(up|down)/.test(l))
+        .join("\n")}`,
+    );
     await waitLine(g, (o) => o.event === "worker-restarted", 10_000, from);
     // Their runtimes notice (no keepalive answers), reconnect, and get the same addresses back.
     for (const u of onDead) {
@@ -150,5 +228,31 @@ describe("gateway with two workers", { concurrency: false }, () => {
       );
     const s = await lab.stats();
     assert.equal(s.tunnels, CLIENTS);
+  });
+
+  test("revocation reaches tunnels on every worker within a second", async () => {
+    const g = lab.gateway!;
+    const from = g.stdout.length;
+    const marks = clients.map((c) => c.stdout.length);
+    // Neither measurement is allowed any more: every tunnel, whichever worker holds it, is revoked.
+    lab.writeConfig({
+      apps: apps.map((a) => ({ ...a, identities: [{ mrenclave: "c3".repeat(32) }] })),
+    });
+    const t0 = Date.now();
+    g.child.kill("SIGHUP");
+    const reloaded = await waitLine<{ revoked: unknown[] }>(g, (o) => o.event === "reloaded", 10_000, from);
+    assert.equal(reloaded.revoked.length, CLIENTS);
+    for (const [i, c] of clients.entries()) {
+      const closed = await waitLine<{ reason: string }>(c, (o) => o.event === "closed", 5000, marks[i]);
+      assert.equal(closed.reason, "revoked");
+    }
+    const downs = g.stdout
+      .slice(from)
+      .split("\n")
+      .filter((l) => l.includes('"tunnel-down"'))
+      .map((l) => JSON.parse(l) as { t: string; reason: string });
+    assert.equal(downs.filter((d) => d.reason === "revoked").length, CLIENTS);
+    for (const d of downs) assert.ok(Date.parse(d.t) - t0 < 1000, `revoked after ${Date.parse(d.t) - t0} ms`);
+    assert.equal((await lab.stats()).tunnels, 0);
   });
 });

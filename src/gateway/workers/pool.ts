@@ -20,6 +20,7 @@ import { Worker } from "node:worker_threads";
 import { primaryMeasurement, type Verdict } from "../../attest/claims.js";
 import { matchApp } from "../../attest/policy.js";
 import type { DtlsSession } from "../../native/dtls.js";
+import { TunSteering } from "../../native/steer.js";
 import { intToIp, parseCidr } from "../../packet/ip.js";
 import type { GatewayConfig } from "../../policy/config.js";
 import { type CloseReason, type Lease } from "../../tunnel/protocol.js";
@@ -93,6 +94,10 @@ export class WorkerPool {
   private readonly deferred: { slot: Slot; m: FromWorker & { type: "admit" } }[] = [];
   private stopping = false;
   private restarts: number[] = [];
+  /** The TUN steering program (packets to a leased address → its worker's queue), when the kernel allowed it. */
+  private steering: TunSteering | undefined;
+  /** Worker index by TUN queue number (the kernel numbers queues in attach order and fills a gap with the last). */
+  private readonly queues: number[] = [];
 
   constructor(
     private readonly gw: Gateway,
@@ -105,6 +110,17 @@ export class WorkerPool {
     const [, p] = splitHostPort(this.gw.config.listen);
     this.port = p;
     for (let i = 0; i < this.size; i++) await this.spawn(i);
+    try {
+      this.steering = TunSteering.attach(this.tunName, {
+        napi: true,
+        offload: this.offload,
+        maxEntries: this.gw.config.limits.maxTunnels,
+      });
+      this.broadcast({ type: "steered", on: true });
+    } catch (e) {
+      // Without it the kernel spreads flows over the queues by hash, and workers relay what is not theirs.
+      this.gw.log.log("warn", "tun-steering-unavailable", { error: (e as Error).message });
+    }
     if (process.env.SENG_TEST_HOOKS === "1") process.on("SIGUSR2", this.crashFirst);
   }
 
@@ -142,6 +158,8 @@ export class WorkerPool {
           this.port = m.port;
           this.offload = m.offload;
           this.tunName = m.tun;
+          this.queues.push(index);
+          if (this.steering) this.post(slot, { type: "steered", on: true });
           // A worker that replaces a dead one learns who owns which peer and address, to relay what it gets.
           for (const t of this.byKey.values()) {
             const owner = (t.session as unknown as RemoteSession).slot.index;
@@ -316,6 +334,7 @@ export class WorkerPool {
     gw.byPeer.set(t.peer, t);
     gw.byAddress.set(lease.address, t);
     gw.firewall.tunnelUp(intToIp(lease.address), app.name);
+    this.steering?.set(lease.address, this.queues.indexOf(slot.index));
     this.broadcast({ type: "owner", peer: t.peer, address: lease.address, worker: slot.index });
     const msg: Lease = {
       address: intToIp(lease.address),
@@ -368,8 +387,10 @@ export class WorkerPool {
     if (!gone) this.post(s.slot, { type: "close", key: t.id, reason, message, notify });
     this.byKey.delete(t.id);
     s.slot.tunnels.delete(t);
-    if (this.gw.byAddress.get(t.address) === t)
+    if (this.gw.byAddress.get(t.address) === t) {
+      this.steering?.delete(t.address);
       this.broadcast({ type: "owner", peer: t.peer, address: t.address, worker: -1 });
+    }
   }
 
   /** C4: a worker ended while the gateway runs. */
@@ -393,6 +414,13 @@ export class WorkerPool {
     for (const t of tunnels) {
       (t.session as unknown as RemoteSession).gone = true;
       gw.close(t, "shutting-down", `worker ${slot.index} stopped (exit code ${code})`, false, true);
+    }
+    // Its TUN queue is gone: the kernel moved the last queue into its place. Steer that worker's addresses there.
+    const pos = this.queues.indexOf(slot.index);
+    const last = this.queues.pop()!;
+    if (pos >= 0 && pos < this.queues.length) {
+      this.queues[pos] = last;
+      for (const t of this.slots[last]!.tunnels) this.steering?.set(t.address, pos);
     }
     const now = gw.now();
     this.restarts = this.restarts.filter((at) => now - at < 60_000);
@@ -424,6 +452,7 @@ export class WorkerPool {
   async stop(): Promise<void> {
     this.stopping = true;
     process.off("SIGUSR2", this.crashFirst);
+    this.steering?.close();
     await Promise.all(
       this.slots.map(async (s) => {
         if (!s.alive) return;

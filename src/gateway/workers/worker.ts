@@ -203,6 +203,18 @@ function main(port: MessagePort, init: WorkerInit): void {
     if (relay) post({ type: "relay-tun", owner: owners!, packets: relay });
   });
   udp.onDatagrams((b) => onDatagrams(b.data, b.peers, false));
+  // A bug that reaches the event loop ends this worker, not the gateway: close the socket and the TUN queue first
+  // (they leave the kernel's SO_REUSEPORT group and queue set at once; a thread torn down with them still polling
+  // crashes the process), then exit; the control thread closes its tunnels and starts a new worker (pool.ts C4).
+  process.on("uncaughtException", (e) => {
+    ctx.log.log("error", "worker-failed", {
+      error: e.message,
+      stack: e.stack?.split("\n").slice(0, 6).join(" | "),
+    });
+    udp.close();
+    tun.close();
+    process.exit(1);
+  });
 
   port.on("message", (m: ToWorker) => {
     switch (m.type) {
