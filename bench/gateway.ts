@@ -1,9 +1,15 @@
 /**
  * Gateway benchmarks in namespaces (test/helpers/lab.ts), all in one run so the figures compare:
  *  - one TCP stream (iperf3, 5 s; 3 s with --quick) client → server: direct (routed by the gateway namespace, no
- *    tunnel), through SENG (TUN offloads on, and off: gateway_nooffload_tcp_mbps), and through OpenVPN 2.6 (UDP,
- *    AES-256-GCM, TLS mode) over the same namespaces; and the CPU both ends of each VPN spent per GB carried;
- *  - UDP packets per second (iperf3 -u, 64-byte payloads, unlimited rate) received at the server, SENG and OpenVPN;
+ *    tunnel), through SENG (TUN offloads on, and off: gateway_nooffload_tcp_mbps), through OpenVPN 2.6 (UDP,
+ *    AES-256-GCM, TLS mode) and through wireguard-go (bench/wggo.ts) over the same namespaces; and the CPU both ends
+ *    of each VPN spent per GB carried;
+ *  - UDP packets per second (iperf3 -u, 64-byte payloads, unlimited rate) received at the server, all three VPNs;
+ *  - request/response (bench/rr.ts, at least 10 s also with --quick): CPU per transaction of the tunnel's server
+ *    side (`*_rr_cpu_us`: the gateway, openvpn's server, wireguard-go's server) and client side
+ *    (`*_rr_client_cpu_us`), one 64-byte message each way, one in flight;
+ *  - four tunnels with one TCP stream each (`gateway_tcp4_<workers>w_mbps`, see TCP4_WORKERS) and the gateway's
+ *    CPU per GB;
  *  - tunnel setup: handshake + attestation + lease, median latency one at a time, and setups per second with 32 in
  *    flight (per gateway CPU-second, i.e. on one core, and by the wall clock);
  *  - gateway memory per idle tunnel (RSS growth / tunnels) with 10,000 tunnels (2,000 with --quick).
@@ -13,7 +19,9 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Lab, SERVER_IP, waitLine } from "../test/helpers/lab.js";
 import { ROOT, type Netns, type NsProcess } from "../test/helpers/netns.js";
+import { cpuSeconds, rr } from "./rr.js";
 import { round } from "./util.js";
+import { wireguardGo } from "./wggo.js";
 
 const SETUP = join(ROOT, "bench/setup-client.ts");
 
@@ -40,12 +48,6 @@ export async function iperf(
     return { mbps: 0, kpps: (s.packets - s.lost_packets) / s.seconds / 1000 };
   }
   return { mbps: j.end.sum_received!.bits_per_second / 1e6, kpps: 0 };
-}
-
-/** CPU seconds (user + system) a process has used so far. */
-function cpuSeconds(pid: number): number {
-  const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
-  return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100)
 }
 
 /**
@@ -192,10 +194,54 @@ export async function openvpn(lab: Lab): Promise<{ pids: number[]; stop: () => P
   };
 }
 
-/** `parts`: which of "throughput", "setup", "memory" to run (default all). */
+/**
+ * Gateway worker counts for the four-tunnel figure (`gateway_tcp4_<n>w_mbps`); one worker is today's gateway. A
+ * multi-core gateway adds its count here (e.g. [1, 2]): the config gets `workers: <n>` for n > 1.
+ */
+export const TCP4_WORKERS: readonly number[] = [1];
+
+/** The parts `--only=gateway` runs; `gateway:<part>` runs one. */
+export const GATEWAY_PARTS = ["throughput", "rr", "tcp4", "setup", "memory"] as const;
+
+/**
+ * Four tunnels (cli0..cli3, one test client each) with one iperf3 TCP stream each, all at once, for `secs`: the
+ * sum of what the server received, and the gateway's CPU-seconds per GB carried (the gateway process only).
+ */
+async function tcp4(lab: Lab, secs: number): Promise<{ mbps: number; cpuPerGb: number }> {
+  const servers = [0, 1, 2, 3].map((i) =>
+    lab.server("iperf3", ["-s", "-1", "-B", SERVER_IP, "-p", String(5201 + i)]),
+  );
+  await new Promise((r) => setTimeout(r, 300));
+  const gw = lab.gateway!.pid!;
+  const c0 = cpuSeconds(gw);
+  const runs = await Promise.all(
+    [0, 1, 2, 3].map((i) =>
+      lab.clients[i]!.exec("iperf3", ["-c", SERVER_IP, "-p", String(5201 + i), "-t", String(secs), "-J"], {
+        timeoutMs: (secs + 20) * 1000,
+        check: false,
+      }),
+    ),
+  );
+  const used = cpuSeconds(gw) - c0;
+  await Promise.all(servers.map((s) => s.wait(10_000).catch(() => s.kill("SIGKILL"))));
+  const mbps = runs
+    .map((r) => (JSON.parse(r.stdout) as { end: { sum_received: { bits_per_second: number } } }).end)
+    .reduce((sum, e) => sum + e.sum_received.bits_per_second / 1e6, 0);
+  const gb = (mbps * secs) / 8000;
+  return { mbps, cpuPerGb: gb > 0 ? used / gb : 0 };
+}
+
+/** Stops the gateway, writes its config as `edit` makes it from the lab's, and starts it again. */
+async function restartGateway(lab: Lab, edit: (yaml: string) => string): Promise<void> {
+  await lab.stopGateway();
+  writeFileSync(join(lab.dir, "gateway.yaml"), edit(lab.configText()));
+  await lab.startGateway();
+}
+
+/** `parts`: which of {@link GATEWAY_PARTS} to run (default all). */
 export async function benchGateway(
   quick: boolean,
-  parts: ReadonlySet<string> = new Set(["throughput", "setup", "memory"]),
+  parts: ReadonlySet<string> = new Set(GATEWAY_PARTS),
 ): Promise<Record<string, number>> {
   const secs = quick ? 3 : 5;
   const lab = await Lab.create({
@@ -208,19 +254,48 @@ export async function benchGateway(
   const procs: NsProcess[] = [];
   try {
     const cli = lab.clients[0]!;
-    if (parts.has("throughput")) {
+    const tput = parts.has("throughput");
+    const rrs = parts.has("rr");
+    if (tput) {
       // Direct path: the client routes to the server through the gateway namespace, no tunnel.
       await cli.ip("route", "replace", "198.18.2.0/24", "via", "198.18.1.1");
       out.direct_tcp_mbps = round((await iperf(lab, cli, secs, false)).mbps, 0);
       await cli.ip("route", "del", "198.18.2.0/24");
-
+    }
+    if (tput || rrs) {
+      // The peers, one after the other over the same namespaces and links: OpenVPN, then wireguard-go.
       const ovpn = await openvpn(lab);
-      const ov = await perGb(ovpn.pids, secs, () => iperf(lab, cli, secs, false));
-      out.openvpn_tcp_mbps = round(ov.mbps, 0);
-      out.openvpn_cpu_s_per_gb = round(ov.cpuPerGb, 2);
-      out.openvpn_udp_kpps = round((await iperf(lab, cli, secs, true)).kpps, 1);
+      if (tput) {
+        const ov = await perGb(ovpn.pids, secs, () => iperf(lab, cli, secs, false));
+        out.openvpn_tcp_mbps = round(ov.mbps, 0);
+        out.openvpn_cpu_s_per_gb = round(ov.cpuPerGb, 2);
+        out.openvpn_udp_kpps = round((await iperf(lab, cli, secs, true)).kpps, 1);
+      }
+      if (rrs) {
+        const r = await rr(lab, cli, ovpn.pids);
+        out.openvpn_rr_cpu_us = round(r.cpuUs[0]!, 1);
+        out.openvpn_rr_client_cpu_us = round(r.cpuUs[1]!, 1);
+        out.openvpn_rr_tps = round(r.tps, 0);
+      }
       await ovpn.stop();
 
+      const wgo = await wireguardGo(lab);
+      const wgPids = [wgo.serverPid, wgo.clientPid];
+      if (tput) {
+        const w = await perGb(wgPids, secs, () => iperf(lab, cli, secs, false));
+        out.wggo_tcp_mbps = round(w.mbps, 0);
+        out.wggo_cpu_s_per_gb = round(w.cpuPerGb, 2);
+        out.wggo_udp_kpps = round((await iperf(lab, cli, secs, true)).kpps, 1);
+      }
+      if (rrs) {
+        const r = await rr(lab, cli, wgPids);
+        out.wggo_rr_cpu_us = round(r.cpuUs[0]!, 1);
+        out.wggo_rr_client_cpu_us = round(r.cpuUs[1]!, 1);
+        out.wggo_rr_tps = round(r.tps, 0);
+      }
+      await wgo.stop();
+    }
+    if (tput) {
       // SENG without TUN offloads (one packet per TUN read and write) on gateway and client, for comparison.
       const yaml = join(lab.dir, "gateway.yaml");
       writeFileSync(yaml, lab.configText().replace("mtu: 1400 }", "mtu: 1400, offload: false }"));
@@ -234,15 +309,37 @@ export async function benchGateway(
       writeFileSync(yaml, lab.configText());
     }
     await lab.startGateway();
-    if (parts.has("throughput")) {
+    if (tput || rrs) {
       const client = lab.startClient("b0".repeat(32));
       procs.push(client);
       await waitLine(client, (o) => o.event === "lease");
-      const gw = await perGb([lab.gateway!.pid!, client.pid!], secs, () => iperf(lab, cli, secs, false));
-      out.gateway_tcp_mbps = round(gw.mbps, 0);
-      out.gateway_cpu_s_per_gb = round(gw.cpuPerGb, 2);
-      out.gateway_udp_kpps = round((await iperf(lab, cli, secs, true)).kpps, 1);
+      if (tput) {
+        const gw = await perGb([lab.gateway!.pid!, client.pid!], secs, () => iperf(lab, cli, secs, false));
+        out.gateway_tcp_mbps = round(gw.mbps, 0);
+        out.gateway_cpu_s_per_gb = round(gw.cpuPerGb, 2);
+        out.gateway_udp_kpps = round((await iperf(lab, cli, secs, true)).kpps, 1);
+      }
+      if (rrs) {
+        const r = await rr(lab, cli, [lab.gateway!.pid!, client.pid!]);
+        out.gateway_rr_cpu_us = round(r.cpuUs[0]!, 1);
+        out.gateway_rr_client_cpu_us = round(r.cpuUs[1]!, 1);
+        out.gateway_rr_tps = round(r.tps, 0);
+      }
       await client.kill();
+    }
+    if (parts.has("tcp4")) {
+      while (lab.clients.length < 4) await lab.addClient();
+      for (const n of TCP4_WORKERS) {
+        if (n !== 1) await restartGateway(lab, (y) => `workers: ${n}\n${y}`);
+        const clients = [0, 1, 2, 3].map((c) => lab.startClient("b0".repeat(32), { client: c }));
+        procs.push(...clients);
+        await Promise.all(clients.map((c) => waitLine(c, (o) => o.event === "lease")));
+        const r = await tcp4(lab, secs);
+        out[`gateway_tcp4_${n}w_mbps`] = round(r.mbps, 0);
+        out[`gateway_tcp4_${n}w_cpu_s_per_gb`] = round(r.cpuPerGb, 2);
+        await Promise.all(clients.map((c) => c.kill()));
+        if (n !== 1) await restartGateway(lab, (y) => y);
+      }
     }
 
     // Setup latency one at a time, then throughput with 32 in flight.

@@ -1,7 +1,7 @@
 /**
  * `npm run bench [-- --quick] [-- --json] [-- --only=attest,gateway,flood,runtime,firewall,cluster]`: runs every
- * benchmark (the gateway, runtime and firewall ones need root, iperf3, openvpn, wrk and nft; the cluster one Debian's
- * etcd-server) and prints one JSON object of named figures (with --json) or a readable table. Figures and the machine
+ * benchmark (the gateway, runtime and firewall ones need root, iperf3, openvpn, wireguard-go, wireguard-tools,
+ * sockperf, wrk and nft; the cluster one Debian's etcd-server: bench/tools.ts names what is missing) and prints one JSON object of named figures (with --json) or a readable table. Figures and the machine
  * they were taken on go to docs/BENCHMARKS.md.
  */
 import { cpus } from "node:os";
@@ -10,8 +10,9 @@ import { benchAttest } from "./attest.js";
 import { benchCluster } from "./cluster.js";
 import { benchFirewall } from "./firewall.js";
 import { benchFlood } from "./flood.js";
-import { benchGateway } from "./gateway.js";
+import { benchGateway, GATEWAY_PARTS } from "./gateway.js";
 import { benchRuntime } from "./runtime.js";
+import { missingTools } from "./tools.js";
 
 const args = new Set(process.argv.slice(2));
 const quick = args.has("--quick");
@@ -26,13 +27,22 @@ const only = process.argv
   .split(",");
 const want = (name: string): boolean => !only || only.includes(name);
 
+const chosen = ["attest", "gateway", "flood", "runtime", "firewall", "cluster"].filter(
+  (b) => want(b) || (b === "gateway" && only?.some((o) => o.startsWith("gateway:"))),
+);
+const missing = missingTools(chosen);
+if (missing) {
+  process.stderr.write(missing + "\n");
+  process.exit(2);
+}
+
 const figures: Record<string, number> = {};
 if (want("attest")) Object.assign(figures, await benchAttest(vectors, quick));
-// "gateway" runs all of its parts; "gateway:memory" (or :throughput, :setup) one of them.
+// "gateway" runs all of its parts; "gateway:memory" (or :throughput, :rr, :tcp4, :setup) one of them.
 const gatewayParts = new Set(
   (only ?? ["gateway"])
     .filter((o) => o.startsWith("gateway"))
-    .flatMap((o) => (o === "gateway" ? ["throughput", "setup", "memory"] : [o.slice(8)])),
+    .flatMap((o) => (o === "gateway" ? [...GATEWAY_PARTS] : [o.slice(8)])),
 );
 if (gatewayParts.size) Object.assign(figures, await benchGateway(quick, gatewayParts));
 if (want("flood")) Object.assign(figures, await benchFlood(quick));
