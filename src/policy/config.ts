@@ -115,8 +115,11 @@ const schema = z
     // Data-path threads (docs/DATAPATH.md): 1 = everything on one thread; N or "auto" (one per core) = a control
     // thread plus N workers that each own a share of the tunnels.
     workers: z
-      .union([z.literal("auto"), z.number().int().min(1).max(64)], {
+      .union([z.literal("auto"), z.number()], {
         error: 'expected "auto" or a whole number of workers from 1 to 64',
+      })
+      .refine((v) => v === "auto" || (Number.isInteger(v) && v >= 1 && v <= 64), {
+        message: 'expected "auto" or a whole number of workers from 1 to 64',
       })
       .default(1),
     trust: z
