@@ -90,6 +90,12 @@ describe("gateway with two workers", { concurrency: false }, () => {
       await start(3);
     }
     assert.deepEqual([...new Set(ups.map((u) => u.worker))].sort(), [0, 1], JSON.stringify(ups));
+    // Both workers' TUN queues carry the offloads (TSO in, GSO-merged writes out).
+    const started = await waitLine<{ workers: number; offload: boolean }>(
+      lab.gateway!,
+      (o) => o.event === "gateway-started",
+    );
+    assert.deepEqual([started.workers, started.offload], [2, true]);
 
     const echo = lab.server(node, ["--import", "tsx", TCP_TOOL, "echo", SERVER_IP, "7000"]);
     await waitLine(echo, (o) => o.listening === true);
@@ -228,6 +234,30 @@ describe("gateway with two workers", { concurrency: false }, () => {
       );
     const s = await lab.stats();
     assert.equal(s.tunnels, CLIENTS);
+  });
+
+  test("kill -9 of a two-worker gateway: the runtimes come back with the same addresses", async () => {
+    const marks = clients.map((c) => c.stdout.length);
+    const before = await Promise.all(
+      clients.map((c) =>
+        waitLine<{ address: string }>(
+          c,
+          (o) => o.event === "lease",
+          5000,
+          c.stdout.lastIndexOf('{"event":"lease"'),
+        ),
+      ),
+    );
+    await lab.stopGateway("SIGKILL");
+    await lab.startGateway();
+    for (const [i, c] of clients.entries()) {
+      const back = await waitLine<{ address: string }>(c, (o) => o.event === "lease", 30_000, marks[i]);
+      assert.equal(back.address, before[i]!.address);
+    }
+    const echo = lab.server(node, ["--import", "tsx", TCP_TOOL, "echo", SERVER_IP, "7003"]);
+    await waitLine(echo, (o) => o.listening === true);
+    for (let i = 0; i < CLIENTS; i++) await exchange(i, 7003);
+    await echo.kill("SIGKILL");
   });
 
   test("revocation reaches tunnels on every worker within a second", async () => {
