@@ -37,7 +37,9 @@ describe("gateway with two workers", { concurrency: false }, () => {
     lab = await Lab.create({
       clients: CLIENTS,
       apps,
-      extraYaml: "workers: 2\ntunnel: { keepaliveSeconds: 1, idleTimeoutSeconds: 12, leaseGraceSeconds: 60 }",
+      extraYaml:
+        "workers: 2\nmetrics: { listen: 127.0.0.1:9464 }\n" +
+        "tunnel: { keepaliveSeconds: 1, idleTimeoutSeconds: 12, leaseGraceSeconds: 60 }",
     });
     await lab.startGateway();
   });
@@ -123,6 +125,19 @@ describe("gateway with two workers", { concurrency: false }, () => {
       const sum = mine.reduce((n, t) => n + t.counters.rxBytes!, 0);
       assert.ok(s.apps[app]!.rxBytes! >= sum && sum > 0, `${app}: ${JSON.stringify(s.apps[app])} vs ${sum}`);
       assert.equal(s.apps[app]!.tunnels, mine.length);
+    }
+    // The Prometheus metrics read the same sums.
+    const scrape = await lab.gw.exec(process.execPath, [
+      "-e",
+      `fetch("http://127.0.0.1:9464/metrics").then((r) => r.text()).then((t) => process.stdout.write(t))`,
+    ]);
+    for (const app of ["browser", "mail"]) {
+      const tunnels = new RegExp(`^seng_tunnels\\{app="${app}"\\} (\\d+)$`, "m").exec(scrape.stdout);
+      assert.equal(Number(tunnels?.[1]), s.apps[app]!.tunnels, scrape.stdout);
+      const rx = new RegExp(`^seng_app_bytes_total\\{app="${app}",direction="in"\\} (\\d+)$`, "m").exec(
+        scrape.stdout,
+      );
+      assert.ok(Number(rx?.[1]) >= s.apps[app]!.rxBytes! && s.apps[app]!.rxBytes! > 0, scrape.stdout);
     }
   });
 
