@@ -1,5 +1,5 @@
 // Steering of a multi-queue TUN by destination address (docs/DATAPATH.md): a BPF hash map address → queue and a
-// ten-instruction socket-filter program that the kernel runs for every packet it sends into the TUN
+// sixteen-instruction socket-filter program that the kernel runs for every packet it sends into the TUN
 // (TUNSETSTEERINGEBPF), so a packet for a leased address is read by the worker that owns its tunnel. Mechanism
 // only: which address goes to which queue is decided in TypeScript (src/gateway/workers/pool.ts).
 //
