@@ -287,6 +287,7 @@ export class WorkerPool {
   /** C1: the decision at the end of a handshake, as admission.ts's onEstablished after verification. */
   private admit(slot: Slot, m: FromWorker & { type: "admit" }): void {
     const gw = this.gw;
+    if (!slot.alive) return; // its worker died after asking: the runtime will try again
     const session = new RemoteSession(this, slot, m.hs, m.der, m.maxRecord);
     const t = new Tunnel(m.peer, session as unknown as DtlsSession, m.createdAt);
     gw.churnAt = gw.now();
