@@ -201,7 +201,7 @@ export async function openvpn(lab: Lab): Promise<{ pids: number[]; stop: () => P
  * Gateway worker counts for the four-tunnel figure (`gateway_tcp4_<n>w_mbps`); one worker is today's gateway. A
  * multi-core gateway adds its count here (e.g. [1, 2]): the config gets `workers: <n>` for n > 1.
  */
-export const TCP4_WORKERS: readonly number[] = [1];
+export const TCP4_WORKERS: readonly number[] = [1, 2];
 
 /** The parts `--only=gateway` runs; `gateway:<part>` runs one. */
 export const GATEWAY_PARTS = ["throughput", "rr", "tcp4", "setup", "memory"] as const;
@@ -341,23 +341,23 @@ export async function benchGateway(
       }
       await client.kill();
       if (tput) {
-      // The same over IPv6 inside the tunnel: the dual-stack test client (a kernel TUN with the leased IPv6).
-      const six = cli.spawn(process.execPath, [
-        "--import",
-        "tsx",
-        join(ROOT, "test/helpers/tun6-client.ts"),
-        lab.gatewayAddr(0),
-        lab.pin,
-        lab.simDir,
-        "b0".repeat(32),
-        "sengc0",
-        "--route",
-        "2001:2:ff::/48",
-      ]);
-      procs.push(six);
-      await waitLine(six, (o) => o.event === "lease");
-      out.gateway_tcp6_mbps = round((await iperf(lab, cli, secs, false, SERVER_IP6)).mbps, 0);
-      await six.kill();
+        // The same over IPv6 inside the tunnel: the dual-stack test client (a kernel TUN with the leased IPv6).
+        const six = cli.spawn(process.execPath, [
+          "--import",
+          "tsx",
+          join(ROOT, "test/helpers/tun6-client.ts"),
+          lab.gatewayAddr(0),
+          lab.pin,
+          lab.simDir,
+          "b0".repeat(32),
+          "sengc0",
+          "--route",
+          "2001:2:ff::/48",
+        ]);
+        procs.push(six);
+        await waitLine(six, (o) => o.event === "lease");
+        out.gateway_tcp6_mbps = round((await iperf(lab, cli, secs, false, SERVER_IP6)).mbps, 0);
+        await six.kill();
       }
     }
     if (parts.has("tcp4")) {
@@ -408,6 +408,15 @@ export async function benchGateway(
       out.setups_per_s = round(par.r.setups / cpu, 0);
       out.setups_wall_per_s = round(par.r.perSecond, 0);
       await par.p.wait(30_000);
+      // The same with `workers: auto` (one worker per core; docs/DATAPATH.md): handshakes and verification on
+      // every core, decisions on the control thread. Per CPU-second of the whole process, and per wall second.
+      await restartGateway(lab, (y) => `workers: auto\n${y}`);
+      const cpuA = cpuSeconds(lab.gateway!.pid!);
+      const auto = await run(quick ? 500 : 2000, 32);
+      out.setups_auto_per_s = round(auto.r.setups / (cpuSeconds(lab.gateway!.pid!) - cpuA), 0);
+      out.setups_auto_wall_per_s = round(auto.r.perSecond, 0);
+      await auto.p.wait(30_000);
+      await restartGateway(lab, (y) => y);
     }
     if (parts.has("memory")) {
       // Memory per idle tunnel: gateway RSS growth while N tunnels are held open.

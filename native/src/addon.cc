@@ -7,6 +7,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitLwip(env, exports);
   InitOffload(env, exports);
   InitMem(env, exports);
+  InitSteer(env, exports);
   return exports;
 }
 

@@ -10,3 +10,4 @@ void InitUdp(Napi::Env env, Napi::Object exports);
 void InitLwip(Napi::Env env, Napi::Object exports);
 void InitOffload(Napi::Env env, Napi::Object exports);
 void InitMem(Napi::Env env, Napi::Object exports);
+void InitSteer(Napi::Env env, Napi::Object exports);

@@ -27,7 +27,7 @@ export interface ReloadResult {
 /** Why `next` cannot replace `prev` without a restart, or undefined. */
 export function immutableChange(prev: GatewayConfig, next: GatewayConfig): string | undefined {
   const f = next.file;
-  for (const k of ["listen", "certificate", "key", "database", "pool", "pool6"] as const) {
+  for (const k of ["listen", "certificate", "key", "database", "pool", "pool6", "workers"] as const) {
     if (prev[k] !== next[k]) return `${f}: ${k}: cannot change on reload (restart the gateway)`;
   }
   // Read once at start (listeners, rate limiter, our table's name and whether we manage nftables at all): a reload

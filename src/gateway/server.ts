@@ -32,7 +32,8 @@ import { PeerGuard } from "./guard.js";
 import { LeaseStore } from "./leases.js";
 import { onDatagrams } from "./receive.js";
 import { onTunPackets } from "./send.js";
-import { sweep } from "./timers.js";
+import { sweep, sweepLeases } from "./timers.js";
+import { RemoteSession, WorkerPool, workerCount } from "./workers/pool.js";
 import { zero, type Counters, type DropCounter, type Tunnel } from "./tunnel.js";
 import { jsonLogger, type Logger } from "./log.js";
 import { RateLimiter, TokenBucket } from "./ratelimit.js";
@@ -142,6 +143,8 @@ export class Gateway {
   /** @internal */ cookies!: CookieRotation;
   /** @internal */ udp!: UdpSocket;
   /** @internal */ tun!: Tun;
+  /** @internal The data-path workers (`workers` above 1; workers/pool.ts): then `udp` and `tun` stay unset here. */
+  pool: WorkerPool | undefined;
   /** @internal */ guard!: PeerGuard;
   /** @internal */ lastExpiry = 0;
   /** @internal */ lastLeaseFlush = 0;
@@ -203,39 +206,59 @@ export class Gateway {
     });
     this.listener = new DtlsListener(this.ctx);
     this.cookies = new CookieRotation(this.listener, this.now());
-    this.tun = c.tun.offload
-      ? Tun.openOffloaded(c.tun.name, { napi: true }, (e) =>
-          this.log.log("warn", "tun-offload-unavailable", { error: e.message }),
-        )
-      : Tun.open(c.tun.name, { napi: true });
+    const workers = workerCount(c);
+    if (workers > 1) {
+      // Each worker opens a TUN queue and binds its UDP socket; admissions wait for the firewall (accept()).
+      this.pool = new WorkerPool(this, workers);
+      try {
+        await this.pool.start();
+      } catch (e) {
+        await this.pool.stop();
+        throw e;
+      }
+    } else
+      this.tun = c.tun.offload
+        ? Tun.openOffloaded(c.tun.name, { napi: true }, (e) =>
+            this.log.log("warn", "tun-offload-unavailable", { error: e.message }),
+          )
+        : Tun.open(c.tun.name, { napi: true });
     try {
       await this.system.configure(
-        this.tun.name,
+        this.tunName,
         c.tun.address,
         c.tun.mtu,
         [...new Set(c.apps.flatMap((a) => [a.subnet, a.subnet6].filter((x) => x !== undefined)))],
         c.tun.address6,
       );
       await this.firewall.start();
-      const [host, port] = splitHostPort(c.listen);
-      this.udp = UdpSocket.bind(host, port, { rcvbuf: 4 << 20, sndbuf: 4 << 20 });
+      if (!this.pool) {
+        const [host, port] = splitHostPort(c.listen);
+        this.udp = UdpSocket.bind(host, port, { rcvbuf: 4 << 20, sndbuf: 4 << 20 });
+      }
     } catch (e) {
-      this.tun.close();
+      this.tun?.close();
+      await this.pool?.stop();
       await this.firewall.stop();
       await this.system.undo();
       throw e;
     }
-    this.guard = new PeerGuard(this.udp.port, this.log);
+    this.guard = new PeerGuard(this.port, this.log);
     await this.guard.start();
-    this.udp.onDatagrams((b) => onDatagrams(this, b.data, b.peers));
-    this.tun.onPackets((p) => onTunPackets(this, p));
-    this.sweepTimer = setInterval(() => sweep(this), 200);
+    if (this.pool) {
+      this.pool.accept();
+      this.sweepTimer = setInterval(() => sweepLeases(this, this.now()), 200);
+    } else {
+      this.udp.onDatagrams((b) => onDatagrams(this, b.data, b.peers));
+      this.tun.onPackets((p) => onTunPackets(this, p));
+      this.sweepTimer = setInterval(() => sweep(this), 200);
+    }
     this.startedAt = this.now();
     this.log.log("info", "gateway-started", {
       listen: c.listen,
-      port: this.udp.port,
-      tun: this.tun.name,
-      offload: this.tun.offload,
+      port: this.port,
+      tun: this.tunName,
+      offload: this.pool ? this.pool.offload : this.tun.offload,
+      workers,
       apps: c.apps.map((a) => `${a.name}=${[a.subnet, a.subnet6].filter(Boolean).join(",")}`),
     });
   }
@@ -248,6 +271,7 @@ export class Gateway {
     for (const t of [...this.byPeer.values()]) this.close(t, "shutting-down", "gateway is shutting down");
     this.udp?.close();
     this.tun?.close();
+    await this.pool?.stop();
     await this.guard?.stop();
     await this.firewall.stop();
     await this.system.undo();
@@ -256,7 +280,12 @@ export class Gateway {
   }
 
   get port(): number {
-    return this.udp.port;
+    return this.pool ? this.pool.port : this.udp.port;
+  }
+
+  /** The TUN interface's name. */
+  get tunName(): string {
+    return this.pool ? this.pool.tunName : this.tun.name;
   }
 
   // ---- receive path ----
@@ -278,7 +307,9 @@ export class Gateway {
   ): void {
     if (t.state === "closed") return;
     const wasLeased = t.state === "leased";
-    if (notify) {
+    // A worker's tunnel (workers/pool.ts): its worker sends CLOSE and frees the session.
+    if (t.session instanceof RemoteSession) t.session.close(t, reason, message, notify);
+    else if (notify) {
       try {
         if (t.session.established())
           this.udp.sendMany(
@@ -393,19 +424,20 @@ export class Gateway {
     ].filter((s): s is string => s !== undefined);
     try {
       // New subnets first, so the new policy never names an app the kernel cannot route.
-      await this.system.addRoutes(this.tun.name, newRoutes);
+      await this.system.addRoutes(this.tunName, newRoutes);
       await this.firewall.apply(
         next.model,
         revoke.flatMap((r) => r.t.addresses),
       );
     } catch (e) {
-      await this.system.removeRoutes(this.tun.name, newRoutes); // nothing of the refused configuration stays
+      await this.system.removeRoutes(this.tunName, newRoutes); // nothing of the refused configuration stays
       return fail(`policy not applied: ${(e as Error).message}`);
     }
     this.leases.addApps(added);
     for (const a of added) this.appCounters.set(a.name, zero());
     this.config = next;
     this.verifyOpts = verify;
+    this.pool?.reload();
     // Tunnels leased while the new policy was being applied were matched against the old configuration.
     for (const t of this.leased) {
       if (t.leasedAt < startedAt || revoke.some((r) => r.t === t)) continue;
@@ -542,7 +574,7 @@ export class Gateway {
     for (const t of this.leased) apps[t.app]!.tunnels++;
     return {
       tunnels: this.leased.size,
-      halfOpen: this.halfOpen.size,
+      halfOpen: this.halfOpen.size + (this.pool?.halfOpen() ?? 0),
       handshakes: Object.fromEntries(this.handshakes),
       drops: Object.fromEntries(this.drops),
       apps,
@@ -559,7 +591,8 @@ export class Gateway {
   }
 }
 
-function verifyOptions(config: GatewayConfig): VerifyOptions {
+/** Trust settings of a configuration for verifyRaTlsCert (also built by each data-path worker). */
+export function verifyOptions(config: GatewayConfig): VerifyOptions {
   return {
     collateral: config.trust.collateral.length ? loadCollateral(config.trust.collateral) : undefined,
     extraRoots: config.trust.simulatedRoots.flatMap((p) => Cert.fromPemBundle(readFileSync(p))),

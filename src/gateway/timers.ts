@@ -19,6 +19,15 @@ const TRIM_INTERVAL_MS = 5000;
 
 export function sweep(gw: Gateway): void {
   const now = gw.now();
+  sweepTunnels(gw, now);
+  sweepLeases(gw, now);
+}
+
+/**
+ * The part of the sweep that needs the tunnels' sessions: handshake timeouts and retransmissions, cookie rotation,
+ * idle timeouts and keepalives. With `workers`, each worker runs it over its own tunnels (workers/worker.ts).
+ */
+export function sweepTunnels(gw: Gateway, now: number): void {
   const tc = gw.config.tunnel;
   for (const t of gw.halfOpen) {
     if (now - t.createdAt > tc.handshakeTimeoutSeconds * 1000) {
@@ -33,19 +42,26 @@ export function sweep(gw: Gateway): void {
     }
   }
   gw.cookies.tick(now);
-  const extend: [number, number][] = [];
-  const flush = now - gw.lastLeaseFlush > 30_000;
   for (const t of gw.leased) {
     if (now - t.lastRx > tc.idleTimeoutSeconds * 1000) {
       gw.close(t, "idle-timeout", `nothing received for ${tc.idleTimeoutSeconds} s`);
       continue;
     }
     if (now - t.lastTx > tc.keepaliveSeconds * 1000) sendControl(gw, t, { type: MSG.KEEPALIVE });
-    if (flush)
-      for (const id of [t.leaseId, t.leaseId6]) if (id) extend.push([id, now + tc.leaseGraceSeconds * 1000]);
   }
-  if (flush) {
+}
+
+/**
+ * The control thread's part: lease extension of every live tunnel in one transaction (every 30 s), release of
+ * leases whose grace period lapsed, and trimming the C heap after churn.
+ */
+export function sweepLeases(gw: Gateway, now: number): void {
+  const tc = gw.config.tunnel;
+  if (now - gw.lastLeaseFlush > 30_000) {
     gw.lastLeaseFlush = now;
+    const extend: [number, number][] = [];
+    for (const t of gw.leased)
+      for (const id of [t.leaseId, t.leaseId6]) if (id) extend.push([id, now + tc.leaseGraceSeconds * 1000]);
     if (extend.length) gw.leases.extendMany(extend);
   }
   // Leases whose grace period lapsed: release them now (not only when their pool runs out), and their flows.

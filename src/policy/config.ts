@@ -153,6 +153,16 @@ const schema = z
           ),
       )
       .default([]),
+    // Data-path threads (docs/DATAPATH.md): 1 = everything on one thread; N or "auto" (one per core) = a control
+    // thread plus N workers that each own a share of the tunnels.
+    workers: z
+      .union([z.literal("auto"), z.number()], {
+        error: 'expected "auto" or a whole number of workers from 1 to 64',
+      })
+      .refine((v) => v === "auto" || (Number.isInteger(v) && v >= 1 && v <= 64), {
+        message: 'expected "auto" or a whole number of workers from 1 to 64',
+      })
+      .default(1),
     trust: z
       .object({
         simulatedRoots: z.array(z.string()).default([]),
@@ -445,6 +455,12 @@ export function parseConfig(text: string, file: string): GatewayConfig {
   if (any6 && c.tun.mtu < MIN_MTU6)
     throw new ConfigError(
       `${file}: tun.mtu: expected at least ${MIN_MTU6} when an app has IPv6 (got ${c.tun.mtu})`,
+    );
+  // The workers' listeners speak protocol version 1 (IPv4 leases) until the IPv6 path is shared with them
+  // (docs/DATAPATH.md, Limits): refuse rather than silently lease no IPv6.
+  if (any6 && c.workers !== 1)
+    throw new ConfigError(
+      `${file}: workers: expected 1 when an app has IPv6 (IPv6 leases are served by the single-threaded gateway for now; got ${c.workers})`,
     );
   const marks = new Map<number, number>();
   const resolved = apps.map((a, i) => {
