@@ -319,6 +319,8 @@ policy:
   assert.deepEqual(
     gw.map((l) => l.slice("add rule inet seng gateway ".length)),
     [
+      // No neighbour/router discovery from a tunnel, whatever the rules say (docs/POLICY.md).
+      'icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } counter name "seng_gateway_default" drop comment "gateway.nd"',
       "ct state established,related accept",
       'ip daddr 100.64.0.1 udp dport 53 counter accept comment "dns"',
       'ip daddr 100.64.0.1 tcp dport 53 counter accept comment "dns"',
