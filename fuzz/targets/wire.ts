@@ -115,7 +115,7 @@ function runControl(input: Buffer): void {
   // What was decoded encodes and decodes to itself, and its addresses are usable by the data path.
   property(isDeepStrictEqual(decodeControl(encodeControl(m)), m), "decoded message does not round-trip");
   if (m.type === MSG.LEASE) {
-    for (const a of [m.lease.address, m.lease.gateway, ...m.lease.dns])
+    for (const a of [m.lease.address!, m.lease.gateway!, ...m.lease.dns])
       property(ipToInt(intToIp(ipToInt(a))) === ipToInt(a), `address ${a}`);
   }
 }

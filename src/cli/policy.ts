@@ -40,8 +40,8 @@ export function configResolver(config: GatewayConfig, dbPath = config.database):
   return (address) =>
     live?.get(canonicalAddress(address)) ??
     (isIP(address) === 6
-      ? config.model.apps.find((a) => a.subnet6 && !a.shared6 && inNets(address, [a.subnet6]))?.name
-      : config.apps.find((a) => !a.shared && inNets(address, [a.subnet]))?.name);
+      ? config.apps.find((a) => a.subnet6 && !a.shared6 && inNets(address, [a.subnet6]))?.name
+      : config.apps.find((a) => a.subnet && !a.shared && inNets(address, [a.subnet]))?.name);
 }
 
 /**
