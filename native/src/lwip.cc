@@ -1,6 +1,6 @@
 // Userspace TCP/IP primitive: one lwIP stack per process (Debian's liblwip, 2.1.3, built with its threaded core) with
-// one network interface whose input is fed from JavaScript (raw IPv4 packets) and whose output is handed back to
-// JavaScript in batches. TCP, UDP and ICMP echo through lwIP's raw API. No policy: addresses, what to connect to and
+// one network interface whose input is fed from JavaScript (raw IPv4 and IPv6 packets) and whose output is handed
+// back to JavaScript in batches. TCP, UDP and ICMP echo through lwIP's raw API. No policy: addresses, what to connect to and
 // where packets go are decided in TypeScript (src/native/lwip.ts).
 //
 // Threads. lwIP runs a "tcpip" thread of its own (timers: retransmissions, delayed ACKs, TIME-WAIT). Every call into
@@ -20,6 +20,14 @@
 // Flow control. Received data is not acknowledged to lwIP until JavaScript calls tcpRecved(id, n), so the
 // advertised window closes while JavaScript has not consumed it. tcpWrite accepts at most the free send buffer
 // (kSndBuf per connection).
+//
+// IPv6. The interface is point-to-point inside the tunnel: the leased global address sits in address slot 1 and slot
+// 0 (lwIP's link-local slot) stays empty, so there is no link-local address, no router solicitation (lwIP sends them
+// only from a valid slot 0), no duplicate address detection (the address is set PREFERRED), no neighbour discovery
+// (output_ip6 takes the packet as it is, no ND resolution) and no autoconfiguration. Input is filtered before lwIP:
+// only TCP, UDP and ICMPv6 echo/errors addressed to the leased address (no extension headers, no ND/MLD/RA/redirect);
+// output to or from link-local or multicast addresses is dropped and counted (tx6Filtered): nothing link-local goes
+// into the tunnel.
 //
 // Memory. Packets and payloads are copied out of pbufs (which are freed at once) into queue storage, and from there
 // into one Buffer per batch (output) or one Buffer per data event.
@@ -48,6 +56,8 @@ extern "C" {
 #include "lwip/inet_chksum.h"
 #include "lwip/init.h"
 #include "lwip/ip4.h"
+#include "lwip/ip6.h"
+#include "lwip/ip6_addr.h"
 #include "lwip/netif.h"
 #include "lwip/pbuf.h"
 #include "lwip/priv/tcp_priv.h"
@@ -226,6 +236,11 @@ bool g_netifAdded = false;
 raw_pcb* g_ping = nullptr;
 int g_mtu = 1500;
 bool g_reconfiguring = false;
+// Which families the lease has: the other family's packets are neither sent nor accepted.
+bool g_has4 = false, g_has6 = false;
+constexpr s8_t kSlot6 = 1;  // the leased IPv6 address's slot (slot 0, lwIP's link-local one, stays empty)
+ip6_addr_t g_addr6;         // the leased IPv6 address (valid when g_has6)
+std::atomic<uint64_t> g_tx6Filtered{0}, g_txNoFamily{0};
 
 std::once_flag g_tcpipOnce;
 std::atomic<bool> g_active{false};  // one open stack handle per process
@@ -256,10 +271,23 @@ Sock* FindId(uint32_t id) {
   return it == g_socks.end() ? nullptr : it->second;
 }
 
+// An address as Node writes it (inet_ntop: RFC 5952 for IPv6, as libuv's uv_inet_ntop).
+std::string IpText(const ip_addr_t* a) {
+  char buf[INET6_ADDRSTRLEN];
+  if (IP_IS_V6(a)) {
+    struct in6_addr in;
+    memcpy(&in, ip_2_ip6(a)->addr, 16);
+    return inet_ntop(AF_INET6, &in, buf, sizeof buf) ? buf : "?";
+  }
+  struct in_addr in;
+  in.s_addr = ip_2_ip4(a)->addr;
+  return inet_ntop(AF_INET, &in, buf, sizeof buf) ? buf : "?";
+}
+
+// "ip:port", "[ip6]:port".
 std::string AddrText(const ip_addr_t* a, u16_t port) {
-  char buf[48];
-  const char* s = ipaddr_ntoa_r(a, buf, sizeof buf);
-  return std::string(s ? s : "?") + ":" + std::to_string(port);
+  if (IP_IS_V6(a)) return "[" + IpText(a) + "]:" + std::to_string(port);
+  return IpText(a) + ":" + std::to_string(port);
 }
 
 // ---- queue producers (core lock held) ------------------------------------------------------------------------------
@@ -308,10 +336,8 @@ void PushData(uint32_t id, pbuf* p) {
   NotifyLocked();
 }
 
-// netif output: a whole IPv4 packet (LWIP_NETIF_TX_SINGLE_PBUF). Copied out; the pbuf stays lwIP's.
-err_t NetifOutput(struct netif* nif, struct pbuf* p, const ip4_addr_t* nexthop) {
-  (void)nif;
-  (void)nexthop;
+// A whole IP packet (LWIP_NETIF_TX_SINGLE_PBUF) for JavaScript. Copied out; the pbuf stays lwIP's.
+err_t QueueOutput(struct pbuf* p) {
   std::lock_guard<std::mutex> g(g_q->mu);
   if (!g_q->open) return ERR_IF;
   if (g_entropyFailed.load()) {  // a segment may carry an ISN that is not random: nothing leaves any more
@@ -336,12 +362,33 @@ err_t NetifOutput(struct netif* nif, struct pbuf* p, const ip4_addr_t* nexthop) 
   return ERR_OK;
 }
 
-// IPv6 is compiled into Debian's lwIP but this interface has no IPv6 address: nothing to send.
+err_t NetifOutput(struct netif* nif, struct pbuf* p, const ip4_addr_t* nexthop) {
+  (void)nif;
+  (void)nexthop;
+  if (!g_has4) {  // an IPv6-only lease: no IPv4 source address to send from
+    g_txNoFamily++;
+    return ERR_RTE;
+  }
+  return QueueOutput(p);
+}
+
+bool LinkLocalOrMulticast(const uint8_t* a) { return a[0] == 0xff || (a[0] == 0xfe && (a[1] & 0xc0) == 0x80); }
+
+// IPv6 output: only unicast from the leased address to a routable one (see the top of the file).
 err_t NetifOutput6(struct netif* nif, struct pbuf* p, const ip6_addr_t* addr) {
   (void)nif;
-  (void)p;
   (void)addr;
-  return ERR_RTE;
+  if (!g_has6) {
+    g_txNoFamily++;
+    return ERR_RTE;
+  }
+  uint8_t h[40];
+  if (p->tot_len < 40 || pbuf_copy_partial(p, h, 40, 0) != 40 || LinkLocalOrMulticast(h + 8) ||
+      LinkLocalOrMulticast(h + 24) || memcmp(h + 8, g_addr6.addr, 16) != 0) {
+    g_tx6Filtered++;
+    return ERR_RTE;
+  }
+  return QueueOutput(p);
 }
 
 err_t NetifInit(struct netif* nif) {
@@ -350,6 +397,7 @@ err_t NetifInit(struct netif* nif) {
   nif->output = NetifOutput;
   nif->output_ip6 = NetifOutput6;
   nif->mtu = static_cast<u16_t>(g_mtu);
+  nif->mtu6 = static_cast<u16_t>(g_mtu);  // TCP's IPv6 MSS is mtu6 - 60; 0 would mean no limit
   nif->flags = 0;  // point-to-point IP: no ARP, no broadcast
   return ERR_OK;
 }
@@ -595,10 +643,52 @@ bool ParseIp4(const std::string& s, ip_addr_t* out) {
   return true;
 }
 
+// A numeric IPv6 address without a zone (inet_pton refuses "%eth0").
+bool ParseIp6(const std::string& s, ip_addr_t* out) {
+  struct in6_addr a;
+  if (inet_pton(AF_INET6, s.c_str(), &a) != 1) return false;
+  memset(out, 0, sizeof *out);
+  IP_SET_TYPE_VAL(*out, IPADDR_TYPE_V6);
+  memcpy(ip_2_ip6(out)->addr, &a, 16);
+  return true;
+}
+
+bool ParseIp(const std::string& s, ip_addr_t* out) { return ParseIp4(s, out) || ParseIp6(s, out); }
+
+// Families a pcb serves: a dual-stack one (bound to "::" without v6only) both.
+bool FamiliesOverlap(const ip_addr_t* a, const ip_addr_t* b) {
+  u8_t ta = IP_GET_TYPE(a), tb = IP_GET_TYPE(b);
+  return ta == tb || ta == IPADDR_TYPE_ANY || tb == IPADDR_TYPE_ANY;
+}
+
 struct Config {
+  bool has4 = false, has6 = false;
   ip_addr_t addr, mask, gw;
+  ip_addr_t addr6;
   int mtu;
 };
+
+// Puts the lease's addresses on the interface (core lock held). An IPv4-less lease leaves 0.0.0.0 (nothing is sent:
+// NetifOutput); a changed or removed IPv6 address is invalidated first, which aborts the pcbs bound to it.
+void ApplyAddresses(const Config& cfg) {
+  ip4_addr_t any4;
+  ip4_addr_set_zero(&any4);
+  g_has4 = cfg.has4;
+  netif_set_addr(&g_netif, cfg.has4 ? ip_2_ip4(&cfg.addr) : &any4, cfg.has4 ? ip_2_ip4(&cfg.mask) : &any4,
+                 cfg.has4 ? ip_2_ip4(&cfg.gw) : &any4);
+  bool same = g_has6 && cfg.has6 && memcmp(g_addr6.addr, ip_2_ip6(&cfg.addr6)->addr, 16) == 0;
+  if (g_has6 && !same) {
+    netif_ip6_addr_set_state(&g_netif, kSlot6, IP6_ADDR_INVALID);
+    g_has6 = false;
+  }
+  if (cfg.has6 && !same) {
+    ip6_addr_copy(g_addr6, *ip_2_ip6(&cfg.addr6));
+    ip6_addr_clear_zone(&g_addr6);
+    netif_ip6_addr_set(&g_netif, kSlot6, &g_addr6);
+    netif_ip6_addr_set_state(&g_netif, kSlot6, IP6_ADDR_PREFERRED);  // no DAD: the gateway leased it to us alone
+    g_has6 = true;
+  }
+}
 
 // An lwIP error thrown to JavaScript: lwIP's own text, and its err_t as `lwipErr` (src/native/lwip.ts maps it to a
 // Node error code through a table).
@@ -707,10 +797,14 @@ class LwipHandle : public Napi::ObjectWrap<LwipHandle> {
       CoreLock lock;
       g_mtu = cfg.mtu;
       memset(&g_netif, 0, sizeof g_netif);
-      netif_add(&g_netif, ip_2_ip4(&cfg.addr), ip_2_ip4(&cfg.mask), ip_2_ip4(&cfg.gw), nullptr, NetifInit, ip4_input);
+      g_has4 = g_has6 = false;
+      netif_add(&g_netif, nullptr, nullptr, nullptr, nullptr, NetifInit, ip4_input);  // addresses: ApplyAddresses
+      netif_set_ip6_autoconfig_enabled(&g_netif, 0);
+      ApplyAddresses(cfg);
       netif_set_default(&g_netif);
       netif_set_link_up(&g_netif);
       netif_set_up(&g_netif);
+      g_netif.rs_count = 0;  // no router solicitations (there is no slot-0 address to send them from anyway)
       g_netifAdded = true;
     }
     open_ = true;
@@ -752,6 +846,7 @@ class LwipHandle : public Napi::ObjectWrap<LwipHandle> {
         netif_set_down(&g_netif);
         netif_remove(&g_netif);
         g_netifAdded = false;
+        g_has4 = g_has6 = false;
       }
     }
     {
@@ -785,44 +880,66 @@ class LwipHandle : public Napi::ObjectWrap<LwipHandle> {
     }
     Napi::Object o = v.As<Napi::Object>();
     Napi::Value a = o.Get("address"), p = o.Get("prefix"), g = o.Get("gateway"), m = o.Get("mtu");
+    Napi::Value a6 = o.Get("address6"), p6 = o.Get("prefix6");
     if (env.IsExceptionPending()) return false;
-    if (!a.IsString() || !ParseIp4(a.As<Napi::String>().Utf8Value(), &cfg->addr)) {
-      Napi::TypeError::New(env, std::string(what) + ": cfg.address must be an IPv4 address")
-          .ThrowAsJavaScriptException();
+    auto fail = [&](const std::string& msg, bool range = false) {
+      if (range) Napi::RangeError::New(env, std::string(what) + ": " + msg).ThrowAsJavaScriptException();
+      else Napi::TypeError::New(env, std::string(what) + ": " + msg).ThrowAsJavaScriptException();
       return false;
+    };
+    cfg->has4 = !a.IsUndefined() && !a.IsNull();
+    cfg->has6 = !a6.IsUndefined() && !a6.IsNull();
+    if (!cfg->has4 && !cfg->has6) return fail("cfg needs an address (IPv4) or address6 (IPv6), or both");
+    if (cfg->has4) {
+      if (!a.IsString() || !ParseIp4(a.As<Napi::String>().Utf8Value(), &cfg->addr))
+        return fail("cfg.address must be an IPv4 address");
+      if (!g.IsString() || !ParseIp4(g.As<Napi::String>().Utf8Value(), &cfg->gw))
+        return fail("cfg.gateway must be an IPv4 address");
+      double pd = p.IsNumber() ? p.As<Napi::Number>().DoubleValue() : -1;
+      if (!(pd >= 0 && pd <= 32) || pd != static_cast<double>(static_cast<int>(pd)))
+        return fail("cfg.prefix must be an integer from 0 to 32", true);
+      int prefix = static_cast<int>(pd);
+      uint32_t mask = prefix == 0 ? 0 : (0xffffffffu << (32 - prefix));
+      memset(&cfg->mask, 0, sizeof cfg->mask);
+      IP_SET_TYPE_VAL(cfg->mask, IPADDR_TYPE_V4);
+      ip_2_ip4(&cfg->mask)->addr = htonl(mask);
     }
-    if (!g.IsString() || !ParseIp4(g.As<Napi::String>().Utf8Value(), &cfg->gw)) {
-      Napi::TypeError::New(env, std::string(what) + ": cfg.gateway must be an IPv4 address")
-          .ThrowAsJavaScriptException();
-      return false;
-    }
-    double pd = p.IsNumber() ? p.As<Napi::Number>().DoubleValue() : -1;
-    if (!(pd >= 0 && pd <= 32) || pd != static_cast<double>(static_cast<int>(pd))) {
-      Napi::RangeError::New(env, std::string(what) + ": cfg.prefix must be an integer from 0 to 32")
-          .ThrowAsJavaScriptException();
-      return false;
+    if (cfg->has6) {
+      if (!a6.IsString() || !ParseIp6(a6.As<Napi::String>().Utf8Value(), &cfg->addr6))
+        return fail("cfg.address6 must be an IPv6 address");
+      const uint8_t* b = reinterpret_cast<const uint8_t*>(ip_2_ip6(&cfg->addr6)->addr);
+      bool zero = true;
+      for (int i = 0; i < 16; i++) zero = zero && b[i] == 0;
+      if (zero || LinkLocalOrMulticast(b) || (b[0] == 0 && b[1] == 0 && b[2] == 0 && b[3] == 0))
+        return fail("cfg.address6 must be a global or unique-local unicast IPv6 address");
+      double pd = p6.IsNumber() ? p6.As<Napi::Number>().DoubleValue() : -1;
+      if (!(pd >= 1 && pd <= 128) || pd != static_cast<double>(static_cast<int>(pd)))
+        return fail("cfg.prefix6 must be an integer from 1 to 128", true);
     }
     double md = m.IsNumber() ? m.As<Napi::Number>().DoubleValue() : -1;
-    if (!(md >= kMinMtu && md <= kMaxMtu) || md != static_cast<double>(static_cast<int>(md))) {
-      Napi::RangeError::New(env, std::string(what) + ": cfg.mtu must be an integer from " + std::to_string(kMinMtu) +
-                                     " to " + std::to_string(kMaxMtu))
-          .ThrowAsJavaScriptException();
-      return false;
-    }
-    int prefix = static_cast<int>(pd);
-    uint32_t mask = prefix == 0 ? 0 : (0xffffffffu << (32 - prefix));
-    memset(&cfg->mask, 0, sizeof cfg->mask);
-    IP_SET_TYPE_VAL(cfg->mask, IPADDR_TYPE_V4);
-    ip_2_ip4(&cfg->mask)->addr = htonl(mask);
+    int minMtu = cfg->has6 ? 1280 : kMinMtu;  // IPv6's minimum link MTU (RFC 8200)
+    if (!(md >= minMtu && md <= kMaxMtu) || md != static_cast<double>(static_cast<int>(md)))
+      return fail("cfg.mtu must be an integer from " + std::to_string(minMtu) + " to " + std::to_string(kMaxMtu),
+                  true);
     cfg->mtu = static_cast<int>(md);
+    return true;
+  }
+
+  // info[at] true: "::" means both families (IPADDR_TYPE_ANY: a dual-stack pcb, as a Linux socket bound to [::]
+  // without IPV6_V6ONLY). Returns whether it is.
+  static bool DualStack(const Napi::CallbackInfo& info, size_t at, ip_addr_t* ip) {
+    if (info.Length() <= at || !info[at].ToBoolean().Value()) return false;
+    if (!IP_IS_V6(ip) || !ip_addr_isany(ip)) return false;
+    *ip = *IP_ANY_TYPE;
     return true;
   }
 
   static bool GetIpPort(Napi::Env env, const Napi::CallbackInfo& info, size_t at, ip_addr_t* ip, u16_t* port,
                         const char* what) {
     if (info.Length() <= at + 1 || !info[at].IsString() ||
-        !ParseIp4(info[at].As<Napi::String>().Utf8Value(), ip)) {
-      Napi::TypeError::New(env, std::string(what) + ": ip must be an IPv4 address string").ThrowAsJavaScriptException();
+        !ParseIp(info[at].As<Napi::String>().Utf8Value(), ip)) {
+      Napi::TypeError::New(env, std::string(what) + ": ip must be an IPv4 or IPv6 address string")
+          .ThrowAsJavaScriptException();
       return false;
     }
     double p = info[at + 1].IsNumber() ? info[at + 1].As<Napi::Number>().DoubleValue() : -1;
@@ -857,8 +974,9 @@ class LwipHandle : public Napi::ObjectWrap<LwipHandle> {
     CoreLock lock;
     g_mtu = cfg.mtu;
     g_netif.mtu = static_cast<u16_t>(cfg.mtu);
+    g_netif.mtu6 = static_cast<u16_t>(cfg.mtu);
     g_reconfiguring = true;  // connections bound to a changed address are aborted: EADDRNOTAVAIL
-    netif_set_addr(&g_netif, ip_2_ip4(&cfg.addr), ip_2_ip4(&cfg.mask), ip_2_ip4(&cfg.gw));
+    ApplyAddresses(cfg);
     g_reconfiguring = false;
     return env.Undefined();
   }
@@ -892,7 +1010,22 @@ class LwipHandle : public Napi::ObjectWrap<LwipHandle> {
         size_t len = pending_[i].len;
         rxPackets_++;
         rxBytes_ += len;
-        if (len < 20 || len > 0xffff || (d[0] >> 4) != 4) {
+        if (len >= 1 && (d[0] >> 4) == 6) {
+          if (!Accept6(d, len)) {
+            rxDropped_++;
+            continue;
+          }
+          pbuf* p = pbuf_alloc(PBUF_LINK, static_cast<u16_t>(len), PBUF_RAM);
+          if (!p) {
+            rxDropped_++;
+            continue;
+          }
+          memcpy(p->payload, d, len);
+          ip6_input(p, &g_netif);  // takes the pbuf in every case
+          accepted++;
+          continue;
+        }
+        if (len < 20 || len > 0xffff || (d[0] >> 4) != 4 || !g_has4) {
           rxDropped_++;
           continue;
         }
@@ -918,6 +1051,29 @@ class LwipHandle : public Napi::ObjectWrap<LwipHandle> {
     return Napi::Number::New(env, accepted);
   }
 
+  // Whether an IPv6 packet may reach lwIP (core lock held): a whole header, our address as destination, and TCP,
+  // UDP or an ICMPv6 echo or error message right after it. Extension headers (fragments included), neighbour
+  // discovery, MLD, router advertisements and redirects are refused: the tunnel is point-to-point and lwIP would
+  // otherwise learn routes, prefixes or addresses from them. Counted in rx6Filtered.
+  bool Accept6(const uint8_t* d, size_t len) {
+    if (len < 40 || len > 0xffff || !g_has6 || memcmp(d + 24, g_addr6.addr, 16) != 0) {
+      rx6Filtered_++;
+      return false;
+    }
+    uint8_t nh = d[6];
+    if (nh == IP6_NEXTH_TCP || nh == IP6_NEXTH_UDP) return true;
+    if (nh == IP6_NEXTH_ICMP6 && len > 40) {
+      uint8_t type = d[40];
+      if ((type >= 1 && type <= 4) || type == 128 || type == 129) return true;  // errors, echo request/reply
+    }
+    rx6Filtered_++;
+    rxProtoDropped_++;
+    return false;
+  }
+
+  // A family the lease does not have cannot be used: no source address for it.
+  static bool FamilyLeased(const ip_addr_t* ip) { return IP_IS_V6(ip) ? g_has6 : g_has4; }
+
   Napi::Value TcpConnect(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     ip_addr_t ip;
@@ -929,12 +1085,16 @@ class LwipHandle : public Napi::ObjectWrap<LwipHandle> {
     uint32_t id = 0;
     if (!noEntropy) {
       CoreLock lock;
-      tcp_pcb* pcb = tcp_new_ip_type(IPADDR_TYPE_V4);
-      if (!pcb) {
+      bool v6 = IP_IS_V6(&ip);
+      tcp_pcb* pcb = FamilyLeased(&ip) ? tcp_new_ip_type(v6 ? IPADDR_TYPE_V6 : IPADDR_TYPE_V4) : nullptr;
+      if (!FamilyLeased(&ip)) {
+        e = ERR_RTE;
+      } else if (!pcb) {
         e = ERR_MEM;
       } else {
         // A random local port (lwIP's own would be the previous one + 1); the address is the interface's.
-        e = BindRandomPort([&](u16_t p) { return tcp_bind(pcb, IP4_ADDR_ANY, p); }, &noEntropy);
+        e = BindRandomPort([&](u16_t p) { return tcp_bind(pcb, v6 ? IP6_ADDR_ANY : IP4_ADDR_ANY, p); },
+                           &noEntropy);
         if (e != ERR_OK) {
           tcp_close(pcb);  // never connected: frees it
         } else {
@@ -983,13 +1143,14 @@ class LwipHandle : public Napi::ObjectWrap<LwipHandle> {
       }
       backlog = static_cast<int>(b);
     }
+    DualStack(info, 3, &ip);
     if (!CheckOpen(env, "tcpListen")) return env.Undefined();
     err_t e = ERR_OK;
     bool noEntropy = port == 0 && g_entropyFailed.load();
     uint32_t id = 0;
     if (!noEntropy) {
       CoreLock lock;
-      tcp_pcb* pcb = tcp_new_ip_type(IPADDR_TYPE_V4);
+      tcp_pcb* pcb = tcp_new_ip_type(IP_GET_TYPE(&ip));
       if (!pcb) {
         e = ERR_MEM;
       } else {
@@ -998,7 +1159,7 @@ class LwipHandle : public Napi::ObjectWrap<LwipHandle> {
         ip_set_option(pcb, SOF_REUSEADDR);
         auto bind = [&](u16_t p) {
           for (tcp_pcb_listen* l = tcp_listen_pcbs.listen_pcbs; l; l = l->next) {
-            if (l->local_port == p &&
+            if (l->local_port == p && FamiliesOverlap(&l->local_ip, &ip) &&
                 (ip_addr_isany(&l->local_ip) || ip_addr_isany(&ip) || ip_addr_cmp(&l->local_ip, &ip))) {
               return static_cast<err_t>(ERR_USE);
             }
@@ -1175,13 +1336,14 @@ class LwipHandle : public Napi::ObjectWrap<LwipHandle> {
     ip_addr_t ip;
     u16_t port;
     if (!GetIpPort(env, info, 0, &ip, &port, "LwipStack.udpBind")) return env.Undefined();
+    DualStack(info, 2, &ip);
     if (!CheckOpen(env, "udpBind")) return env.Undefined();
     err_t e = ERR_OK;
     bool noEntropy = port == 0 && g_entropyFailed.load();
     uint32_t id = 0;
     if (!noEntropy) {
       CoreLock lock;
-      udp_pcb* pcb = udp_new_ip_type(IPADDR_TYPE_V4);
+      udp_pcb* pcb = udp_new_ip_type(IP_GET_TYPE(&ip));
       if (!pcb) {
         e = ERR_MEM;
       } else {
@@ -1233,7 +1395,7 @@ class LwipHandle : public Napi::ObjectWrap<LwipHandle> {
     {
       CoreLock lock;
       Sock* s = FindId(id);
-      if (s && s->kind == K_UDP && s->udp) {
+      if (s && s->kind == K_UDP && s->udp && FamilyLeased(&ip)) {
         pbuf* p = pbuf_alloc(PBUF_TRANSPORT, static_cast<u16_t>(len), PBUF_RAM);
         if (p) {
           memcpy(p->payload, data, len);
@@ -1318,6 +1480,9 @@ class LwipHandle : public Napi::ObjectWrap<LwipHandle> {
     set("rxBytes", static_cast<double>(rxBytes_));
     set("rxDropped", static_cast<double>(rxDropped_));
     set("rxProtoDropped", static_cast<double>(rxProtoDropped_));
+    set("rx6Filtered", static_cast<double>(rx6Filtered_));
+    set("tx6Filtered", static_cast<double>(g_tx6Filtered.load()));
+    set("txNoFamily", static_cast<double>(g_txNoFamily.load()));
     {
       std::lock_guard<std::mutex> g(g_q->mu);
       set("txPackets", static_cast<double>(g_q->txPackets));
@@ -1355,6 +1520,7 @@ class LwipHandle : public Napi::ObjectWrap<LwipHandle> {
       set("pcbUdp", upcbs);
       set("mtu", g_netif.mtu);
       set("mss", std::min<int>(TCP_MSS, g_netif.mtu - 40));
+      set("mss6", std::min<int>(TCP_MSS, g_netif.mtu6 - 60));
     }
     struct mallinfo2 mi = mallinfo2();
     set("mallocInUse", static_cast<double>(mi.uordblks));  // whole process (lwIP allocates with malloc)
@@ -1606,7 +1772,7 @@ class LwipHandle : public Napi::ObjectWrap<LwipHandle> {
   Bytes spare_, spareData_;
   std::vector<uint32_t> spareLens_;
   std::vector<Event> spareEvents_;
-  uint64_t rxPackets_ = 0, rxBytes_ = 0, rxDropped_ = 0, rxProtoDropped_ = 0;
+  uint64_t rxPackets_ = 0, rxBytes_ = 0, rxDropped_ = 0, rxProtoDropped_ = 0, rx6Filtered_ = 0;
   uint64_t outputBatches_ = 0, eventBatches_ = 0, events_ = 0, udpTxErrors_ = 0, flushes_ = 0;
 };
 

@@ -1,6 +1,7 @@
 /**
- * A userspace TCP/IP stack (lwIP, Debian's liblwip 2.1.3) with one IPv4 interface whose packets are exchanged with
- * JavaScript: {@link LwipStack.input} feeds it raw IPv4 packets (e.g. from the tunnel), {@link LwipStack.onOutput}
+ * A userspace TCP/IP stack (lwIP, Debian's liblwip 2.1.3) with one point-to-point interface (an IPv4 address, an
+ * IPv6 address, or both) whose packets are exchanged with JavaScript: {@link LwipStack.input} feeds it raw IPv4 and
+ * IPv6 packets (e.g. from the tunnel), {@link LwipStack.onOutput}
  * receives what it sends, batched per job (all the calls of one callback). TCP, UDP and ICMP echo run on lwIP's raw API
  * (native/src/lwip.cc). A mechanism only: which addresses, what to connect to and where packets go are the caller's.
  *
@@ -29,7 +30,15 @@
  * - ICMP: lwIP answers echo requests to its address itself. `ping` sends a request; replies come as "pong" events
  *   with id 0, `n` = the sequence number and `remote`.
  *
- * Addresses are numeric IPv4 strings; "ip:port" in events.
+ * Addresses are numeric IPv4 or IPv6 strings (no zone); in events "ip:port" for IPv4, "[ip6]:port" for IPv6, written
+ * as Node writes them (RFC 5952). A family the configuration lacks cannot be used: connecting to it throws
+ * EHOSTUNREACH, sending to it returns false. Binding "::" with `dualStack` serves both families (a Linux socket on
+ * [::] without IPV6_V6ONLY); an IPv4 peer of such a socket is reported as plain IPv4 (the caller maps it).
+ *
+ * IPv6 is point-to-point: the leased address only (no link-local address, no neighbour discovery, router
+ * solicitation, duplicate address detection or autoconfiguration); input other than TCP, UDP and ICMPv6 echo and
+ * errors to that address is dropped (stats().rx6Filtered), and nothing is sent to or from a link-local or multicast
+ * address (stats().tx6Filtered). TCP's IPv6 MSS is min(1460, mtu - 60).
  *
  * Compiled-in limits of Debian's build (see {@link lwipBuildOptions}): TCP receive window 65535 bytes (TCP_WND;
  * window scaling shift 1), TCP_MSS 1460, at most 180 pbufs queued for sending per connection (TCP_SND_QUEUELEN). The
@@ -42,15 +51,24 @@ import { native } from "./load.js";
 
 const EMPTY = Buffer.alloc(0);
 
-/** The interface's configuration (a DHCP-like lease). */
+/** The interface's configuration (a DHCP-like lease): IPv4, IPv6 or both (at least one). */
 export interface StackConfig {
-  /** lwIP's own IPv4 address. */
-  address: string;
+  /** lwIP's own IPv4 address (with prefix and gateway), absent for an IPv6-only lease. */
+  address?: string | undefined;
   /** Prefix length of the on-link subnet (0..32). */
-  prefix: number;
+  prefix?: number | undefined;
   /** Default gateway; every packet leaves through the one interface anyway. */
-  gateway: string;
-  /** Interface MTU (576..65535): TCP's MSS is min(1460, mtu - 40). */
+  gateway?: string | undefined;
+  /** lwIP's own IPv6 address (global or unique-local), absent for an IPv4-only lease. */
+  address6?: string | undefined;
+  /** Its prefix length (1..128). */
+  prefix6?: number | undefined;
+  /** The gateway's IPv6 address in the tunnel (informational: ::/0 goes into the one interface anyway). */
+  gateway6?: string | undefined;
+  /**
+   * Interface MTU (576..65535; at least 1280 with IPv6): TCP's MSS is min(1460, mtu - 40) over IPv4 and
+   * min(1460, mtu - 60) over IPv6.
+   */
   mtu: number;
 }
 
@@ -105,7 +123,7 @@ interface NativeLwip {
   reconfigure(cfg: StackConfig): void;
   input(packets: Uint8Array[]): number;
   tcpConnect(ip: string, port: number): number;
-  tcpListen(ip: string, port: number, backlog: number | undefined): number;
+  tcpListen(ip: string, port: number, backlog: number | undefined, dualStack: boolean): number;
   tcpWrite(id: number, data: Uint8Array): number;
   tcpShutdown(id: number, read: boolean, write: boolean): void;
   tcpClose(id: number): void;
@@ -113,7 +131,7 @@ interface NativeLwip {
   tcpRecved(id: number, n: number): void;
   tcpNoDelay(id: number, on: boolean): void;
   localAddress(id: number): string | undefined;
-  udpBind(ip: string, port: number): number;
+  udpBind(ip: string, port: number, dualStack: boolean): number;
   udpSend(id: number, data: Uint8Array, ip: string, port: number): boolean;
   udpClose(id: number): void;
   ping(ip: string, seq: number, size: number | undefined): boolean;
@@ -228,11 +246,14 @@ export class LwipStack {
     return id;
   }
 
-  /** Listens on `ip:port` ("0.0.0.0" for any). Connections arrive as "accept" events on the returned id. */
-  tcpListen(ip: string, port: number, backlog?: number): number {
+  /**
+   * Listens on `ip:port` ("0.0.0.0" or "::" for any; "::" with `dualStack` for both families). Connections arrive as
+   * "accept" events on the returned id.
+   */
+  tcpListen(ip: string, port: number, backlog?: number, dualStack = false): number {
     let id: number;
     try {
-      id = this.#h.tcpListen(ip, port, backlog);
+      id = this.#h.tcpListen(ip, port, backlog, dualStack === true);
     } catch (e) {
       throw withNodeCode(e);
     }
@@ -298,11 +319,11 @@ export class LwipStack {
 
   // ---- UDP ----
 
-  /** Binds a UDP socket; datagrams arrive as "message" events. */
-  udpBind(ip: string, port: number): number {
+  /** Binds a UDP socket ("::" with `dualStack`: both families); datagrams arrive as "message" events. */
+  udpBind(ip: string, port: number, dualStack = false): number {
     let id: number;
     try {
-      id = this.#h.udpBind(ip, port);
+      id = this.#h.udpBind(ip, port, dualStack === true);
     } catch (e) {
       throw withNodeCode(e);
     }

@@ -1,16 +1,18 @@
 /**
- * UDP sockets on the shielded stack, shaped as Node's `dgram.Socket`: createSocket('udp4'), bind, send, 'message',
- * connect/disconnect, address, close, ref/unref. IPv4 only (the tunnel's lease is IPv4); multicast and broadcast
- * settings are accepted and do nothing (the gateway forwards unicast).
+ * UDP sockets on the shielded stack, shaped as Node's `dgram.Socket`: createSocket('udp4' | 'udp6'), bind, send,
+ * 'message', connect/disconnect, address, close, ref/unref. A udp6 socket bound to "::" (the default) also serves
+ * IPv4 unless `ipv6Only`, its IPv4 peers shown as "::ffff:a.b.c.d" as Node shows them. Sending to a family the
+ * lease has no address of fails with ENETUNREACH. Multicast and broadcast settings are accepted and do nothing (the
+ * gateway forwards unicast).
  */
 import { EventEmitter } from "node:events";
-import { isIP, isIPv4 } from "node:net";
+import { isIP, isIPv4, isIPv6 } from "node:net";
 import { lookup } from "./dns.js";
 import { parseEndpoint, shieldedStack, type NetStack, type ShieldedStack, type StackEvent } from "./stack.js";
 
 export interface RemoteInfo {
   address: string;
-  family: "IPv4";
+  family: "IPv4" | "IPv6";
   port: number;
   size: number;
 }
@@ -31,6 +33,23 @@ function errorWith(code: string, message: string): Error {
   return Object.assign(new Error(message), { code });
 }
 
+const familyName = (a: string): "IPv4" | "IPv6" => (isIPv6(a) ? "IPv6" : "IPv4");
+
+/** "::ffff:a.b.c.d" → "a.b.c.d" (what lwIP speaks); anything else as it is. */
+function unmap(a: string): string {
+  const m = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(a);
+  return m ? m[1]! : a;
+}
+
+function sendError(code: string, address: string, port: number, detail: string): Error {
+  return Object.assign(new Error(`send ${code} ${address}:${port} (${detail})`), {
+    code,
+    syscall: "send",
+    address,
+    port,
+  });
+}
+
 function toBuffer(msg: unknown): Buffer {
   if (typeof msg === "string") return Buffer.from(msg);
   if (Buffer.isBuffer(msg)) return msg;
@@ -43,7 +62,10 @@ function toBuffer(msg: unknown): Buffer {
 
 /** A UDP socket on the shielded stack. */
 export class Socket extends EventEmitter {
-  readonly type = "udp4" as const;
+  readonly type: "udp4" | "udp6";
+  readonly #ipv6Only: boolean;
+  /** Bound to "::" for both families: IPv4 peers are shown IPv4-mapped. */
+  #dual = false;
   #shield: ShieldedStack;
   #stack: NetStack | undefined;
   #id = -1;
@@ -59,11 +81,10 @@ export class Socket extends EventEmitter {
   constructor(options: SocketOptions | "udp4" | "udp6", listener?: (msg: Buffer, rinfo: RemoteInfo) => void) {
     super();
     const o = typeof options === "string" ? { type: options } : options;
-    if (o.type !== "udp4")
-      throw errorWith(
-        "ERR_SENG_IPV6",
-        `SENG: dgram ${String(o.type)} is not available in a shielded app: the tunnel carries IPv4 only`,
-      );
+    if (o.type !== "udp4" && o.type !== "udp6")
+      throw errorWith("ERR_SOCKET_BAD_TYPE", "Bad socket type specified. Valid types are: udp4, udp6");
+    this.type = o.type;
+    this.#ipv6Only = o.ipv6Only === true;
     this.#shield = shieldedStack();
     this.#lookup = o.lookup ?? lookup;
     if (listener) this.on("message", listener);
@@ -74,7 +95,7 @@ export class Socket extends EventEmitter {
   bind(...args: unknown[]): this {
     const cb = typeof args[args.length - 1] === "function" ? (args.pop() as () => void) : undefined;
     let port = 0;
-    let address = "0.0.0.0";
+    let address = this.type === "udp6" ? "::" : "0.0.0.0";
     if (args[0] !== null && typeof args[0] === "object") {
       const o = args[0] as { port?: number; address?: string; fd?: number; exclusive?: boolean };
       if (o.fd !== undefined)
@@ -96,12 +117,14 @@ export class Socket extends EventEmitter {
     if (this.#refd) this.#release = this.#shield.hold();
     void (async () => {
       try {
-        if (address === "" || address === "::") address = "0.0.0.0";
-        if (isIP(address) === 6) throw errorWith("ERR_SENG_IPV6", "SENG: the tunnel carries IPv4 only");
-        if (!isIPv4(address)) address = await this.#resolve(address);
+        if (address === "") address = this.type === "udp6" ? "::" : "0.0.0.0";
+        if (isIP(address) === 0) address = await this.#resolve(address);
+        if (this.type === "udp4" && isIP(address) === 6)
+          throw errorWith("EINVAL", `bind EINVAL ${address} (a udp4 socket cannot bind an IPv6 address)`);
         const stack = await this.#shield.ready();
         if (this.#state === "closed") return;
-        const id = stack.udpBind(address, port);
+        this.#dual = address === "::" && !this.#ipv6Only;
+        const id = stack.udpBind(address, port, this.#dual);
         this.#stack = stack;
         this.#id = id;
         this.#shield.register(id, this.#onEvent);
@@ -148,7 +171,7 @@ export class Socket extends EventEmitter {
       ({ port, address } = this.#remote);
     } else {
       port = Number(rest[0]);
-      address = typeof rest[1] === "string" ? rest[1] : "127.0.0.1";
+      address = typeof rest[1] === "string" ? rest[1] : this.type === "udp6" ? "::1" : "127.0.0.1";
       if (!Number.isInteger(port) || port <= 0 || port > 65535)
         throw errorWith(
           "ERR_SOCKET_BAD_PORT",
@@ -159,10 +182,18 @@ export class Socket extends EventEmitter {
     const go = () => {
       void (async () => {
         try {
-          const ip = isIPv4(address) ? address : await this.#resolve(address);
+          const ip = unmap(isIP(address) ? address : await this.#resolve(address));
           if (this.#state !== "bound" || !this.#stack)
             throw errorWith("ERR_SOCKET_DGRAM_NOT_RUNNING", "Not running");
-          this.#stack.udpSend(this.#id, data, ip, port);
+          const fam = isIP(ip) === 6 ? 6 : 4;
+          if (fam === 6 && this.type === "udp4")
+            throw sendError("EINVAL", ip, port, "a udp4 socket cannot send to an IPv6 address");
+          if (fam === 4 && this.type === "udp6" && !this.#dual)
+            throw sendError("EINVAL", ip, port, "an IPv6-only udp6 socket cannot send to an IPv4 address");
+          if (!this.#shield.hasFamily(fam))
+            throw sendError("ENETUNREACH", ip, port, `SENG: the app's lease has no IPv${fam} address`);
+          if (!this.#stack.udpSend(this.#id, data, ip, port))
+            throw sendError("ENOBUFS", ip, port, "lwIP did not take the datagram");
           if (cb) process.nextTick(cb, null, data.length);
         } catch (e) {
           if (cb) cb(e as Error);
@@ -182,12 +213,12 @@ export class Socket extends EventEmitter {
       address = undefined;
     }
     if (this.#remote) throw errorWith("ERR_SOCKET_DGRAM_IS_CONNECTED", "Already connected");
-    const host = address ?? "127.0.0.1";
+    const host = address ?? (this.type === "udp6" ? "::1" : "127.0.0.1");
     if (cb) this.once("connect", cb);
     const go = () =>
       void (async () => {
         try {
-          const ip = isIPv4(host) ? host : await this.#resolve(host);
+          const ip = unmap(isIP(host) ? host : await this.#resolve(host));
           this.#remote = { address: ip, port };
           this.emit("connect");
         } catch (e) {
@@ -204,14 +235,20 @@ export class Socket extends EventEmitter {
     this.#remote = undefined;
   }
 
-  remoteAddress(): { address: string; family: "IPv4"; port: number } {
+  remoteAddress(): { address: string; family: "IPv4" | "IPv6"; port: number } {
     if (!this.#remote) throw errorWith("ERR_SOCKET_DGRAM_NOT_CONNECTED", "Not connected");
-    return { ...this.#remote, family: "IPv4" };
+    const address = this.#shown(this.#remote.address);
+    return { address, family: familyName(address), port: this.#remote.port };
   }
 
-  address(): { address: string; family: "IPv4"; port: number } {
+  address(): { address: string; family: "IPv4" | "IPv6"; port: number } {
     if (!this.#local) throw errorWith("ERR_SOCKET_DGRAM_NOT_RUNNING", "Not running");
-    return { ...this.#local, family: "IPv4" };
+    return { ...this.#local, family: familyName(this.#local.address) };
+  }
+
+  /** An address as Node shows it on this socket: IPv4-mapped on a dual-stack udp6 socket. */
+  #shown(a: string): string {
+    return this.#dual && isIPv4(a) ? `::ffff:${a}` : a;
   }
 
   close(cb?: () => void): this {
@@ -283,8 +320,9 @@ export class Socket extends EventEmitter {
   }
 
   #resolve(host: string): Promise<string> {
+    const family = this.type === "udp6" ? 6 : 4;
     return new Promise((resolve, reject) =>
-      this.#lookup(host, { family: 4 }, (err, address) => (err ? reject(err) : resolve(address as string))),
+      this.#lookup(host, { family }, (err, address) => (err ? reject(err) : resolve(address as string))),
     );
   }
 
@@ -292,9 +330,10 @@ export class Socket extends EventEmitter {
     if (ev.type === "message" && ev.data) {
       const from = parseEndpoint(ev.remote) ?? { address: "0.0.0.0", port: 0 };
       if (this.#remote && (from.address !== this.#remote.address || from.port !== this.#remote.port)) return;
+      const address = this.#shown(from.address);
       const rinfo: RemoteInfo = {
-        address: from.address,
-        family: "IPv4",
+        address,
+        family: familyName(address),
         port: from.port,
         size: ev.data.length,
       };
@@ -308,7 +347,7 @@ export class Socket extends EventEmitter {
   }
 }
 
-/** `dgram.createSocket` on the shielded stack ('udp4' only). */
+/** `dgram.createSocket` on the shielded stack ('udp4' or 'udp6'). */
 export function createSocket(
   options: SocketOptions | "udp4" | "udp6",
   listener?: (msg: Buffer, rinfo: RemoteInfo) => void,

@@ -1,18 +1,23 @@
 /**
- * Name lookups for a shielded app: DNS queries over UDP, through the tunnel, to the DNS servers of the lease: A for
- * dns.lookup (and so every connect by name), every record type of Node's resolver API for dns.resolve* and
+ * Name lookups for a shielded app: DNS queries over UDP, through the tunnel, to the DNS servers of the lease: A and
+ * AAAA for dns.lookup (and so every connect by name), every record type of Node's resolver API for dns.resolve* and
  * dns.Resolver (./dns-resolve.ts).
  * Never the host's resolver (getaddrinfo, c-ares, /etc/hosts): those are outside the TEE and would leak the names
  * an app looks up and let the host answer them.
  *
  *  - IP literals come back as they are, "localhost" (and *.localhost) as 127.0.0.1, without a query;
- *  - IPv4 only (family 6 is ENOTFOUND; the tunnel carries IPv4);
+ *  - family 4: A, 6: AAAA, 0: both (in parallel), ordered as `order`/`verbatim` or dns.getDefaultResultOrder() say;
+ *    "verbatim" (Node 20's default) is the order a host's getaddrinfo would give by RFC 6724: IPv6 first when the
+ *    lease has an IPv6 address, else IPv4 first; `hints: dns.ADDRCONFIG` (what net.connect passes) leaves out a
+ *    family the lease lacks;
+ *  - servers of a family the lease lacks are skipped (an IPv4-only app does not ask an IPv6 server);
  *  - each query: a fresh UDP socket, so a fresh source port (random, from getrandom: native/src/lwip.cc picks every
  *    port-0 bind; lwIP alone would count up), a random 16-bit id, the answer must come from the server
  *    and port asked, with the same id and question; 3 rounds over the lease's servers, 1.5 s each;
  *  - CNAME chains inside one answer are followed; answers are cached by their TTL (at most 5 minutes).
  */
 import { randomInt } from "node:crypto";
+import dns from "node:dns";
 import { isIP } from "node:net";
 import {
   decodeMessage,
@@ -70,7 +75,7 @@ async function ask(
   const id = randomInt(0, 0x10000);
   const query = encodeQuery(id, name, qtype, edns ? EDNS_UDP_SIZE : undefined);
   const release = shield.hold();
-  const sock = stack.udpBind("0.0.0.0", 0);
+  const sock = stack.udpBind(isIP(server) === 6 ? "::" : "0.0.0.0", 0);
   return new Promise<DnsMessage | undefined>((resolve) => {
     let done = false;
     const finish = (m: DnsMessage | undefined) => {
@@ -116,12 +121,18 @@ async function ask(
  * A records of `name` from the lease's DNS servers, for dns.lookup (cached with every other answer): rejects as
  * getaddrinfo does, ENOTFOUND (no such name, no A record), EAI_AGAIN (no answer, no DNS server), ESERVFAIL.
  */
-export async function queryA(
+export function queryA(name: string, shield = shieldedStack()): Promise<{ address: string; ttl: number }[]> {
+  return queryAddresses(name, "A", shield);
+}
+
+/** A or AAAA records of `name`, with getaddrinfo's errors (see queryA). */
+export async function queryAddresses(
   name: string,
+  type: "A" | "AAAA",
   shield = shieldedStack(),
 ): Promise<{ address: string; ttl: number }[]> {
   try {
-    return (await queryRecords(name, "A", "getaddrinfo", shield)).map((r) => ({
+    return (await queryRecords(name, type, "getaddrinfo", shield)).map((r) => ({
       address: r.data!,
       ttl: r.ttl,
     }));
@@ -129,7 +140,7 @@ export async function queryA(
     const code = (e as NodeJS.ErrnoException).code;
     const detail = /\((.*)\)$/.exec((e as Error).message)?.[1];
     if (code === "ENOTFOUND" || code === "EBADNAME") throw lookupError("ENOTFOUND", name, detail);
-    if (code === "ENODATA") throw lookupError("ENOTFOUND", name, "no A record");
+    if (code === "ENODATA") throw lookupError("ENOTFOUND", name, `no ${type} record`);
     if (code === "ETIMEOUT" || code === "ECONNREFUSED") throw lookupError("EAI_AGAIN", name, detail);
     throw lookupError("ESERVFAIL", name, code, "queryA");
   }
@@ -171,13 +182,17 @@ export async function queryRecords(
   const hit = rrCache.get(ck);
   if (hit && hit.expires > Date.now()) return hit.records;
   await shield.ready();
-  const servers = shield.lease?.dns ?? [];
+  const named = shield.lease?.dns ?? [];
+  // Only servers the lease can reach: an IPv4-only app cannot ask an IPv6 server, nor the reverse.
+  const servers = named.filter((a) => shield.hasFamily(isIP(a) === 6 ? 6 : 4) !== false);
   if (servers.length === 0)
     throw resolveError(
       "ECONNREFUSED",
       syscall,
       name,
-      "SENG: the gateway's lease names no DNS server (gateway config `dns:`)",
+      named.length === 0
+        ? "SENG: the gateway's lease names no DNS server (gateway config `dns:`)"
+        : `SENG: the lease's DNS servers (${named.join(", ")}) are of a family the app's lease has no address of`,
     );
   let failure = "ETIMEOUT";
   for (let round = 0; round < ROUNDS; round++) {
@@ -237,8 +252,29 @@ function familyOf(options: LookupOptions | number | undefined): number {
   return f ?? 0;
 }
 
-/** The addresses of `hostname` as dns.lookup gives them (all: true form). */
-export async function lookupAll(hostname: string, family = 0): Promise<LookupAddress[]> {
+/** getaddrinfo's AI_ADDRCONFIG: only families the host (here: the lease) has an address of. */
+const ADDRCONFIG = dns.ADDRCONFIG;
+
+export type ResultOrder = "verbatim" | "ipv4first" | "ipv6first";
+
+/** The order of a lookup's addresses: `order`, else `verbatim`, else dns.getDefaultResultOrder(). */
+function orderOf(options: LookupOptions | number | undefined): ResultOrder {
+  const o = typeof options === "object" ? options : undefined;
+  if (o?.order === "verbatim" || o?.order === "ipv4first" || o?.order === "ipv6first") return o.order;
+  if (typeof o?.verbatim === "boolean") return o.verbatim ? "verbatim" : "ipv4first";
+  const d = (dns as { getDefaultResultOrder?: () => string }).getDefaultResultOrder?.();
+  return d === "ipv4first" || d === "ipv6first" ? d : "verbatim";
+}
+
+/**
+ * The addresses of `hostname` as dns.lookup gives them (all: true form). `family` 0 asks for A and AAAA at once;
+ * what one family's query fails with is given only when the other found nothing either.
+ */
+export async function lookupAll(
+  hostname: string,
+  family = 0,
+  opts: { order?: ResultOrder; hints?: number } = {},
+): Promise<LookupAddress[]> {
   if (typeof hostname !== "string")
     throw Object.assign(new TypeError('The "hostname" argument must be of type string'), {
       code: "ERR_INVALID_ARG_TYPE",
@@ -254,8 +290,35 @@ export async function lookupAll(hostname: string, family = 0): Promise<LookupAdd
     return [{ address: "127.0.0.1", family: 4 }];
   }
   if (hostname === "") throw lookupError("ENOTFOUND", hostname);
-  if (family === 6) throw lookupError("ENOTFOUND", hostname, "SENG: the tunnel carries IPv4 only");
-  return (await queryA(hostname)).map((a) => ({ address: a.address, family: 4 }));
+  const shield = shieldedStack();
+  let families: (4 | 6)[] = family === 4 ? [4] : family === 6 ? [6] : [4, 6];
+  if (family === 0 && ((opts.hints ?? 0) & ADDRCONFIG) !== 0) {
+    await shield.ready();
+    families = families.filter((f) => shield.hasFamily(f));
+    if (families.length === 0) throw lookupError("ENOTFOUND", hostname, "SENG: the lease has no address");
+  }
+  const results = await Promise.allSettled(
+    families.map((f) => queryAddresses(hostname, f === 4 ? "A" : "AAAA", shield)),
+  );
+  const byFamily = new Map<4 | 6, LookupAddress[]>();
+  const errors: NodeJS.ErrnoException[] = [];
+  results.forEach((r, i) => {
+    const f = families[i]!;
+    if (r.status === "fulfilled")
+      byFamily.set(
+        f,
+        r.value.map((a) => ({ address: a.address, family: f })),
+      );
+    else errors.push(r.reason as NodeJS.ErrnoException);
+  });
+  const v4 = byFamily.get(4) ?? [];
+  const v6 = byFamily.get(6) ?? [];
+  if (v4.length + v6.length === 0)
+    throw errors.find((e) => e.code !== "ENOTFOUND") ?? errors[0] ?? lookupError("ENOTFOUND", hostname);
+  const order = opts.order ?? "verbatim";
+  // verbatim: as a host's getaddrinfo sorts by RFC 6724: IPv6 first when there is an IPv6 source address.
+  const v6First = order === "ipv6first" || (order === "verbatim" && shield.hasFamily(6) === true);
+  return v6First ? [...v6, ...v4] : [...v4, ...v6];
 }
 
 /** `dns.lookup` through the tunnel. */
@@ -273,7 +336,8 @@ export function lookup(
       code: "ERR_INVALID_ARG_TYPE",
     });
   const all = typeof opts === "object" && !!opts?.all;
-  lookupAll(hostname, familyOf(opts)).then(
+  const hints = typeof opts === "object" ? opts?.hints : undefined;
+  lookupAll(hostname, familyOf(opts), { order: orderOf(opts), hints }).then(
     (list) => {
       if (all) cb(null, list);
       else cb(null, list[0]!.address, list[0]!.family);
@@ -287,7 +351,8 @@ export async function lookupPromise(
   hostname: string,
   options?: LookupOptions | number,
 ): Promise<LookupAddress | LookupAddress[]> {
-  const list = await lookupAll(hostname, familyOf(options));
+  const hints = typeof options === "object" ? options?.hints : undefined;
+  const list = await lookupAll(hostname, familyOf(options), { order: orderOf(options), hints });
   return typeof options === "object" && options?.all ? list : list[0]!;
 }
 

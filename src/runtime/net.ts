@@ -18,6 +18,7 @@
  *  - setTimeout/'timeout', remoteAddress/remotePort/localAddress/localPort, address(), bytesRead/bytesWritten,
  *    ref/unref as in Node; setNoDelay/setKeepAlive are accepted and do nothing (lwIP's own settings apply).
  */
+import dns from "node:dns";
 import net from "node:net";
 import { constants as osConstants } from "node:os";
 import type { Duplex } from "node:stream";
@@ -54,6 +55,10 @@ interface ConnState {
   /** A chunk lwIP has taken only part of; its callback runs when the rest is taken. */
   pending: { buf: Buffer; cb: (err?: Error | null) => void } | undefined;
   retry: NodeJS.Timeout | undefined;
+  /** Happy Eyeballs: the current attempt's timer (the next address is tried when it fires). */
+  attempt: NodeJS.Timeout | undefined;
+  /** Accepted by a dual-stack listener: IPv4 endpoints are shown as IPv4-mapped IPv6 addresses, as Node does. */
+  mapped: boolean;
   /** Bytes pushed to the reader and not yet given back to lwIP's receive window. */
   unacked: number;
   /** Bytes lwIP took and the peer has not acknowledged yet ("sent" events). */
@@ -87,6 +92,8 @@ function state(s: net.Socket): ConnState {
       local: undefined,
       pending: undefined,
       retry: undefined,
+      attempt: undefined,
+      mapped: false,
       unacked: 0,
       inflight: 0,
       remoteEnded: false,
@@ -156,11 +163,16 @@ export interface ConnectOptions {
   port?: number | string;
   host?: string;
   path?: string;
+  /** 4 or 6: only that family; 0 (default): either. */
   family?: number;
+  /** Happy Eyeballs for a name with addresses of both families (default: net.getDefaultAutoSelectFamily()). */
+  autoSelectFamily?: boolean;
+  /** How long an attempt may take before the next address is tried (default: Node's, 250 ms). */
+  autoSelectFamilyAttemptTimeout?: number;
   timeout?: number;
   lookup?: (
     hostname: string,
-    options: { family?: number; all?: boolean },
+    options: { family?: number; all?: boolean; hints?: number },
     cb: (err: Error | null, address: string | { address: string; family: number }[], family?: number) => void,
   ) => void;
   allowHalfOpen?: boolean;
@@ -201,34 +213,95 @@ function validatePort(port: unknown, what = "options.port", allowZero = true): n
   return n;
 }
 
-function ipv4Only(host: string, what: string): never {
-  throw Object.assign(
-    new Error(`SENG: ${what} ${host}: the tunnel carries IPv4 only (the lease is an IPv4 address)`),
-    { code: "ERR_SENG_IPV6" },
+type Addr = { address: string; family: 4 | 6 };
+
+/** "IPv4"/"IPv6" for an address, as Node's address() and remoteFamily give it. */
+export function familyName(address: string | undefined): "IPv4" | "IPv6" {
+  return address !== undefined && net.isIPv6(address) ? "IPv6" : "IPv4";
+}
+
+/** An IPv4 endpoint of a dual-stack socket as Node shows it: "::ffff:a.b.c.d". */
+function mapEndpoint(e: Endpoint | undefined, mapped: boolean): Endpoint | undefined {
+  return e && mapped && net.isIPv4(e.address) ? { address: `::ffff:${e.address}`, port: e.port } : e;
+}
+
+/**
+ * The error for a destination of a family the lease lacks: ENETUNREACH, as Node gets it from a host without a route
+ * of that family.
+ */
+export function unreachable(
+  shield: ShieldedStack,
+  address: string,
+  port: number | undefined,
+  syscall: string,
+): Error {
+  const fam = net.isIP(address) === 6 ? 6 : 4;
+  return sysError(
+    "ENETUNREACH",
+    syscall,
+    address,
+    port,
+    `SENG: the app's lease has no IPv${fam} address${shield.lease ? "" : " yet"}`,
   );
 }
 
-/** Resolves `host` to one IPv4 address through `lookup` (the tunnel's DNS by default). */
-function resolve4(
+/**
+ * The addresses to connect to for `host`: an IP literal as it is, else what `lookup` (the tunnel's DNS by default)
+ * answers for `family` (0: both), every one when `all` (Happy Eyeballs) or the first. `onLookup` sees each, as
+ * Node's 'lookup' event does.
+ */
+function resolveHost(
   host: string,
+  family: 0 | 4 | 6,
+  all: boolean,
   lookup: ConnectOptions["lookup"] | undefined,
   onLookup?: (err: Error | null, address?: string, family?: number) => void,
-): Promise<string> {
+): Promise<Addr[]> {
   const fam = net.isIP(host);
-  if (fam === 4) return Promise.resolve(host);
-  if (fam === 6) ipv4Only(host, "cannot connect to the IPv6 address");
+  if (fam !== 0) return Promise.resolve([{ address: host, family: fam as 4 | 6 }]);
   return new Promise((resolve, reject) => {
     const fn = lookup ?? (shieldedLookup as unknown as NonNullable<ConnectOptions["lookup"]>);
-    fn(host, { family: 4 }, (err, address, family) => {
-      let a = address as string | { address: string; family: number }[] | undefined;
-      if (Array.isArray(a)) a = a.find((x) => net.isIPv4(x.address))?.address;
-      if (!err && (typeof a !== "string" || !net.isIPv4(a)))
-        err = sysError("ENOTFOUND", "getaddrinfo", host, undefined, "no IPv4 address");
-      onLookup?.(err ?? null, a as string | undefined, family ?? 4);
-      if (err) reject(err);
-      else resolve(a as string);
+    // As net.connect does: AI_ADDRCONFIG when either family will do (only families the lease has).
+    const hints = family === 0 ? dns.ADDRCONFIG : 0;
+    fn(host, { family, all, hints }, (err, address, f) => {
+      let list: Addr[] = [];
+      if (Array.isArray(address))
+        list = address
+          .filter((x) => net.isIP(x?.address) !== 0)
+          .map((x) => ({ address: x.address, family: net.isIP(x.address) as 4 | 6 }));
+      else if (typeof address === "string" && net.isIP(address) !== 0)
+        list = [{ address, family: net.isIP(address) as 4 | 6 }];
+      if (family !== 0) list = list.filter((x) => x.family === family);
+      if (!err && list.length === 0)
+        err = sysError("ENOTFOUND", "getaddrinfo", host, undefined, `no IPv${family || "4 or IPv6"} address`);
+      if (err) {
+        onLookup?.(err, undefined, f ?? family);
+        return reject(err);
+      }
+      for (const a of list) onLookup?.(null, a.address, a.family);
+      resolve(all ? list : list.slice(0, 1));
     });
   });
+}
+
+/** Node's order for Happy Eyeballs: the families alternate, starting with the first address's. */
+export function interleaveFamilies(addrs: Addr[]): Addr[] {
+  const first = addrs[0]?.family;
+  const a = addrs.filter((x) => x.family === first);
+  const b = addrs.filter((x) => x.family !== first);
+  const out: Addr[] = [];
+  for (let i = 0; i < Math.max(a.length, b.length); i++) {
+    if (a[i]) out.push(a[i]!);
+    if (b[i]) out.push(b[i]!);
+  }
+  return out;
+}
+
+/** Every attempt failed: Node's AggregateError (code of the first), or the one error. */
+function aggregate(errors: Error[]): Error {
+  if (errors.length === 1) return errors[0]!;
+  const e = new AggregateError(errors, errors.map((x) => x.message).join("; "));
+  return Object.assign(e, { code: (errors[0] as NodeJS.ErrnoException | undefined)?.code });
 }
 
 // ---- Socket ---------------------------------------------------------------------------------------------------------
@@ -265,7 +338,7 @@ export class Socket extends HostSocket {
     id: number,
     remote: Endpoint | undefined,
     local: Endpoint | undefined,
-    options: SocketOptions & { pauseOnCreate?: boolean; noDelay?: boolean },
+    options: SocketOptions & { pauseOnCreate?: boolean; noDelay?: boolean; mapped?: boolean },
   ): Socket {
     const s = new Socket({
       allowHalfOpen: options.allowHalfOpen,
@@ -279,6 +352,7 @@ export class Socket extends HostSocket {
     st.phase = "open";
     st.remote = remote;
     st.local = local;
+    st.mapped = options.mapped === true;
     shield.register(id, st.handler);
     syncHold(s);
     if (options.pauseOnCreate) s.pause();
@@ -317,13 +391,15 @@ export class Socket extends HostSocket {
   }
 
   _getpeername(): { address?: string; family?: string; port?: number } {
-    const r = state(this).remote;
-    return r ? { address: r.address, family: "IPv4", port: r.port } : {};
+    const st = state(this);
+    const r = mapEndpoint(st.remote, st.mapped);
+    return r ? { address: r.address, family: familyName(r.address), port: r.port } : {};
   }
 
   _getsockname(): { address?: string; family?: string; port?: number } {
-    const l = state(this).local;
-    return l ? { address: l.address, family: "IPv4", port: l.port } : {};
+    const st = state(this);
+    const l = mapEndpoint(st.local, st.mapped);
+    return l ? { address: l.address, family: familyName(l.address), port: l.port } : {};
   }
 
   /** Nagle off (true, the default argument) or on, as net.Socket; applied when connected. */
@@ -517,15 +593,27 @@ function connectImpl(s: net.Socket, args: unknown[]): net.Socket {
   st.phase = "connecting";
   syncHold(s);
   si._unrefTimer();
+  const family = opts.family === 4 || opts.family === 6 ? opts.family : 0;
+  const autoSelect =
+    family === 0 &&
+    net.isIP(host) === 0 &&
+    (typeof opts.autoSelectFamily === "boolean" ? opts.autoSelectFamily : net.getDefaultAutoSelectFamily());
+  const attemptMs = Math.max(
+    10,
+    Number(opts.autoSelectFamilyAttemptTimeout) || net.getDefaultAutoSelectFamilyAttemptTimeout(),
+  );
   void (async () => {
     try {
-      const ip = await resolve4(host, opts.lookup, (err, address, family) => {
-        if (net.isIP(host) === 0) s.emit("lookup", err, address, family, host);
+      const addrs = await resolveHost(host, family, autoSelect, opts.lookup, (err, address, fam) => {
+        if (net.isIP(host) === 0) s.emit("lookup", err, address, fam, host);
       });
       const stack = await shield.ready();
       if (s.destroyed) return;
       st.stack = stack;
+      if (addrs.length > 1) return connectMultiple(s, addrs, port, attemptMs);
+      const ip = addrs[0]!.address;
       st.remote = { address: ip, port };
+      if (!shield.hasFamily(addrs[0]!.family)) throw unreachable(shield, ip, port, "connect");
       const id = stack.tcpConnect(ip, port);
       st.id = id;
       shield.register(id, st.handler);
@@ -534,6 +622,77 @@ function connectImpl(s: net.Socket, args: unknown[]): net.Socket {
     }
   })();
   return s;
+}
+
+/**
+ * Happy Eyeballs as Node 20's `autoSelectFamily` does it: the addresses in turn, families alternating; an attempt
+ * that has not connected within `attemptMs` is abandoned for the next (the last one waits for lwIP's own timeout);
+ * one that fails (refused, or a family the lease lacks: ENETUNREACH at once) moves on at once. The first to connect
+ * is the socket's. 'connectionAttempt', 'connectionAttemptFailed' and 'connectionAttemptTimeout' are emitted, and
+ * `autoSelectFamilyAttemptedAddresses` lists what was tried, as in Node.
+ */
+function connectMultiple(s: net.Socket, addrs: Addr[], port: number, attemptMs: number): void {
+  const st = state(s);
+  const shield = st.shield!;
+  const stack = st.stack!;
+  const order = interleaveFamilies(addrs);
+  const attempted: string[] = [];
+  (s as { autoSelectFamilyAttemptedAddresses?: string[] }).autoSelectFamilyAttemptedAddresses = attempted;
+  const errors: Error[] = [];
+  let i = 0;
+  const next = (): void => {
+    clearTimeout(st.attempt);
+    st.attempt = undefined;
+    if (s.destroyed) return;
+    if (i >= order.length) return void s.destroy(aggregate(errors));
+    const { address, family } = order[i++]!;
+    const remote = { address, port };
+    attempted.push(`${address}:${port}`);
+    s.emit("connectionAttempt", address, port, family);
+    const fail = (e: Error): void => {
+      errors.push(e);
+      s.emit("connectionAttemptFailed", address, port, family, e);
+      next();
+    };
+    if (!shield.hasFamily(family)) return fail(unreachable(shield, address, port, "connect"));
+    let id: number;
+    try {
+      id = stack.tcpConnect(address, port);
+    } catch (e) {
+      if (e instanceof ShieldedStackError) return void s.destroy(e);
+      return fail(stackError(e, "connect", remote));
+    }
+    st.id = id;
+    st.remote = remote;
+    const attempt = (ev: StackEvent): void => {
+      if (ev.type === "connected") {
+        clearTimeout(st.attempt);
+        st.attempt = undefined;
+        shield.register(id, st.handler); // this connection is the socket's from now on
+        st.handler(ev);
+      } else if (ev.type === "error") {
+        shield.unregister(id, attempt);
+        st.id = -1;
+        if (ev.error instanceof Error) return void s.destroy(ev.error); // the tunnel is gone for good
+        fail(stackError(ev.error, "connect", remote));
+      } else if (ev.type === "closed") shield.unregister(id, attempt); // destroyed while connecting
+    };
+    shield.register(id, attempt);
+    if (i < order.length)
+      st.attempt = setTimeout(() => {
+        shield.unregister(id, attempt);
+        st.id = -1;
+        try {
+          stack.tcpAbort(id);
+        } catch {
+          // gone meanwhile
+        }
+        s.emit("connectionAttemptTimeout", address, port, family);
+        errors.push(sysError("ETIMEDOUT", "connect", address, port));
+        next();
+      }, attemptMs);
+  };
+  next();
 }
 
 function onEvent(s: net.Socket, ev: StackEvent): void {
@@ -716,6 +875,8 @@ function destroyImpl(s: net.Socket, err: Error | null, cb: (err?: Error | null) 
   si.connecting = false;
   clearTimeout(st.retry);
   st.retry = undefined;
+  clearTimeout(st.attempt);
+  st.attempt = undefined;
   if (st.id >= 0 && !st.gone && st.stack) {
     // Give back what was read first, so lwIP ends with FIN rather than RST (it resets on unread data).
     if (!st.reset) ackReceived(s);
@@ -809,6 +970,8 @@ class ListenHandle {
     readonly id: number,
     readonly address: string,
     readonly port: number,
+    /** Bound to "::" for both families: IPv4 peers are shown IPv4-mapped. */
+    readonly dual = false,
   ) {
     if (!server._unref) this.#release = shield.hold();
     shield.register(id, (ev) => this.onEvent(ev));
@@ -816,7 +979,7 @@ class ListenHandle {
 
   getsockname(out: Record<string, unknown>): number {
     out.address = this.address;
-    out.family = "IPv4";
+    out.family = familyName(this.address);
     out.port = this.port;
     return 0;
   }
@@ -851,7 +1014,10 @@ class ListenHandle {
     const remote = parseEndpoint(ev.remote);
     const local = parseEndpoint(ev.local) ??
       parseEndpoint(safeLocalAddress(stack, ev.child)) ?? {
-        address: this.address === "0.0.0.0" ? (this.shield.lease?.address ?? this.address) : this.address,
+        address:
+          this.address === "0.0.0.0" || this.address === "::"
+            ? (this.shield.leasedAddress(familyName(remote?.address) === "IPv6" ? 6 : 4) ?? this.address)
+            : this.address,
         port: this.port,
       };
     if (server.maxConnections && server._connections >= server.maxConnections) {
@@ -860,13 +1026,15 @@ class ListenHandle {
       } catch {
         // gone already
       }
+      const l = mapEndpoint(local, this.dual)!;
+      const r = mapEndpoint(remote, this.dual);
       server.emit("drop", {
-        localAddress: local.address,
-        localPort: local.port,
-        localFamily: "IPv4",
-        remoteAddress: remote?.address,
-        remotePort: remote?.port,
-        remoteFamily: "IPv4",
+        localAddress: l.address,
+        localPort: l.port,
+        localFamily: familyName(l.address),
+        remoteAddress: r?.address,
+        remotePort: r?.port,
+        remoteFamily: r ? familyName(r.address) : undefined,
       });
       return;
     }
@@ -876,6 +1044,7 @@ class ListenHandle {
       noDelay: server.noDelay,
       readableHighWaterMark: server.highWaterMark,
       writableHighWaterMark: server.highWaterMark,
+      mapped: this.dual,
     });
     const si = internals(s);
     si.server = server;
@@ -914,9 +1083,8 @@ export function shieldedListen(this: net.Server, ...args: unknown[]): net.Server
       code: "ERR_SERVER_ALREADY_LISTEN",
     });
   const port = validatePort(opts.port ?? 0);
-  let host = opts.host ?? "0.0.0.0";
-  if (host === "" || host === "::" || host === "0.0.0.0") host = "0.0.0.0";
-  else if (net.isIP(host) === 6) ipv4Only(host, "cannot listen on the IPv6 address");
+  const host = opts.host || undefined;
+  const ipv6Only = (opts as { ipv6Only?: boolean }).ipv6Only === true;
   // lwIP's backlog is 8 bits.
   const backlog = Math.min(
     255,
@@ -932,18 +1100,25 @@ export function shieldedListen(this: net.Server, ...args: unknown[]): net.Server
   opts.signal?.addEventListener("abort", abort, { once: true });
   void (async () => {
     try {
-      const ip = await resolve4(host, undefined);
       const stack = await shield.ready();
+      // No host: "::" (both families) when the lease has IPv6, else "0.0.0.0", as Node picks by the host's IPv6.
+      const ip =
+        host === undefined
+          ? shield.hasFamily(6)
+            ? "::"
+            : "0.0.0.0"
+          : (await resolveHost(host, 0, false, undefined))[0]!.address;
       if (server._listeningId !== token) return; // closed (or aborted) before the lease came
-      const id = stack.tcpListen(ip, port, backlog);
+      const dual = ip === "::" && !ipv6Only;
+      const id = stack.tcpListen(ip, port, backlog, dual);
       const local = parseEndpoint(safeLocalAddress(stack, id));
-      const h = new ListenHandle(shield, server, id, ip, local?.port || port);
+      const h = new ListenHandle(shield, server, id, ip, local?.port || port, dual);
       server._handle = h;
-      server._connectionKey = `4:${ip}:${h.port}`;
+      server._connectionKey = `${net.isIP(ip)}:${ip}:${h.port}`;
       if (opts.signal) opts.signal.addEventListener("abort", () => server.close(), { once: true });
       process.nextTick(() => server.emit("listening"));
     } catch (e) {
-      const err = stackError(e, "listen", { address: host, port });
+      const err = stackError(e, "listen", { address: host ?? "::", port });
       process.nextTick(() => server.emit("error", err));
     } finally {
       opts.signal?.removeEventListener("abort", abort);

@@ -24,6 +24,32 @@ import { checkNodeInternals } from "./node-internals.js";
 /** Addressing of the in-process stack, from the lease (the binding's own type; a type import loads nothing). */
 export type { StackConfig };
 
+/** A lease as the runtime reads it (protocol v2): IPv4 (address/prefix/gateway), IPv6 (address6/...), or both. */
+export type DualLease = Lease;
+
+/** The stack's configuration for a lease: each family only when the lease has it. */
+export function stackConfigOf(lease: Lease | DualLease): StackConfig {
+  const l = lease as DualLease;
+  const cfg: StackConfig = { mtu: l.mtu };
+  if (l.address !== undefined)
+    Object.assign(cfg, { address: l.address, prefix: l.prefix, gateway: l.gateway });
+  if (l.address6 !== undefined)
+    Object.assign(cfg, { address6: l.address6, prefix6: l.prefix6, gateway6: l.gateway6 });
+  return cfg;
+}
+
+function sameConfig(a: StackConfig, b: StackConfig): boolean {
+  return (
+    a.address === b.address &&
+    a.prefix === b.prefix &&
+    a.gateway === b.gateway &&
+    a.address6 === b.address6 &&
+    a.prefix6 === b.prefix6 &&
+    a.gateway6 === b.gateway6 &&
+    a.mtu === b.mtu
+  );
+}
+
 export type StackEventType =
   "connected" | "accept" | "data" | "sent" | "end" | "error" | "closed" | "message" | "pong";
 
@@ -55,14 +81,15 @@ export interface NetStack {
   onOutput(cb: (packets: Buffer[]) => void): void;
   onEvent(cb: (ev: StackEvent) => void): void;
   tcpConnect(ip: string, port: number): number;
-  tcpListen(ip: string, port: number, backlog?: number): number;
+  /** `dualStack`: "::" serves IPv4 too. */
+  tcpListen(ip: string, port: number, backlog?: number, dualStack?: boolean): number;
   /** Returns how many bytes lwIP took (0 when its send buffer is full: wait for "sent"). */
   tcpWrite(id: number, data: Buffer): number;
   tcpShutdown(id: number, read: boolean, write: boolean): void;
   tcpClose(id: number): void;
   tcpAbort(id: number): void;
   tcpRecved(id: number, n: number): void;
-  udpBind(ip: string, port: number): number;
+  udpBind(ip: string, port: number, dualStack?: boolean): number;
   udpSend(id: number, data: Buffer, ip: string, port: number): unknown;
   udpClose(id: number): void;
   /** Nagle off (true) or on. */
@@ -252,6 +279,22 @@ export class ShieldedStack extends EventEmitter<ShieldedStackEvents> {
     return this.#stack;
   }
 
+  /**
+   * Whether the current lease has an address of `family` (4 or 6). Before the first lease: undefined (not known
+   * yet).
+   */
+  hasFamily(family: 4 | 6): boolean | undefined {
+    const l = this.lease as DualLease | undefined;
+    if (!l) return undefined;
+    return family === 4 ? l.address !== undefined : l.address6 !== undefined;
+  }
+
+  /** The leased address of `family`, if any. */
+  leasedAddress(family: 4 | 6): string | undefined {
+    const l = this.lease as DualLease | undefined;
+    return family === 4 ? l?.address : l?.address6;
+  }
+
   /** True once the stack exists (a lease arrived) and nothing failed. */
   get isReady(): boolean {
     return !!this.#stack && !this.#failure;
@@ -367,23 +410,15 @@ export class ShieldedStack extends EventEmitter<ShieldedStackEvents> {
     this.#log({ event: "lease", ...lease });
     this.emit("lease", lease);
     if (this.#failure) return;
-    const cfg = stackConfig(lease);
-    if (!cfg)
-      return this.#fail(
-        new ShieldedStackError(
-          "SENG: the lease has no IPv4 address, which this stack needs",
-          "ERR_SENG_STACK",
-        ),
-      );
+    const cfg = stackConfigOf(lease);
     if (this.#stack) {
-      if (
-        prev &&
-        (prev.address !== cfg.address ||
-          prev.prefix !== cfg.prefix ||
-          prev.gateway !== cfg.gateway ||
-          prev.mtu !== cfg.mtu)
-      ) {
-        this.#log({ event: "stack-reconfigured", from: prev.address, to: cfg.address });
+      if (prev && !sameConfig(stackConfigOf(prev), cfg)) {
+        const p = prev as DualLease;
+        this.#log({
+          event: "stack-reconfigured",
+          from: [p.address, p.address6].filter(Boolean).join(" "),
+          to: [cfg.address, cfg.address6].filter(Boolean).join(" "),
+        });
         this.#stack.reconfigure(cfg);
       }
       return;
@@ -397,12 +432,8 @@ export class ShieldedStack extends EventEmitter<ShieldedStackEvents> {
       stack.onOutput((packets) => this.tunnel.send(packets));
       stack.onEvent((ev) => this.#dispatch(ev));
       this.#stack = stack;
-      const latest = stackConfig(this.lease!);
-      if (
-        latest &&
-        (latest.address !== cfg.address || latest.mtu !== cfg.mtu || latest.prefix !== cfg.prefix)
-      )
-        stack.reconfigure(latest);
+      const latest = stackConfigOf(this.lease!);
+      if (!sameConfig(latest, cfg)) stack.reconfigure(latest);
       for (const w of this.#waiters.splice(0)) w.resolve(stack);
     })().catch((e: Error) => {
       this.#log({ event: "error", where: "stack-create", message: e.message });
@@ -418,13 +449,6 @@ export class ShieldedStack extends EventEmitter<ShieldedStackEvents> {
   #dispatch(ev: StackEvent): void {
     this.#handlers.get(ev.id)?.(ev);
   }
-}
-
-/** The stack settings of a lease's IPv4 part, or undefined for a lease without IPv4. */
-function stackConfig(lease: Lease): StackConfig | undefined {
-  const { address, prefix, gateway, mtu } = lease;
-  if (address === undefined || prefix === undefined || gateway === undefined) return undefined;
-  return { address, prefix, gateway, mtu };
 }
 
 /** The running process-wide stack; throws a clear error when there is none. */
