@@ -128,7 +128,6 @@ export async function runNetworkDemo(opts: DemoOptions): Promise<DemoResult> {
   const dir = net.dir;
   const write = (name: string, text: string) => writeFileSync(join(dir, name), text);
   const cases: DemoCase[] = [];
-  let audit = "";
   let failed = true;
   try {
     const setup = async (args: string[]) => {
@@ -411,7 +410,7 @@ export async function runNetworkDemo(opts: DemoOptions): Promise<DemoResult> {
       ]);
       audits.push(`$ seng audit who ${address}\n${(r.stdout || r.stderr).trim()}`);
     }
-    audit = audits.join("\n\n");
+    const audit = audits.join("\n\n");
     if (opts.keep) net.keep();
     failed = false;
     return { cases, audit, net };
