@@ -51,12 +51,12 @@ describe("IPv6 firewall with the real gateway", { concurrency: false }, () => {
     parseCounters((await lab.gw.exec("nft", ["-j", "list", "table", "inet", "seng"])).stdout);
   const set = async (name: string) =>
     (await lab.gw.exec("nft", ["list", "set", "inet", "seng", name])).stdout;
-  const connects = async (port: number) => {
+  const connects = async (port: number, host = SRV6) => {
     const r = await lab.clients[0]!.exec(
       node,
       [
         "-e",
-        `const s=require("net").connect(${port},"${SRV6}",()=>{console.log("ok");s.destroy()});` +
+        `const s=require("net").connect(${port},"${host}",()=>{console.log("ok");s.destroy()});` +
           `s.on("error",()=>{});setTimeout(()=>process.exit(0),1500).unref()`,
       ],
       { check: false, timeoutMs: 10_000 },
@@ -76,7 +76,8 @@ describe("IPv6 firewall with the real gateway", { concurrency: false }, () => {
       await waitLine(s, (o) => o.listening === true);
       servers.push(s);
     }
-    client = lab.startClient(APP, { args: ["--route", "2001:2:ff::/48"] });
+    // The server network, and the gateway's own IPv6 address (to check that it stays closed to the tunnel).
+    client = lab.startClient(APP, { args: ["--route", "2001:2:ff::/48", "fd64::1/128"] });
     addr6 = (await waitLine<{ address6?: string }>(client, (o) => o.event === "lease")).address6 ?? "";
     for (let i = 0; i < 100 && !(await set("seng_app6_browser")).includes(addr6); i++)
       await new Promise((r) => setTimeout(r, 50));
@@ -130,6 +131,25 @@ describe("IPv6 firewall with the real gateway", { concurrency: false }, () => {
       [addr6],
     );
     assert.ok(!/"remote"/.test(servers[1]!.stdout + servers[2]!.stdout));
+  });
+
+  test("the gateway host's IPv6 address (the leases' gateway6) is closed to the tunnel without a to: gateway rule", async () => {
+    const listener = lab.gw.spawn(node, ["--import", "tsx", TCP_TOOL, "echo", "::", "9002"]);
+    try {
+      await waitLine(listener, (o) => o.listening === true);
+      const e = explain(
+        loadConfig(lab.configFile).model,
+        { from: addr6, to: "gateway", proto: "tcp", port: 9002 },
+        (a) => (a === addr6 ? "browser" : undefined),
+      );
+      assert.deepEqual([e.verdict, e.decidedBy], ["drop", "gateway.default"], e.trace.join("\n"));
+      const before = (await counters()).seng_gateway_default ?? 0;
+      assert.equal(await connects(9002, "fd64::1"), false, "the tunnel reached the gateway's own port");
+      assert.ok(((await counters()).seng_gateway_default ?? 0) > before);
+      assert.ok(!/"remote"/.test(listener.stdout), listener.stdout);
+    } finally {
+      await listener.kill("SIGKILL");
+    }
   });
 
   test("revocation by reload: the IPv6 set is emptied, the flow's conntrack entry deleted, the transfer cut", async () => {
