@@ -50,7 +50,16 @@ export class SystemSetup {
 
   /** Writes a sysctl; `restore`: put the old value back on undo (the TUN's own settings go with the TUN). */
   private sysctl(path: string, value: string, restore = true): void {
-    const before = readFileSync(path, "utf8").trim();
+    let before: string;
+    try {
+      before = readFileSync(path, "utf8").trim();
+    } catch (e) {
+      const why = (e as NodeJS.ErrnoException).code ?? (e as Error).message;
+      throw new Error(
+        `${path}: cannot read (${why})${path.includes("/ipv6/") ? ": is IPv6 disabled in this network namespace?" : ""}`,
+        { cause: e },
+      );
+    }
     if (before === value) return;
     writeFileSync(path, value);
     if (restore) this.undos.push(() => writeFileSync(path, before));
