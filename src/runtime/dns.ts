@@ -14,7 +14,8 @@
  *  - each query: a fresh UDP socket, so a fresh source port (random, from getrandom: native/src/lwip.cc picks every
  *    port-0 bind; lwIP alone would count up), a random 16-bit id, the answer must come from the server
  *    and port asked, with the same id and question; 3 rounds over the lease's servers, 1.5 s each;
- *  - CNAME chains inside one answer are followed; answers are cached by their TTL (at most 5 minutes).
+ *  - CNAME chains inside one answer are followed; answers are cached by their TTL (at most 5 minutes), "no such
+ *    record" answers (NODATA) for 30 s.
  */
 import { randomInt } from "node:crypto";
 import dns from "node:dns";
@@ -55,6 +56,8 @@ export function lookupError(code: string, hostname: string, detail?: string, sys
 }
 
 const MAX_TTL = 300;
+/** Seconds a "no such record" answer is kept (the SOA's minimum is not read: a fixed, short time). */
+const NODATA_TTL = 30;
 const TRY_MS = 1500;
 const ROUNDS = 3;
 
@@ -180,7 +183,10 @@ export async function queryRecords(
   }
   const ck = `${type} ${key}`;
   const hit = rrCache.get(ck);
-  if (hit && hit.expires > Date.now()) return hit.records;
+  if (hit && hit.expires > Date.now()) {
+    if (hit.records.length === 0) throw resolveError("ENODATA", syscall, name);
+    return hit.records;
+  }
   await shield.ready();
   const named = shield.lease?.dns ?? [];
   // Only servers the lease can reach: an IPv4-only app cannot ask an IPv6 server, nor the reverse.
@@ -215,7 +221,11 @@ export async function queryRecords(
         continue;
       }
       const records = recordsFor(m, key, RR[type]);
-      if (records.length === 0) throw resolveError("ENODATA", syscall, name);
+      if (records.length === 0) {
+        // NODATA is cached too (RFC 2308), briefly: an IPv4-only name is not asked for AAAA on every lookup.
+        rrCache.set(ck, { records, expires: Date.now() + NODATA_TTL * 1000 });
+        throw resolveError("ENODATA", syscall, name);
+      }
       const ttl = Math.min(MAX_TTL, ...records.map((r) => r.ttl));
       rrCache.set(ck, { records, expires: Date.now() + ttl * 1000 });
       return records;

@@ -300,6 +300,34 @@ describe("dual-stack lease", { concurrency: false }, () => {
     assert.equal(stats(stack).tx6Filtered, 0);
   });
 
+  test("output: nothing to a multicast or link-local address goes into the tunnel (dropped and counted)", async () => {
+    tunnel.packets.length = 0;
+    const before = stats(stack).tx6Filtered!;
+    const u = createSocket("udp6");
+    const err = await new Promise<NodeJS.ErrnoException | null>((r) =>
+      u.send("to a group", 9, "ff0e::1", (e: Error | null) => r(e)),
+    );
+    u.close();
+    assert.ok(err, "the send failed");
+    assert.equal(stats(stack).tx6Filtered! - before, 1);
+    await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(
+      tunnel.packets.filter(
+        (p) => linkLocalOrMulticast(p.subarray(8, 24)) || linkLocalOrMulticast(p.subarray(24, 40)),
+      ),
+      [],
+    );
+  });
+
+  test("a new lease with another MTU: the IPv6 MSS follows (MTU - 60)", async () => {
+    tunnel.emit("lease", { ...tunnel.lease, mtu: 1300 });
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(stats(stack).mss6, 1240);
+    tunnel.emit("lease", { ...tunnel.lease, mtu: 1400 });
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(stats(stack).mss6, 1340);
+  });
+
   test("dgram udp6: a dual-stack socket on [::] hears both families; an ipv6Only one hears IPv6 only", async () => {
     const srv = createSocket("udp6");
     const got: RemoteInfo[] = [];
@@ -370,6 +398,11 @@ describe("IPv4-only lease: IPv6 destinations fail as on a host without IPv6", { 
     await once(c, "connect");
     assert.equal(c.remoteAddress, ME4);
     c.destroy();
+    assert.deepEqual(
+      dns.queries.filter((q) => q.startsWith("AAAA")),
+      [],
+      "no AAAA query without an IPv6 address (ADDRCONFIG)",
+    );
     // Asked for IPv6 by name: the AAAA answer, then ENETUNREACH.
     const e6 = await connectError(createConnection({ host: "dual.test", port, family: 6 }));
     assert.equal(e6.code, "ENETUNREACH");
