@@ -6,15 +6,14 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { readFileSync, writeFileSync } from "node:fs";
-import { Lab, TCP_TOOL, waitLine, CLI, type LabApp } from "../helpers/lab.js";
+import { Lab, SERVER_IP6, TCP_TOOL, waitLine, CLI, type LabApp } from "../helpers/lab.js";
 import { ROOT, type NsProcess } from "../helpers/netns.js";
 import { loadConfig } from "../../src/policy/config.js";
 import { explain, parseService } from "../../src/firewall/explain.js";
 import { parseCounters } from "../../src/firewall/nft.js";
 
 const APP = "c0".repeat(32);
-const SRV6 = "2001:2:ff:1::2";
+const SRV6 = SERVER_IP6;
 const node = process.execPath;
 
 const apps = (id = APP): LabApp[] => [
@@ -38,15 +37,7 @@ describe("IPv6 firewall with the real gateway", { concurrency: false }, () => {
   let addr6 = "";
   const servers: NsProcess[] = [];
 
-  /** The lab's config with the gateway's TUN IPv6 address (the lab writes IPv4 only). */
-  const writeConfig = (id = APP) => {
-    lab.writeConfig({ apps: apps(id), extraYaml: POLICY });
-    const text = readFileSync(lab.configFile, "utf8").replace(
-      "address: 100.64.0.1/32,",
-      'address: 100.64.0.1/32, address6: "fd64::1/128",',
-    );
-    writeFileSync(lab.configFile, text);
-  };
+  const writeConfig = (id = APP) => lab.writeConfig({ apps: apps(id), extraYaml: POLICY });
   const counters = async () =>
     parseCounters((await lab.gw.exec("nft", ["-j", "list", "table", "inet", "seng"])).stdout);
   const set = async (name: string) =>
@@ -65,11 +56,8 @@ describe("IPv6 firewall with the real gateway", { concurrency: false }, () => {
   };
 
   before(async () => {
-    lab = await Lab.create({ clients: 1, apps: apps(), extraYaml: POLICY });
-    await lab.gw.ip("-6", "addr", "add", "2001:2:ff:1::1/64", "dev", "gw-srv", "nodad");
-    await lab.srv.ip("-6", "addr", "add", `${SRV6}/64`, "dev", "srv-gw", "nodad");
-    await lab.srv.ip("-6", "route", "add", "fd64::/16", "via", "2001:2:ff:1::1");
-    writeConfig();
+    // The lab's dual-stack server network (2001:2:ff::/64) and the gateway's TUN IPv6 address fd64::1.
+    lab = await Lab.create({ clients: 1, apps: apps(), extraYaml: POLICY, ipv6: true });
     await lab.startGateway();
     for (const port of ["7000", "7001", "7002"]) {
       const s = lab.server(node, ["--import", "tsx", TCP_TOOL, "echo", SRV6, port]);
