@@ -350,13 +350,17 @@ export function appPrefixes6(model: PolicyModel): string[] {
   return [...new Set(model.apps.flatMap((a) => (a.subnet6 ? [a.subnet6] : [])))];
 }
 
-/** One spelling per address (IPv6: RFC 5952, lower case, longest zero run compressed); others unchanged. */
+/**
+ * One spelling per address (IPv6: RFC 5952, lower case, longest zero run compressed, without a zone index such as
+ * `%seng0`, which names an interface, not another address); others unchanged.
+ */
 export function canonicalAddress(address: string): string {
   if (isIP(address) !== 6) return address;
+  const bare = address.split("%")[0]!;
   try {
-    return new URL(`http://[${address}]/`).hostname.slice(1, -1);
+    return new URL(`http://[${bare}]/`).hostname.slice(1, -1);
   } catch {
-    return address.toLowerCase(); // a zone index (fe80::1%eth0) is not valid in a URL
+    return bare.toLowerCase();
   }
 }
 

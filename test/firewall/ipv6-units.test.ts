@@ -118,6 +118,8 @@ test("IPv6 endpoints: addresses, prefixes and sets render for IPv6 only; errors 
   assert.equal(parseNet("::ffff:10.0.0.1/120"), undefined);
   assert.equal(parseNet("::ffff:10.0.0.0/120")?.net, "::ffff:10.0.0.0/120");
   assert.equal(canonicalAddress("FD64:0001:0:0::2"), "fd64:1::2");
+  assert.equal(canonicalAddress("FE80:0::1%seng0"), "fe80::1");
+  assert.equal(canonicalAddress("100.64.1.2"), "100.64.1.2");
 });
 
 test("a lease's IPv6 address joins the IPv6 sets of its app and categories (and only IPv6-capable exported tables)", () => {
