@@ -140,6 +140,26 @@ describe("IPv6 firewall with the real gateway", { concurrency: false }, () => {
     }
   });
 
+  const reload = () =>
+    JSON.parse(
+      execFileSync(
+        node,
+        ["--import", "tsx", CLI, "gateway", "reload", "--config", lab.configFile, "--json"],
+        {
+          cwd: ROOT,
+          encoding: "utf8",
+        },
+      ),
+    ) as { revoked: { address: string }[] };
+
+  test("a reload that revokes nothing keeps the live IPv6 address in its sets (the apply rebuilds them)", async () => {
+    lab.writeConfig({ apps: apps(), extraYaml: POLICY.replace("ports: [7001]", "ports: [7001, 7003]") });
+    assert.deepEqual(reload().revoked, []);
+    assert.match(await set("seng_app6_browser"), new RegExp(`elements = \\{ ${addr6} \\}`));
+    assert.match(await set("seng_cat6_web"), new RegExp(`elements = \\{ ${addr6} \\}`));
+    assert.equal(await connects(7000), true);
+  });
+
   test("revocation by reload: the IPv6 set is emptied, the flow's conntrack entry deleted, the transfer cut", async () => {
     const sink = lab.server(node, ["--import", "tsx", TCP_TOOL, "sink", SRV6, "7010"]);
     await waitLine(sink, (o) => o.listening === true);
@@ -163,18 +183,10 @@ describe("IPv6 firewall with the real gateway", { concurrency: false }, () => {
         await new Promise((r) => setTimeout(r, 100));
       assert.match(await tracked(), /ESTABLISHED/);
       writeConfig("c1".repeat(32));
-      const out = execFileSync(
-        node,
-        ["--import", "tsx", CLI, "gateway", "reload", "--config", lab.configFile, "--json"],
-        {
-          cwd: ROOT,
-          encoding: "utf8",
-        },
-      );
-      const res = JSON.parse(out) as { revoked: { address: string }[] };
+      const res = reload();
       assert.ok(
         res.revoked.some((r) => r.address === addr6),
-        out,
+        JSON.stringify(res),
       );
       // When reload answered, the address was out of the sets and the flow out of conntrack.
       assert.ok(!(await set("seng_app6_browser")).includes(addr6));
