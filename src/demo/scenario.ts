@@ -424,6 +424,7 @@ export function keepHelp(dir: string): string {
   return [
     "The demo network is still up (--keep). Look around:",
     `  ip netns exec ${NS.gw} nft list table inet seng        # the policy table and per-app sets`,
+    `  ip netns exec ${NS.gw} nft list set inet seng seng_app6_browser   # the browser's live IPv6 addresses`,
     `  ip netns exec ${NS.gw} seng status --config ${dir}/gateway.yaml   # tunnels (if the admin API is on)`,
     `  seng audit who <address> --config ${dir}/gateway.yaml`,
     `  ip netns exec ${NS.inet} curl http://<intranet-api address>:8080/`,
