@@ -168,6 +168,22 @@ test("LAN side: RAs and redirects dropped, ND for app prefixes and the gateway's
   ]);
   const s = renderScript(m);
   for (const l of lan) assert.ok(s.includes(`add rule inet seng prerouting ${l}\n`), l);
+  // A prefix length that is not a multiple of 8: its first bits, right-aligned (nftables masks them).
+  const odd = compilePolicy({
+    apps: [{ name: "a", mark: 1, categories: [], shared: false, subnet6: "fd64:1:0:10::/60" }],
+    tun: "seng0",
+    firewall: {
+      enabled: true,
+      table: "seng",
+      marks: false,
+      exportSets: [],
+      unshielded: { drop: true, interfaces: ["lan0"], allow: [] },
+    },
+  });
+  assert.ok(
+    lanNdRules(odd).some((r) => r.includes("@th,64,60 0xfd64000100000001 ")),
+    lanNdRules(odd).join("\n"),
+  );
   assert.match(s, /add counter inet seng seng_nd_drops\n/);
   // Without unshielded.drop the LAN side is not ours to filter.
   const off = renderScript(model6(undefined, false));
