@@ -181,7 +181,7 @@ test("LAN side: RAs and redirects dropped, ND for app prefixes and the gateway's
     },
   });
   assert.ok(
-    lanNdRules(odd).some((r) => r.includes("@th,64,60 0xfd64000100000001 ")),
+    lanNdRules(odd).some((r) => r.includes("@th,64,60 0xfd6400010000001 ")),
     lanNdRules(odd).join("\n"),
   );
   assert.match(s, /add counter inet seng seng_nd_drops\n/);
