@@ -14,7 +14,6 @@ import { verifyRaTlsCert } from "../attest/verify.js";
 import { Cert } from "../attest/x509.js";
 import { intToIp, parseCidr } from "../packet/ip.js";
 import { parseCidr6, parseIp6 } from "../packet/addr6.js";
-import { ip6Key } from "../packet/ip6.js";
 import { MSG, ProtocolError, versionFromAlpn, type Lease } from "../tunnel/protocol.js";
 import { sourceIp } from "./ratelimit.js";
 import { sendControl } from "./send.js";
@@ -151,8 +150,7 @@ export function onEstablished(gw: Gateway, t: Tunnel): void {
     return gw.close(t, "pool-exhausted", `no free address in ${subnet} for app ${app.name}`);
   }
   const addr6 = lease6 ? Buffer.from(parseIp6(lease6.address)!) : undefined;
-  const key6 = addr6 ? ip6Key(addr6, 0) : "";
-  for (const holder of [lease && gw.byAddress.get(lease.address), key6 && gw.byAddress6.get(key6)]) {
+  for (const holder of [lease && gw.byAddress.get(lease.address), addr6 && gw.byAddress6.get(addr6, 0)]) {
     // The same key reconnected from elsewhere (new port after a NAT rebinding or restart): the new tunnel wins.
     if (holder && holder !== t)
       gw.close(holder, "client-closed", "replaced by a new tunnel of the same key", false, true);
@@ -164,7 +162,6 @@ export function onEstablished(gw: Gateway, t: Tunnel): void {
     leaseId: lease?.id ?? 0,
     address6: lease6?.address ?? "",
     addr6,
-    key6,
     leaseId6: lease6?.id ?? 0,
     keyFp: cert.fingerprint,
     measurement,
@@ -178,7 +175,7 @@ export function onEstablished(gw: Gateway, t: Tunnel): void {
     gw.firewall.tunnelUp(intToIp(lease.address), app.name);
   }
   if (lease6) {
-    gw.byAddress6.set(key6, t);
+    gw.byAddress6.set(addr6!, t);
     gw.firewall.tunnelUp(lease6.address, app.name);
   }
   const msg: Lease = {

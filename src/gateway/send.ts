@@ -1,12 +1,12 @@
 /**
  * The gateway's send path (TUN → UDP), per batch of packets from the TUN (with offload, the addon has split the
  * kernel's TCP super-packets into MTU-sized packets and completed checksums left to it):
- *   1. destination address → tunnel (one Map lookup: on a number for IPv4, on the 16 address bytes as a short
- *      string for IPv6; ICMPv6 Packet Too Big toward an app passes like any packet); none → drop (no-route)
+ *   1. destination address → tunnel (one Map lookup on a number: the IPv4 address, or a hash of the IPv6 address
+ *      whose 16 bytes are then compared, ip6.ts Ip6Map; ICMPv6 Packet Too Big toward an app passes like any
+ *      packet); none → drop (no-route)
  *   2. group the batch per tunnel, encrypt each group in one native call, send all datagrams with one sendmmsg
  */
 import { ipv4Dst } from "../packet/ip.js";
-import { ip6Key } from "../packet/ip6.js";
 import { encodeControl } from "../tunnel/protocol.js";
 import type { Gateway } from "./server.js";
 import type { Tunnel } from "./tunnel.js";
@@ -19,7 +19,7 @@ export function onTunPackets(gw: Gateway, packets: Buffer[]): void {
       v === 4
         ? gw.byAddress.get(ipv4Dst(p))
         : v === 6 && p.length >= 40
-          ? gw.byAddress6.get(ip6Key(p, 24))
+          ? gw.byAddress6.get(p, 24)
           : undefined;
     if (!t || t.state !== "leased") {
       gw.count("no-route");

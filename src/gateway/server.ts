@@ -24,6 +24,7 @@ import { DtlsContext, DtlsListener } from "../native/dtls.js";
 import { Tun, UdpSocket } from "../native/io.js";
 import { intToIp, ipToInt } from "../packet/ip.js";
 import { formatIp6, parseIp6 } from "../packet/addr6.js";
+import { Ip6Map } from "../packet/ip6.js";
 import { ConfigError, loadConfig, type GatewayConfig } from "../policy/config.js";
 import { ALPN_OFFER, encodeControl, MSG, type CloseReason } from "../tunnel/protocol.js";
 import { CookieRotation } from "./admission.js";
@@ -121,9 +122,9 @@ export class Gateway {
   /** @internal */ readonly log: Logger;
   /** @internal */ readonly now: () => number;
   /** @internal */ readonly byPeer = new Map<string, Tunnel>();
-  /** @internal Leased tunnels by IPv4 address (a number) and by IPv6 address (ip6Key: the 16 bytes as a string). */
+  /** @internal Leased tunnels by IPv4 address (a number) and by IPv6 address (the packet's 16 bytes, ip6.ts). */
   readonly byAddress = new Map<number, Tunnel>();
-  /** @internal */ readonly byAddress6 = new Map<string, Tunnel>();
+  /** @internal */ readonly byAddress6 = new Ip6Map<Tunnel>();
   /** @internal Every leased tunnel, whatever its families. */
   readonly leased = new Set<Tunnel>();
   /** @internal */ readonly halfOpen = new Set<Tunnel>();
@@ -302,8 +303,8 @@ export class Gateway {
         this.byAddress.delete(t.address);
         this.firewall.tunnelDown(intToIp(t.address));
       }
-      if (t.key6 && this.byAddress6.get(t.key6) === t) {
-        this.byAddress6.delete(t.key6);
+      if (t.addr6 && this.byAddress6.get(t.addr6, 0) === t) {
+        this.byAddress6.delete(t.addr6);
         this.firewall.tunnelDown(t.address6);
       }
       const now = this.now();

@@ -29,10 +29,9 @@ export class Tunnel {
   /** Leased IPv4 address (0: none) and its lease. */
   address = 0;
   leaseId = 0;
-  /** Leased IPv6 address: canonical text, its 16 bytes, its map key (ip6Key) and its lease; "" / undefined / 0: none. */
+  /** Leased IPv6 address: canonical text, its 16 bytes and its lease; "" / undefined / 0: none. */
   address6 = "";
   addr6: Buffer | undefined;
-  key6 = "";
   leaseId6 = 0;
   keyFp = "";
   measurement = "";

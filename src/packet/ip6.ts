@@ -49,9 +49,62 @@ export function lastUpperProtocol(): number {
   return upperProto;
 }
 
-/** The map key of the IPv6 address at `at` (16 bytes as a one-byte string: exact, and cheap to hash). */
-export function ip6Key(p: Buffer, at: number): string {
-  return p.toString("latin1", at, at + 16);
+/** The IPv6 address at `at` as a string key (16 bytes as one-byte characters): exact, but allocates. */
+export function ip6Key(p: Uint8Array, at: number): string {
+  return Buffer.from(p.buffer, p.byteOffset + at, 16).toString("latin1");
+}
+
+/** Whether the 16 bytes at `p[at]` equal `addr` (a byte loop: far cheaper than Buffer#compare with ranges). */
+export function same6(p: Uint8Array, at: number, addr: Uint8Array): boolean {
+  for (let i = 0; i < 16; i++) if (p[at + i] !== addr[i]) return false;
+  return true;
+}
+
+/** A 32-bit hash of the 16 address bytes at `at`, from plain byte reads (no allocation). */
+export function hash6(p: Uint8Array, at: number): number {
+  let h = 0;
+  for (let i = at; i < at + 16; i += 4) {
+    const w = (p[i]! << 24) | (p[i + 1]! << 16) | (p[i + 2]! << 8) | p[i + 3]!;
+    h = Math.imul(h ^ w, 0x9e3779b1) ^ (h >>> 15);
+  }
+  return h >>> 0;
+}
+
+/**
+ * A map from IPv6 addresses to values for the data path: looked up with the packet and the address's offset, with
+ * no allocation per lookup (a number key, then the 16 bytes compared). Two addresses whose hashes meet go to a
+ * string-keyed spill map, searched only when it is not empty.
+ */
+export class Ip6Map<T> {
+  readonly #byHash = new Map<number, { addr: Uint8Array; value: T }>();
+  readonly #spill = new Map<string, T>();
+
+  get size(): number {
+    return this.#byHash.size + this.#spill.size;
+  }
+
+  /** The value of the address at `p[at]`. */
+  get(p: Uint8Array, at: number): T | undefined {
+    const e = this.#byHash.get(hash6(p, at));
+    if (e !== undefined && same6(p, at, e.addr)) return e.value;
+    return this.#spill.size === 0 ? undefined : this.#spill.get(ip6Key(p, at));
+  }
+
+  set(addr: Uint8Array, value: T): void {
+    if (this.#spill.size !== 0) this.#spill.delete(ip6Key(addr, 0));
+    const h = hash6(addr, 0);
+    const e = this.#byHash.get(h);
+    if (e === undefined || same6(addr, 0, e.addr))
+      this.#byHash.set(h, { addr: Uint8Array.from(addr), value });
+    else this.#spill.set(ip6Key(addr, 0), value);
+  }
+
+  delete(addr: Uint8Array): void {
+    const h = hash6(addr, 0);
+    const e = this.#byHash.get(h);
+    if (e !== undefined && same6(addr, 0, e.addr)) this.#byHash.delete(h);
+    if (this.#spill.size !== 0) this.#spill.delete(ip6Key(addr, 0));
+  }
 }
 
 /**
@@ -64,7 +117,7 @@ export function checkTunnelPacket6(p: Buffer, leased: Buffer): Drop6Reason | und
   const len = p.length;
   if (len < 40 || p[0]! >> 4 !== 6) return "malformed";
   if (p.readUInt16BE(4) + 40 !== len) return "malformed"; // also refuses jumbograms (payload length 0)
-  if (p.compare(leased, 0, 16, 8, 24) !== 0) {
+  if (!same6(p, 8, leased)) {
     // fe80::/10 or ::: a kernel's own chatter (router solicitation, DAD, MLD), not a forged source.
     if ((p[8] === 0xfe && (p[9]! & 0xc0) === 0x80) || isZero(p, 8)) return "ipv6-link-local";
     return "spoofed-source";

@@ -434,7 +434,7 @@ export function parseConfig(text: string, file: string): GatewayConfig {
   for (const [i, f] of families.entries()) {
     if (!f.v4 && !f.v6)
       throw new ConfigError(
-        `${file}: apps[${i}].subnet: expected a subnet or subnet6, or a top-level pool or pool6 for apps without one`,
+        `${file}: apps[${i}].subnet: expected a subnet, or a top-level pool for apps without one (for IPv6: subnet6 or pool6)`,
       );
   }
   const any6 = families.some((f) => f.v6);

@@ -100,6 +100,43 @@ describe("IPv6 through the gateway in namespaces", { concurrency: false }, () =>
     const v1 = client(DUAL, 1, ["--max-version", "1"]);
     const l1 = await waitLine<LeaseLine>(v1, (o) => o.event === "lease");
     assert.deepEqual([l1.version, l1.address, l1.address6], [1, "100.64.1.2", undefined]);
+    // IPv6 from a tunnel without an IPv6 lease stays `unsupported-version`, and nothing of it reaches the server.
+    const before = (await lab.stats()).drops["unsupported-version"] ?? 0;
+    const listener = lab.server(node, [
+      "-e",
+      `const s=require("dgram").createSocket("udp6");` +
+        `s.on("message",(m,r)=>console.log(JSON.stringify({from:r.address})));` +
+        `s.bind(7300,"${SERVER_IP6}",()=>console.log(JSON.stringify({listening:true})))`,
+    ]);
+    await waitLine(listener, (o) => o.listening === true);
+    await lab.clients[1]!.ip("-6", "addr", "add", "fd64:1::77/128", "dev", "sengc1", "nodad");
+    await lab.clients[1]!.ip(
+      "-6",
+      "route",
+      "replace",
+      "2001:2:ff::/48",
+      "dev",
+      "sengc1",
+      "src",
+      "fd64:1::77",
+    );
+    await lab.clients[1]!.exec(
+      node,
+      [
+        "-e",
+        `const s=require("dgram").createSocket("udp6");let i=0;` +
+          `s.bind(0,"fd64:1::77",()=>{const t=setInterval(()=>{s.send("x",7300,"${SERVER_IP6}");` +
+          `if(++i===3){clearInterval(t);setTimeout(()=>s.close(),300)}},20)})`,
+      ],
+      { timeoutMs: 10_000 },
+    );
+    const after = (await lab.stats()).drops["unsupported-version"] ?? 0;
+    assert.ok(after >= before + 3, `unsupported-version ${before} → ${after}`);
+    assert.ok(
+      !listener.stdout.includes('"from"'),
+      `IPv6 of a version-1 tunnel reached the server: ${listener.stdout}`,
+    );
+    await listener.kill("SIGKILL");
     await v1.kill();
     const refused = client(SIX, 1, ["--max-version", "1"]);
     const closed = await waitLine<{ reason: string; message: string; final: boolean }>(

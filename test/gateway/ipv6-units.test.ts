@@ -11,8 +11,10 @@ import { join } from "node:path";
 import Database from "better-sqlite3";
 import { ConfigError, parseConfig } from "../../src/policy/config.js";
 import { LeaseStore } from "../../src/gateway/leases.js";
-import { parseIp6 } from "../../src/packet/addr6.js";
+import { addOffset6, parseCidr6, parseIp6 } from "../../src/packet/addr6.js";
 import {
+  hash6,
+  Ip6Map,
   checkTunnelPacket6,
   icmp6ChecksumOk,
   lastIsIcmp6Error,
@@ -89,7 +91,7 @@ ${id(4)}`,
     ],
     [
       base(`  - name: a\n${id(1)}`),
-      /^g\.yaml: apps\[0\]\.subnet: expected a subnet or subnet6, or a top-level pool/,
+      /^g\.yaml: apps\[0\]\.subnet: expected a subnet, or a top-level pool .*subnet6 or pool6/,
     ],
     [base(app6("fd64:1::/64"), "dns: [fd64::1%1]"), /^g\.yaml: dns\[0\]: expected an IPv4 or IPv6 address/],
   ];
@@ -330,4 +332,42 @@ test("ICMPv6 Packet Too Big: from the gateway to the source, the MTU, a valid ch
   err[40] = 128; // echo request
   checkTunnelPacket6(err, LEASED);
   assert.equal(lastIsIcmp6Error(err), false);
+});
+
+test("Ip6Map: exact lookups by the packet's bytes, also for two addresses whose hashes meet", () => {
+  const m = new Ip6Map<string>();
+  const a = parseIp6("fd64:1::2")!;
+  const b = parseIp6("fd64:2::2")!;
+  m.set(a, "a");
+  m.set(b, "b");
+  const pkt = Buffer.alloc(40);
+  Buffer.from(a).copy(pkt, 24);
+  assert.equal(m.get(pkt, 24), "a");
+  Buffer.from(b).copy(pkt, 24);
+  assert.equal(m.get(pkt, 24), "b");
+  pkt[39] = 3;
+  assert.equal(m.get(pkt, 24), undefined);
+  // Find two addresses of one /64 with the same hash (a 32-bit hash: a few hundred thousand tries at most).
+  const seen = new Map<number, Uint8Array>();
+  let x: Uint8Array | undefined;
+  let y: Uint8Array | undefined;
+  for (let i = 1; i < 2_000_000 && !x; i++) {
+    const c = addOffset6(parseCidr6("fd64:9::/64"), BigInt(i) * 2654435761n);
+    const h = hash6(c, 0);
+    const other = seen.get(h);
+    if (other) [x, y] = [other, c];
+    else seen.set(h, c);
+  }
+  assert.ok(x && y, "a hash collision was found");
+  m.set(x, "x");
+  m.set(y, "y");
+  assert.equal(m.size, 4);
+  assert.deepEqual([m.get(Buffer.from(x), 0), m.get(Buffer.from(y), 0)], ["x", "y"]);
+  m.delete(x);
+  assert.deepEqual([m.get(Buffer.from(x), 0), m.get(Buffer.from(y), 0)], [undefined, "y"]);
+  m.set(x, "x2"); // now in the hashed slot, y still spilled
+  m.delete(y);
+  assert.deepEqual([m.get(Buffer.from(x), 0), m.get(Buffer.from(y), 0)], ["x2", undefined]);
+  m.delete(x);
+  assert.equal(m.size, 2);
 });
