@@ -27,7 +27,7 @@
 // (output_ip6 takes the packet as it is, no ND resolution) and no autoconfiguration. Input is filtered before lwIP:
 // only TCP, UDP and ICMPv6 echo/errors addressed to the leased address (no extension headers, no ND/MLD/RA/redirect);
 // output to or from link-local or multicast addresses is dropped and counted (tx6Filtered): nothing link-local goes
-// into the tunnel.
+// into the tunnel. The checks themselves, and address parsing and writing, are in lwip_addr.cc.
 //
 // Memory. Packets and payloads are copied out of pbufs (which are freed at once) into queue storage, and from there
 // into one Buffer per batch (output) or one Buffer per data event.
@@ -67,6 +67,7 @@ extern "C" {
 #include "lwip/tcpip.h"
 #include "lwip/udp.h"
 }
+#include "lwip_addr.h"  // after the #undef above: it includes lwIP's options
 
 // ---- randomness: the OS's, or none --------------------------------------------------------------------------------
 // Sequence numbers and local ports are the only secrets an off-path sender must guess to inject into a connection or
@@ -131,6 +132,8 @@ err_t BindRandomPort(TryBind tryBind, bool* noEntropy) {
 }
 
 namespace {
+
+using namespace seng_lwip;
 
 constexpr size_t kMaxQueuedPackets = 65536;       // output packets waiting for the event loop
 constexpr size_t kMaxQueuedBytes = 64u << 20;     // and their bytes; beyond: dropped (txDropped)
@@ -271,25 +274,6 @@ Sock* FindId(uint32_t id) {
   return it == g_socks.end() ? nullptr : it->second;
 }
 
-// An address as Node writes it (inet_ntop: RFC 5952 for IPv6, as libuv's uv_inet_ntop).
-std::string IpText(const ip_addr_t* a) {
-  char buf[INET6_ADDRSTRLEN];
-  if (IP_IS_V6(a)) {
-    struct in6_addr in;
-    memcpy(&in, ip_2_ip6(a)->addr, 16);
-    return inet_ntop(AF_INET6, &in, buf, sizeof buf) ? buf : "?";
-  }
-  struct in_addr in;
-  in.s_addr = ip_2_ip4(a)->addr;
-  return inet_ntop(AF_INET, &in, buf, sizeof buf) ? buf : "?";
-}
-
-// "ip:port", "[ip6]:port".
-std::string AddrText(const ip_addr_t* a, u16_t port) {
-  if (IP_IS_V6(a)) return "[" + IpText(a) + "]:" + std::to_string(port);
-  return IpText(a) + ":" + std::to_string(port);
-}
-
 // ---- queue producers (core lock held) ------------------------------------------------------------------------------
 
 void Push(Event&& ev) {
@@ -372,8 +356,6 @@ err_t NetifOutput(struct netif* nif, struct pbuf* p, const ip4_addr_t* nexthop) 
   return QueueOutput(p);
 }
 
-bool LinkLocalOrMulticast(const uint8_t* a) { return a[0] == 0xff || (a[0] == 0xfe && (a[1] & 0xc0) == 0x80); }
-
 // IPv6 output: only unicast from the leased address to a routable one (see the top of the file).
 err_t NetifOutput6(struct netif* nif, struct pbuf* p, const ip6_addr_t* addr) {
   (void)nif;
@@ -383,8 +365,8 @@ err_t NetifOutput6(struct netif* nif, struct pbuf* p, const ip6_addr_t* addr) {
     return ERR_RTE;
   }
   uint8_t h[40];
-  if (p->tot_len < 40 || pbuf_copy_partial(p, h, 40, 0) != 40 || LinkLocalOrMulticast(h + 8) ||
-      LinkLocalOrMulticast(h + 24) || memcmp(h + 8, g_addr6.addr, 16) != 0) {
+  if (p->tot_len < 40 || pbuf_copy_partial(p, h, 40, 0) != 40 ||
+      !CheckOutput6(h, reinterpret_cast<const uint8_t*>(g_addr6.addr))) {
     g_tx6Filtered++;
     return ERR_RTE;
   }
@@ -634,33 +616,6 @@ void StartTcpip() {
   ctx.cv.wait(lk, [&] { return ctx.done; });
 }
 
-bool ParseIp4(const std::string& s, ip_addr_t* out) {
-  struct in_addr a;
-  if (inet_pton(AF_INET, s.c_str(), &a) != 1) return false;
-  memset(out, 0, sizeof *out);
-  IP_SET_TYPE_VAL(*out, IPADDR_TYPE_V4);
-  ip_2_ip4(out)->addr = a.s_addr;
-  return true;
-}
-
-// A numeric IPv6 address without a zone (inet_pton refuses "%eth0").
-bool ParseIp6(const std::string& s, ip_addr_t* out) {
-  struct in6_addr a;
-  if (inet_pton(AF_INET6, s.c_str(), &a) != 1) return false;
-  memset(out, 0, sizeof *out);
-  IP_SET_TYPE_VAL(*out, IPADDR_TYPE_V6);
-  memcpy(ip_2_ip6(out)->addr, &a, 16);
-  return true;
-}
-
-bool ParseIp(const std::string& s, ip_addr_t* out) { return ParseIp4(s, out) || ParseIp6(s, out); }
-
-// Families a pcb serves: a dual-stack one (bound to "::" without v6only) both.
-bool FamiliesOverlap(const ip_addr_t* a, const ip_addr_t* b) {
-  u8_t ta = IP_GET_TYPE(a), tb = IP_GET_TYPE(b);
-  return ta == tb || ta == IPADDR_TYPE_ANY || tb == IPADDR_TYPE_ANY;
-}
-
 struct Config {
   bool has4 = false, has6 = false;
   ip_addr_t addr, mask, gw;
@@ -907,10 +862,7 @@ class LwipHandle : public Napi::ObjectWrap<LwipHandle> {
     if (cfg->has6) {
       if (!a6.IsString() || !ParseIp6(a6.As<Napi::String>().Utf8Value(), &cfg->addr6))
         return fail("cfg.address6 must be an IPv6 address");
-      const uint8_t* b = reinterpret_cast<const uint8_t*>(ip_2_ip6(&cfg->addr6)->addr);
-      bool zero = true;
-      for (int i = 0; i < 16; i++) zero = zero && b[i] == 0;
-      if (zero || LinkLocalOrMulticast(b) || (b[0] == 0 && b[1] == 0 && b[2] == 0 && b[3] == 0))
+      if (!UsableAddress6(reinterpret_cast<const uint8_t*>(ip_2_ip6(&cfg->addr6)->addr)))
         return fail("cfg.address6 must be a global or unique-local unicast IPv6 address");
       double pd = p6.IsNumber() ? p6.As<Napi::Number>().DoubleValue() : -1;
       if (!(pd >= 1 && pd <= 128) || pd != static_cast<double>(static_cast<int>(pd)))
@@ -1051,23 +1003,12 @@ class LwipHandle : public Napi::ObjectWrap<LwipHandle> {
     return Napi::Number::New(env, accepted);
   }
 
-  // Whether an IPv6 packet may reach lwIP (core lock held): a whole header, our address as destination, and TCP,
-  // UDP or an ICMPv6 echo or error message right after it. Extension headers (fragments included), neighbour
-  // discovery, MLD, router advertisements and redirects are refused: the tunnel is point-to-point and lwIP would
-  // otherwise learn routes, prefixes or addresses from them. Counted in rx6Filtered.
+  // Whether an IPv6 packet may reach lwIP (core lock held): see CheckInput6. Counted in rx6Filtered.
   bool Accept6(const uint8_t* d, size_t len) {
-    if (len < 40 || len > 0xffff || !g_has6 || memcmp(d + 24, g_addr6.addr, 16) != 0) {
-      rx6Filtered_++;
-      return false;
-    }
-    uint8_t nh = d[6];
-    if (nh == IP6_NEXTH_TCP || nh == IP6_NEXTH_UDP) return true;
-    if (nh == IP6_NEXTH_ICMP6 && len > 40) {
-      uint8_t type = d[40];
-      if ((type >= 1 && type <= 4) || type == 128 || type == 129) return true;  // errors, echo request/reply
-    }
+    Input6 v = g_has6 ? CheckInput6(d, len, reinterpret_cast<const uint8_t*>(g_addr6.addr)) : Input6::kNotOurs;
+    if (v == Input6::kAccept) return true;
     rx6Filtered_++;
-    rxProtoDropped_++;
+    if (v == Input6::kProtocol) rxProtoDropped_++;
     return false;
   }
 

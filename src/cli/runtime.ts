@@ -279,7 +279,7 @@ function tunOptions(c: Command): Command {
     .option("--tun [name]", "TUN mode: create this TUN interface (default seng-rt0)")
     .option(
       "--route <cidr...>",
-      'destinations to send through the tunnel; "default" takes over the default route',
+      'destinations to send through the tunnel (IPv4 or IPv6 prefixes); "default" takes over the default route of each leased family (0.0.0.0/0, ::/0)',
     )
     .option("--no-offload", "TUN mode: no TUN offloads (one packet per read and write)");
 }

@@ -244,6 +244,24 @@ describe("dual-stack lease", { concurrency: false }, () => {
     assert.equal(d.connecting, true);
     assert.equal(tried, false);
     d.destroy();
+    // A refused attempt moves on at once (no timeout): IPv6 is refused by a listener on the IPv4 wildcard only.
+    const v4only = createServer((x) => x.end("v4 only"));
+    v4only.listen(0, "0.0.0.0");
+    await once(v4only, "listening");
+    servers.push(v4only);
+    const p4 = (v4only.address() as AddressInfo).port;
+    const f = createConnection({ host: "dual.test", port: p4, autoSelectFamilyAttemptTimeout: 5000 });
+    const failed: string[] = [];
+    f.on("connectionAttemptFailed", (a: string, _p: number, _f: number, e: NodeJS.ErrnoException) =>
+      failed.push(`${a} ${e.code}`),
+    );
+    let timedOut = false;
+    f.on("connectionAttemptTimeout", () => (timedOut = true));
+    await once(f, "connect");
+    assert.equal(timedOut, false, "moved on at the refusal, not at the attempt timeout");
+    assert.deepEqual(failed, [`${ME6} ECONNREFUSED`]);
+    assert.equal(f.remoteAddress, ME4);
+    f.destroy();
     // By name to a dual-stack server: IPv6 first (verbatim order with an IPv6 lease).
     const e = createConnection(port, "dual.test");
     await once(e, "connect");
@@ -318,6 +336,30 @@ describe("dual-stack lease", { concurrency: false }, () => {
       [],
     );
   });
+
+  test(
+    "a new lease with another IPv6 address: connections on the old one end with EADDRNOTAVAIL, the new one works",
+    { timeout: 15_000 },
+    async () => {
+      const { server, port } = await echoServer();
+      servers.push(server);
+      const old = createConnection(port, ME6);
+      await once(old, "connect");
+      const ended = new Promise<NodeJS.ErrnoException>((r) => old.on("error", r));
+      const keep4 = createConnection(port, ME4);
+      await once(keep4, "connect");
+      const moved = "fd64:99::3";
+      tunnel.emit("lease", { ...tunnel.lease, address6: moved });
+      assert.equal((await ended).code, "EADDRNOTAVAIL");
+      assert.equal(await echo(keep4, "IPv4 untouched"), "IPv4 untouched");
+      const c = createConnection(port, moved);
+      await once(c, "connect");
+      assert.equal(c.localAddress, moved);
+      assert.equal(await echo(c, "new address"), "new address");
+      tunnel.emit("lease", tunnel.lease); // back, for the tests after this one
+      await new Promise((r) => setTimeout(r, 50));
+    },
+  );
 
   test("a new lease with another MTU: the IPv6 MSS follows (MTU - 60)", async () => {
     tunnel.emit("lease", { ...tunnel.lease, mtu: 1300 });
