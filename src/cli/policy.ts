@@ -4,11 +4,12 @@
  * comes from --config, SENG_CONFIG or /etc/seng/gateway.yaml; a positional <config> is a deprecated alias.
  */
 import { existsSync } from "node:fs";
+import { isIP } from "node:net";
 import { networkInterfaces } from "node:os";
 import Database from "better-sqlite3";
 import { Command } from "commander";
 import { explain, parseService, type Resolver } from "../firewall/explain.js";
-import { inNets } from "../firewall/model.js";
+import { canonicalAddress, inNets } from "../firewall/model.js";
 import { applyPolicy, renderScript } from "../firewall/nft.js";
 import type { GatewayConfig } from "../policy/config.js";
 import { action, UsageError } from "./errors.js";
@@ -31,13 +32,16 @@ export function configResolver(config: GatewayConfig, dbPath = config.database):
         app: string;
       }[];
       db.close();
-      live = new Map(rows.map((r) => [r.address, r.app]));
+      live = new Map(rows.map((r) => [canonicalAddress(r.address), r.app]));
     } catch {
       live = undefined;
     }
   }
   return (address) =>
-    live?.get(address) ?? config.apps.find((a) => a.subnet && !a.shared && inNets(address, [a.subnet]))?.name;
+    live?.get(canonicalAddress(address)) ??
+    (isIP(address) === 6
+      ? config.apps.find((a) => a.subnet6 && !a.shared6 && inNets(address, [a.subnet6]))?.name
+      : config.apps.find((a) => a.subnet && !a.shared && inNets(address, [a.subnet]))?.name);
 }
 
 /**
@@ -48,7 +52,7 @@ export function hostAddresses(): Set<string> {
   return new Set(
     Object.values(networkInterfaces())
       .flat()
-      .flatMap((i) => (i ? [i.address] : [])),
+      .flatMap((i) => (i ? [canonicalAddress(i.address)] : [])),
   );
 }
 
@@ -157,7 +161,7 @@ export function policyCommand(): Command {
                 c.model,
                 { from: source, to: destination, ...svc, inInterface: f.in },
                 configResolver(c, f.db),
-                (a) => local.has(a),
+                (a) => local.has(canonicalAddress(a)),
               );
             } catch (e) {
               throw new UsageError((e as Error).message);

@@ -4,7 +4,8 @@
  *
  *   alice 198.18.1.10 ─┐                                   ┌─ internet 198.18.2.10 (web :80)
  *                      ├─ lan0 198.18.1.1 │ gateway │ wan0 198.18.2.1 ── 198.18.2.20 (db :5432)
- *   bob   198.18.1.11 ─┘   (bridge)        seng0 (TUN)     routes 100.64.0.0/10 and 198.18.1.0/24 back
+ *   bob   198.18.1.11 ─┘   (bridge)        seng0 (TUN)  2001:2:ff:1::1  2001:2:ff:1::30 (IPv6-only web :80)
+ *                                                              routes 100.64.0.0/10, 198.18.1.0/24, fd64::/16 back
  *
  * Processes run with their output in files of the demo's folder (so they can outlive the demo with `--keep`), and
  * are ended by pid: the ones we started, then whatever is left in our namespaces.
@@ -36,7 +37,13 @@ export const ADDR = {
   gwWan: "198.18.2.1",
   web: "198.18.2.10",
   db: "198.18.2.20",
+  /** The internet side's IPv6 (2001:2:ff::/48 per the test address plan); web6 is an IPv6-only web server. */
+  gwWan6: "2001:2:ff:1::1",
+  web6: "2001:2:ff:1::30",
 } as const;
+
+/** The app prefixes' range (apps' subnet6 in the demo's config), routed back to the gateway by the internet side. */
+export const APP_RANGE6 = "fd64::/16";
 
 /** A process started in a demo namespace; its stdout and stderr go to files. */
 export class DemoProcess {
@@ -194,7 +201,12 @@ export class DemoNet {
     // The internet side answers the LAN too: without SENG's unshielded rule, alice's plain traffic would get through.
     await ip("-n", NS.inet, "route", "add", "100.64.0.0/10", "via", ADDR.gwWan);
     await ip("-n", NS.inet, "route", "add", "198.18.1.0/24", "via", ADDR.gwWan);
+    // IPv6 on the internet side (no DAD wait: the addresses are ours alone).
+    await ip("-n", gw, "-6", "addr", "add", `${ADDR.gwWan6}/64`, "dev", "wan0", "nodad");
+    await ip("-n", NS.inet, "-6", "addr", "add", `${ADDR.web6}/64`, "dev", "eth0", "nodad");
+    await ip("-n", NS.inet, "-6", "route", "add", APP_RANGE6, "via", ADDR.gwWan6);
     await exec("ip", ["netns", "exec", gw, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    await exec("ip", ["netns", "exec", gw, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
   }
 
   /** Starts `cmd args` in `host`'s namespace; `detached` lets it outlive the demo (--keep). */

@@ -5,6 +5,8 @@
  * it). The cases:
  *
  *   1. browser (unmodified Node HTTP client under `seng runtime run`) reaches the web server, seen as its app address
+ *   1b. the same dual-stack app reaches an IPv6-only web server, seen as its app's IPv6 address (one rule, both
+ *       families: the set holds both servers)
  *   2. db-client reaches the database service
  *   3. db-client is refused by the web server rule (its packets are dropped by the policy)
  *   4. alice without the runtime (unshielded) cannot reach the web server: dropped at the gateway
@@ -68,7 +70,7 @@ listen: ${ADDR.gwLan}:4433
 certificate: gateway.pem
 key: gateway.key
 database: seng.db
-tun: { name: seng0, address: 100.64.0.1/32, mtu: 1400 }
+tun: { name: seng0, address: 100.64.0.1/32, address6: "fd64::1/128", mtu: 1400 }
 dns: [${ADDR.web}]
 trust:
   simulatedRoots: [sim/root.pem]
@@ -76,6 +78,7 @@ trust:
 apps:
   - name: browser
     subnet: 100.64.1.0/24
+    subnet6: "fd64:1::/64" # dual-stack: one IPv4 and one IPv6 address per tunnel
     identities: [{ mrenclave: "${MR.browser}" }]
   - name: db-client
     subnet: 100.64.2.0/24
@@ -86,7 +89,7 @@ apps:
 policy:
   default: deny
   sets:
-    web: [${ADDR.web}]
+    web: [${ADDR.web}, "${ADDR.web6}"]
     db: [${ADDR.db}]
   rules:
     - { from: browser, to: "set:web", proto: tcp, ports: [80, 443], action: allow }
@@ -109,10 +112,11 @@ log: json
 `;
 }
 
-/** The lease address a shielded app's runtime logged (SENG_LOG json lines on stderr). */
-function leaseOf(p: DemoProcess): string {
+/** The lease address (or IPv6 address) a shielded app's runtime logged (SENG_LOG json lines on stderr). */
+function leaseOf(p: DemoProcess, key: "address" | "address6" = "address"): string {
   const l = p.lines("stderr").find((o) => o.event === "lease");
-  return typeof l?.address === "string" ? l.address : "";
+  const a = l?.[key];
+  return typeof a === "string" ? a : "";
 }
 
 export async function runNetworkDemo(opts: DemoOptions): Promise<DemoResult> {
@@ -124,7 +128,6 @@ export async function runNetworkDemo(opts: DemoOptions): Promise<DemoResult> {
   const dir = net.dir;
   const write = (name: string, text: string) => writeFileSync(join(dir, name), text);
   const cases: DemoCase[] = [];
-  let audit = "";
   let failed = true;
   try {
     const setup = async (args: string[]) => {
@@ -153,10 +156,14 @@ export async function runNetworkDemo(opts: DemoOptions): Promise<DemoResult> {
 
     const keep = { detached: opts.keep };
     const web = net.spawn("inet", "web-server", process.execPath, [join(dir, "web.cjs"), ADDR.web], keep);
+    const web6 = net.spawn("inet", "web6-server", process.execPath, [join(dir, "web.cjs"), ADDR.web6], keep);
     const db = net.spawn("inet", "db-server", process.execPath, [join(dir, "db.cjs"), ADDR.db], keep);
     await web.waitFor((o) => o.listening === true, 10_000);
+    await web6.waitFor((o) => o.listening === true, 10_000);
     await db.waitFor((o) => o.listening === true, 10_000);
-    log(`  internet: web server ${ADDR.web}:80, database ${ADDR.db}:5432`);
+    log(
+      `  internet: web server ${ADDR.web}:80, IPv6-only web server [${ADDR.web6}]:80, database ${ADDR.db}:5432`,
+    );
     const gw = net.spawn(
       "gw",
       "gateway",
@@ -169,7 +176,9 @@ export async function runNetworkDemo(opts: DemoOptions): Promise<DemoResult> {
 
     /** The app the gateway logged for a tunnel address. */
     const attributed = (address: string): string => {
-      const up = gw.lines().filter((o) => o.event === "tunnel-up" && o.address === address);
+      const up = gw
+        .lines()
+        .filter((o) => o.event === "tunnel-up" && (o.address === address || o.address6 === address));
       const app = up[up.length - 1]?.app;
       return typeof app === "string" ? `${app} @ ${address}` : address ? `? @ ${address}` : "-";
     };
@@ -227,6 +236,35 @@ export async function runNetworkDemo(opts: DemoOptions): Promise<DemoResult> {
         happened:
           r.status === 200 && seen?.remote === addr ? "allowed (200)" : `failed: ${JSON.stringify(r)}`,
         attributed: attributed(addr),
+      });
+    }
+
+    // 1b. the same dual-stack app → an IPv6-only web server: the server sees the app's IPv6 address.
+    log("  [1b] alice runs the browser app again; it fetches from the IPv6-only web server ...");
+    {
+      const from = web6.lines().length;
+      const p = shielded("alice", "browser6", "browser", [
+        join(dir, "browser.mjs"),
+        `http://[${ADDR.web6}]/`,
+      ]);
+      await p.exited;
+      const r = p.lines().pop() ?? {};
+      const addr6 = leaseOf(p, "address6");
+      const seen = web6
+        .lines()
+        .slice(from)
+        .find((o) => o.event === "request");
+      log(
+        `       policy explain ${addr6 || "browser"} ${ADDR.web6} tcp/80: ${await explainLine(addr6 || "browser", ADDR.web6, "tcp/80")}`,
+      );
+      record({
+        name: "browser app → IPv6-only web server",
+        expected: "allowed (200) over IPv6",
+        happened:
+          r.status === 200 && addr6 !== "" && seen?.remote === addr6
+            ? "allowed (200) over IPv6"
+            : `failed: ${JSON.stringify(r)}${seen ? ` (server saw ${String(seen.remote)})` : ""}`,
+        attributed: attributed(addr6),
       });
     }
 
@@ -357,18 +395,22 @@ export async function runNetworkDemo(opts: DemoOptions): Promise<DemoResult> {
       await Promise.race([dbc.exited, new Promise((r) => setTimeout(r, 3000))]);
     }
 
-    const browserAddr = cases[0]?.attributed.split(" @ ")[1];
-    if (browserAddr) {
+    // Who held the browser's addresses (IPv4, and IPv6 from case 1b), from the audit log.
+    const audits: string[] = [];
+    for (const c of cases.slice(0, 2)) {
+      const address = c.attributed.split(" @ ")[1];
+      if (!address) continue;
       const r = await net.run("gw", process.execPath, [
         ...seng,
         "audit",
         "who",
-        browserAddr,
+        address,
         "--config",
         join(dir, "gateway.yaml"),
       ]);
-      audit = `$ seng audit who ${browserAddr}\n${(r.stdout || r.stderr).trim()}`;
+      audits.push(`$ seng audit who ${address}\n${(r.stdout || r.stderr).trim()}`);
     }
+    const audit = audits.join("\n\n");
     if (opts.keep) net.keep();
     failed = false;
     return { cases, audit, net };
@@ -382,6 +424,7 @@ export function keepHelp(dir: string): string {
   return [
     "The demo network is still up (--keep). Look around:",
     `  ip netns exec ${NS.gw} nft list table inet seng        # the policy table and per-app sets`,
+    `  ip netns exec ${NS.gw} nft list set inet seng seng_app6_browser   # the browser's live IPv6 addresses`,
     `  ip netns exec ${NS.gw} seng status --config ${dir}/gateway.yaml   # tunnels (if the admin API is on)`,
     `  seng audit who <address> --config ${dir}/gateway.yaml`,
     `  ip netns exec ${NS.inet} curl http://<intranet-api address>:8080/`,

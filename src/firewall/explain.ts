@@ -44,6 +44,11 @@ export type Resolver = (address: string) => string | undefined;
  */
 export type LocalCheck = (address: string) => boolean;
 
+/** True when `a` and `b` are one IPv6 address (written either way). */
+function sameAddress6(a: string, b: string | undefined): boolean {
+  return b !== undefined && isIP(a) === 6 && inNets(a, [b]);
+}
+
 /** Parses `tcp/443`, `udp/53`, `icmp`, `any`. */
 export function parseService(s: string): { proto: Proto; port?: number } {
   const m = /^(tcp|udp)\/(\d{1,5})$/.exec(s);
@@ -140,12 +145,23 @@ export function explain(
     if (s === GATEWAY) return { address: model.gateway.address, gateway: true };
     if (!isIP(s))
       throw new Error(`${what}: ${s} is neither an app of this config, ${GATEWAY}, nor an address`);
-    if (s === model.gateway.address || isLocal(s)) return { address: s, gateway: true };
+    if (s === model.gateway.address || isLocal(s) || sameAddress6(s, model.gateway.address6))
+      return { address: s, gateway: true };
+    // A multicast destination (ff00::/8) of a tunnel's packet is the gateway host: the TUN is the only link there.
+    if (what === "destination" && isIP(s) === 6 && inNets(s, ["ff00::/8"]))
+      return { address: s, gateway: true };
     const app = resolve(s);
     return { app, address: s };
   };
   const src = side(p.from, "source");
   const dst = side(p.to, "destination");
+  // The gateway host by keyword: its TUN address of the source's family (IPv6 when it has one).
+  if (p.to === GATEWAY && src.address && isIP(src.address) === 6 && model.gateway.address6)
+    dst.address = model.gateway.address6;
+  if (src.address && dst.address && isIP(src.address) !== isIP(dst.address))
+    throw new Error(
+      `source ${src.address} and destination ${dst.address} are of different address families (IPv4 and IPv6)`,
+    );
   if (src.address && src.app) trace.push(`${src.address} is a live tunnel of ${src.app}`);
   if (dst.address && dst.app) trace.push(`${dst.address} is a live tunnel of ${dst.app}`);
   if (!model.enabled)
@@ -210,12 +226,10 @@ function toGateway(model: PolicyModel, p: Packet, src: Side, dst: Side, trace: s
     return { verdict: "accept", decidedBy: "none", trace };
   }
   trace.push(`${dst.address} is the gateway host: only rules with to: ${GATEWAY} apply (gateway path)`);
-  if (
-    model.gateway.dns &&
-    dst.address === model.gateway.address &&
-    (p.proto === "udp" || p.proto === "tcp") &&
-    p.port === 53
-  ) {
+  const dnsServer =
+    (model.gateway.dns && dst.address === model.gateway.address) ||
+    (model.gateway.dns6 && sameAddress6(dst.address!, model.gateway.address6));
+  if (dnsServer && (p.proto === "udp" || p.proto === "tcp") && p.port === 53) {
     trace.push(`dns: ${dst.address} is a DNS server the leases announce: DNS to it is allowed`);
     return { verdict: "accept", decidedBy: "dns", trace };
   }

@@ -3,11 +3,32 @@
  * address in its app's and categories' sets (sets.ts), and on revocation removes it and deletes its flows
  * (conntrack.ts). The gateway calls tunnelUp/tunnelDown from its lease lifecycle; nothing here is on the packet path.
  */
+import { isIP } from "node:net";
 import type { Logger } from "../gateway/log.js";
 import { deleteFlows } from "./conntrack.js";
 import type { PolicyModel } from "./model.js";
 import { applyPolicy, readCounters } from "./nft.js";
 import { SetSync, type SetRef, type SetSyncStats } from "./sets.js";
+
+/**
+ * The sets an address of `app` belongs to, in our table and the exported ones: the family (`seng_app_`/`seng_cat_`
+ * or `seng_app6_`/`seng_cat6_`, and which exported tables can hold it) is the address's own. Nothing for an unknown
+ * app or a string that is not an address.
+ */
+export function setRefs(model: PolicyModel, app: string, address: string): SetRef[] {
+  const a = model.apps.find((x) => x.name === app);
+  const fam = isIP(address);
+  if (!a || fam === 0) return [];
+  const six = fam === 6 ? "6" : "";
+  const names = [`seng_app${six}_${app}`, ...a.categories.map((c) => `seng_cat${six}_${c}`)];
+  const tables = [
+    `inet ${model.table}`,
+    ...model.exportTables
+      .filter((t) => t.family !== (fam === 6 ? "ip" : "ip6"))
+      .map((t) => `${t.family} ${t.name}`),
+  ];
+  return tables.flatMap((t) => names.map((n) => `${t} ${n}`));
+}
 
 export interface FirewallStats extends SetSyncStats {
   enabled: boolean;
@@ -37,20 +58,13 @@ export class Firewall {
     await this.apply(this.model);
   }
 
-  private refs(app: string, model = this.model): SetRef[] {
-    const a = model.apps.find((x) => x.name === app);
-    if (!a) return [];
-    const names = [`seng_app_${app}`, ...a.categories.map((c) => `seng_cat_${c}`)];
-    const tables = [
-      `inet ${model.table}`,
-      ...model.exportTables.filter((t) => t.family !== "ip6").map((t) => `${t.family} ${t.name}`),
-    ];
-    return tables.flatMap((t) => names.map((n) => `${t} ${n}`));
+  private refs(app: string, address: string, model = this.model): SetRef[] {
+    return setRefs(model, app, address);
   }
 
   tunnelUp(address: string, app: string): void {
     this.live.set(address, app);
-    if (this.enabled) this.sets.set(address, this.refs(app));
+    if (this.enabled) this.sets.set(address, this.refs(app, address));
   }
 
   tunnelDown(address: string): void {
@@ -78,7 +92,7 @@ export class Firewall {
       async () => {
         const members = new Map<string, string[]>();
         for (const [addr, app] of this.live) {
-          const refs = revoked.includes(addr) ? [] : this.refs(app, model);
+          const refs = revoked.includes(addr) ? [] : this.refs(app, addr, model);
           this.sets.set(addr, refs);
           for (const ref of refs) {
             const name = ref.split(" ")[2]!;
@@ -92,12 +106,13 @@ export class Firewall {
           await applyPolicy(model, members, this.model);
         } catch (e) {
           written = undefined;
-          for (const [addr, app] of this.live) this.sets.set(addr, this.refs(app));
+          for (const [addr, app] of this.live) this.sets.set(addr, this.refs(app, addr));
           throw e;
         }
         this.model = model;
         // Tunnels that came up during the apply were given the old model's sets.
-        for (const [addr, app] of this.live) if (!revoked.includes(addr)) this.sets.set(addr, this.refs(app));
+        for (const [addr, app] of this.live)
+          if (!revoked.includes(addr)) this.sets.set(addr, this.refs(app, addr));
       },
       () => written,
     );
@@ -115,8 +130,10 @@ export class Firewall {
   }
 
   /**
-   * Packets our rules dropped, by reason: `policy` (deny rules and a deny default), `unshielded`, and `to-gateway`
-   * (tunnel traffic to the gateway host that no `to: gateway` rule allowed), read from the live table's counters.
+   * Packets our rules dropped, by reason: `policy` (deny rules and a deny default), `unshielded`, `to-gateway`
+   * (tunnel traffic to the gateway host that no `to: gateway` rule allowed, and neighbour discovery from tunnels)
+   * and `nd` (router advertisements, redirects and app-address neighbour discovery from the LAN side), read from
+   * the live table's counters.
    */
   async drops(): Promise<Record<string, number>> {
     if (!this.enabled) return {};
@@ -127,6 +144,7 @@ export class Firewall {
       policy,
       unshielded: c.seng_unshielded_drops ?? 0,
       "to-gateway": c.seng_gateway_default ?? 0,
+      nd: c.seng_nd_drops ?? 0,
     };
   }
 

@@ -54,7 +54,17 @@ export interface AllowEntry {
 export interface PolicyModel {
   table: string;
   tun: string;
-  apps: { name: string; mark: number; categories: string[]; subnet: string; shared: boolean }[];
+  /** `subnet`/`subnet6`: the app's IPv4 subnet and IPv6 prefix (its own or the shared pool), per family it has. */
+  apps: {
+    name: string;
+    mark: number;
+    categories: string[];
+    subnet?: string | undefined;
+    shared: boolean;
+    subnet6?: string | undefined;
+    /** `subnet6` is the shared pool6 (only the sets identify the app). */
+    shared6?: boolean | undefined;
+  }[];
   /** category → apps */
   categories: Record<string, string[]>;
   /** `policy.sets`, split by family. */
@@ -73,15 +83,30 @@ export interface PolicyModel {
    * The gateway path from the tunnels to the gateway host (before DNAT): always filtered when `enabled` (default deny, counted in
    * `seng_gateway_default`), opened only by rules with `to: gateway`. `address` is the gateway's TUN address; `dns`
    * is true when the leases name it as a DNS server (`dns:`), so tunnels may send DNS (udp and tcp 53) to it.
+   * `address6`/`dns6`: the same for the TUN's IPv6 address (the leases' gateway6), when the gateway has one. The
+   * chain itself matches every local address (link-local ones too) by `fib daddr type`, not by this list.
    */
-  gateway: { address: string; dns: boolean };
+  gateway: { address: string; dns: boolean; address6?: string | undefined; dns6: boolean };
 }
 
 export interface PolicyInput {
-  apps: { name: string; mark: number; categories: string[]; subnet: string; shared: boolean }[];
+  apps: {
+    name: string;
+    mark: number;
+    categories: string[];
+    subnet?: string | undefined;
+    shared: boolean;
+    /** The app's IPv6 prefix (its own, or the shared pool6), when it has IPv6. */
+    subnet6?: string | undefined;
+    /** `subnet6` is the shared pool6. */
+    shared6?: boolean | undefined;
+  }[];
   tun: string;
-  /** The gateway's TUN address and the DNS servers the leases announce (default: 100.64.0.1, none). */
-  gateway?: { address: string; dns: readonly string[] } | undefined;
+  /**
+   * The gateway's TUN addresses (IPv4; IPv6 when it has one: the leases' gateway6) and the DNS servers the leases
+   * announce (default: 100.64.0.1, none).
+   */
+  gateway?: { address: string; dns: readonly string[]; address6?: string | undefined } | undefined;
   firewall: {
     enabled: boolean;
     table: string;
@@ -118,13 +143,31 @@ export function parseNet(s: string): { family: 4 | 6; net: string } | undefined 
   if (family === 0) return undefined;
   const max = family === 4 ? 32 : 128;
   if (len !== undefined && (!/^\d{1,3}$/.test(len) || Number(len) > max)) return undefined;
-  if (family === 4 && len !== undefined) {
-    // nftables refuses host bits in a prefix; say so here rather than at apply time.
-    const n = addr.split(".").reduce((x, o) => x * 256 + Number(o), 0);
-    const l = Number(len);
-    if (l < 32 && n % 2 ** (32 - l) !== 0) return undefined;
-  }
+  // nftables refuses host bits in a prefix; say so here rather than at apply time.
+  if (len !== undefined && hostBits(addr, family as 4 | 6, Number(len))) return undefined;
   return { family: family as 4 | 6, net: len === undefined ? addr : `${addr}/${Number(len)}` };
+}
+
+/** The address as a big integer (v4: 32 bits, v6: 128 bits). */
+export function addressBits(addr: string, family: 4 | 6): bigint {
+  if (family === 4) return addr.split(".").reduce((x, o) => x * 256n + BigInt(o), 0n);
+  // Expand `::` and an embedded IPv4 tail (::ffff:1.2.3.4) to eight 16-bit groups.
+  let text = addr;
+  const v4 = /(\d+\.\d+\.\d+\.\d+)$/.exec(text);
+  if (v4) {
+    const n = addressBits(v4[1]!, 4);
+    text = text.slice(0, -v4[1]!.length) + `${(n >> 16n).toString(16)}:${(n & 0xffffn).toString(16)}`;
+  }
+  const [head, tail] = text.split("::");
+  const h = head ? head.split(":") : [];
+  const t = tail ? tail.split(":") : [];
+  const groups = tail === undefined ? h : [...h, ...Array<string>(8 - h.length - t.length).fill("0"), ...t];
+  return groups.reduce((x, g) => (x << 16n) + BigInt(parseInt(g, 16)), 0n);
+}
+
+function hostBits(addr: string, family: 4 | 6, len: number): boolean {
+  const width = family === 4 ? 32 : 128;
+  return len < width && addressBits(addr, family) % (1n << BigInt(width - len)) !== 0n;
 }
 
 function parsePorts(list: (number | string)[] | undefined, path: string, proto: Proto): [number, number][] {
@@ -182,6 +225,11 @@ export function compilePolicy(input: PolicyInput): PolicyModel {
         v4: net.family === 4 ? [net.net] : [],
         v6: net.family === 6 ? [net.net] : [],
       };
+    // Looks like an address (a colon without a keyword, a slash, or a dotted quad) but is not a valid one.
+    if (!/^(app|category|set):/.test(text) && (/[:/]/.test(text) || /^\d+\.\d+/.test(text)))
+      throw new FirewallConfigError(
+        `${path}: expected an IPv4 or IPv6 address or CIDR without host bits (got ${JSON.stringify(text)})`,
+      );
     const m = /^(app|category|set):(.+)$/.exec(text);
     const [kind, name] = m ? [m[1]!, m[2]!] : ["", text];
     if ((kind === "app" || kind === "") && appNames.has(name))
@@ -262,8 +310,9 @@ export function compilePolicy(input: PolicyInput): PolicyModel {
       name: a.name,
       mark: a.mark,
       categories: a.categories,
-      subnet: a.subnet,
+      ...(a.subnet ? { subnet: a.subnet } : {}),
       shared: a.shared,
+      ...(a.subnet6 ? { subnet6: a.subnet6, shared6: a.shared6 ?? false } : {}),
     })),
     categories,
     sets,
@@ -279,11 +328,40 @@ export function compilePolicy(input: PolicyInput): PolicyModel {
       return { family, name };
     }),
     enabled: input.firewall.enabled,
-    gateway: {
-      address: input.gateway?.address ?? "100.64.0.1",
-      dns: (input.gateway?.dns ?? []).includes(input.gateway?.address ?? "100.64.0.1"),
-    },
+    gateway: gatewayOf(input.gateway),
   };
+}
+
+function gatewayOf(g: PolicyInput["gateway"]): PolicyModel["gateway"] {
+  const address = g?.address ?? "100.64.0.1";
+  const dns = g?.dns ?? [];
+  const a6 = g?.address6?.split("/")[0];
+  const same6 = (d: string) => a6 !== undefined && isIP(d) === 6 && addressBits(d, 6) === addressBits(a6, 6);
+  return {
+    address,
+    dns: dns.includes(address),
+    ...(a6 ? { address6: a6 } : {}),
+    dns6: dns.some(same6),
+  };
+}
+
+/** The IPv6 prefixes the apps lease from (own prefixes and the shared pool6), each once. */
+export function appPrefixes6(model: PolicyModel): string[] {
+  return [...new Set(model.apps.flatMap((a) => (a.subnet6 ? [a.subnet6] : [])))];
+}
+
+/**
+ * One spelling per address (IPv6: RFC 5952, lower case, longest zero run compressed, without a zone index such as
+ * `%seng0`, which names an interface, not another address); others unchanged.
+ */
+export function canonicalAddress(address: string): string {
+  if (isIP(address) !== 6) return address;
+  const bare = address.split("%")[0]!;
+  try {
+    return new URL(`http://[${bare}]/`).hostname.slice(1, -1);
+  } catch {
+    return bare.toLowerCase();
+  }
 }
 
 /** True when `address` (v4 or v6) is in one of `nets`. */

@@ -38,7 +38,15 @@
  */
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import type { AllowEntry, Endpoint, PolicyModel, Rule } from "./model.js";
+import {
+  addressBits,
+  appPrefixes6,
+  parseNet,
+  type AllowEntry,
+  type Endpoint,
+  type PolicyModel,
+  type Rule,
+} from "./model.js";
 
 export class NftError extends Error {
   override readonly name = "NftError";
@@ -169,6 +177,52 @@ export interface RenderOptions {
   exported?: ReadonlyMap<string, readonly string[]>;
 }
 
+/** ICMPv6 neighbour and router discovery and redirects (RFC 4861). */
+const ND_TYPES = [
+  "nd-router-solicit",
+  "nd-router-advert",
+  "nd-neighbor-solicit",
+  "nd-neighbor-advert",
+  "nd-redirect",
+];
+
+/**
+ * What the LAN side (firewall.unshielded.interfaces) may not do with IPv6 neighbour and router discovery, at the
+ * prerouting hook (before the kernel's ND code, which runs after the input hook):
+ *   - router advertisements and redirects are dropped: a rogue RA would give the gateway a default route, a more
+ *     specific route (route information option) or an address through a LAN host, and a redirect would move a
+ *     destination's next hop to one: a way to pull the gateway's forwarded traffic through a LAN host;
+ *   - neighbour solicitations and advertisements whose target is in an app's IPv6 prefix or is the gateway's TUN
+ *     address: app addresses live behind the tunnels, never on a LAN, so a LAN host that claims or probes one is
+ *     spoofing (the target's prefix is matched on the raw ICMPv6 payload, the target field at byte 8);
+ *   - link-local sources toward anything but the gateway itself: a link-local source cannot be forwarded (the kernel
+ *     drops it too, uncounted); counted here as unshielded.
+ * Everything else of ND (the gateway's own neighbour discovery with its LAN neighbours, router solicitations) passes.
+ */
+export function lanNdRules(model: PolicyModel): string[] {
+  if (!model.unshielded) return [];
+  const lan = `iifname { ${model.unshielded.interfaces.map(q).join(", ")} }`;
+  const out = [
+    `${lan} icmpv6 type { nd-router-advert, nd-redirect } counter name "seng_nd_drops" drop comment "firewall.unshielded.nd"`,
+  ];
+  const targets = [...appPrefixes6(model), ...(model.gateway.address6 ? [model.gateway.address6] : [])];
+  for (const t of targets) {
+    const n = parseNet(t);
+    if (!n || n.family !== 6) continue;
+    const [addr, len] = n.net.split("/");
+    const bits = len === undefined ? 128 : Number(len);
+    if (bits === 0) continue;
+    const top = addressBits(addr!, 6) >> BigInt(128 - bits);
+    out.push(
+      `${lan} icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } @th,64,${bits} 0x${top.toString(16)} counter name "seng_nd_drops" drop comment "firewall.unshielded.nd"`,
+    );
+  }
+  out.push(
+    `${lan} ip6 saddr fe80::/10 fib daddr type != { local, anycast, multicast } counter name "seng_unshielded_drops" drop comment "firewall.unshielded"`,
+  );
+  return out;
+}
+
 /** The rules with `to: gateway` (the gateway chain, before NAT), in order. */
 export function gatewayRules(model: PolicyModel): Rule[] {
   return model.rules.filter((r) => r.to.kind === "gateway");
@@ -229,6 +283,7 @@ export function renderScript(model: PolicyModel, opts: RenderOptions = {}): stri
     "seng_policy_default",
     "seng_unshielded_drops",
     "seng_gateway_default",
+    "seng_nd_drops",
     "seng_sync",
     ...entryCounters,
   ])
@@ -281,13 +336,24 @@ export function renderScript(model: PolicyModel, opts: RenderOptions = {}): stri
   // The gateway host: only what names it as destination, whatever the forward policy says.
   // Addressed to the host (as the input hook saw it, broadcast and multicast included), before any DNAT.
   rule("prerouting", `iifname ${tun} fib daddr type { local, broadcast, multicast } jump gateway`);
+  if (model.unshielded) for (const r of lanNdRules(model)) rule("prerouting", r);
   // ... and what the host's own DNAT/REDIRECT turned toward the host (prerouting saw another destination). A packet
   // both addressed to the host and redirected to another local port is judged in both places (its first packet only).
   rule("input", `iifname ${tun} ct status dnat jump gateway`);
+  // A tunnel is a point-to-point link to the gateway: no neighbour discovery, router discovery or redirects on it.
+  // Its runtime writes whole IPv6 headers, hop limit 255 included, so on the TUN that limit proves nothing.
+  // First, before the established/related accept and the to: gateway rules (an icmp rule must not open them).
+  rule(
+    "gateway",
+    `icmpv6 type { ${ND_TYPES.join(", ")} } counter name "seng_gateway_default" drop comment "gateway.nd"`,
+  );
   rule("gateway", "ct state established,related accept");
   if (model.gateway.dns)
     for (const p of ["udp", "tcp"])
       rule("gateway", `ip daddr ${model.gateway.address} ${p} dport 53 counter accept comment "dns"`);
+  if (model.gateway.dns6 && model.gateway.address6)
+    for (const p of ["udp", "tcp"])
+      rule("gateway", `ip6 daddr ${model.gateway.address6} ${p} dport 53 counter accept comment "dns"`);
   for (const r of gatewayRules(model))
     for (const m of renderMatch(r.from, { kind: "any", label: "any" }, r.proto, r.ports))
       rule(
@@ -343,7 +409,7 @@ export async function removeTable(table: string): Promise<void> {
 export async function readCounters(table: string): Promise<Record<string, number>> {
   // Named counters and the rules' chains only: listing the whole table would print every set element (megabytes
   // with 100,000 tunnels), for each metrics scrape.
-  const chains = ["rules", "unshielded", "gateway"];
+  const chains = ["rules", "unshielded", "gateway", "prerouting"];
   const [named, ...lists] = await Promise.all([
     nft(["-j", "list", "counters", "table", "inet", table]),
     ...chains.map((c) => nft(["-j", "list", "chain", "inet", table, c]).catch(() => '{"nftables":[]}')),
@@ -352,6 +418,14 @@ export async function readCounters(table: string): Promise<Record<string, number
   const items = [named, ...lists].flatMap((j) => (JSON.parse(j) as { nftables: unknown[] }).nftables);
   return parseCounters(JSON.stringify({ nftables: items }));
 }
+
+/** Comments of rules that count into a shared named counter: the counter's own entry is their count. */
+const SHARED_COUNTER_COMMENTS = new Set([
+  "policy.default",
+  "firewall.unshielded",
+  "firewall.unshielded.nd",
+  "gateway.nd",
+]);
 
 /**
  * Counters from `nft -j list table` output: the named counters, and per rule comment (key path) the packets of its
@@ -378,7 +452,7 @@ export function parseCounters(json: string): Record<string, number> {
   }
   for (const [comment, names] of refs) {
     // A named counter's own entry keeps its name; the comment gets its packets.
-    if (comment === "policy.default" || comment === "firewall.unshielded") continue;
+    if (SHARED_COUNTER_COMMENTS.has(comment)) continue;
     c[comment] = (c[comment] ?? 0) + [...names].reduce((n, name) => n + (c[name] ?? 0), 0);
   }
   return c;

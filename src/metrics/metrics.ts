@@ -39,6 +39,7 @@ export const DROP_REASONS = [
   "policy",
   "unshielded",
   "to-gateway",
+  "nd",
 ] as const;
 
 export const HANDSHAKE_RESULTS = ["started", "accepted", "refused", "timeout", "pool-exhausted"] as const;

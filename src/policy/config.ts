@@ -444,7 +444,7 @@ export function parseConfig(text: string, file: string): GatewayConfig {
   for (const [i, f] of families.entries()) {
     if (!f.v4 && !f.v6)
       throw new ConfigError(
-        `${file}: apps[${i}].subnet: expected a subnet or subnet6, or a top-level pool or pool6 for apps without one`,
+        `${file}: apps[${i}].subnet: expected a subnet, or a top-level pool for apps without one (for IPv6: subnet6 or pool6)`,
       );
   }
   const any6 = families.some((f) => f.v6);
@@ -481,15 +481,14 @@ export function parseConfig(text: string, file: string): GatewayConfig {
   });
   let model: PolicyModel;
   try {
-    // The model takes each app's families as they are ("" stands for none until the firewall's own IPv6 types
-    // land: nothing in it reads an app's subnet yet) and the gateway's IPv6 address for DNS rules.
+    // The model takes each app's families as they are, and the gateway's IPv6 address for DNS rules.
     const gateway = {
       address: c.tun.address.split("/")[0]!,
       dns: c.dns,
       ...(c.tun.address6 ? { address6: c.tun.address6.split("/")[0]! } : {}),
     };
     model = compilePolicy({
-      apps: resolved.map((a) => ({ ...a, subnet: a.subnet ?? "" })),
+      apps: resolved,
       tun: c.tun.name,
       gateway,
       firewall: c.firewall,

@@ -13,6 +13,7 @@ import { ROOT } from "../helpers/netns.js";
 const CLI = ["--import", "tsx", join(ROOT, "src/cli/main.ts")];
 const CASES = [
   "browser app → web server",
+  "browser app → IPv6-only web server",
   "db-client app → database",
   "db-client app → web server",
   "alice without runtime → web server",
@@ -43,10 +44,13 @@ describe("seng demo (network)", { concurrency: false }, () => {
     const r = seng(["demo", "--quiet"]);
     assert.equal(r.status, 0, r.stdout + r.stderr);
     for (const c of CASES) assert.match(r.stdout, new RegExp(`${c}.*\\bok$`, "m"), `${c}:\n${r.stdout}`);
-    assert.match(r.stdout, /all 7 cases as expected/);
+    assert.match(r.stdout, /all 8 cases as expected/);
     // The gateway attributed the browser's traffic to the browser app, and the audit log agrees.
     assert.match(r.stdout, /browser app → web server .* browser @ 100\.64\.1\.\d+/);
     assert.match(r.stdout, /\$ seng audit who 100\.64\.1\.\d+\n[^\n]*browser/);
+    // The dual-stack browser reached the IPv6-only server with its IPv6 address, attributed and audited.
+    assert.match(r.stdout, /browser app → IPv6-only web server .* browser @ fd64:1::[0-9a-f:]+ *ok$/m);
+    assert.match(r.stdout, /\$ seng audit who fd64:1::[0-9a-f:]+\n[^\n]*browser/);
     assert.doesNotMatch(r.stdout, /building the network/, "quiet prints only the table");
     assert.deepEqual(leftovers(), []);
   });

@@ -30,7 +30,10 @@ const cfg = (extra: string, apps = APPS) => parseConfig(BASE + apps + extra, "gw
 
 test("config errors name the file, the key path and what was expected", () => {
   const cases: [string, RegExp][] = [
-    ["", /gw\.yaml: apps\[1\]\.subnet: expected a subnet, or a top-level pool/],
+    [
+      "",
+      /gw\.yaml: apps\[1\]\.subnet: expected a subnet, or a top-level pool for apps without one \(for IPv6: subnet6 or pool6\)/,
+    ],
     ["pool: 100.64.1.128/25\n", /gw\.yaml: pool: overlaps apps\[0\]\.subnet \(100\.64\.1\.0\/24\)/],
     [
       "pool: 100.64.128.0/24\npolicy: { rules: [{ from: nobody, to: any, action: allow }] }\n",
@@ -319,6 +322,8 @@ policy:
   assert.deepEqual(
     gw.map((l) => l.slice("add rule inet seng gateway ".length)),
     [
+      // No neighbour/router discovery from a tunnel, whatever the rules say (docs/POLICY.md).
+      'icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } counter name "seng_gateway_default" drop comment "gateway.nd"',
       "ct state established,related accept",
       'ip daddr 100.64.0.1 udp dport 53 counter accept comment "dns"',
       'ip daddr 100.64.0.1 tcp dport 53 counter accept comment "dns"',

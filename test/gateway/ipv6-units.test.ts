@@ -91,7 +91,7 @@ ${id(4)}`,
     ],
     [
       base(`  - name: a\n${id(1)}`),
-      /^g\.yaml: apps\[0\]\.subnet: expected a subnet or subnet6, or a top-level pool/,
+      /^g\.yaml: apps\[0\]\.subnet: expected a subnet, or a top-level pool .*subnet6 or pool6/,
     ],
     [base(app6("fd64:1::/64"), "dns: [fd64::1%1]"), /^g\.yaml: dns\[0\]: expected an IPv4 or IPv6 address/],
   ];
