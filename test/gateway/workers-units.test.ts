@@ -72,6 +72,21 @@ else {
       );
   });
 
+  test("workers with an IPv6 app are refused, naming the key (the workers lease IPv4 only)", () => {
+    const six = BASE.replace(
+      "tun: { address: 100.64.0.1/32 }",
+      "tun: { address: 100.64.0.1/32, address6: fd64::1/128 }",
+    ).replace("subnet: 100.64.1.0/24,", "subnet: 100.64.1.0/24, subnet6: fd64:1::/64,");
+    assert.equal(workerCount(parseConfig(six, "g.yaml")), 1, "IPv6 with one thread is fine");
+    for (const w of ["2", "auto"])
+      assert.throws(
+        () => parseConfig(`${six}\nworkers: ${w}`, "g.yaml"),
+        (e: unknown) =>
+          e instanceof ConfigError && /^g\.yaml: workers: expected 1 when an app has IPv6/.test(e.message),
+        w,
+      );
+  });
+
   describe("TUN steering by destination address", () => {
     let ns: Netns;
     let proc: NsProcess;

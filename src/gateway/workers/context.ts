@@ -13,6 +13,7 @@ import type { Level, Logger } from "../log.js";
 import type { RateLimiter, TokenBucket } from "../ratelimit.js";
 import type { Gateway } from "../server.js";
 import { encodeControl, MSG, type CloseReason } from "../../tunnel/protocol.js";
+import { Ip6Map } from "../../packet/ip6.js";
 import type { Counters, DropCounter, Tunnel } from "../tunnel.js";
 import type { FromWorker } from "./messages.js";
 
@@ -23,6 +24,9 @@ export type DataPathMembers = Pick<
   | "now"
   | "byPeer"
   | "byAddress"
+  | "byAddress6"
+  | "leased"
+  | "gatewayAddress6Bytes"
   | "halfOpen"
   | "appCounters"
   | "limiter"
@@ -43,6 +47,11 @@ export class WorkerContext implements DataPathMembers {
   readonly now = Date.now;
   readonly byPeer = new Map<string, Tunnel>();
   readonly byAddress = new Map<number, Tunnel>();
+  /** Workers lease IPv4 only (protocol version 1; the configuration refuses IPv6 apps with workers): always empty. */
+  readonly byAddress6 = new Ip6Map<Tunnel>();
+  readonly gatewayAddress6Bytes = Buffer.alloc(16);
+  /** This worker's leased tunnels (the sweep's keepalives and idle timeouts walk them). */
+  readonly leased = new Set<Tunnel>();
   readonly halfOpen = new Set<Tunnel>();
   readonly appCounters = new Map<string, Counters>();
   /** Tunnels whose handshake ended and whose admission the control thread is deciding, by handshake id. */
@@ -129,6 +138,7 @@ export class WorkerContext implements DataPathMembers {
     this.pending.delete(t.id);
     if (this.byPeer.get(t.peer) === t) this.byPeer.delete(t.peer);
     if (this.byAddress.get(t.address) === t) this.byAddress.delete(t.address);
+    this.leased.delete(t);
     const key = this.keyOf.get(t);
     if (key === undefined) return;
     this.byKey.delete(key);

@@ -247,6 +247,7 @@ function main(port: MessagePort, init: WorkerInit): void {
         ctx.byKey.set(m.key, t);
         ctx.keyOf.set(t, m.key);
         ctx.byAddress.set(m.address, t);
+        ctx.leased.add(t);
         if (!ctx.appCounters.has(m.app)) ctx.appCounters.set(m.app, zero());
         sendControl(gw, t, { type: MSG.LEASE, lease: m.lease });
         return;
