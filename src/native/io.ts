@@ -502,3 +502,27 @@ export function offloadSplit(read: Uint8Array): Buffer[] {
 export function offloadCoalesce(packets: Uint8Array[]): { data: Buffer; count: number }[] {
   return native<Addon>().offloadCoalesce(packets);
 }
+
+/**
+ * A numeric "ip:port" / "[ip6]:port" in the form {@link UdpSocket}'s reader gives peers (RFC 5952 for IPv6, an
+ * IPv4-mapped address as plain IPv4), so a configured peer compares equal to the peer strings of its datagrams:
+ * "[2001:0002:0::1]:4433" → "[2001:2::1]:4433", "[::ffff:198.18.1.1]:4433" → "198.18.1.1:4433". Anything else
+ * (names, scoped addresses) is returned as it is.
+ */
+export function canonicalPeer(peer: string): string {
+  const m = /^\[([0-9a-fA-F:.]+)\]:(\d{1,5})$/.exec(peer);
+  if (!m) return peer;
+  let host: string;
+  try {
+    host = new URL(`http://[${m[1]}]/`).hostname.slice(1, -1);
+  } catch {
+    return peer;
+  }
+  const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(host);
+  if (mapped) {
+    const hi = parseInt(mapped[1]!, 16);
+    const lo = parseInt(mapped[2]!, 16);
+    return `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}:${m[2]}`;
+  }
+  return `[${host}]:${m[2]}`;
+}

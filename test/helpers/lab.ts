@@ -31,6 +31,8 @@ export interface LabOptions {
   clients?: number;
   /** Extra YAML merged at top level (e.g. tunnel timings, limits). */
   extraYaml?: string;
+  /** The gateway's `listen` (default 0.0.0.0:4433; "[::]:4433" for dual stack). */
+  listen?: string;
 }
 
 function seng(args: string[]): string {
@@ -145,7 +147,7 @@ export class Lab {
       )
       .join("\n");
     return [
-      "listen: 0.0.0.0:4433",
+      `listen: "${opts.listen ?? "0.0.0.0:4433"}"`,
       "certificate: gateway.pem",
       "key: gateway.key",
       "database: seng.db",
@@ -203,7 +205,10 @@ export class Lab {
   }
 
   /** Starts a test client in client namespace `client` claiming `mrenclave`. */
-  startClient(mrenclave: string, opts: { client?: number; args?: string[]; tun?: string } = {}): NsProcess {
+  startClient(
+    mrenclave: string,
+    opts: { client?: number; args?: string[]; tun?: string; gateway?: string } = {},
+  ): NsProcess {
     const c = opts.client ?? 0;
     const p = this.clients[c]!.spawn(process.execPath, [
       "--import",
@@ -211,7 +216,7 @@ export class Lab {
       CLI,
       "test-client",
       "--gateway",
-      this.gatewayAddr(c),
+      opts.gateway ?? this.gatewayAddr(c),
       "--pin",
       this.pin,
       "--sim-dir",
