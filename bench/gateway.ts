@@ -1,7 +1,8 @@
 /**
  * Gateway benchmarks in namespaces (test/helpers/lab.ts), all in one run so the figures compare:
  *  - one TCP stream (iperf3, 5 s; 3 s with --quick) client → server: direct (routed by the gateway namespace, no
- *    tunnel), through SENG (TUN offloads on, and off: gateway_nooffload_tcp_mbps), and through OpenVPN 2.6 (UDP,
+ *    tunnel), through SENG (TUN offloads on, and off: gateway_nooffload_tcp_mbps; and over IPv6 inside the tunnel:
+ *    gateway_tcp6_mbps), and through OpenVPN 2.6 (UDP,
  *    AES-256-GCM, TLS mode) over the same namespaces; and the CPU both ends of each VPN spent per GB carried;
  *  - UDP packets per second (iperf3 -u, 64-byte payloads, unlimited rate) received at the server, SENG and OpenVPN;
  *  - tunnel setup: handshake + attestation + lease, median latency one at a time, and setups per second with 32 in
@@ -11,7 +12,7 @@
 import { execFileSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { Lab, SERVER_IP, waitLine } from "../test/helpers/lab.js";
+import { Lab, SERVER_IP, SERVER_IP6, waitLine } from "../test/helpers/lab.js";
 import { ROOT, type Netns, type NsProcess } from "../test/helpers/netns.js";
 import { round } from "./util.js";
 
@@ -22,10 +23,11 @@ export async function iperf(
   client: Netns,
   secs: number,
   udp: boolean,
+  target = SERVER_IP,
 ): Promise<{ mbps: number; kpps: number }> {
-  const server = lab.server("iperf3", ["-s", "-1", "-B", SERVER_IP]);
+  const server = lab.server("iperf3", ["-s", "-1", "-B", target]);
   await new Promise((r) => setTimeout(r, 300));
-  const args = ["-c", SERVER_IP, "-t", String(secs), "-J"];
+  const args = ["-c", target, "-t", String(secs), "-J"];
   if (udp) args.push("-u", "-b", "0", "-l", "64");
   const r = await client.exec("iperf3", args, { timeoutMs: (secs + 20) * 1000, check: false });
   await server.wait(10_000).catch(() => server.kill("SIGKILL"));
@@ -200,7 +202,15 @@ export async function benchGateway(
   const secs = quick ? 3 : 5;
   const lab = await Lab.create({
     clients: 1,
-    apps: [{ name: "browser", subnet: "100.64.0.0/12", identities: [{ mrenclave: "b0".repeat(32) }] }],
+    ipv6: true,
+    apps: [
+      {
+        name: "browser",
+        subnet: "100.64.0.0/12",
+        subnet6: "fd64:1::/64",
+        identities: [{ mrenclave: "b0".repeat(32) }],
+      },
+    ],
     extraYaml:
       "tunnel: { idleTimeoutSeconds: 3600, keepaliveSeconds: 3600 }\nlimits: { handshakesPerSecondPerSource: 100000, handshakeBurstPerSource: 100000, handshakesPerSecond: 100000, maxHalfOpen: 5000 }",
   });
@@ -243,6 +253,23 @@ export async function benchGateway(
       out.gateway_cpu_s_per_gb = round(gw.cpuPerGb, 2);
       out.gateway_udp_kpps = round((await iperf(lab, cli, secs, true)).kpps, 1);
       await client.kill();
+      // The same over IPv6 inside the tunnel: the dual-stack test client (a kernel TUN with the leased IPv6).
+      const six = cli.spawn(process.execPath, [
+        "--import",
+        "tsx",
+        join(ROOT, "test/helpers/tun6-client.ts"),
+        lab.gatewayAddr(0),
+        lab.pin,
+        lab.simDir,
+        "b0".repeat(32),
+        "sengc0",
+        "--route",
+        "2001:2:ff::/48",
+      ]);
+      procs.push(six);
+      await waitLine(six, (o) => o.event === "lease");
+      out.gateway_tcp6_mbps = round((await iperf(lab, cli, secs, false, SERVER_IP6)).mbps, 0);
+      await six.kill();
     }
 
     // Setup latency one at a time, then throughput with 32 in flight.

@@ -5,7 +5,7 @@ import { snpCertTable, snpReport } from "./snp.js";
 import { cbor, der } from "./codec.js";
 import { ratls } from "./ratls.js";
 import { collateral } from "./collateral.js";
-import { control, evidenceInput, packet } from "./wire.js";
+import { control, evidenceInput, packet, packet6 } from "./wire.js";
 
 export const TARGETS: readonly FuzzTarget[] = [
   quote,
@@ -17,6 +17,7 @@ export const TARGETS: readonly FuzzTarget[] = [
   collateral,
   control,
   packet,
+  packet6,
   evidenceInput,
 ];
 

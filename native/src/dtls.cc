@@ -536,6 +536,53 @@ int AcceptAnyCertificate(int, X509_STORE_CTX*) { return 1; }
 
 int NoPassword(char*, int, int, void*) { return 0; }  // encrypted keys are refused, never prompted for
 
+// ALPN (RFC 7301). A server context keeps its protocols (wire format, most preferred first) in the SSL_CTX's ex
+// data, so the list lives exactly as long as the SSL_CTX, which listeners and sessions hold references to.
+void FreeAlpn(void*, void* ptr, CRYPTO_EX_DATA*, int, long, void*) { delete static_cast<std::string*>(ptr); }
+
+int AlpnIndex() {
+  static const int idx = SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, FreeAlpn);
+  return idx;
+}
+
+/** Whether `wire` is a well-formed, non-empty ALPN protocol list (length-prefixed names of 1..255 bytes). */
+bool ValidAlpn(const std::string& wire) {
+  if (wire.empty() || wire.size() > 65535) return false;
+  size_t i = 0;
+  while (i < wire.size()) {
+    size_t n = static_cast<uint8_t>(wire[i]);
+    if (n == 0 || i + 1 + n > wire.size()) return false;
+    i += 1 + n;
+  }
+  return true;
+}
+
+/**
+ * Server: selects the first of its own protocols (its preference order) that the client offered. No common
+ * protocol: no ALPN in the answer (SSL_TLSEXT_ERR_NOACK), so the TypeScript side sees "" and falls back, rather
+ * than a failed handshake.
+ */
+int SelectAlpn(SSL* ssl, const unsigned char** out, unsigned char* outlen, const unsigned char* in,
+               unsigned int inlen, void*) {
+  auto* mine = static_cast<const std::string*>(SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), AlpnIndex()));
+  if (mine == nullptr) return SSL_TLSEXT_ERR_NOACK;
+  const auto* m = reinterpret_cast<const unsigned char*>(mine->data());
+  for (size_t i = 0; i < mine->size(); i += 1 + m[i]) {
+    unsigned int n = m[i];
+    for (unsigned int j = 0; j < inlen;) {
+      unsigned int k = in[j];
+      if (k == 0 || j + 1 + k > inlen) return SSL_TLSEXT_ERR_NOACK;  // malformed offer: ignore it
+      if (k == n && std::memcmp(in + j + 1, m + i + 1, n) == 0) {
+        *out = in + j + 1;
+        *outlen = static_cast<unsigned char>(n);
+        return SSL_TLSEXT_ERR_OK;
+      }
+      j += 1 + k;
+    }
+  }
+  return SSL_TLSEXT_ERR_NOACK;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // DtlsContext
 
@@ -545,13 +592,27 @@ class ContextWrap : public Napi::ObjectWrap<ContextWrap> {
     return DefineClass(env, "DtlsContext", {InstanceMethod<&ContextWrap::NewClient>("newClient")});
   }
 
-  // new DtlsContext(role, certPem, keyPem, ciphers, mtu)
+  // new DtlsContext(role, certPem, keyPem, ciphers, mtu, alpn?: Buffer in ALPN wire format)
   explicit ContextWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ContextWrap>(info) {
     Napi::Env env = info.Env();
     if (info.Length() < 5 || !info[0].IsString() || !info[1].IsString() || !info[2].IsString() ||
         !info[3].IsString() || !info[4].IsNumber()) {
-      ThrowTypeError(env, "DtlsContext(role, certPem, keyPem, ciphers, mtu)");
+      ThrowTypeError(env, "DtlsContext(role, certPem, keyPem, ciphers, mtu, alpn?)");
       return;
+    }
+    std::string alpn;
+    if (info.Length() >= 6 && !info[5].IsUndefined()) {
+      const uint8_t* d = nullptr;
+      size_t n = 0;
+      if (!BytesOf(info[5], &d, &n)) {
+        ThrowTypeError(env, "alpn must be a Buffer");
+        return;
+      }
+      alpn.assign(reinterpret_cast<const char*>(d), n);
+      if (!ValidAlpn(alpn)) {
+        ThrowError(env, "alpn: not a protocol list (length-prefixed names of 1..255 bytes)");
+        return;
+      }
     }
     std::string role = info[0].As<Napi::String>().Utf8Value();
     if (role != "server" && role != "client") {
@@ -570,6 +631,26 @@ class ContextWrap : public Napi::ObjectWrap<ContextWrap> {
     if (ctx_ == nullptr) {
       ThrowError(env, err);
       return;
+    }
+    if (!alpn.empty()) {
+      bool ok;
+      if (server_) {
+        auto* copy = new std::string(alpn);
+        ok = SSL_CTX_set_ex_data(ctx_, AlpnIndex(), copy) == 1;
+        if (ok) {
+          SSL_CTX_set_alpn_select_cb(ctx_, SelectAlpn, nullptr);
+        } else {
+          delete copy;
+        }
+      } else {
+        // SSL_CTX_set_alpn_protos returns 0 on success.
+        ok = SSL_CTX_set_alpn_protos(ctx_, reinterpret_cast<const unsigned char*>(alpn.data()),
+                                     static_cast<unsigned int>(alpn.size())) == 0;
+      }
+      if (!ok) {
+        ThrowError(env, "alpn: " + TakeErrors("failed"));
+        return;
+      }
     }
     // Probe the MTU once so a bad value fails here rather than on every connection.
     std::unique_ptr<Conn> probe = NewConn(ctx_, mtu_, server_, &err);
@@ -865,6 +946,7 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
                            InstanceMethod<&SessionWrap::ExportKeyingMaterial>("exportKeyingMaterial"),
                            InstanceMethod<&SessionWrap::Cipher>("cipher"),
                            InstanceMethod<&SessionWrap::Version>("version"),
+                           InstanceMethod<&SessionWrap::Alpn>("alpn"),
                            InstanceMethod<&SessionWrap::Established>("established"),
                            InstanceMethod<&SessionWrap::MaxRecord>("maxRecord"),
                            InstanceMethod<&SessionWrap::Error>("error"),
@@ -1144,6 +1226,18 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
     if (c == nullptr) return env.Undefined();
     const SSL_CIPHER* ci = SSL_get_current_cipher(c->ssl);
     return Napi::String::New(env, ci != nullptr ? SSL_CIPHER_get_name(ci) : "");
+  }
+
+  /** The protocol ALPN selected ("" when none was negotiated). */
+  Napi::Value Alpn(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Conn* c = Live(env);
+    if (c == nullptr) return env.Undefined();
+    const unsigned char* p = nullptr;
+    unsigned int n = 0;
+    SSL_get0_alpn_selected(c->ssl, &p, &n);
+    if (p == nullptr || n == 0) return Napi::String::New(env, "");
+    return Napi::String::New(env, reinterpret_cast<const char*>(p), n);
   }
 
   Napi::Value Version(const Napi::CallbackInfo& info) {

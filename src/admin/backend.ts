@@ -20,7 +20,9 @@ export interface AuditQuery {
 
 export interface AppView {
   name: string;
-  subnet: string;
+  /** The app's IPv4 subnet and IPv6 prefix (own or shared), each when it has that family. */
+  subnet?: string;
+  subnet6?: string;
   tunnels: number;
   rxPackets: number;
   rxBytes: number;
@@ -63,7 +65,12 @@ export function gatewayBackend(gw: Gateway, metrics: GatewayMetrics, recent: Rec
   const apps = (s: GatewayStats = gw.stats()): AppView[] =>
     gw.config.apps.map((a) => {
       const c = s.apps[a.name] ?? { tunnels: 0, rxPackets: 0, rxBytes: 0, txPackets: 0, txBytes: 0 };
-      return { name: a.name, subnet: a.subnet, ...c };
+      return {
+        name: a.name,
+        ...(a.subnet ? { subnet: a.subnet } : {}),
+        ...(a.subnet6 ? { subnet6: a.subnet6 } : {}),
+        ...c,
+      };
     });
   return {
     async status() {

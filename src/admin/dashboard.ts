@@ -163,7 +163,7 @@ function render(s) {
   for (const a of s.apps) {
     const tr = body.insertRow();
     tr.dataset.app = a.name;
-    cell(tr, a.name); cell(tr, a.subnet, "mono"); cell(tr, String(a.tunnels), "num");
+    cell(tr, a.name); cell(tr, [a.subnet, a.subnet6].filter(Boolean).join(" "), "mono"); cell(tr, String(a.tunnels), "num");
     cell(tr, String(a.rxPackets), "num"); cell(tr, fmtBytes(a.rxBytes), "num");
     cell(tr, String(a.txPackets), "num"); cell(tr, fmtBytes(a.txBytes), "num");
   }
@@ -177,7 +177,7 @@ function render(s) {
     link.href = "#"; link.textContent = String(t.id);
     link.addEventListener("click", (e) => { e.preventDefault(); showTunnel(t.id); });
     idCell.appendChild(link);
-    cell(tr, t.app); cell(tr, t.address, "mono"); cell(tr, t.peer, "mono");
+    cell(tr, t.app); cell(tr, [t.address, t.address6].filter(Boolean).join(" "), "mono"); cell(tr, t.peer, "mono");
     cell(tr, t.measurement.slice(0, 16) + (t.measurement.length > 16 ? "…" : ""), "mono").title = t.measurement;
     cell(tr, fmtAge(now - t.leasedAt), "num");
     cell(tr, fmtBytes(t.counters.rxBytes), "num"); cell(tr, fmtBytes(t.counters.txBytes), "num");

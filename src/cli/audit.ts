@@ -5,6 +5,7 @@
 import { createWriteStream, openSync } from "node:fs";
 import { Command } from "commander";
 import { isIP } from "node:net";
+import { canonicalIp6 } from "../packet/addr6.js";
 import { AuditLog } from "../gateway/audit.js";
 import { action, UsageError } from "./errors.js";
 import { configOption, gatewayConfigFile, helpText, loadGatewayConfig } from "./common.js";
@@ -48,7 +49,10 @@ export function auditCommand(): Command {
         .option("--json", "print JSON")
         .action(
           action((address: string, f: { at?: string; config?: string; db?: string; json?: boolean }) => {
-            if (!isIP(address)) throw new UsageError(`<address>: expected an IP address (got ${address})`);
+            if (!isIP(address) || (address.includes(":") && !canonicalIp6(address)))
+              throw new UsageError(
+                `<address>: expected an IPv4 or IPv6 address without zone id (got ${address})`,
+              );
             const at = f.at ? parseTime(f.at, "--at") : Date.now();
             const { audit, close } = open(f);
             const r = audit.who(address, at);

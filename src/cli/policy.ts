@@ -37,7 +37,7 @@ export function configResolver(config: GatewayConfig, dbPath = config.database):
     }
   }
   return (address) =>
-    live?.get(address) ?? config.apps.find((a) => !a.shared && inNets(address, [a.subnet]))?.name;
+    live?.get(address) ?? config.apps.find((a) => a.subnet && !a.shared && inNets(address, [a.subnet]))?.name;
 }
 
 /**

@@ -96,7 +96,7 @@ export function renderStatus(s: StatusView, now = Date.now()): string {
       ["app", "subnet", ">tunnels", ">packets in", ">bytes in", ">packets out", ">bytes out"],
       s.apps.map((a) => [
         a.name,
-        a.subnet,
+        [a.subnet, a.subnet6].filter(Boolean).join(" "),
         String(a.tunnels),
         String(a.rxPackets),
         formatBytes(a.rxBytes),
@@ -113,7 +113,7 @@ export function renderStatus(s: StatusView, now = Date.now()): string {
           s.tunnels.map((t) => [
             String(t.id),
             t.app,
-            t.address,
+            [t.address, t.address6].filter(Boolean).join(" "),
             t.peer,
             formatAge(now - t.leasedAt),
             formatBytes(t.counters.rxBytes),

@@ -5,15 +5,16 @@
  *      per-source rate limit (`rate-limited`; an IPv6 source by its /64), so spoofed ClientHellos cannot drain a victim's bucket. A valid
  *      cookie within the limit creates the session, whose handshake continues in step 2. The cookie secret
  *      rotates every COOKIE_ROTATION_MS (timers.ts); cookies of the previous secret stay valid for one period.
- *   7. handshake done: verify the RA-TLS certificate's evidence and key binding, match an app, lease an address
- *      from its subnet, send LEASE
+ *   7. handshake done: verify the RA-TLS certificate's evidence and key binding, match an app, lease one address
+ *      of each family the app has (IPv6 only for protocol version 2), send LEASE
  */
 import { matchApp } from "../attest/policy.js";
 import { primaryMeasurement } from "../attest/claims.js";
 import { verifyRaTlsCert } from "../attest/verify.js";
 import { Cert } from "../attest/x509.js";
 import { intToIp, parseCidr } from "../packet/ip.js";
-import { MSG, type Lease } from "../tunnel/protocol.js";
+import { parseCidr6, parseIp6 } from "../packet/addr6.js";
+import { MSG, ProtocolError, versionFromAlpn, type Lease } from "../tunnel/protocol.js";
 import { rateKey } from "./ratelimit.js";
 import { sendControl } from "./send.js";
 import type { Gateway } from "./server.js";
@@ -90,6 +91,13 @@ export function onEstablished(gw: Gateway, t: Tunnel): void {
   const started = t.createdAt;
   gw.churnAt = gw.now();
   gw.halfOpen.delete(t);
+  try {
+    // The listener selects only names it offers; anything else is a broken session.
+    t.version = versionFromAlpn(t.session.alpn());
+  } catch (e) {
+    if (!(e instanceof ProtocolError)) throw e;
+    return gw.close(t, "protocol-error", e.message);
+  }
   const der = t.session.peerCertificate();
   if (!der) return refuse(gw, t, "no client certificate", "", "no_certificate");
   // The DER is all the gateway keeps (with the lease, in SQLite); OpenSSL's parsed copy loses its extensions (the
@@ -121,49 +129,67 @@ export function onEstablished(gw: Gateway, t: Tunnel): void {
   if (!match.matched)
     return refuse(gw, t, `no app matches: ${match.reasons.join("; ")}`, measurement, "no_app_match");
   const app = gw.config.apps.find((a) => a.name === match.app)!;
+  if (!app.subnet && t.version < 2)
+    return refuse(
+      gw,
+      t,
+      `app ${app.name} has only IPv6 addresses, which need protocol version 2 (ALPN seng/2); this runtime speaks version 1`,
+      measurement,
+      "protocol_version",
+    );
+  // A version-1 runtime of a dual-stack app gets its IPv4 address only: version 1 cannot carry IPv6.
+  const want6 = app.subnet6 !== undefined && t.version >= 2;
   const now = gw.now();
   const grace = gw.config.tunnel.leaseGraceSeconds * 1000;
-  const lease = gw.leases.acquire(
-    app.name,
-    cert.fingerprint,
-    measurement,
-    t.peer,
-    now,
-    now + grace,
-    cert.der,
-  );
-  if (!lease) {
+  const args = [app.name, cert.fingerprint, measurement, t.peer, now, now + grace, cert.der] as const;
+  const lease = app.subnet ? gw.leases.acquire(...args) : undefined;
+  const lease6 = (!app.subnet || lease) && want6 ? gw.leases.acquire6(...args) : undefined;
+  if ((app.subnet && !lease) || (want6 && !lease6)) {
+    const subnet = app.subnet && !lease ? app.subnet : app.subnet6;
     gw.handshake("pool-exhausted");
-    gw.log.log("warn", "pool-exhausted", {
-      app: app.name,
-      subnet: app.subnet,
-      peer: t.peer,
-      measurement,
-    });
-    return gw.close(t, "pool-exhausted", `no free address in ${app.subnet} for app ${app.name}`);
+    gw.log.log("warn", "pool-exhausted", { app: app.name, subnet, peer: t.peer, measurement });
+    return gw.close(t, "pool-exhausted", `no free address in ${subnet} for app ${app.name}`);
   }
-  const holder = gw.byAddress.get(lease.address);
-  if (holder && holder !== t) {
+  const addr6 = lease6 ? Buffer.from(parseIp6(lease6.address)!) : undefined;
+  for (const holder of [lease && gw.byAddress.get(lease.address), addr6 && gw.byAddress6.get(addr6, 0)]) {
     // The same key reconnected from elsewhere (new port after a NAT rebinding or restart): the new tunnel wins.
-    gw.close(holder, "client-closed", "replaced by a new tunnel of the same key", false, true);
+    if (holder && holder !== t)
+      gw.close(holder, "client-closed", "replaced by a new tunnel of the same key", false, true);
   }
   Object.assign(t, {
     state: "leased",
     app: app.name,
-    address: lease.address,
-    leaseId: lease.id,
+    address: lease?.address ?? 0,
+    leaseId: lease?.id ?? 0,
+    address6: lease6?.address ?? "",
+    addr6,
+    leaseId6: lease6?.id ?? 0,
     keyFp: cert.fingerprint,
     measurement,
     maxRecord: t.session.maxRecord(),
     // Only the DER: a parsed Cert (with Node's X509 object) would cost ~20 KB per idle tunnel.
     leasedAt: now,
   });
-  gw.byAddress.set(lease.address, t);
-  gw.firewall.tunnelUp(intToIp(lease.address), app.name);
+  gw.leased.add(t);
+  if (lease) {
+    gw.byAddress.set(lease.address, t);
+    gw.firewall.tunnelUp(intToIp(lease.address), app.name);
+  }
+  if (lease6) {
+    gw.byAddress6.set(addr6!, t);
+    gw.firewall.tunnelUp(lease6.address, app.name);
+  }
   const msg: Lease = {
-    address: intToIp(lease.address),
-    prefix: parseCidr(app.subnet).prefix,
-    gateway: intToIp(gw.gatewayAddress),
+    ...(lease && app.subnet
+      ? {
+          address: intToIp(lease.address),
+          prefix: parseCidr(app.subnet).prefix,
+          gateway: intToIp(gw.gatewayAddress),
+        }
+      : {}),
+    ...(lease6 && app.subnet6
+      ? { address6: lease6.address, prefix6: parseCidr6(app.subnet6).prefix, gateway6: gw.gatewayAddress6 }
+      : {}),
     mtu: gw.config.tun.mtu,
     dns: gw.config.dns,
     lifetime: gw.config.tunnel.leaseGraceSeconds,
@@ -175,9 +201,11 @@ export function onEstablished(gw: Gateway, t: Tunnel): void {
     peer: t.peer,
     app: app.name,
     address: msg.address,
+    ...(msg.address6 ? { address6: msg.address6 } : {}),
+    version: t.version,
     measurement,
     key: cert.fingerprint,
-    resumed: lease.resumed,
+    resumed: (lease ?? lease6)!.resumed,
     simulated: verdict.claims?.simulated ?? false,
     tcbStatus: verdict.tcbStatus,
     setupMs: now - started,

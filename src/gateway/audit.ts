@@ -10,6 +10,11 @@
  * `who(address, at)` answers which app held an address at a time — what a firewall log with addresses alone cannot.
  */
 import Database from "better-sqlite3";
+import { canonicalIp6 } from "../packet/addr6.js";
+
+/** Addresses are stored as the gateway writes them: IPv6 in canonical text (RFC 5952); queries are made alike. */
+const stored = (address: string): string =>
+  address.includes(":") ? (canonicalIp6(address) ?? address) : address;
 
 export type AuditEvent = "grant" | "renew" | "release";
 
@@ -133,7 +138,8 @@ export class AuditLog {
   }
 
   /** Which lease held `address` at `at` (ms). */
-  who(address: string, at: number): WhoAnswer {
+  who(asked: string, at: number): WhoAnswer {
+    const address = stored(asked);
     const g = this.stmts.lastGrant.get(address, at) as Record<string, unknown> | undefined;
     if (!g) return { address, at, holder: null, previous: null };
     const grant = toRow(g);
@@ -185,7 +191,7 @@ export class AuditLog {
     };
     eq("app", q.app);
     eq("event", q.event);
-    eq("address", q.address);
+    eq("address", q.address === undefined ? undefined : stored(q.address));
     if (q.since !== undefined) {
       where.push("t >= ?");
       args.push(q.since);

@@ -9,10 +9,15 @@
  *
  * Apps with the same subnet (the shared `pool`) share one address pool. Every grant, renewal and release is also
  * written to the audit log (audit.ts) in the same transaction.
+ *
+ * IPv6: an app with an IPv6 prefix (`subnet6` or the shared `pool6`) gets one IPv6 lease beside its IPv4 one, as a
+ * row of its own (`family` 6, the address in canonical text), so the unique index, resume, expiry and the audit log
+ * work the same for both families. Databases from before IPv6 get the `family` column (every old row is IPv4).
  */
 import { chmodSync, closeSync, openSync, statSync } from "node:fs";
 import Database from "better-sqlite3";
 import { intToIp, ipToInt, parseCidr } from "../packet/ip.js";
+import { addOffset6, formatIp6, inPrefix6, parseCidr6, parseIp6, type Prefix6 } from "../packet/addr6.js";
 import { AuditLog } from "./audit.js";
 
 export interface LeaseRecord {
@@ -32,6 +37,29 @@ interface Pool {
   last: number;
   cursor: number;
   used: Set<number>;
+}
+
+/** An IPv6 pool: host offsets 1 .. size-1 of the prefix (the all-zero subnet-router anycast address is never leased). */
+interface Pool6 {
+  prefix: Prefix6;
+  size: bigint;
+  cursor: bigint;
+  /** Leased and reserved addresses, canonical text. */
+  used: Set<string>;
+}
+
+/** The address families of an app: its IPv4 subnet and IPv6 prefix (own or shared), at least one. */
+export interface LeaseApp {
+  name: string;
+  subnet?: string | undefined;
+  subnet6?: string | undefined;
+}
+
+/** An IPv6 lease: the address in canonical text. */
+export interface AcquireResult6 {
+  address: string;
+  resumed: boolean;
+  id: number;
 }
 
 export interface AcquireResult {
@@ -95,12 +123,14 @@ export class LeaseStore {
 
   /**
    * @param path SQLite file (":memory:" for tests)
-   * @param apps each app's name and subnet; the network, broadcast and `reserved` addresses are never leased
+   * @param apps each app's name, subnet and IPv6 prefix; the network, broadcast and `reserved` addresses are never
+   *   leased, nor the IPv6 prefixes' all-zero addresses and `reserved6` (canonical text)
    */
   constructor(
     path: string,
-    apps: readonly { name: string; subnet: string }[],
+    apps: readonly LeaseApp[],
     reserved: readonly number[] = [],
+    reserved6: readonly string[] = [],
   ) {
     this.fixedModes = secureStateFiles(path);
     this.db = new Database(path);
@@ -126,13 +156,16 @@ export class LeaseStore {
     // shows its claims). Databases of older gateways get the column here.
     const cols = this.db.prepare("PRAGMA table_info(leases)").all() as { name: string }[];
     if (!cols.some((c) => c.name === "cert")) this.db.exec("ALTER TABLE leases ADD COLUMN cert BLOB");
+    // IPv6 leases are rows of family 6; every row of an older database is an IPv4 lease and keeps its place.
+    if (!cols.some((c) => c.name === "family"))
+      this.db.exec("ALTER TABLE leases ADD COLUMN family INTEGER NOT NULL DEFAULT 4");
     this.stmts = {
       live: this.db.prepare("SELECT id, address, app, end FROM leases WHERE released IS NULL"),
       byKey: this.db.prepare(
-        "SELECT id, address, end FROM leases WHERE released IS NULL AND key_fp = ? AND app = ?",
+        "SELECT id, address, end FROM leases WHERE released IS NULL AND key_fp = ? AND app = ? AND family = ?",
       ),
       insert: this.db.prepare(
-        "INSERT INTO leases (address, app, key_fp, measurement, outer, start, end, cert) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO leases (address, app, key_fp, measurement, outer, start, end, cert, family) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
       ),
       extend: this.db.prepare("UPDATE leases SET end = ?, outer = ?, cert = coalesce(?, cert) WHERE id = ?"),
       cert: this.db.prepare("SELECT cert FROM leases WHERE id = ?"),
@@ -147,16 +180,22 @@ export class LeaseStore {
     // -wal and -shm exist now; SQLite made them with the database's mode, checked here rather than assumed.
     this.fixedModes.push(...secureStateFiles(path));
     this.reserved = reserved;
+    this.reserved6 = reserved6;
     this.addApps(apps);
   }
 
   private readonly reserved: readonly number[];
+  private readonly reserved6: readonly string[];
   private readonly byCidr = new Map<string, Pool>();
+  private readonly pools6 = new Map<string, Pool6>();
+  private readonly byCidr6 = new Map<string, Pool6>();
 
   /** Adds address pools for apps not seen yet (at start, and for apps a reload adds). */
-  addApps(apps: readonly { name: string; subnet: string }[]): void {
+  addApps(apps: readonly LeaseApp[]): void {
+    this.addApps6(apps);
     const fresh: Pool[] = [];
     for (const app of apps) {
+      if (!app.subnet) continue;
       // An app re-added with another subnet (removed in one reload, back in a later one) gets the new pool.
       if (this.pools.has(app.name) && this.pools.get(app.name) === this.byCidr.get(app.subnet)) continue;
       let pool = this.byCidr.get(app.subnet);
@@ -177,9 +216,102 @@ export class LeaseStore {
     // removed app, say): the unique index would refuse a second live lease of the address anyway.
     if (!fresh.length) return;
     for (const row of this.stmts.live.all() as { address: string }[]) {
+      if (row.address.includes(":")) continue;
       const a = ipToInt(row.address);
       for (const p of fresh) if (a >= p.first && a <= p.last) p.used.add(a);
     }
+  }
+
+  private addApps6(apps: readonly LeaseApp[]): void {
+    const fresh: Pool6[] = [];
+    for (const app of apps) {
+      if (!app.subnet6) continue;
+      if (this.pools6.has(app.name) && this.pools6.get(app.name) === this.byCidr6.get(app.subnet6)) continue;
+      let pool = this.byCidr6.get(app.subnet6);
+      if (!pool) {
+        const prefix = parseCidr6(app.subnet6);
+        pool = { prefix, size: 1n << BigInt(128 - prefix.prefix), cursor: 1n, used: new Set() };
+        for (const r of this.reserved6) {
+          const b = parseIp6(r);
+          if (b && inPrefix6(prefix, b)) pool.used.add(formatIp6(b));
+        }
+        this.byCidr6.set(app.subnet6, pool);
+        fresh.push(pool);
+      }
+      this.pools6.set(app.name, pool);
+    }
+    if (!fresh.length) return;
+    for (const row of this.stmts.live.all() as { address: string }[]) {
+      const b = row.address.includes(":") ? parseIp6(row.address) : undefined;
+      if (b) for (const p of fresh) if (inPrefix6(p.prefix, b)) p.used.add(formatIp6(b));
+    }
+  }
+
+  /** Whether `app` has an IPv6 pool. */
+  has6(app: string): boolean {
+    return this.pools6.has(app);
+  }
+
+  /**
+   * The IPv6 counterpart of {@link acquire}: resumes this key's live IPv6 lease for `app`, or grants a free address
+   * of the app's IPv6 prefix (in order from the prefix's first address). Null when the prefix is exhausted.
+   */
+  acquire6(
+    app: string,
+    keyFp: string,
+    measurement: string,
+    outer: string,
+    now: number,
+    until: number,
+    cert?: Buffer,
+  ): AcquireResult6 | null {
+    const pool = this.pools6.get(app);
+    if (!pool) throw new Error(`no IPv6 address pool for app ${app}`);
+    return this.db.transaction((): AcquireResult6 | null => {
+      const held = this.stmts.byKey.get(keyFp, app, 6) as
+        { id: number; address: string; end: number } | undefined;
+      if (held && held.end >= now) {
+        this.stmts.extend.run(until, outer, cert ?? null, held.id);
+        this.audit.record("renew", now, {
+          id: held.id,
+          address: held.address,
+          app,
+          measurement,
+          keyFp,
+          outer,
+        });
+        return { address: held.address, resumed: true, id: held.id };
+      }
+      if (held) this.releaseRow(held.id, now, "expired", held.end);
+      let address = this.findFree6(pool);
+      if (address === undefined) {
+        this.expire(now);
+        address = this.findFree6(pool);
+        if (address === undefined) return null;
+      }
+      const id = Number(
+        this.stmts.insert.run(address, app, keyFp, measurement, outer, now, until, cert ?? null, 6)
+          .lastInsertRowid,
+      );
+      pool.used.add(address);
+      this.audit.record("grant", now, { id, address, app, measurement, keyFp, outer });
+      return { address, resumed: false, id };
+    })();
+  }
+
+  /** The next free IPv6 address from the cursor: at most used+1 probes, since at most `used` are taken. */
+  private findFree6(pool: Pool6): string | undefined {
+    const n = pool.size - 1n; // offsets 1 .. size-1
+    const probes = BigInt(pool.used.size) + 1n;
+    for (let i = 0n; i < probes && i < n; i++) {
+      const off = 1n + ((pool.cursor - 1n + i) % n);
+      const a = formatIp6(addOffset6(pool.prefix, off));
+      if (!pool.used.has(a)) {
+        pool.cursor = off === n ? 1n : off + 1n;
+        return a;
+      }
+    }
+    return undefined;
   }
 
   /**
@@ -198,7 +330,7 @@ export class LeaseStore {
     const pool = this.pools.get(app);
     if (!pool) throw new Error(`no address pool for app ${app}`);
     return this.db.transaction((): AcquireResult | null => {
-      const held = this.stmts.byKey.get(keyFp, app) as
+      const held = this.stmts.byKey.get(keyFp, app, 4) as
         { id: number; address: string; end: number } | undefined;
       if (held && held.end >= now) {
         this.stmts.extend.run(until, outer, cert ?? null, held.id);
@@ -221,7 +353,8 @@ export class LeaseStore {
       }
       const ip = intToIp(address);
       const id = Number(
-        this.stmts.insert.run(ip, app, keyFp, measurement, outer, now, until, cert ?? null).lastInsertRowid,
+        this.stmts.insert.run(ip, app, keyFp, measurement, outer, now, until, cert ?? null, 4)
+          .lastInsertRowid,
       );
       pool.used.add(address);
       this.audit.record("grant", now, { id, address: ip, app, measurement, keyFp, outer });
@@ -264,7 +397,8 @@ export class LeaseStore {
     const r = this.get(id);
     if (!r || r.released !== null) return;
     this.stmts.release.run(now, now, id);
-    this.pools.get(r.app)?.used.delete(ipToInt(r.address));
+    if (r.address.includes(":")) this.pools6.get(r.app)?.used.delete(r.address);
+    else this.pools.get(r.app)?.used.delete(ipToInt(r.address));
     this.audit.record("release", Math.min(at, now), r, reason);
   }
 

@@ -6,16 +6,21 @@
  *   2. DTLS: decrypt the tunnel's datagrams of the batch in one native call (replayed and forged records are
  *      dropped by OpenSSL before or at decryption); only records that decrypt refresh the tunnel's idle timer
  *   3. control records (first byte 0) → control handler; others are IP packets
- *   4. check version, header, length and that the source is the tunnel's leased address; else drop and count.
+ *   4. check version, header, length and that the source is the tunnel's leased address (IPv4, or IPv6 for a
+ *      tunnel with an IPv6 lease: the whole extension header chain walked, ip6.ts); else drop and count.
  *      Malformed and spoofed packets are charged to the tunnel's abuse budget (tunnel.ts): over it, the tunnel is
  *      throttled, and after MAX_STRIKES throttles closed with `misbehaving`. A packet larger than the lease's MTU
- *      is dropped (`too-big`); with DF set it is answered with ICMP "fragmentation needed" through the tunnel
+ *      is dropped (`too-big`); with DF set it is answered with ICMP "fragmentation needed" through the tunnel, an
+ *      IPv6 one always with ICMPv6 "packet too big" (at most ICMP_PER_SECOND a second per tunnel)
  *   5. write the batch of accepted packets to the TUN: with offload (tun.offload), consecutive in-order TCP
  *      segments of one flow go in one write as a GSO super-packet; everything else one write per packet
  *   6. unknown source: admission (admission.ts)
  */
 import type { DtlsResult } from "../native/dtls.js";
 import { checkTunnelPacket, dontFragment, fragmentationNeeded, intToIp } from "../packet/ip.js";
+import { formatIp6 } from "../packet/addr6.js";
+import { checkTunnelPacket6, lastIsIcmp6Error, packetTooBig, type Drop6Reason } from "../packet/ip6.js";
+import type { DropReason } from "../packet/ip.js";
 import { decodeControl, isControl, MSG, ProtocolError } from "../tunnel/protocol.js";
 import { onEstablished, onUnknown } from "./admission.js";
 import { sendControl } from "./send.js";
@@ -81,16 +86,21 @@ export function onTunnelDatagrams(gw: Gateway, t: Tunnel, batch: Buffer[], toTun
       if (t.state !== "leased") return;
       continue;
     }
-    const drop = checkTunnelPacket(rec, t.address);
+    // IPv6 is checked as IPv6 only for a tunnel with an IPv6 lease; without one it stays `unsupported-version`.
+    const v6 = rec.length > 0 && rec[0]! >> 4 === 6 && t.addr6 !== undefined;
+    const drop: DropReason | Drop6Reason | undefined = v6
+      ? checkTunnelPacket6(rec, t.addr6!)
+      : checkTunnelPacket(rec, t.address);
     if (drop) {
       gw.count(drop);
-      if (drop === "unsupported-version") continue; // a TUN-mode kernel's IPv6 chatter is not abuse
+      // Not abuse: a TUN-mode kernel's IPv6 chatter (no IPv6 lease, or link-local neighbour discovery and MLD).
+      if (drop === "unsupported-version" || drop === "ipv6-link-local") continue;
       if (drop === "spoofed-source" && t.strikes === 0 && t.badTokens >= 1) {
         gw.log.limited(`spoof:${t.peer}`, 10_000, "warn", "spoofed-source-dropped", {
           peer: t.peer,
           app: t.app,
-          leased: intToIp(t.address),
-          source: intToIp(rec.readUInt32BE(12)),
+          leased: v6 ? t.address6 : intToIp(t.address),
+          source: v6 ? formatIp6(rec, 8) : intToIp(rec.readUInt32BE(12)),
         });
       }
       const verdict = t.bad(now);
@@ -111,14 +121,19 @@ export function onTunnelDatagrams(gw: Gateway, t: Tunnel, batch: Buffer[], toTun
     }
     if (rec.length > mtu) {
       gw.count("too-big");
-      if (dontFragment(rec)) {
+      // IPv6 has no DF: routers never fragment, so Packet Too Big is always the answer (never to an ICMPv6 error).
+      if (v6 ? !lastIsIcmp6Error(rec) : dontFragment(rec)) {
         const second = Math.floor(now / 1000);
         if (t.icmpSecond !== second) {
           t.icmpSecond = second;
           t.icmpCount = 0;
         }
         if (t.icmpCount++ < ICMP_PER_SECOND)
-          (icmp ??= []).push(fragmentationNeeded(rec, gw.gatewayAddress, mtu));
+          (icmp ??= []).push(
+            v6
+              ? packetTooBig(rec, gw.gatewayAddress6Bytes, mtu)
+              : fragmentationNeeded(rec, gw.gatewayAddress, mtu),
+          );
       }
       continue;
     }
@@ -138,7 +153,7 @@ export function onTunnelDatagrams(gw: Gateway, t: Tunnel, batch: Buffer[], toTun
 export function onControl(gw: Gateway, t: Tunnel, rec: Buffer): void {
   let msg;
   try {
-    msg = decodeControl(rec);
+    msg = decodeControl(rec, t.version);
   } catch (e) {
     if (e instanceof ProtocolError) return gw.close(t, "protocol-error", e.message);
     throw e;
@@ -151,11 +166,19 @@ export function onControl(gw: Gateway, t: Tunnel, rec: Buffer): void {
       t.keepaliveAnsweredAt = now;
       return sendControl(gw, t, { type: MSG.KEEPALIVE });
     }
-    case MSG.LEASE_ACK:
-      if (msg.address !== intToIp(t.address))
-        return gw.close(t, "protocol-error", `LEASE_ACK for ${msg.address}, leased ${intToIp(t.address)}`);
+    case MSG.LEASE_ACK: {
+      // Exactly the leased addresses, each family present iff leased (both canonical text).
+      const leased = t.address ? intToIp(t.address) : undefined;
+      const leased6 = t.address6 || undefined;
+      if (msg.address !== leased || msg.address6 !== leased6)
+        return gw.close(
+          t,
+          "protocol-error",
+          `LEASE_ACK for ${msg.address ?? "-"} ${msg.address6 ?? "-"}, leased ${leased ?? "-"} ${leased6 ?? "-"}`,
+        );
       t.acked = true;
       return;
+    }
     case MSG.CLOSE:
       // A runtime that refused this gateway (its pin) will not come back with this key: release the lease now.
       return gw.close(

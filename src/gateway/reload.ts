@@ -5,7 +5,7 @@
  * May change: identities (revocation), trust (new collateral: TCB statuses are re-evaluated), apps added (new
  * subnets get their route and pool), apps removed (their tunnels are revoked), categories, marks, firewall and
  * policy, tunnel timings, limits, dns. Must not change (restart instead): listen, certificate, key, database, tun,
- * pool, and an existing app's subnet — live leases and routes depend on them.
+ * pool, pool6, and an existing app's subnet and subnet6 — live leases and routes depend on them.
  */
 import { matchApp } from "../attest/policy.js";
 import { verifyRaTlsCert, type VerifyOptions } from "../attest/verify.js";
@@ -27,7 +27,7 @@ export interface ReloadResult {
 /** Why `next` cannot replace `prev` without a restart, or undefined. */
 export function immutableChange(prev: GatewayConfig, next: GatewayConfig): string | undefined {
   const f = next.file;
-  for (const k of ["listen", "certificate", "key", "database", "pool"] as const) {
+  for (const k of ["listen", "certificate", "key", "database", "pool", "pool6"] as const) {
     if (prev[k] !== next[k]) return `${f}: ${k}: cannot change on reload (restart the gateway)`;
   }
   // Read once at start (listeners, rate limiter, our table's name and whether we manage nftables at all): a reload
@@ -43,7 +43,9 @@ export function immutableChange(prev: GatewayConfig, next: GatewayConfig): strin
   for (const [i, a] of next.apps.entries()) {
     const old = prev.apps.find((o) => o.name === a.name);
     if (old && old.subnet !== a.subnet)
-      return `${f}: apps[${i}].subnet: cannot change on reload (was ${old.subnet}; restart the gateway)`;
+      return `${f}: apps[${i}].subnet: cannot change on reload (was ${old.subnet ?? "none"}; restart the gateway)`;
+    if (old && old.subnet6 !== a.subnet6)
+      return `${f}: apps[${i}].subnet6: cannot change on reload (was ${old.subnet6 ?? "none"}; restart the gateway)`;
   }
   return undefined;
 }

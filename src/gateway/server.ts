@@ -23,8 +23,10 @@ import { Cert } from "../attest/x509.js";
 import { DtlsContext, DtlsListener } from "../native/dtls.js";
 import { Tun, UdpSocket } from "../native/io.js";
 import { intToIp, ipToInt } from "../packet/ip.js";
+import { formatIp6, parseIp6 } from "../packet/addr6.js";
+import { Ip6Map } from "../packet/ip6.js";
 import { ConfigError, loadConfig, type GatewayConfig } from "../policy/config.js";
-import { encodeControl, MSG, type CloseReason } from "../tunnel/protocol.js";
+import { ALPN_OFFER, encodeControl, MSG, type CloseReason } from "../tunnel/protocol.js";
 import { CookieRotation } from "./admission.js";
 import { PeerGuard } from "./guard.js";
 import { LeaseStore } from "./leases.js";
@@ -46,7 +48,14 @@ export interface GatewayStats {
   handshakes: Record<string, number>;
   drops: Record<string, number>;
   apps: Record<string, Counters & { tunnels: number }>;
-  tunnelList: { peer: string; app: string; address: string; measurement: string; counters: Counters }[];
+  tunnelList: {
+    peer: string;
+    app: string;
+    address: string;
+    address6?: string;
+    measurement: string;
+    counters: Counters;
+  }[];
   firewall: FirewallStats;
 }
 
@@ -54,7 +63,12 @@ export interface GatewayStats {
 export interface TunnelInfo {
   id: number;
   app: string;
+  /** Leased IPv4 address ("" when the tunnel has none: an IPv6-only app). */
   address: string;
+  /** Leased IPv6 address, when the tunnel has one. */
+  address6?: string;
+  /** Protocol version negotiated with the runtime (1 or 2). */
+  version?: number;
   /** The runtime's outer UDP address (ip:port). */
   peer: string;
   measurement: string;
@@ -108,7 +122,11 @@ export class Gateway {
   /** @internal */ readonly log: Logger;
   /** @internal */ readonly now: () => number;
   /** @internal */ readonly byPeer = new Map<string, Tunnel>();
-  /** @internal */ readonly byAddress = new Map<number, Tunnel>();
+  /** @internal Leased tunnels by IPv4 address (a number) and by IPv6 address (the packet's 16 bytes, ip6.ts). */
+  readonly byAddress = new Map<number, Tunnel>();
+  /** @internal */ readonly byAddress6 = new Ip6Map<Tunnel>();
+  /** @internal Every leased tunnel, whatever its families. */
+  readonly leased = new Set<Tunnel>();
   /** @internal */ readonly halfOpen = new Set<Tunnel>();
   /** @internal */ readonly appCounters = new Map<string, Counters>();
   /** @internal */ readonly limiter: RateLimiter;
@@ -116,6 +134,9 @@ export class Gateway {
   /** @internal */ verifyOpts: VerifyOptions;
   /** @internal */ readonly firewall: Firewall;
   /** @internal */ readonly gatewayAddress: number;
+  /** @internal The gateway's IPv6 address (the leases' gateway6, the source of Packet Too Big), when configured. */
+  readonly gatewayAddress6: string | undefined;
+  /** @internal */ readonly gatewayAddress6Bytes: Buffer;
   /** @internal */ leases!: LeaseStore;
   /** @internal */ listener!: DtlsListener;
   /** @internal */ cookies!: CookieRotation;
@@ -146,6 +167,9 @@ export class Gateway {
       config.limits.handshakesPerSecond,
     );
     this.gatewayAddress = ipToInt(config.tun.address.split("/")[0]!);
+    const g6 = config.tun.address6 ? parseIp6(config.tun.address6.split("/")[0]!) : undefined;
+    this.gatewayAddress6 = g6 ? formatIp6(g6) : undefined;
+    this.gatewayAddress6Bytes = Buffer.from(g6 ?? new Uint8Array(16));
     this.verifyOpts = verifyOptions(config);
     for (const app of config.apps) this.appCounters.set(app.name, zero());
     this.firewall = new Firewall(config.model, this.log);
@@ -161,7 +185,12 @@ export class Gateway {
       });
     }
     for (const warning of c.warnings) this.log.log("warn", "config-warning", { warning });
-    this.leases = new LeaseStore(c.database, c.apps, [this.gatewayAddress]);
+    this.leases = new LeaseStore(
+      c.database,
+      c.apps,
+      [this.gatewayAddress],
+      this.gatewayAddress6 ? [this.gatewayAddress6] : [],
+    );
     for (const f of this.leases.fixedModes)
       this.log.log("warn", "state-file-mode-fixed", { ...f, now: "600" });
     this.leases.expire(this.now());
@@ -170,6 +199,7 @@ export class Gateway {
       certPem: readFileSync(c.certificate, "utf8"),
       keyPem: readFileSync(c.key, "utf8"),
       mtu: c.tun.mtu + DTLS_OVERHEAD,
+      alpn: ALPN_OFFER, // protocol version 2 preferred; a runtime offering nothing speaks version 1
     });
     this.listener = new DtlsListener(this.ctx);
     this.cookies = new CookieRotation(this.listener, this.now());
@@ -179,9 +209,13 @@ export class Gateway {
         )
       : Tun.open(c.tun.name, { napi: true });
     try {
-      await this.system.configure(this.tun.name, c.tun.address, c.tun.mtu, [
-        ...new Set(c.apps.map((a) => a.subnet)),
-      ]);
+      await this.system.configure(
+        this.tun.name,
+        c.tun.address,
+        c.tun.mtu,
+        [...new Set(c.apps.flatMap((a) => [a.subnet, a.subnet6].filter((x) => x !== undefined)))],
+        c.tun.address6,
+      );
       await this.firewall.start();
       const [host, port] = splitHostPort(c.listen);
       this.udp = UdpSocket.bind(host, port, { rcvbuf: 4 << 20, sndbuf: 4 << 20 });
@@ -202,7 +236,7 @@ export class Gateway {
       port: this.udp.port,
       tun: this.tun.name,
       offload: this.tun.offload,
-      apps: c.apps.map((a) => `${a.name}=${a.subnet}`),
+      apps: c.apps.map((a) => `${a.name}=${[a.subnet, a.subnet6].filter(Boolean).join(",")}`),
     });
   }
 
@@ -249,7 +283,7 @@ export class Gateway {
         if (t.session.established())
           this.udp.sendMany(
             [
-              ...t.session.send([encodeControl({ type: MSG.CLOSE, reason, message })]),
+              ...t.session.send([encodeControl({ type: MSG.CLOSE, reason, message }, t.version)]),
               ...t.session.shutdown(),
             ],
             t.peer,
@@ -264,21 +298,29 @@ export class Gateway {
     this.halfOpen.delete(t);
     if (this.byPeer.get(t.peer) === t) this.byPeer.delete(t.peer);
     if (wasLeased) {
-      if (this.byAddress.get(t.address) === t) {
+      this.leased.delete(t);
+      if (t.address && this.byAddress.get(t.address) === t) {
         this.byAddress.delete(t.address);
         this.firewall.tunnelDown(intToIp(t.address));
       }
+      if (t.addr6 && this.byAddress6.get(t.addr6, 0) === t) {
+        this.byAddress6.delete(t.addr6);
+        this.firewall.tunnelDown(t.address6);
+      }
       const now = this.now();
-      if (keepLease) this.leases.extendMany([[t.leaseId, now + this.config.tunnel.leaseGraceSeconds * 1000]]);
+      const ids = [t.leaseId, t.leaseId6].filter((id) => id !== 0);
+      const until = now + this.config.tunnel.leaseGraceSeconds * 1000;
+      if (keepLease) this.leases.extendMany(ids.map((id) => [id, until]));
       else {
-        this.leases.release(t.leaseId, now, reason);
-        // The address is free for another holder: its flows must not outlive the lease (ct state established).
-        this.cutFlows(intToIp(t.address));
+        for (const id of ids) this.leases.release(id, now, reason);
+        // The addresses are free for another holder: their flows must not outlive the lease (ct state established).
+        for (const a of t.addresses) this.cutFlows(a);
       }
       this.log.log("info", "tunnel-down", {
         peer: t.peer,
         app: t.app,
-        address: intToIp(t.address),
+        address: t.address ? intToIp(t.address) : undefined,
+        ...(t.address6 ? { address6: t.address6 } : {}),
         measurement: t.measurement,
         reason,
         message,
@@ -341,18 +383,20 @@ export class Gateway {
     if (immutable) return fail(immutable);
     for (const warning of next.warnings) this.log.log("warn", "config-warning", { warning });
     const revoke: { t: Tunnel; reason: string }[] = [];
-    for (const t of this.byAddress.values()) {
-      const reason = revocationReason(this.leases.certOf(t.leaseId), t.app, next.apps, verify);
+    for (const t of this.leased) {
+      const reason = revocationReason(this.leases.certOf(t.certLease), t.app, next.apps, verify);
       if (reason) revoke.push({ t, reason });
     }
     const added = next.apps.filter((a) => !this.config.apps.some((o) => o.name === a.name));
-    const newRoutes = [...new Set(added.filter((a) => !a.shared).map((a) => a.subnet))];
+    const newRoutes = [
+      ...new Set(added.flatMap((a) => [a.shared ? undefined : a.subnet, a.shared6 ? undefined : a.subnet6])),
+    ].filter((s): s is string => s !== undefined);
     try {
       // New subnets first, so the new policy never names an app the kernel cannot route.
       await this.system.addRoutes(this.tun.name, newRoutes);
       await this.firewall.apply(
         next.model,
-        revoke.map((r) => intToIp(r.t.address)),
+        revoke.flatMap((r) => r.t.addresses),
       );
     } catch (e) {
       await this.system.removeRoutes(this.tun.name, newRoutes); // nothing of the refused configuration stays
@@ -363,15 +407,16 @@ export class Gateway {
     this.config = next;
     this.verifyOpts = verify;
     // Tunnels leased while the new policy was being applied were matched against the old configuration.
-    for (const t of this.byAddress.values()) {
+    for (const t of this.leased) {
       if (t.leasedAt < startedAt || revoke.some((r) => r.t === t)) continue;
-      const reason = revocationReason(this.leases.certOf(t.leaseId), t.app, next.apps, verify);
+      const reason = revocationReason(this.leases.certOf(t.certLease), t.app, next.apps, verify);
       if (reason) revoke.push({ t, reason });
     }
     const revoked: ReloadResult["revoked"] = [];
     for (const { t, reason } of revoke) {
-      const address = intToIp(t.address);
-      revoked.push({ address, app: t.app, measurement: t.measurement, reason });
+      // One entry per address: IPv4 and IPv6 flows are cut alike.
+      for (const address of t.addresses)
+        revoked.push({ address, app: t.app, measurement: t.measurement, reason });
       this.close(t, "revoked", reason);
     }
     // Flows of revoked addresses end now, not when they time out.
@@ -440,7 +485,9 @@ export class Gateway {
     return {
       id: t.id,
       app: t.app,
-      address: intToIp(t.address),
+      address: t.address ? intToIp(t.address) : "",
+      ...(t.address6 ? { address6: t.address6 } : {}),
+      version: t.version,
       peer: t.peer,
       measurement: t.measurement,
       key: t.keyFp,
@@ -454,7 +501,7 @@ export class Gateway {
 
   /** The leased tunnels, oldest first. */
   tunnels(): TunnelInfo[] {
-    return [...this.byAddress.values()].map((t) => this.info(t)).sort((a, b) => a.id - b.id);
+    return [...this.leased].map((t) => this.info(t)).sort((a, b) => a.id - b.id);
   }
 
   /** One leased tunnel with its attestation claims; undefined when no live tunnel has this id. */
@@ -462,7 +509,7 @@ export class Gateway {
     const t = this.findTunnel(id);
     if (!t) return undefined;
     // Claims come from the certificate kept with the lease (not kept in memory: ~6 KB per idle tunnel).
-    const der = this.leases.certOf(t.leaseId);
+    const der = this.leases.certOf(t.certLease);
     let verdict: ReturnType<typeof verifyRaTlsCert> | undefined;
     try {
       verdict = der ? verifyRaTlsCert(Cert.parseOnce(der), this.verifyOpts) : undefined;
@@ -485,24 +532,25 @@ export class Gateway {
   }
 
   private findTunnel(id: number): Tunnel | undefined {
-    for (const t of this.byAddress.values()) if (t.id === id) return t;
+    for (const t of this.leased) if (t.id === id) return t;
     return undefined;
   }
 
   stats(): GatewayStats {
     const apps: GatewayStats["apps"] = {};
     for (const [name, c] of this.appCounters) apps[name] = { ...c, tunnels: 0 };
-    for (const t of this.byAddress.values()) apps[t.app]!.tunnels++;
+    for (const t of this.leased) apps[t.app]!.tunnels++;
     return {
-      tunnels: this.byAddress.size,
+      tunnels: this.leased.size,
       halfOpen: this.halfOpen.size,
       handshakes: Object.fromEntries(this.handshakes),
       drops: Object.fromEntries(this.drops),
       apps,
-      tunnelList: [...this.byAddress.values()].map((t) => ({
+      tunnelList: [...this.leased].map((t) => ({
         peer: t.peer,
         app: t.app,
-        address: intToIp(t.address),
+        address: t.address ? intToIp(t.address) : "",
+        ...(t.address6 ? { address6: t.address6 } : {}),
         measurement: t.measurement,
         counters: { ...t.counters },
       })),

@@ -35,13 +35,14 @@ export function sweep(gw: Gateway): void {
   gw.cookies.tick(now);
   const extend: [number, number][] = [];
   const flush = now - gw.lastLeaseFlush > 30_000;
-  for (const t of gw.byAddress.values()) {
+  for (const t of gw.leased) {
     if (now - t.lastRx > tc.idleTimeoutSeconds * 1000) {
       gw.close(t, "idle-timeout", `nothing received for ${tc.idleTimeoutSeconds} s`);
       continue;
     }
     if (now - t.lastTx > tc.keepaliveSeconds * 1000) sendControl(gw, t, { type: MSG.KEEPALIVE });
-    if (flush) extend.push([t.leaseId, now + tc.leaseGraceSeconds * 1000]);
+    if (flush)
+      for (const id of [t.leaseId, t.leaseId6]) if (id) extend.push([id, now + tc.leaseGraceSeconds * 1000]);
   }
   if (flush) {
     gw.lastLeaseFlush = now;

@@ -1,6 +1,8 @@
 /** A runtime's tunnel as the gateway holds it (cf. wireguard-go's peer): state, lease, counters, timestamps. */
 import type { DtlsSession } from "../native/dtls.js";
 import type { DropReason } from "../packet/ip.js";
+import type { Drop6Reason } from "../packet/ip6.js";
+import type { ProtocolVersion } from "../tunnel/protocol.js";
 
 /** Per-tunnel and per-app traffic counters. */
 export interface Counters {
@@ -21,9 +23,16 @@ export class Tunnel {
   /** Stable id for the admin API, unique within the process. */
   readonly id = ++nextTunnelId;
   state: State = "handshake";
+  /** Protocol version negotiated in the handshake (ALPN); control messages carry it. */
+  version: ProtocolVersion = 1;
   app = "";
+  /** Leased IPv4 address (0: none) and its lease. */
   address = 0;
   leaseId = 0;
+  /** Leased IPv6 address: canonical text, its 16 bytes and its lease; "" / undefined / 0: none. */
+  address6 = "";
+  addr6: Buffer | undefined;
+  leaseId6 = 0;
   keyFp = "";
   measurement = "";
   acked = false;
@@ -42,9 +51,25 @@ export class Tunnel {
   badAt = 0;
   throttledUntil = 0;
   strikes = 0;
-  /** ICMP "fragmentation needed" answers sent in the current second, and which second. */
+  /** ICMP "fragmentation needed" and ICMPv6 "packet too big" answers sent in the current second, and which second. */
   icmpCount = 0;
   icmpSecond = 0;
+
+  /** The lease whose certificate stands for the tunnel (the IPv4 one, else the IPv6 one). */
+  get certLease(): number {
+    return this.leaseId || this.leaseId6;
+  }
+
+  /** The leased addresses as text, IPv4 first. */
+  get addresses(): string[] {
+    const out: string[] = [];
+    if (this.address)
+      out.push(
+        `${this.address >>> 24}.${(this.address >>> 16) & 255}.${(this.address >>> 8) & 255}.${this.address & 255}`,
+      );
+    if (this.address6) out.push(this.address6);
+    return out;
+  }
 
   constructor(
     readonly peer: string,
@@ -90,6 +115,7 @@ export const ICMP_PER_SECOND = 50;
 /** Why packets or datagrams were dropped, counted. */
 export type DropCounter =
   | DropReason
+  | Drop6Reason
   | "too-big"
   | "rate-limited"
   | "half-open-cap"

@@ -53,6 +53,24 @@ export interface DtlsConfig {
    * {@link DtlsSession.send} refuses records whose ciphertext would not fit.
    */
   mtu?: number;
+  /**
+   * ALPN protocol names (RFC 7301), each 1..255 bytes of ASCII, most preferred first. A client offers them; a
+   * server selects the first of its own that the client offered, and answers without ALPN when none matches (the
+   * handshake still succeeds: see {@link DtlsSession.alpn}). Omitted: no ALPN.
+   */
+  alpn?: readonly string[];
+}
+
+/** Encodes ALPN protocol names into the wire format (each name prefixed with its length). */
+function alpnWire(names: readonly string[]): Buffer {
+  if (names.length === 0) throw new RangeError("alpn: at least one protocol name");
+  const parts: Buffer[] = [];
+  for (const name of names) {
+    if (!/^[\x21-\x7e]{1,255}$/.test(name))
+      throw new RangeError(`alpn: ${JSON.stringify(name)} is not a protocol name`);
+    parts.push(Buffer.from([name.length]), Buffer.from(name, "latin1"));
+  }
+  return Buffer.concat(parts);
 }
 
 /** Result of feeding datagrams to a {@link DtlsSession}. */
@@ -95,6 +113,7 @@ interface NativeSession {
   trimPeerCertificate(): number;
   exportKeyingMaterial(label: string, length: number, context?: Buffer): Buffer;
   cipher(): string;
+  alpn(): string;
   version(): string;
   established(): boolean;
   maxRecord(): number;
@@ -109,6 +128,7 @@ interface NativeDtls {
     keyPem: string,
     ciphers: string,
     mtu: number,
+    alpn?: Buffer,
   ) => NativeContext;
   DtlsListener: new (ctx: NativeContext, meta: Uint32Array, scratch: Buffer) => NativeListener;
   DtlsSession: new (conn: unknown, meta: Uint32Array, scratch: Buffer) => NativeSession;
@@ -215,6 +235,7 @@ export class DtlsContext {
       cfg.keyPem,
       cfg.ciphers ?? DEFAULT_CIPHERS,
       mtu,
+      cfg.alpn === undefined ? undefined : alpnWire(cfg.alpn),
     );
   }
 }
@@ -371,6 +392,14 @@ export class DtlsSession {
   /** Negotiated cipher suite, OpenSSL name (e.g. "ECDHE-ECDSA-AES256-GCM-SHA384"); "" before negotiation. */
   cipher(): string {
     return this.#n.cipher();
+  }
+
+  /**
+   * The application protocol ALPN selected in the handshake, or "" when none was (the peer offered none, the
+   * server has none configured, or no name matched). Meaningful once established.
+   */
+  alpn(): string {
+    return this.#n.alpn();
   }
 
   /** Protocol version ("DTLSv1.2"). */

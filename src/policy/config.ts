@@ -12,6 +12,8 @@ import { z } from "zod";
 import { compileApps, identityWarnings, PolicyError, type AppSpec } from "../attest/policy.js";
 import { TCB_STATUSES } from "../attest/claims.js";
 import { parseCidr } from "../packet/ip.js";
+import { isUnicast6, overlaps6, parseCidr6, parseIp6, type Prefix6 } from "../packet/addr6.js";
+import { MIN_MTU6 } from "../tunnel/protocol.js";
 import { compilePolicy, FirewallConfigError, type PolicyModel } from "../firewall/model.js";
 
 /**
@@ -45,6 +47,35 @@ const cidr = z.string().refine(
   },
   { message: "expected an IPv4 CIDR such as 100.64.1.0/24 (no host bits set)" },
 );
+/** An IPv6 prefix for app addresses: no host bits, unicast, /16 to /124 (at least 16 addresses). */
+const cidr6 = z.string().superRefine((s, ctx) => {
+  const example = "expected an IPv6 prefix such as fd64:1::/64";
+  let p: Prefix6;
+  try {
+    p = parseCidr6(s);
+  } catch (e) {
+    return ctx.addIssue({ code: "custom", message: `${example} (${(e as Error).message})` });
+  }
+  if (p.prefix < 16 || p.prefix > 124)
+    return ctx.addIssue({ code: "custom", message: `${example}: a length of /16 to /124, got /${p.prefix}` });
+  const probe = Uint8Array.from(p.network);
+  probe[15] = probe[15]! | 1;
+  if (!isUnicast6(probe))
+    ctx.addIssue({
+      code: "custom",
+      message: `${example}: not a unicast range (no loopback, link-local, multicast or IPv4-mapped)`,
+    });
+});
+/** "fd64::1/128": the gateway's IPv6 address on its TUN. */
+const address6 = z.string().superRefine((s, ctx) => {
+  const m = /^([0-9a-fA-F:]+)\/128$/.exec(s);
+  const b = m ? parseIp6(m[1]!) : undefined;
+  if (!b || !isUnicast6(b))
+    ctx.addIssue({
+      code: "custom",
+      message: "expected the gateway's TUN IPv6 address with /128, e.g. fd64::1/128 (unicast, no zone id)",
+    });
+});
 const name = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$/, "expected 1-32 letters, digits, - or _");
 const ports = z
   .array(
@@ -55,7 +86,6 @@ const ports = z
   )
   .min(1, "expected at least one port");
 const proto = z.enum(["any", "tcp", "udp", "icmp"]);
-const ipv4 = z.string().regex(/^(\d{1,3}\.){3}\d{1,3}$/, "expected an IPv4 address");
 const hex = (bytes: number) =>
   z.string().regex(new RegExp(`^(0x)?[0-9a-fA-F]{${bytes * 2}}$`), `expected ${bytes} bytes of hex`);
 
@@ -106,12 +136,23 @@ const schema = z
             /^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$/,
             "expected the gateway's TUN address with a prefix, e.g. 100.64.0.1/32",
           ),
+        // The gateway's IPv6 address (the leases' gateway6): required when an app has IPv6.
+        address6: address6.optional(),
         mtu: z.number().int().min(576).max(4000).default(1400), // DTLS datagrams above 4096 bytes break OpenSSL 3.0 handshakes
         // TUN offloads (TSO/checksum): TCP super-packets in, merged TCP writes out; off = one packet per syscall
         offload: z.boolean().default(true),
       })
       .strict(),
-    dns: z.array(ipv4).default([]),
+    dns: z
+      .array(
+        z
+          .string()
+          .refine(
+            (s) => /^(\d{1,3}\.){3}\d{1,3}$/.test(s) || parseIp6(s) !== undefined,
+            "expected an IPv4 or IPv6 address",
+          ),
+      )
+      .default([]),
     trust: z
       .object({
         simulatedRoots: z.array(z.string()).default([]),
@@ -194,6 +235,7 @@ const schema = z
               .string()
               .regex(/^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$/, "expected 1-32 letters, digits, - or _"),
             subnet: cidr.optional(),
+            subnet6: cidr6.optional(),
             categories: z.array(name).default([]),
             mark: z.number().int().min(1).max(0xffffffff).optional(),
             identities: z.array(identity).min(1, "expected at least one identity"),
@@ -203,6 +245,8 @@ const schema = z
       .min(1, "expected at least one app"),
     /** Shared address pool for apps without their own subnet: only the nftables sets identify the app. */
     pool: cidr.optional(),
+    /** Shared IPv6 pool for apps without their own subnet6 (see `families` in parseConfig). */
+    pool6: cidr6.optional(),
     firewall: z
       .object({
         enabled: z.boolean().default(true),
@@ -268,8 +312,18 @@ export type GatewayConfigFile = z.infer<typeof schema>;
 /** The validated configuration, with paths resolved and identities compiled. */
 export interface GatewayConfig extends Omit<GatewayConfigFile, "apps" | "admin"> {
   file: string;
-  /** `subnet` is the app's own subnet, or the shared pool (`shared` true) when it has none. */
-  apps: (AppSpec & { subnet: string; shared: boolean; categories: string[]; mark: number })[];
+  /**
+   * Per family the app has: `subnet` (IPv4) is its own subnet or the shared `pool` (`shared` true); `subnet6` its
+   * own IPv6 prefix or the shared `pool6` (`shared6` true). At least one of the two is set.
+   */
+  apps: (AppSpec & {
+    subnet?: string;
+    shared: boolean;
+    subnet6?: string;
+    shared6: boolean;
+    categories: string[];
+    mark: number;
+  })[];
   /** The firewall policy compiled from `apps`, `firewall` and `policy` (src/firewall/model.ts). */
   model: PolicyModel;
   /** Admin API: always on the Unix socket; on TCP only with a token. Paths are absolute. */
@@ -361,32 +415,67 @@ export function parseConfig(text: string, file: string): GatewayConfig {
     }
     if (a.size < 4) throw new ConfigError(`${file}: ${a.key}: expected a /30 or larger subnet`);
   }
-  for (const [i, a] of c.apps.entries()) {
-    if (!a.subnet && !c.pool)
+  // The same for IPv6 prefixes and pool6.
+  const ranges6 = c.apps.flatMap((a, i) =>
+    a.subnet6 ? [{ ...parseCidr6(a.subnet6), key: `apps[${i}].subnet6`, cidr: a.subnet6 }] : [],
+  );
+  if (c.pool6) ranges6.push({ ...parseCidr6(c.pool6), key: "pool6", cidr: c.pool6 });
+  for (const [i, a] of ranges6.entries())
+    for (const b of ranges6.slice(i + 1))
+      if (overlaps6(a, b)) throw new ConfigError(`${file}: ${b.key}: overlaps ${a.key} (${a.cidr})`);
+  // Families: an app that names its own subnet or subnet6 has exactly the families it names; an app that names
+  // neither takes each shared pool that exists (pool, pool6).
+  const families = c.apps.map((a) => {
+    const own = a.subnet !== undefined || a.subnet6 !== undefined;
+    const v4 = a.subnet ?? (own ? undefined : c.pool);
+    const v6 = a.subnet6 ?? (own ? undefined : c.pool6);
+    return { v4, v6 };
+  });
+  for (const [i, f] of families.entries()) {
+    if (!f.v4 && !f.v6)
       throw new ConfigError(
-        `${file}: apps[${i}].subnet: expected a subnet, or a top-level pool for apps without one`,
+        `${file}: apps[${i}].subnet: expected a subnet, or a top-level pool for apps without one (for IPv6: subnet6 or pool6)`,
       );
   }
+  const any6 = families.some((f) => f.v6);
+  if (any6 && !c.tun.address6)
+    throw new ConfigError(
+      `${file}: tun.address6: expected the gateway's TUN IPv6 address, e.g. fd64::1/128 (required when an app has IPv6)`,
+    );
+  if (any6 && c.tun.mtu < MIN_MTU6)
+    throw new ConfigError(
+      `${file}: tun.mtu: expected at least ${MIN_MTU6} when an app has IPv6 (got ${c.tun.mtu})`,
+    );
   const marks = new Map<number, number>();
   const resolved = apps.map((a, i) => {
     const mark = c.apps[i]!.mark ?? 0x5e000000 + i + 1;
     if (marks.has(mark))
       throw new ConfigError(`${file}: apps[${i}].mark: the same as apps[${marks.get(mark)}] (${mark})`);
     marks.set(mark, i);
+    const { v4, v6 } = families[i]!;
     return {
       ...a,
-      subnet: c.apps[i]!.subnet ?? c.pool!,
-      shared: !c.apps[i]!.subnet,
+      ...(v4 ? { subnet: v4 } : {}),
+      shared: v4 !== undefined && !c.apps[i]!.subnet,
+      ...(v6 ? { subnet6: v6 } : {}),
+      shared6: v6 !== undefined && !c.apps[i]!.subnet6,
       categories: c.apps[i]!.categories,
       mark,
     };
   });
   let model: PolicyModel;
   try {
+    // The model takes each app's families as they are ("" stands for none until the firewall's own IPv6 types
+    // land: nothing in it reads an app's subnet yet) and the gateway's IPv6 address for DNS rules.
+    const gateway = {
+      address: c.tun.address.split("/")[0]!,
+      dns: c.dns,
+      ...(c.tun.address6 ? { address6: c.tun.address6.split("/")[0]! } : {}),
+    };
     model = compilePolicy({
-      apps: resolved,
+      apps: resolved.map((a) => ({ ...a, subnet: a.subnet ?? "" })),
       tun: c.tun.name,
-      gateway: { address: c.tun.address.split("/")[0]!, dns: c.dns },
+      gateway,
       firewall: c.firewall,
       policy: c.policy,
     });

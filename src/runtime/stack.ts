@@ -367,12 +367,14 @@ export class ShieldedStack extends EventEmitter<ShieldedStackEvents> {
     this.#log({ event: "lease", ...lease });
     this.emit("lease", lease);
     if (this.#failure) return;
-    const cfg: StackConfig = {
-      address: lease.address,
-      prefix: lease.prefix,
-      gateway: lease.gateway,
-      mtu: lease.mtu,
-    };
+    const cfg = stackConfig(lease);
+    if (!cfg)
+      return this.#fail(
+        new ShieldedStackError(
+          "SENG: the lease has no IPv4 address, which this stack needs",
+          "ERR_SENG_STACK",
+        ),
+      );
     if (this.#stack) {
       if (
         prev &&
@@ -395,14 +397,12 @@ export class ShieldedStack extends EventEmitter<ShieldedStackEvents> {
       stack.onOutput((packets) => this.tunnel.send(packets));
       stack.onEvent((ev) => this.#dispatch(ev));
       this.#stack = stack;
-      const latest = this.lease!;
-      if (latest.address !== cfg.address || latest.mtu !== cfg.mtu || latest.prefix !== cfg.prefix)
-        stack.reconfigure({
-          address: latest.address,
-          prefix: latest.prefix,
-          gateway: latest.gateway,
-          mtu: latest.mtu,
-        });
+      const latest = stackConfig(this.lease!);
+      if (
+        latest &&
+        (latest.address !== cfg.address || latest.mtu !== cfg.mtu || latest.prefix !== cfg.prefix)
+      )
+        stack.reconfigure(latest);
       for (const w of this.#waiters.splice(0)) w.resolve(stack);
     })().catch((e: Error) => {
       this.#log({ event: "error", where: "stack-create", message: e.message });
@@ -418,6 +418,13 @@ export class ShieldedStack extends EventEmitter<ShieldedStackEvents> {
   #dispatch(ev: StackEvent): void {
     this.#handlers.get(ev.id)?.(ev);
   }
+}
+
+/** The stack settings of a lease's IPv4 part, or undefined for a lease without IPv4. */
+function stackConfig(lease: Lease): StackConfig | undefined {
+  const { address, prefix, gateway, mtu } = lease;
+  if (address === undefined || prefix === undefined || gateway === undefined) return undefined;
+  return { address, prefix, gateway, mtu };
 }
 
 /** The running process-wide stack; throws a clear error when there is none. */

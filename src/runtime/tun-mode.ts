@@ -88,6 +88,7 @@ export class TunMode {
       this.client.on("packets", (p) => tun.writeMany(p));
       await ip("link", "set", "dev", tun.name, "mtu", String(lease.mtu), "up");
     }
+    if (lease.address === undefined) throw new Error("the lease has no IPv4 address, which TUN mode needs");
     if (this.address === lease.address) return this.opts.log({ event: "lease", ...lease });
     const dev = this.tun.name;
     if (this.address) await ip("addr", "del", `${this.address}/32`, "dev", dev).catch(() => {});

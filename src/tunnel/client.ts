@@ -14,19 +14,25 @@
  *
  *   send:    packets → DTLS records (one per packet) → datagrams → sendmmsg
  *   receive: datagrams → DTLS → control messages (LEASE, KEEPALIVE, CLOSE) or IP packets → onPackets
+ *
+ * Protocol version 2 is offered with ALPN ("seng/2", then "seng/1"); a gateway that selects none speaks version 1
+ * (IPv4 leases only). Control messages carry the negotiated version.
  */
 import { createHash } from "node:crypto";
 import { EventEmitter } from "node:events";
 import { DtlsContext, DtlsSession } from "../native/dtls.js";
 import { canonicalPeer, UdpSocket } from "../native/io.js";
 import {
+  ALPN_OFFER,
   decodeControl,
   encodeControl,
   isControl,
   MSG,
   ProtocolError,
+  versionFromAlpn,
   type CloseReason,
   type Lease,
+  type ProtocolVersion,
 } from "./protocol.js";
 
 export interface TunnelClientOptions {
@@ -53,6 +59,11 @@ export interface TunnelClientOptions {
   backoffMs?: [number, number];
   /** Largest UDP payload to send (default 1464: a 1400-byte packet plus DTLS overhead, within a 1500-byte path). */
   mtu?: number;
+  /**
+   * Highest protocol version to offer (default 2: ALPN "seng/2" then "seng/1"). 1 offers no ALPN at all, as
+   * runtimes before version 2 did (for compatibility tests).
+   */
+  maxVersion?: ProtocolVersion;
 }
 
 export interface TunnelClientEvents {
@@ -83,6 +94,8 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
   private stopped = false;
   private unrefed = false;
   lease: Lease | undefined;
+  /** The protocol version of the current session (negotiated in its handshake). */
+  version: ProtocolVersion = 1;
 
   constructor(readonly opts: TunnelClientOptions) {
     super();
@@ -91,6 +104,7 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
       certPem: opts.certPem,
       keyPem: opts.keyPem,
       mtu: opts.mtu ?? 1464,
+      ...(opts.maxVersion === 1 ? {} : { alpn: ALPN_OFFER }),
     });
     const i = opts.gateway.lastIndexOf(":");
     this.host = opts.gateway.slice(0, i).replace(/^\[|\]$/g, "");
@@ -174,7 +188,9 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
       try {
         this.udp.sendMany(
           [
-            ...this.session.send([encodeControl({ type: MSG.CLOSE, reason: "client-closed", message })]),
+            ...this.session.send([
+              encodeControl({ type: MSG.CLOSE, reason: "client-closed", message }, this.version),
+            ]),
             ...this.session.shutdown(),
           ],
           this.peer,
@@ -200,6 +216,11 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
       this.probeAt = 0;
     }
     if (!wasEstablished && r.established) {
+      try {
+        this.version = versionFromAlpn(s.alpn());
+      } catch (e) {
+        return this.lost("protocol-error", (e as Error).message);
+      }
       const der = s.peerCertificate();
       const fp = der ? createHash("sha256").update(der).digest("hex") : "";
       if (fp !== this.opts.pin.toLowerCase()) {
@@ -209,11 +230,14 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
           this.udp.sendMany(
             [
               ...s.send([
-                encodeControl({
-                  type: MSG.CLOSE,
-                  reason: "policy-rejected",
-                  message: "gateway certificate does not match the pin",
-                }),
+                encodeControl(
+                  {
+                    type: MSG.CLOSE,
+                    reason: "policy-rejected",
+                    message: "gateway certificate does not match the pin",
+                  },
+                  this.version,
+                ),
               ]),
               ...s.shutdown(),
             ],
@@ -240,7 +264,7 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
       }
       let msg;
       try {
-        msg = decodeControl(rec);
+        msg = decodeControl(rec, this.version);
       } catch (e) {
         if (e instanceof ProtocolError) return this.lost("protocol-error", e.message);
         throw e;
@@ -248,10 +272,12 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
       if (msg.type === MSG.LEASE) {
         this.lease = msg.lease;
         this.attempt = 0;
-        this.udp.sendMany(
-          s.send([encodeControl({ type: MSG.LEASE_ACK, address: msg.lease.address })]),
-          this.peer,
-        );
+        const ack = {
+          type: MSG.LEASE_ACK,
+          address: msg.lease.address,
+          address6: msg.lease.address6,
+        } as const;
+        this.udp.sendMany(s.send([encodeControl(ack, this.version)]), this.peer);
         this.emit("lease", msg.lease);
       } else if (msg.type === MSG.CLOSE) {
         return this.lost(msg.reason, msg.message, FINAL.has(msg.reason));
@@ -300,7 +326,7 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
     if (probe || now - this.lastTx > (o.keepaliveSeconds ?? 10) * 1000) {
       if (probe) this.probeAt = now;
       this.lastTx = now;
-      this.udp.sendMany(s.send([encodeControl({ type: MSG.KEEPALIVE })]), this.peer);
+      this.udp.sendMany(s.send([encodeControl({ type: MSG.KEEPALIVE }, this.version)]), this.peer);
     }
   }
 }

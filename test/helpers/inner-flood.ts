@@ -28,7 +28,7 @@ let after: UdpSocket | undefined;
 async function flood(): Promise<Buffer[]> {
   const c = new TunnelClient({ gateway: gateway!, pin: pin!, ...id, reconnect: false });
   const lease = await new Promise<string>((resolve, reject) => {
-    c.once("lease", (l) => resolve(l.address));
+    c.once("lease", (l) => resolve(l.address ?? ""));
     c.once("closed", (e) => reject(new Error(`${e.reason}: ${e.message}`)));
     c.connect();
   });

@@ -4,7 +4,9 @@
  *   cliN (198.18.<2N+1>.2) ── veth ── gw (198.18.<2N+1>.1 | 198.18.2.1) ── veth ── srv (198.18.2.2)
  *
  * `seng gateway` runs in gw with a TUN and app subnets in 100.64.0.0/10; the server routes 100.64.0.0/10 back via
- * the gateway; clients reach 198.18.2.0/24 only through their tunnel. Everything lives in namespaces this lab
+ * the gateway; clients reach 198.18.2.0/24 only through their tunnel. With `ipv6`, the server network is dual-stack
+ * (gw 2001:2:ff::1, srv 2001:2:ff::2), the server routes fd64::/16 back via the gateway, and the gateway's TUN
+ * gets fd64::1 (apps take `subnet6` prefixes in fd64::/16). Everything lives in namespaces this lab
  * creates and `destroy()` removes (also on process exit, through the netns helper's registry).
  */
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -17,11 +19,14 @@ import { createSimSnp, saveSimSnp } from "../../src/attest/sim-snp.js";
 export const CLI = join(ROOT, "src/cli/main.ts");
 export const TCP_TOOL = join(ROOT, "test/helpers/tcp-tool.ts");
 export const SERVER_IP = "198.18.2.2";
+export const SERVER_IP6 = "2001:2:ff::2";
 
 export interface LabApp {
   name: string;
   /** Without a subnet the app leases from the config's shared `pool` (set extraYaml). */
   subnet?: string;
+  /** An IPv6 prefix in fd64::/16 (needs the lab's `ipv6`). */
+  subnet6?: string;
   categories?: string[];
   identities: Record<string, unknown>[];
 }
@@ -33,6 +38,8 @@ export interface LabOptions {
   extraYaml?: string;
   /** The gateway's `listen` (default 0.0.0.0:4433; "[::]:4433" for dual stack). */
   listen?: string;
+  /** A dual-stack server network and an IPv6 address on the gateway's TUN (see the file comment). */
+  ipv6?: boolean;
 }
 
 function seng(args: string[]): string {
@@ -107,6 +114,12 @@ export class Lab {
     await veth(this.gw, "gw-srv", "198.18.2.1/24", this.srv, "srv-gw", "198.18.2.2/24");
     await this.srv.ip("route", "add", "100.64.0.0/10", "via", "198.18.2.1");
     await this.srv.ip("route", "add", "198.18.0.0/15", "via", "198.18.2.1");
+    if (this.opts.ipv6) {
+      // nodad: usable at once (duplicate address detection would hold them for a second or two)
+      await this.gw.ip("-6", "addr", "add", "2001:2:ff::1/64", "dev", "gw-srv", "nodad");
+      await this.srv.ip("-6", "addr", "add", `${SERVER_IP6}/64`, "dev", "srv-gw", "nodad");
+      await this.srv.ip("-6", "route", "add", "fd64::/16", "via", "2001:2:ff::1");
+    }
     // The gateway namespace routes (the gateway would switch this on itself; benchmarks use the direct path first).
     await this.gw.exec("sysctl", ["-qw", "net.ipv4.ip_forward=1"]);
     for (let i = 0; i < (this.opts.clients ?? 1); i++) await this.addClient();
@@ -142,6 +155,7 @@ export class Lab {
         (a) =>
           `  - name: ${a.name}\n` +
           (a.subnet ? `    subnet: ${a.subnet}\n` : "") +
+          (a.subnet6 ? `    subnet6: "${a.subnet6}"\n` : "") +
           (a.categories ? `    categories: ${JSON.stringify(a.categories)}\n` : "") +
           `    identities: ${JSON.stringify(a.identities)}`,
       )
@@ -151,7 +165,7 @@ export class Lab {
       "certificate: gateway.pem",
       "key: gateway.key",
       "database: seng.db",
-      "tun: { name: seng0, address: 100.64.0.1/32, mtu: 1400 }",
+      `tun: { name: seng0, address: 100.64.0.1/32,${opts.ipv6 ? ' address6: "fd64::1/128",' : ""} mtu: 1400 }`,
       "trust:",
       "  simulatedRoots: [sim/root.pem, sim-snp/ark.pem]",
       "  collateral: [sim/collateral.json]",

@@ -639,3 +639,28 @@ test("sessions beyond the most recently active ones release their buffers and ke
   assert.equal(waiting.onTimeout().length, 1);
   waiting.free();
 });
+
+test("ALPN: the server picks its first protocol the client offered; none offered or none shared: no ALPN", async () => {
+  const cases: [string[] | undefined, string[] | undefined, string][] = [
+    [["seng/2", "seng/1"], ["seng/2", "seng/1"], "seng/2"],
+    [["seng/2", "seng/1"], ["seng/1", "seng/2"], "seng/2"], // the server's preference decides
+    [["seng/2", "seng/1"], ["seng/1"], "seng/1"],
+    [["seng/1"], ["seng/2", "seng/1"], "seng/1"], // an old gateway that knew only version 1
+    [["seng/2", "seng/1"], undefined, ""], // a runtime from before ALPN
+    [undefined, ["seng/2", "seng/1"], ""], // a gateway from before ALPN
+    [["seng/2"], ["seng/3"], ""],
+  ];
+  for (const [server, client, expected] of cases) {
+    const { listener, cctx } = await setup(server ? { alpn: server } : {}, client ? { alpn: client } : {});
+    const p = connect(listener, cctx);
+    const what = `server ${String(server)}, client ${String(client)}`;
+    assert.equal(p.client.established(), true, what);
+    assert.equal(p.server.alpn(), expected, what);
+    assert.equal(p.client.alpn(), expected, what);
+    p.client.free();
+    p.server.free();
+  }
+  const id = await identities();
+  for (const bad of [[], [""], ["x".repeat(256)], ["sp ace"]])
+    assert.throws(() => clientCtx(id.client, { alpn: bad }), /alpn/, JSON.stringify(bad));
+});

@@ -1,4 +1,4 @@
-/** Wire protocol v1: control messages round-trip, and everything malformed is a ProtocolError. */
+/** Wire protocol v1 and v2: control messages round-trip, and everything malformed is a ProtocolError. */
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
@@ -8,6 +8,8 @@ import {
   isControl,
   MSG,
   ProtocolError,
+  ALPN_OFFER,
+  versionFromAlpn,
 } from "../../src/tunnel/protocol.js";
 
 const lease = {
@@ -73,11 +75,114 @@ test("random control bodies never throw anything but ProtocolError", () => {
     const b = Buffer.alloc(rnd(40));
     for (let k = 0; k < b.length; k++) b[k] = rnd(256);
     if (b.length) b[0] = 0;
-    if (b.length > 1) b[1] = 1;
+    if (b.length > 1) b[1] = 1 + (i & 1);
     try {
-      decodeControl(b);
+      decodeControl(b, (1 + (i & 1)) as 1 | 2);
     } catch (e) {
       assert.ok(e instanceof ProtocolError, String(e));
     }
   }
+});
+
+const dual = {
+  address: "100.64.1.2",
+  prefix: 24,
+  gateway: "100.64.0.1",
+  address6: "fd64:1::2",
+  prefix6: 64,
+  gateway6: "fd64:1::1",
+  mtu: 1400,
+  dns: ["100.64.0.1", "fd64:1::1"],
+  lifetime: 300,
+  app: "browser",
+};
+const only6 = {
+  address6: "fd64:1::2",
+  prefix6: 64,
+  gateway6: "fd64:1::1",
+  mtu: 1280,
+  dns: ["fd64:1::1"],
+  lifetime: 300,
+  app: "v6",
+};
+
+test("version 2: dual-stack and IPv6-only leases and acks round-trip; the version byte is the session's", () => {
+  for (const m of [
+    { type: MSG.LEASE, lease: dual },
+    { type: MSG.LEASE, lease: only6 },
+    { type: MSG.LEASE, lease },
+    { type: MSG.LEASE_ACK, address: "100.64.1.2", address6: "fd64:1::2" },
+    { type: MSG.LEASE_ACK, address6: "fd64:1::2" },
+    { type: MSG.LEASE_ACK, address: "100.64.1.2" },
+    { type: MSG.KEEPALIVE },
+    { type: MSG.CLOSE, reason: "revoked", message: "m" },
+  ] as const) {
+    const rec = encodeControl(m, 2);
+    assert.equal(rec[1], 2);
+    assert.deepEqual(decodeControl(rec, 2), m);
+    assert.throws(() => decodeControl(rec, 1), /protocol version 2 \(this session speaks 1\)/);
+  }
+  assert.throws(() => decodeControl(encodeControl({ type: MSG.KEEPALIVE }, 1), 2), /protocol version 1/);
+});
+
+test("version 1 encoding of a dual-stack lease is what a version-1 runtime accepts: IPv4 fields, IPv4 DNS", () => {
+  const rec = encodeControl({ type: MSG.LEASE, lease: dual }, 1);
+  assert.equal(rec[1], 1);
+  const body = JSON.parse(rec.toString("utf8", 3)) as { lease: Record<string, unknown> };
+  assert.deepEqual(Object.keys(body.lease).sort(), [
+    "address",
+    "app",
+    "dns",
+    "gateway",
+    "lifetime",
+    "mtu",
+    "prefix",
+  ]);
+  assert.deepEqual(decodeControl(rec, 1), { type: MSG.LEASE, lease });
+  const ack = encodeControl({ type: MSG.LEASE_ACK, address: "100.64.1.2", address6: "fd64:1::2" }, 1);
+  assert.deepEqual(JSON.parse(ack.toString("utf8", 3)), { address: "100.64.1.2" });
+});
+
+test("version 2: malformed leases and acks are ProtocolErrors naming the field", () => {
+  const v2 = (body: unknown, type: number = MSG.LEASE) =>
+    Buffer.concat([Buffer.from([0, 2, type]), Buffer.from(JSON.stringify(body))]);
+  const bad: [Buffer, RegExp][] = [
+    [v2({ lease: { ...only6, address6: "fe80::1%eth0" } }), /address6 must be a unicast IPv6/],
+    [v2({ lease: { ...only6, address6: "::ffff:100.64.1.2" } }), /address6/],
+    [v2({ lease: { ...only6, address6: "::ffff:6440:102" } }), /address6/], // mapped IPv4
+    [v2({ lease: { ...only6, address6: "::" } }), /address6/],
+    [v2({ lease: { ...only6, address6: "ff02::1" } }), /address6/],
+    [v2({ lease: { ...only6, address6: "FD64:1::2" } }), /address6/], // not canonical
+    [v2({ lease: { ...only6, address6: "fd64:1:0:0:0:0:0:2" } }), /address6/],
+    [v2({ lease: { ...only6, address6: "fd64::1::2" } }), /address6/],
+    [v2({ lease: { ...only6, gateway6: "100.64.0.1" } }), /gateway6/],
+    [v2({ lease: { ...only6, prefix6: 129 } }), /prefix6/],
+    [v2({ lease: { ...only6, mtu: 1279 } }), /mtu/],
+    [v2({ lease: { ...only6, prefix6: undefined } }), /all present or all absent \(IPv6\)/],
+    [v2({ lease: { ...dual, gateway: undefined } }), /all present or all absent \(IPv4\)/],
+    [v2({ lease: { mtu: 1400, dns: [], lifetime: 1, app: "a" } }), /needs an IPv4 or an IPv6/],
+    [v2({ lease: { ...dual, dns: ["fd64::1%1"] } }), /dns/],
+    [v2({}, MSG.LEASE_ACK), /needs address or address6/],
+    [v2({ address6: "fd64:1::2%lo" }, MSG.LEASE_ACK), /address6/],
+    [v2({ address: "fd64:1::2" }, MSG.LEASE_ACK), /address must be an IPv4/],
+    // Version 1 never reads IPv6 fields and still requires IPv4.
+    [
+      Buffer.concat([Buffer.from([0, 1, MSG.LEASE]), Buffer.from(JSON.stringify({ lease: only6 }))]),
+      /address/,
+    ],
+  ];
+  for (const [rec, re] of bad)
+    assert.throws(
+      () => decodeControl(rec, rec[1] as 1 | 2),
+      (e: unknown) => e instanceof ProtocolError && re.test(e.message),
+      `${String(re)}: ${rec.toString("utf8", 3)}`,
+    );
+});
+
+test("ALPN outcomes: seng/2 is version 2; seng/1 or none is version 1; anything else is an error", () => {
+  assert.equal(versionFromAlpn("seng/2"), 2);
+  assert.equal(versionFromAlpn("seng/1"), 1);
+  assert.equal(versionFromAlpn(""), 1);
+  assert.throws(() => versionFromAlpn("h2"), ProtocolError);
+  assert.deepEqual(ALPN_OFFER, ["seng/2", "seng/1"]);
 });
