@@ -118,6 +118,9 @@ class TunHandle : public seng_io::PollReader<TunHandle> {
       int rc = ::ioctl(fd, TUNSETVNETHDRSZ, &hdrLen);
       if (rc == 0) {
         what = "ioctl(TUNSETOFFLOAD)";
+        // Not TUN_F_USO4/USO6 (accepted by this 6.18 kernel): the kernel would then hand over UDP super-packets
+        // (GSO_UDP_L4), which Split() has no path for and would drop. UDP segmentation stays the kernel's until
+        // Split and the coalescer learn UDP and a measurement shows it pays.
         rc = ::ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6);
       }
       if (rc < 0) {
