@@ -6,7 +6,7 @@
 //  - GSO TCPv4/v6: segments of at most gso_size payload bytes whose payloads concatenate to the original payload,
 //    with the original headers except length, IPv4 ID (+1 per segment), sequence number (+offset), FIN/PSH only on
 //    the last and CWR only on the first segment, and IP and TCP checksums that verify (checked with an independent
-//    byte-wise implementation).
+//    byte-wise implementation); a TCPv6 super-packet is split only when TCP directly follows the IPv6 header.
 // It also checks CsumPartial against that independent implementation at every alignment.
 #include <arpa/inet.h>
 #include <string.h>
@@ -90,6 +90,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   FUZZ_CHECK(gso == 1 || gso == 4, "accepted gso_type %u", gso);
   const bool v6 = gso == 4;
+  // Never an unparsed chain: a TCPv6 super-packet is split only when TCP follows the fixed header directly (an
+  // extension header there is a dropped read, not segments cut at a guessed offset).
+  FUZZ_CHECK(!v6 || in[6] == 6, "split a GSO_TCPV6 read whose next header is %u", in[6]);
+  FUZZ_CHECK(in[0] >> 4 == (v6 ? 6 : 4), "split a GSO read of IP version %u as %s", in[0] >> 4, v6 ? "v6" : "v4");
   const size_t iphl = v6 ? 40 : static_cast<size_t>(in[0] & 0x0f) * 4;
   const size_t thl = static_cast<size_t>(in[iphl + 12] >> 4) * 4;
   const size_t hl = iphl + thl;

@@ -26,6 +26,7 @@
 
 #include "addon.h"
 #include "offload.h"
+#include "reader.h"
 
 namespace {
 
@@ -34,59 +35,32 @@ constexpr size_t kSlotEstimate = 2048;      // scratch per batch slot; the scrat
 constexpr uint32_t kDefaultBatch = 64;
 constexpr uint32_t kMaxBatch = 1024;
 
-std::string ErrnoText(int err) {
-  const char* name = strerrorname_np(err);
-  return std::string(strerror(err)) + " (" + (name ? name : std::to_string(err)) + ")";
-}
+using seng_io::ErrnoText;
+using seng_io::GetBytes;
+using seng_io::IsDropErrno;
+using seng_io::SysError;
 
-// An Error shaped like Node's system errors: message "syscall: text (CODE)", plus code, errno and syscall.
-Napi::Error SysError(Napi::Env env, const char* syscall, int err) {
-  Napi::Error e = Napi::Error::New(env, std::string(syscall) + ": " + ErrnoText(err));
-  const char* name = strerrorname_np(err);
-  e.Set("code", Napi::String::New(env, name ? name : "UNKNOWN"));
-  e.Set("errno", Napi::Number::New(env, -err));
-  e.Set("syscall", Napi::String::New(env, syscall));
-  return e;
-}
-
-bool IsDropErrno(int err) { return err == EAGAIN || err == EWOULDBLOCK || err == ENOBUFS || err == ENOMEM; }
-
-// Bytes of a Uint8Array (Buffer included). False when v is anything else.
-bool GetBytes(napi_env env, napi_value v, const uint8_t** data, size_t* len) {
-  bool is = false;
-  if (napi_is_typedarray(env, v, &is) != napi_ok || !is) return false;
-  napi_typedarray_type type;
-  size_t length = 0;
-  void* ptr = nullptr;
-  if (napi_get_typedarray_info(env, v, &type, &length, &ptr, nullptr, nullptr) != napi_ok) return false;
-  if (type != napi_uint8_array) return false;
-  *data = static_cast<const uint8_t*>(ptr);
-  *len = length;
-  return true;
-}
-
-class TunHandle : public Napi::ObjectWrap<TunHandle> {
+class TunHandle : public seng_io::PollReader<TunHandle> {
  public:
+  static constexpr const char* kJsName = "Tun";
+  static constexpr const char* kClosedText = "the TUN handle is closed";
+  static constexpr const char* kStartName = "onPackets";
+  static constexpr const char* kAsyncName = "SengTun";
+
   static Napi::Function Define(Napi::Env env) {
-    return DefineClass(env, "TunHandle",
-                       {
-                           InstanceAccessor<&TunHandle::GetName>("name"),
-                           InstanceAccessor<&TunHandle::GetClosed>("closed"),
-                           InstanceAccessor<&TunHandle::GetOffload>("offload"),
-                           InstanceMethod<&TunHandle::Start>("start"),
-                           InstanceMethod<&TunHandle::Pause>("pause"),
-                           InstanceMethod<&TunHandle::Resume>("resume"),
-                           InstanceMethod<&TunHandle::Ref>("ref"),
-                           InstanceMethod<&TunHandle::Unref>("unref"),
-                           InstanceMethod<&TunHandle::Write>("write"),
-                           InstanceMethod<&TunHandle::WriteMany>("writeMany"),
-                           InstanceMethod<&TunHandle::Stats>("stats"),
-                           InstanceMethod<&TunHandle::Close>("close"),
-                       });
+    std::vector<PropertyDescriptor> props = {
+        InstanceAccessor<&TunHandle::GetName>("name"),
+        InstanceAccessor<&TunHandle::GetOffload>("offload"),
+        InstanceMethod<&TunHandle::Write>("write"),
+        InstanceMethod<&TunHandle::WriteMany>("writeMany"),
+        InstanceMethod<&TunHandle::Stats>("stats"),
+    };
+    AddReaderProps(props);
+    return DefineClass(env, "TunHandle", props);
   }
 
   // new TunHandle(name: string, multiQueue: boolean, batch: number, napi: boolean, offload: boolean)
-  explicit TunHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TunHandle>(info), env_(info.Env()) {
+  explicit TunHandle(const Napi::CallbackInfo& info) : PollReader<TunHandle>(info) {
     Napi::Env env = info.Env();
     if (info.Length() < 1 || !info[0].IsString()) {
       Napi::TypeError::New(env, "TunHandle: name must be a string").ThrowAsJavaScriptException();
@@ -144,6 +118,9 @@ class TunHandle : public Napi::ObjectWrap<TunHandle> {
       int rc = ::ioctl(fd, TUNSETVNETHDRSZ, &hdrLen);
       if (rc == 0) {
         what = "ioctl(TUNSETOFFLOAD)";
+        // Not TUN_F_USO4/USO6 (accepted by this 6.18 kernel): the kernel would then hand over UDP super-packets
+        // (GSO_UDP_L4), which Split() has no path for and would drop. UDP segmentation stays the kernel's until
+        // Split and the coalescer learn UDP and a measurement shows it pays.
         rc = ::ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6);
       }
       if (rc < 0) {
@@ -155,178 +132,57 @@ class TunHandle : public Napi::ObjectWrap<TunHandle> {
       offload_ = true;
       rbuf_.resize(seng_offload::kVnetHdrLen + kMaxPacket);
     }
-    fd_ = fd;
     name_.assign(ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ));
     scratchSize_ = kMaxPacket + static_cast<size_t>(batch_) * kSlotEstimate;
     lens_.resize(batch_);
-    napi_add_env_cleanup_hook(env, &TunHandle::EnvCleanup, this);
-    hookAdded_ = true;
-  }
-
-  ~TunHandle() override {
-    Teardown();
-    if (hookAdded_) napi_remove_env_cleanup_hook(env_, &TunHandle::EnvCleanup, this);
-    if (asyncCtx_) napi_async_destroy(env_, asyncCtx_);
+    Opened(fd);
   }
 
  private:
-  static void EnvCleanup(void* arg) {
-    auto* self = static_cast<TunHandle*>(arg);
-    self->hookAdded_ = false;
-    self->Teardown();
-  }
-
-  // Releases the fd and the poll handle. Touches no JS (safe from finalizers and env cleanup).
-  void Teardown() {
-    if (poll_) {
-      uv_poll_stop(poll_);
-      uv_close(reinterpret_cast<uv_handle_t*>(poll_),
-               [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
-      poll_ = nullptr;
-    }
-    polling_ = false;
-    if (fd_ >= 0) {
-      ::close(fd_);
-      fd_ = -1;
-    }
-  }
-
-  bool CheckOpen(Napi::Env env, const char* what) {
-    if (fd_ >= 0) return true;
-    Napi::Error::New(env, std::string("Tun.") + what + ": the TUN handle is closed").ThrowAsJavaScriptException();
-    return false;
-  }
+  friend class seng_io::PollReader<TunHandle>;
 
   Napi::Value GetName(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), name_); }
-  Napi::Value GetClosed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), fd_ < 0); }
   Napi::Value GetOffload(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), offload_); }
 
-  void HoldJs(bool hold) {
-    if (hold && !jsHeld_) {
-      Napi::ObjectWrap<TunHandle>::Ref();
-      jsHeld_ = true;
-    } else if (!hold && jsHeld_) {
-      Napi::ObjectWrap<TunHandle>::Unref();
-      jsHeld_ = false;
-    }
-  }
-
   // start(onBatch: (count: number) => void, onError: (err: Error) => void, lengths: Uint32Array, scratch: Buffer)
-  Napi::Value Start(const Napi::CallbackInfo& info) {
+  bool AcceptStart(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (!CheckOpen(env, "onPackets")) return env.Undefined();
-    if (poll_) {
-      Napi::Error::New(env, "Tun.onPackets: a reader is already started").ThrowAsJavaScriptException();
-      return env.Undefined();
-    }
     if (info.Length() < 4 || !info[0].IsFunction() || !info[1].IsFunction() || !info[2].IsTypedArray() ||
         info[2].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array || !info[3].IsBuffer()) {
       Napi::TypeError::New(env, "TunHandle.start(onBatch, onError, lengths: Uint32Array, scratch: Buffer)")
           .ThrowAsJavaScriptException();
-      return env.Undefined();
+      return false;
     }
     if (info[3].As<Napi::Buffer<uint8_t>>().Length() < scratchSize_) {
       Napi::RangeError::New(env, "TunHandle.start: scratch must hold " + std::to_string(scratchSize_) + " bytes")
           .ThrowAsJavaScriptException();
-      return env.Undefined();
+      return false;
     }
     if (info[2].As<Napi::Uint32Array>().ElementLength() < batch_) {
       Napi::RangeError::New(env, "TunHandle.start: lengths must hold " + std::to_string(batch_) + " entries")
           .ThrowAsJavaScriptException();
-      return env.Undefined();
+      return false;
     }
-    uv_loop_t* loop = nullptr;
-    if (napi_get_uv_event_loop(env, &loop) != napi_ok || !loop) {
-      Napi::Error::New(env, "Tun.onPackets: no event loop").ThrowAsJavaScriptException();
-      return env.Undefined();
-    }
-    auto* poll = new uv_poll_t;
-    int rc = uv_poll_init(loop, poll, fd_);
-    if (rc != 0) {
-      delete poll;
-      SysError(env, "uv_poll_init", -rc).ThrowAsJavaScriptException();
-      return env.Undefined();
-    }
-    poll->data = this;
-    poll_ = poll;
-    onBatch_ = Napi::Persistent(info[0].As<Napi::Function>());
-    onError_ = Napi::Persistent(info[1].As<Napi::Function>());
     lengths_ = Napi::Persistent(info[2].As<Napi::Uint32Array>());
     // Held until the handle is destroyed (not reset by close(): a read round may still be filling it).
     scratchRef_ = Napi::Persistent(info[3].As<Napi::Buffer<uint8_t>>());
     sbuf_ = scratchRef_.Value().Data();
-    if (!asyncCtx_) {
-      napi_value resName = Napi::String::New(env, "SengTun");
-      napi_async_init(env, Value(), resName, &asyncCtx_);
+    return true;
+  }
+
+  void ReleaseStart() { lengths_.Reset(); }
+
+  // libuv reports POLLERR as EBADF; a read tells the real cause (EBADFD once the device was deleted).
+  void PollError(Napi::Env env, int status) {
+    uint8_t probe[1];
+    if (::read(fd_, probe, 0) < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+      Fail(env, "read", errno);
+    } else {
+      Fail(env, "uv_poll", -status);
     }
-    if (!refed_) uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
-    if (!paused_) StartPolling(env);
-    return env.Undefined();
   }
 
-  void StartPolling(Napi::Env env) {
-    if (!poll_ || polling_) return;
-    int rc = uv_poll_start(poll_, UV_READABLE, &TunHandle::OnPoll);
-    if (rc != 0) {
-      SysError(env, "uv_poll_start", -rc).ThrowAsJavaScriptException();
-      return;
-    }
-    polling_ = true;
-    HoldJs(true);
-  }
-
-  void StopPolling() {
-    if (poll_ && polling_) uv_poll_stop(poll_);
-    polling_ = false;
-    HoldJs(false);
-  }
-
-  Napi::Value Pause(const Napi::CallbackInfo& info) {
-    if (!CheckOpen(info.Env(), "pause")) return info.Env().Undefined();
-    paused_ = true;
-    StopPolling();
-    return info.Env().Undefined();
-  }
-
-  Napi::Value Resume(const Napi::CallbackInfo& info) {
-    if (!CheckOpen(info.Env(), "resume")) return info.Env().Undefined();
-    paused_ = false;
-    StartPolling(info.Env());
-    return info.Env().Undefined();
-  }
-
-  Napi::Value Ref(const Napi::CallbackInfo& info) {
-    refed_ = true;
-    if (poll_) uv_ref(reinterpret_cast<uv_handle_t*>(poll_));
-    return info.Env().Undefined();
-  }
-
-  Napi::Value Unref(const Napi::CallbackInfo& info) {
-    refed_ = false;
-    if (poll_) uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
-    return info.Env().Undefined();
-  }
-
-  static void OnPoll(uv_poll_t* handle, int status, int events) {
-    auto* self = static_cast<TunHandle*>(handle->data);
-    if (self && self->poll_ == handle) self->OnReadable(status);
-  }
-
-  void OnReadable(int status) {
-    Napi::Env env = env_;
-    Napi::HandleScope scope(env);
-    Napi::Object keepAlive = Value();  // a local handle keeps this object alive through the JS callbacks
-    (void)keepAlive;
-    if (status < 0) {
-      // libuv reports POLLERR as EBADF; a read tells the real cause (EBADFD once the device was deleted).
-      uint8_t probe[1];
-      if (::read(fd_, probe, 0) < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-        Fail(env, "read", errno);
-      } else {
-        Fail(env, "uv_poll", -status);
-      }
-      return;
-    }
+  void ReadReady(Napi::Env env) {
     int err = offload_ ? ReadSplit() : ReadPlain();
     Deliver(env);
     if (err != 0 && fd_ >= 0) Fail(env, "read", err);
@@ -405,26 +261,6 @@ class TunHandle : public Napi::ObjectWrap<TunHandle> {
     memcpy(lengths.Data(), lens_.data(), n * sizeof(uint32_t));
     napi_value argv[1] = {Napi::Number::New(env, n)};
     CallJs(env, onBatch_, 1, argv);
-  }
-
-  // A fatal reader error: stop reading and tell JS through onError (the handle stays open for writes and close()).
-  void Fail(Napi::Env env, const char* syscall, int err) {
-    StopPolling();
-    paused_ = true;
-    if (onError_.IsEmpty()) return;
-    napi_value argv[1] = {SysError(env, syscall, err).Value()};
-    CallJs(env, onError_, 1, argv);
-  }
-
-  void CallJs(Napi::Env env, Napi::FunctionReference& fn, size_t argc, napi_value* argv) {
-    if (fn.IsEmpty()) return;
-    napi_value result;
-    napi_value fnv = fn.Value();
-    napi_make_callback(env, asyncCtx_, Value(), fnv, argc, argv, &result);
-    if (env.IsExceptionPending()) {
-      Napi::Error e = env.GetAndClearPendingException();
-      napi_fatal_exception(env, e.Value());
-    }
   }
 
   Napi::Value Write(const Napi::CallbackInfo& info) {
@@ -549,24 +385,11 @@ class TunHandle : public Napi::ObjectWrap<TunHandle> {
     return o;
   }
 
-  Napi::Value Close(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    if (fd_ < 0) return env.Undefined();  // closing twice is harmless
-    StopPolling();
-    Teardown();
-    onBatch_.Reset();
-    onError_.Reset();
-    lengths_.Reset();
-    return env.Undefined();
-  }
-
   struct Span {
     const uint8_t* data;
     size_t len;
   };
 
-  Napi::Env env_;
-  int fd_ = -1;
   std::string name_;
   uint32_t batch_ = kDefaultBatch;
   Napi::Reference<Napi::Buffer<uint8_t>> scratchRef_;
@@ -582,15 +405,6 @@ class TunHandle : public Napi::ObjectWrap<TunHandle> {
   seng_offload::Coalescer coalescer_;
   std::vector<const uint8_t*> ptrs_;
   std::vector<size_t> plens_;
-  uv_poll_t* poll_ = nullptr;
-  bool polling_ = false;
-  bool paused_ = false;
-  bool refed_ = true;
-  bool jsHeld_ = false;
-  bool hookAdded_ = false;
-  napi_async_context asyncCtx_ = nullptr;
-  Napi::FunctionReference onBatch_;
-  Napi::FunctionReference onError_;
   Napi::Reference<Napi::Uint32Array> lengths_;
   uint64_t rxPackets_ = 0, rxBytes_ = 0, rxBatches_ = 0, rxReads_ = 0, rxDropped_ = 0;
   uint64_t txPackets_ = 0, txBytes_ = 0, txDropped_ = 0, txErrors_ = 0, txWrites_ = 0;

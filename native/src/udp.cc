@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "addon.h"
+#include "reader.h"
 
 namespace {
 
@@ -44,34 +45,10 @@ constexpr size_t kGsoMaxBytes = 65000;
 // before; GRO from devices stops at 64). A message with more is dropped and counted (rxTruncated).
 constexpr uint32_t kGroMaxSegs = 128;  // below 64 KiB with the IP and UDP headers     // full batches drained per readiness event before yielding to the loop
 
-std::string ErrnoText(int err) {
-  const char* name = strerrorname_np(err);
-  return std::string(strerror(err)) + " (" + (name ? name : std::to_string(err)) + ")";
-}
-
-Napi::Error SysError(Napi::Env env, const char* syscall, int err) {
-  Napi::Error e = Napi::Error::New(env, std::string(syscall) + ": " + ErrnoText(err));
-  const char* name = strerrorname_np(err);
-  e.Set("code", Napi::String::New(env, name ? name : "UNKNOWN"));
-  e.Set("errno", Napi::Number::New(env, -err));
-  e.Set("syscall", Napi::String::New(env, syscall));
-  return e;
-}
-
-bool IsDropErrno(int err) { return err == EAGAIN || err == EWOULDBLOCK || err == ENOBUFS || err == ENOMEM; }
-
-bool GetBytes(napi_env env, napi_value v, const uint8_t** data, size_t* len) {
-  bool is = false;
-  if (napi_is_typedarray(env, v, &is) != napi_ok || !is) return false;
-  napi_typedarray_type type;
-  size_t length = 0;
-  void* ptr = nullptr;
-  if (napi_get_typedarray_info(env, v, &type, &length, &ptr, nullptr, nullptr) != napi_ok) return false;
-  if (type != napi_uint8_array) return false;
-  *data = static_cast<const uint8_t*>(ptr);
-  *len = length;
-  return true;
-}
+using seng_io::ErrnoText;
+using seng_io::GetBytes;
+using seng_io::IsDropErrno;
+using seng_io::SysError;
 
 // Parses a numeric IPv4 or IPv6 address ("::1", "[::1]", "fe80::1%eth0"); no name resolution.
 bool ParseAddress(const std::string& in, uint16_t port, sockaddr_storage* out, socklen_t* outLen) {
@@ -203,32 +180,31 @@ bool GetUint(Napi::Object opts, const char* key, double max, double* out, Napi::
   return true;
 }
 
-class UdpHandle : public Napi::ObjectWrap<UdpHandle> {
+class UdpHandle : public seng_io::PollReader<UdpHandle> {
  public:
+  static constexpr const char* kJsName = "UdpSocket";
+  static constexpr const char* kClosedText = "the socket is closed";
+  static constexpr const char* kStartName = "onDatagrams";
+  static constexpr const char* kAsyncName = "SengUdp";
+
   static Napi::Function Define(Napi::Env env) {
-    return DefineClass(env, "UdpHandle",
-                       {
-                           InstanceAccessor<&UdpHandle::GetPort>("port"),
-                           InstanceAccessor<&UdpHandle::GetAddress>("address"),
-                           InstanceAccessor<&UdpHandle::GetFamily>("family"),
-                           InstanceAccessor<&UdpHandle::GetRcvbuf>("rcvbuf"),
-                           InstanceAccessor<&UdpHandle::GetSndbuf>("sndbuf"),
-                           InstanceAccessor<&UdpHandle::GetClosed>("closed"),
-                           InstanceMethod<&UdpHandle::Start>("start"),
-                           InstanceMethod<&UdpHandle::Pause>("pause"),
-                           InstanceMethod<&UdpHandle::Resume>("resume"),
-                           InstanceMethod<&UdpHandle::Ref>("ref"),
-                           InstanceMethod<&UdpHandle::Unref>("unref"),
-                           InstanceMethod<&UdpHandle::Send>("send"),
-                           InstanceMethod<&UdpHandle::SendMany>("sendMany"),
-                           InstanceMethod<&UdpHandle::Stats>("stats"),
-                           InstanceMethod<&UdpHandle::Close>("close"),
-                       });
+    std::vector<PropertyDescriptor> props = {
+        InstanceAccessor<&UdpHandle::GetPort>("port"),
+        InstanceAccessor<&UdpHandle::GetAddress>("address"),
+        InstanceAccessor<&UdpHandle::GetFamily>("family"),
+        InstanceAccessor<&UdpHandle::GetRcvbuf>("rcvbuf"),
+        InstanceAccessor<&UdpHandle::GetSndbuf>("sndbuf"),
+        InstanceMethod<&UdpHandle::Send>("send"),
+        InstanceMethod<&UdpHandle::SendMany>("sendMany"),
+        InstanceMethod<&UdpHandle::Stats>("stats"),
+    };
+    AddReaderProps(props);
+    return DefineClass(env, "UdpHandle", props);
   }
 
   // new UdpHandle(address: string, port: number, opts: { rcvbuf?, sndbuf?, reusePort?, ipv6Only?, batch?,
   //               maxDatagram? })
-  explicit UdpHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<UdpHandle>(info), env_(info.Env()) {
+  explicit UdpHandle(const Napi::CallbackInfo& info) : PollReader<UdpHandle>(info) {
     Napi::Env env = info.Env();
     if (info.Length() < 2 || !info[0].IsString() || !info[1].IsNumber()) {
       Napi::TypeError::New(env, "UdpSocket.bind(address: string, port: number, opts?)").ThrowAsJavaScriptException();
@@ -311,20 +287,18 @@ class UdpHandle : public Napi::ObjectWrap<UdpHandle> {
     ::getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbufEff_, &il);
     il = sizeof(int);
     ::getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbufEff_, &il);
-    fd_ = fd;
 
     batch_ = static_cast<uint32_t>(batch);
     slot_ = static_cast<size_t>(maxDatagram);
     // GRO only when a slot holds any message (64 KiB); an older kernel without UDP_GRO just gets datagrams.
     if (gro && slot_ >= 65535) {
-      gro_ = ::setsockopt(fd_, SOL_UDP, UDP_GRO, &one, sizeof one) == 0;
+      gro_ = ::setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof one) == 0;
       if (gro_) rxCmsg_.assign(static_cast<size_t>(batch_) * kRxCmsgSpace, 0);
     }
     // Virtual reservation; pages are only touched as datagrams land in them.
     rxBuf_ = static_cast<uint8_t*>(malloc(slot_ * batch_));
     if (!rxBuf_) {
-      ::close(fd_);
-      fd_ = -1;
+      ::close(fd);
       Napi::Error::New(env, "UdpSocket.bind: out of memory").ThrowAsJavaScriptException();
       return;
     }
@@ -336,48 +310,18 @@ class UdpHandle : public Napi::ObjectWrap<UdpHandle> {
       rxIov_[i].iov_base = rxBuf_ + i * slot_;
       rxIov_[i].iov_len = slot_;
     }
-    napi_add_env_cleanup_hook(env, &UdpHandle::EnvCleanup, this);
-    hookAdded_ = true;
+    Opened(fd);
   }
 
-  ~UdpHandle() override {
-    Teardown();
-    if (hookAdded_) napi_remove_env_cleanup_hook(env_, &UdpHandle::EnvCleanup, this);
-    if (asyncCtx_) napi_async_destroy(env_, asyncCtx_);
-    free(rxBuf_);
-  }
+  ~UdpHandle() override { free(rxBuf_); }
 
  private:
+  friend class seng_io::PollReader<UdpHandle>;
+
   static bool SetBuf(int fd, int forceOpt, int opt, int size) {
     if (::setsockopt(fd, SOL_SOCKET, forceOpt, &size, sizeof size) == 0) return true;
     if (errno != EPERM) return false;
     return ::setsockopt(fd, SOL_SOCKET, opt, &size, sizeof size) == 0;
-  }
-
-  static void EnvCleanup(void* arg) {
-    auto* self = static_cast<UdpHandle*>(arg);
-    self->hookAdded_ = false;
-    self->Teardown();
-  }
-
-  void Teardown() {
-    if (poll_) {
-      uv_poll_stop(poll_);
-      uv_close(reinterpret_cast<uv_handle_t*>(poll_),
-               [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
-      poll_ = nullptr;
-    }
-    polling_ = false;
-    if (fd_ >= 0) {
-      ::close(fd_);
-      fd_ = -1;
-    }
-  }
-
-  bool CheckOpen(Napi::Env env, const char* what) {
-    if (fd_ >= 0) return true;
-    Napi::Error::New(env, std::string("UdpSocket.") + what + ": the socket is closed").ThrowAsJavaScriptException();
-    return false;
   }
 
   Napi::Value GetPort(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), port_); }
@@ -387,121 +331,30 @@ class UdpHandle : public Napi::ObjectWrap<UdpHandle> {
   }
   Napi::Value GetRcvbuf(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), rcvbufEff_); }
   Napi::Value GetSndbuf(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), sndbufEff_); }
-  Napi::Value GetClosed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), fd_ < 0); }
-
-  void HoldJs(bool hold) {
-    if (hold && !jsHeld_) {
-      Napi::ObjectWrap<UdpHandle>::Ref();
-      jsHeld_ = true;
-    } else if (!hold && jsHeld_) {
-      Napi::ObjectWrap<UdpHandle>::Unref();
-      jsHeld_ = false;
-    }
-  }
 
   // start(onBatch: (data: Buffer, count: number, peers: string[]) => void, onError: (err: Error) => void,
   //       meta: Uint32Array /* 2 * batch entries: length, peer index */)
-  Napi::Value Start(const Napi::CallbackInfo& info) {
+  bool AcceptStart(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (!CheckOpen(env, "onDatagrams")) return env.Undefined();
-    if (poll_) {
-      Napi::Error::New(env, "UdpSocket.onDatagrams: a reader is already started").ThrowAsJavaScriptException();
-      return env.Undefined();
-    }
     if (info.Length() < 3 || !info[0].IsFunction() || !info[1].IsFunction() || !info[2].IsTypedArray() ||
         info[2].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array) {
       Napi::TypeError::New(env, "UdpHandle.start(onBatch, onError, meta: Uint32Array)")
           .ThrowAsJavaScriptException();
-      return env.Undefined();
+      return false;
     }
     if (info[2].As<Napi::Uint32Array>().ElementLength() < 2 * static_cast<size_t>(batch_)) {
       Napi::RangeError::New(env, "UdpHandle.start: meta must hold " + std::to_string(2 * batch_) + " entries")
           .ThrowAsJavaScriptException();
-      return env.Undefined();
+      return false;
     }
-    uv_loop_t* loop = nullptr;
-    if (napi_get_uv_event_loop(env, &loop) != napi_ok || !loop) {
-      Napi::Error::New(env, "UdpSocket.onDatagrams: no event loop").ThrowAsJavaScriptException();
-      return env.Undefined();
-    }
-    auto* poll = new uv_poll_t;
-    int rc = uv_poll_init_socket(loop, poll, fd_);
-    if (rc != 0) {
-      delete poll;
-      SysError(env, "uv_poll_init", -rc).ThrowAsJavaScriptException();
-      return env.Undefined();
-    }
-    poll->data = this;
-    poll_ = poll;
-    onBatch_ = Napi::Persistent(info[0].As<Napi::Function>());
-    onError_ = Napi::Persistent(info[1].As<Napi::Function>());
     meta_ = Napi::Persistent(info[2].As<Napi::Uint32Array>());
-    if (!asyncCtx_) {
-      napi_value resName = Napi::String::New(env, "SengUdp");
-      napi_async_init(env, Value(), resName, &asyncCtx_);
-    }
-    if (!refed_) uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
-    if (!paused_) StartPolling(env);
-    return env.Undefined();
+    return true;
   }
 
-  void StartPolling(Napi::Env env) {
-    if (!poll_ || polling_) return;
-    int rc = uv_poll_start(poll_, UV_READABLE, &UdpHandle::OnPoll);
-    if (rc != 0) {
-      SysError(env, "uv_poll_start", -rc).ThrowAsJavaScriptException();
-      return;
-    }
-    polling_ = true;
-    HoldJs(true);
-  }
+  void ReleaseStart() { meta_.Reset(); }
 
-  void StopPolling() {
-    if (poll_ && polling_) uv_poll_stop(poll_);
-    polling_ = false;
-    HoldJs(false);
-  }
-
-  Napi::Value Pause(const Napi::CallbackInfo& info) {
-    if (!CheckOpen(info.Env(), "pause")) return info.Env().Undefined();
-    paused_ = true;
-    StopPolling();
-    return info.Env().Undefined();
-  }
-
-  Napi::Value Resume(const Napi::CallbackInfo& info) {
-    if (!CheckOpen(info.Env(), "resume")) return info.Env().Undefined();
-    paused_ = false;
-    StartPolling(info.Env());
-    return info.Env().Undefined();
-  }
-
-  Napi::Value Ref(const Napi::CallbackInfo& info) {
-    refed_ = true;
-    if (poll_) uv_ref(reinterpret_cast<uv_handle_t*>(poll_));
-    return info.Env().Undefined();
-  }
-
-  Napi::Value Unref(const Napi::CallbackInfo& info) {
-    refed_ = false;
-    if (poll_) uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
-    return info.Env().Undefined();
-  }
-
-  static void OnPoll(uv_poll_t* handle, int status, int events) {
-    auto* self = static_cast<UdpHandle*>(handle->data);
-    if (self && self->poll_ == handle) self->OnReadable(status);
-  }
-
-  void OnReadable(int status) {
-    Napi::Env env = env_;
-    Napi::HandleScope scope(env);
-    Napi::Object keepAlive = Value();  // a local handle keeps this object alive through the JS callbacks
-    (void)keepAlive;
-    if (status < 0) {
-      Fail(env, "uv_poll", -status);
-      return;
-    }
+  // Up to kRoundsPerWakeup full batches per readiness event, then back to the loop.
+  void ReadReady(Napi::Env env) {
     for (int round = 0; round < kRoundsPerWakeup && fd_ >= 0 && polling_; round++) {
       for (uint32_t i = 0; i < batch_; i++) {
         msghdr& h = rxMsgs_[i].msg_hdr;
@@ -609,25 +462,6 @@ class UdpHandle : public Napi::ObjectWrap<UdpHandle> {
     rxBatches_++;
     napi_value argv[3] = {buf, Napi::Number::New(env, n), peers};
     CallJs(env, onBatch_, 3, argv);
-  }
-
-  void Fail(Napi::Env env, const char* syscall, int err) {
-    StopPolling();
-    paused_ = true;
-    if (onError_.IsEmpty()) return;
-    napi_value argv[1] = {SysError(env, syscall, err).Value()};
-    CallJs(env, onError_, 1, argv);
-  }
-
-  void CallJs(Napi::Env env, Napi::FunctionReference& fn, size_t argc, napi_value* argv) {
-    if (fn.IsEmpty()) return;
-    napi_value result;
-    napi_value fnv = fn.Value();
-    napi_make_callback(env, asyncCtx_, Value(), fnv, argc, argv, &result);
-    if (env.IsExceptionPending()) {
-      Napi::Error e = env.GetAndClearPendingException();
-      napi_fatal_exception(env, e.Value());
-    }
   }
 
   // Resolves a peer string to a sockaddr, reusing the last parse when the text is the same. False + TypeError
@@ -874,19 +708,6 @@ class UdpHandle : public Napi::ObjectWrap<UdpHandle> {
     return o;
   }
 
-  Napi::Value Close(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    if (fd_ < 0) return env.Undefined();  // closing twice is harmless
-    StopPolling();
-    Teardown();
-    onBatch_.Reset();
-    onError_.Reset();
-    meta_.Reset();
-    return env.Undefined();
-  }
-
-  Napi::Env env_;
-  int fd_ = -1;
   int family_ = AF_INET;
   uint16_t port_ = 0;
   std::string address_;
@@ -919,15 +740,6 @@ class UdpHandle : public Napi::ObjectWrap<UdpHandle> {
   std::string lastPeerText_;
   sockaddr_storage lastPeer_;
   socklen_t lastPeerLen_ = 0;
-  uv_poll_t* poll_ = nullptr;
-  bool polling_ = false;
-  bool paused_ = false;
-  bool refed_ = true;
-  bool jsHeld_ = false;
-  bool hookAdded_ = false;
-  napi_async_context asyncCtx_ = nullptr;
-  Napi::FunctionReference onBatch_;
-  Napi::FunctionReference onError_;
   Napi::Reference<Napi::Uint32Array> meta_;
   uint64_t rxPackets_ = 0, rxBytes_ = 0, rxBatches_ = 0, rxTruncated_ = 0, rxErrors_ = 0;
   uint64_t txPackets_ = 0, txBytes_ = 0, txDropped_ = 0, txErrors_ = 0;

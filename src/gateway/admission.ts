@@ -2,7 +2,7 @@
  * Handshake admission and the end of a handshake (steps 6 and 7 of the receive path, receive.ts):
  *   6. unknown source: caps first (live tunnels: `tunnel-cap`; half-open handshakes: `half-open-cap`), then the
  *      stateless cookie check; only a source that returned a valid cookie (it owns its address) is charged its
- *      per-source rate limit (`rate-limited`), so spoofed ClientHellos cannot drain a victim's bucket. A valid
+ *      per-source rate limit (`rate-limited`; an IPv6 source by its /64), so spoofed ClientHellos cannot drain a victim's bucket. A valid
  *      cookie within the limit creates the session, whose handshake continues in step 2. The cookie secret
  *      rotates every COOKIE_ROTATION_MS (timers.ts); cookies of the previous secret stay valid for one period.
  *   7. handshake done: verify the RA-TLS certificate's evidence and key binding, match an app, lease one address
@@ -15,7 +15,7 @@ import { Cert } from "../attest/x509.js";
 import { intToIp, parseCidr } from "../packet/ip.js";
 import { parseCidr6, parseIp6 } from "../packet/addr6.js";
 import { MSG, ProtocolError, versionFromAlpn, type Lease } from "../tunnel/protocol.js";
-import { sourceIp } from "./ratelimit.js";
+import { rateKey } from "./ratelimit.js";
 import { sendControl } from "./send.js";
 import type { Gateway } from "./server.js";
 import { Tunnel } from "./tunnel.js";
@@ -59,7 +59,8 @@ export function onUnknown(gw: Gateway, datagram: Buffer, peer: string): void {
     return;
   }
   const now = gw.now();
-  const source = sourceIp(peer);
+  // IPv6 sources share one bucket per /64 (ratelimit.ts): a host picks any address of its prefix.
+  const source = rateKey(peer);
   let overall = false;
   const res = gw.listener.handle(datagram, peer, () => {
     if (!gw.limiter.take(source, now)) return false;

@@ -1,3 +1,5 @@
+import { isIPv6 } from "node:net";
+
 /**
  * Per-source token buckets for handshakes: a source may start `rate` handshakes per second with bursts of `burst`.
  * The table is bounded: when it is full, the least recently refilled half is forgotten (an attacker spraying
@@ -70,4 +72,42 @@ export class TokenBucket {
 export function sourceIp(peer: string): string {
   if (peer.startsWith("[")) return peer.slice(1, peer.indexOf("]"));
   return peer.slice(0, peer.lastIndexOf(":"));
+}
+
+/**
+ * What a handshake rate limit is keyed by: the source address for IPv4, its /64 prefix for IPv6 ("2001:2:0:1::/64";
+ * a scoped link-local source keeps its scope: "fe80::/64%2"). One IPv6 host usually holds a whole /64 and can pick
+ * any address in it, so per-address buckets would let it multiply its budget by 2^64.
+ */
+export function rateKey(peer: string): string {
+  const ip = sourceIp(peer);
+  if (!ip.includes(":")) return ip;
+  const pct = ip.indexOf("%");
+  const addr = pct < 0 ? ip : ip.slice(0, pct);
+  const groups = ipv6Groups(addr);
+  if (!groups) return ip; // not reached for the addon's peers (inet_ntop); keyed as it is
+  const head = groups.slice(0, 4).map((g) => g.toString(16));
+  while (head.length > 1 && head[head.length - 1] === "0") head.pop();
+  const prefix = head.length === 1 && head[0] === "0" ? "::" : `${head.join(":")}::`;
+  return `${prefix}/64${pct < 0 ? "" : ip.slice(pct)}`;
+}
+
+/** The eight 16-bit groups of a textual IPv6 address (with "::" and a dotted IPv4 tail), or undefined. */
+function ipv6Groups(addr: string): number[] | undefined {
+  if (!isIPv6(addr)) return undefined;
+  let text = addr;
+  const dot = text.lastIndexOf(".");
+  if (dot >= 0) {
+    const colon = text.lastIndexOf(":");
+    const v4 = text
+      .slice(colon + 1)
+      .split(".")
+      .map(Number);
+    text = `${text.slice(0, colon + 1)}${((v4[0]! << 8) | v4[1]!).toString(16)}:${((v4[2]! << 8) | v4[3]!).toString(16)}`;
+  }
+  const [left, right] = text.includes("::") ? text.split("::") : [text, undefined];
+  const l = left ? left.split(":") : [];
+  const r = right === undefined ? [] : right ? right.split(":") : [];
+  const fill = right === undefined ? 0 : 8 - l.length - r.length;
+  return [...l, ...new Array<string>(fill).fill("0"), ...r].map((g) => parseInt(g, 16));
 }

@@ -77,9 +77,19 @@ export interface UdpStats {
   lastError?: string;
 }
 
-interface NativeTun {
-  readonly name: string;
+/** What both native handles share (native/src/reader.h). */
+interface NativeReader<S> {
   readonly closed: boolean;
+  pause(): void;
+  resume(): void;
+  ref(): void;
+  unref(): void;
+  stats(): S;
+  close(): void;
+}
+
+interface NativeTun extends NativeReader<TunStats> {
+  readonly name: string;
   readonly offload: boolean;
   start(
     onBatch: (count: number) => void,
@@ -87,36 +97,23 @@ interface NativeTun {
     lengths: Uint32Array,
     scratch: Buffer,
   ): void;
-  pause(): void;
-  resume(): void;
-  ref(): void;
-  unref(): void;
   write(packet: Uint8Array): boolean;
   writeMany(packets: Uint8Array[]): number;
-  stats(): TunStats;
-  close(): void;
 }
 
-interface NativeUdp {
+interface NativeUdp extends NativeReader<UdpStats> {
   readonly port: number;
   readonly address: string;
   readonly family: 4 | 6;
   readonly rcvbuf: number;
   readonly sndbuf: number;
-  readonly closed: boolean;
   start(
     onBatch: (data: Buffer, count: number, peers: string[]) => void,
     onError: (err: Error) => void,
     meta: Uint32Array,
   ): void;
-  pause(): void;
-  resume(): void;
-  ref(): void;
-  unref(): void;
   send(datagram: Uint8Array, peer: string): boolean;
   sendMany(datagrams: Uint8Array[], peers: string[] | string): number;
-  stats(): UdpStats;
-  close(): void;
 }
 
 interface Addon {
@@ -161,28 +158,90 @@ export interface TunOpenOptions {
 /** Called with an Error when a reader stops for good (e.g. the device was deleted: "read: ... (EBADFD)"). */
 export type ErrorCallback = (err: Error) => void;
 
-function defaultOnError(what: string): ErrorCallback {
-  return (err) => {
+/**
+ * What a {@link Tun} and a {@link UdpSocket} share: a native handle with one batched reader (native/src/reader.h),
+ * its error callback, pause/resume, ref/unref, counters and close.
+ */
+abstract class Reader<S> {
+  protected readonly h: NativeReader<S>;
+  protected readonly batch: number;
+  #onError: ErrorCallback | undefined;
+
+  protected constructor(h: NativeReader<S>, batch: number) {
+    this.h = h;
+    this.batch = batch;
+  }
+
+  /** Names the reader in the default error ("Tun tun0", "UdpSocket :4433"). */
+  protected abstract readerName(): string;
+
+  /** The function the native reader calls when it stops for good. */
+  protected readonly fail = (err: Error): void => {
+    if (this.#onError) return this.#onError(err);
     // Like an EventEmitter's unhandled 'error': loud, not silent.
-    throw new Error(`${what} reader failed: ${err.message}`, { cause: err });
+    throw new Error(`${this.readerName()} reader failed: ${err.message}`, { cause: err });
   };
+
+  /** True after {@link close}. */
+  get closed(): boolean {
+    return this.h.closed;
+  }
+
+  /** Where reader failures go. Without one, a reader failure is thrown as an uncaught exception. */
+  onError(cb: ErrorCallback): void {
+    if (typeof cb !== "function")
+      throw new TypeError(`${this.constructor.name}.onError: callback must be a function`);
+    this.#onError = cb;
+  }
+
+  /** Stops reading (input queues in the kernel) until {@link resume}. */
+  pause(): void {
+    this.h.pause();
+  }
+
+  resume(): void {
+    this.h.resume();
+  }
+
+  /** Lets the reader keep the event loop alive (the default). */
+  ref(): this {
+    this.h.ref();
+    return this;
+  }
+
+  /** The reader no longer keeps the process alive by itself. */
+  unref(): this {
+    this.h.unref();
+    return this;
+  }
+
+  stats(): S {
+    return this.h.stats();
+  }
+
+  /** Closes the handle (a TUN queue: the device goes with its last queue unless persistent). Idempotent. */
+  close(): void {
+    this.h.close();
+  }
 }
 
 /**
  * A TUN device (layer 3, no packet information header): each read is one IP packet, each write must be one IP
  * packet. The device exists while a handle (queue) on it is open, unless made persistent elsewhere.
  */
-export class Tun {
+export class Tun extends Reader<TunStats> {
   /** The interface name the kernel gave (e.g. "tun0" when opened as "tun%d"). */
   readonly name: string;
   readonly #h: NativeTun;
-  readonly #batch: number;
-  #onError: ErrorCallback | undefined;
 
   private constructor(h: NativeTun, batch: number) {
+    super(h, batch);
     this.#h = h;
-    this.#batch = batch;
     this.name = h.name;
+  }
+
+  protected override readerName(): string {
+    return `Tun ${this.name}`;
   }
 
   /**
@@ -221,11 +280,6 @@ export class Tun {
     return this.#h.offload;
   }
 
-  /** True after {@link Tun.close}. */
-  get closed(): boolean {
-    return this.#h.closed;
-  }
-
   /**
    * Starts reading: `cb` receives every packet that was ready (1..batch) each time the device is readable. Call
    * once per handle. The Buffers are views into a Buffer the next batch reuses: valid until `cb` returns, so copy
@@ -233,8 +287,8 @@ export class Tun {
    */
   onPackets(cb: (packets: Buffer[]) => void): void {
     if (typeof cb !== "function") throw new TypeError("Tun.onPackets: callback must be a function");
-    const lengths = new Uint32Array(this.#batch);
-    const data = Buffer.allocUnsafeSlow(tunScratchBytes(this.#batch));
+    const lengths = new Uint32Array(this.batch);
+    const data = Buffer.allocUnsafeSlow(tunScratchBytes(this.batch));
     this.#h.start(
       (count) => {
         const packets = new Array<Buffer>(count);
@@ -246,16 +300,10 @@ export class Tun {
         }
         cb(packets);
       },
-      (err) => (this.#onError ?? defaultOnError(`Tun ${this.name}`))(err),
+      this.fail,
       lengths,
       data,
     );
-  }
-
-  /** Where reader failures go. Without one, a reader failure is thrown as an uncaught exception. */
-  onError(cb: ErrorCallback): void {
-    if (typeof cb !== "function") throw new TypeError("Tun.onError: callback must be a function");
-    this.#onError = cb;
   }
 
   /** Writes one packet with one write(). False when not written (see {@link TunStats}); never merged. */
@@ -270,36 +318,6 @@ export class Tun {
    */
   writeMany(packets: Uint8Array[]): number {
     return this.#h.writeMany(packets);
-  }
-
-  /** Stops reading (packets queue in the kernel, up to the device's txqueuelen) until {@link Tun.resume}. */
-  pause(): void {
-    this.#h.pause();
-  }
-
-  resume(): void {
-    this.#h.resume();
-  }
-
-  /** Lets the reader keep the event loop alive (the default). */
-  ref(): this {
-    this.#h.ref();
-    return this;
-  }
-
-  /** The reader no longer keeps the process alive by itself. */
-  unref(): this {
-    this.#h.unref();
-    return this;
-  }
-
-  stats(): TunStats {
-    return this.#h.stats();
-  }
-
-  /** Closes this queue; the device goes away with its last queue (non-persistent devices). Idempotent. */
-  close(): void {
-    this.#h.close();
   }
 }
 
@@ -340,7 +358,7 @@ export interface DatagramBatch {
  * A UDP socket with batched I/O: recvmmsg() drains up to `batch` datagrams per readiness event into one callback,
  * sendMany() sends a whole array with sendmmsg(). Peers are numeric "ip:port" strings.
  */
-export class UdpSocket {
+export class UdpSocket extends Reader<UdpStats> {
   /** The bound port (the kernel's choice when bound to port 0). */
   readonly port: number;
   /** The bound address as given back by the kernel ("127.0.0.1", "::"). */
@@ -351,12 +369,10 @@ export class UdpSocket {
   /** Effective SO_SNDBUF. */
   readonly sndbuf: number;
   readonly #h: NativeUdp;
-  readonly #batch: number;
-  #onError: ErrorCallback | undefined;
 
   private constructor(h: NativeUdp, batch: number) {
+    super(h, batch);
     this.#h = h;
-    this.#batch = batch;
     this.port = h.port;
     this.address = h.address;
     this.family = h.family;
@@ -367,16 +383,17 @@ export class UdpSocket {
   /**
    * Binds a non-blocking UDP socket to a numeric IPv4 or IPv6 address ("127.0.0.1", "::1", "[::]", "0.0.0.0").
    * @throws TypeError/RangeError on bad arguments; Error with `syscall` "bind" etc. when refused.
+   * (`override`: a derived class's static side shadows Function.prototype.bind, as this always did.)
    */
-  static bind(address: string, port: number, opts: UdpBindOptions = {}): UdpSocket {
+  static override bind(address: string, port: number, opts: UdpBindOptions = {}): UdpSocket {
     if (typeof opts !== "object" || opts === null)
       throw new TypeError("UdpSocket.bind: opts must be an object");
     const { UdpHandle } = native<Addon>();
     return new UdpSocket(new UdpHandle(address, port, opts), opts.batch ?? DEFAULT_BATCH);
   }
 
-  get closed(): boolean {
-    return this.#h.closed;
+  protected override readerName(): string {
+    return `UdpSocket :${this.port}`;
   }
 
   /**
@@ -386,7 +403,7 @@ export class UdpSocket {
   onDatagrams(cb: (batch: DatagramBatch) => void): void {
     if (typeof cb !== "function") throw new TypeError("UdpSocket.onDatagrams: callback must be a function");
     // [length, peer index] per datagram; a GRO message carries up to 128 (udp.cc, kGroMaxSegs)
-    const meta = new Uint32Array(this.#batch * 2 * 128);
+    const meta = new Uint32Array(this.batch * 2 * 128);
     this.#h.start(
       (buf, count, table) => {
         const data = new Array<Buffer>(count);
@@ -400,15 +417,9 @@ export class UdpSocket {
         }
         cb({ data, peers });
       },
-      (err) => (this.#onError ?? defaultOnError(`UdpSocket :${this.port}`))(err),
+      this.fail,
       meta,
     );
-  }
-
-  /** Where reader failures go. Without one, a reader failure is thrown as an uncaught exception. */
-  onError(cb: ErrorCallback): void {
-    if (typeof cb !== "function") throw new TypeError("UdpSocket.onError: callback must be a function");
-    this.#onError = cb;
   }
 
   /** Sends one datagram (sendto). False when dropped or refused (see {@link UdpStats}). */
@@ -424,33 +435,6 @@ export class UdpSocket {
    */
   sendMany(datagrams: Uint8Array[], peers: string[] | string): number {
     return this.#h.sendMany(datagrams, peers);
-  }
-
-  pause(): void {
-    this.#h.pause();
-  }
-
-  resume(): void {
-    this.#h.resume();
-  }
-
-  ref(): this {
-    this.#h.ref();
-    return this;
-  }
-
-  unref(): this {
-    this.#h.unref();
-    return this;
-  }
-
-  stats(): UdpStats {
-    return this.#h.stats();
-  }
-
-  /** Closes the socket. Idempotent. */
-  close(): void {
-    this.#h.close();
   }
 }
 
@@ -517,4 +501,28 @@ export function offloadSplit(read: Uint8Array): Buffer[] {
  */
 export function offloadCoalesce(packets: Uint8Array[]): { data: Buffer; count: number }[] {
   return native<Addon>().offloadCoalesce(packets);
+}
+
+/**
+ * A numeric "ip:port" / "[ip6]:port" in the form {@link UdpSocket}'s reader gives peers (RFC 5952 for IPv6, an
+ * IPv4-mapped address as plain IPv4), so a configured peer compares equal to the peer strings of its datagrams:
+ * "[2001:0002:0::1]:4433" → "[2001:2::1]:4433", "[::ffff:198.18.1.1]:4433" → "198.18.1.1:4433". Anything else
+ * (names, scoped addresses) is returned as it is.
+ */
+export function canonicalPeer(peer: string): string {
+  const m = /^\[([0-9a-fA-F:.]+)\]:(\d{1,5})$/.exec(peer);
+  if (!m) return peer;
+  let host: string;
+  try {
+    host = new URL(`http://[${m[1]}]/`).hostname.slice(1, -1);
+  } catch {
+    return peer;
+  }
+  const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(host);
+  if (mapped) {
+    const hi = parseInt(mapped[1]!, 16);
+    const lo = parseInt(mapped[2]!, 16);
+    return `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}:${m[2]}`;
+  }
+  return `[${host}]:${m[2]}`;
 }

@@ -21,7 +21,7 @@ import { compilePolicy, FirewallConfigError, type PolicyModel } from "../firewal
  * binds without resolving names (`localhost:4433` used to pass here and fail at start with a TypeError).
  */
 function hostPortSchema(ipOnly: boolean) {
-  const example = "such as 0.0.0.0:4433";
+  const example = "such as 0.0.0.0:4433 or [::]:4433 (IPv6 in brackets)";
   return z.string().superRefine((s, ctx) => {
     const m = /^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})$/.exec(s);
     const fail = (message: string) => ctx.addIssue({ code: "custom", message });

@@ -21,7 +21,7 @@
 import { createHash } from "node:crypto";
 import { EventEmitter } from "node:events";
 import { DtlsContext, DtlsSession } from "../native/dtls.js";
-import { UdpSocket } from "../native/io.js";
+import { canonicalPeer, UdpSocket } from "../native/io.js";
 import {
   ALPN_OFFER,
   decodeControl,
@@ -108,7 +108,8 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
     });
     const i = opts.gateway.lastIndexOf(":");
     this.host = opts.gateway.slice(0, i).replace(/^\[|\]$/g, "");
-    this.peer = opts.gateway;
+    // As the socket's reader writes peers (canonical IPv6, mapped IPv4 as IPv4), or every reply would be a stray.
+    this.peer = canonicalPeer(opts.gateway);
     this.udp = this.bind();
   }
 

@@ -5,7 +5,7 @@ import { chmodSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { checkTunnelPacket, intToIp, ipToInt, parseCidr } from "../../src/packet/ip.js";
-import { RateLimiter, sourceIp, TokenBucket } from "../../src/gateway/ratelimit.js";
+import { RateLimiter, rateKey, sourceIp, TokenBucket } from "../../src/gateway/ratelimit.js";
 import { BAD_BURST, BAD_RATE, MAX_STRIKES, THROTTLE_MS, Tunnel } from "../../src/gateway/tunnel.js";
 import { dontFragment, fragmentationNeeded } from "../../src/packet/ip.js";
 import { ConfigError, loadConfig, parseConfig } from "../../src/policy/config.js";
@@ -63,6 +63,29 @@ test("rate limiter: burst, refill, bounded table", () => {
   assert.ok(rl.size <= 100);
   assert.equal(sourceIp("198.18.1.2:4000"), "198.18.1.2");
   assert.equal(sourceIp("[::1]:4000"), "::1");
+});
+
+test("rate limit keys: IPv4 by address, IPv6 by /64, so one /64 shares a budget and another does not", () => {
+  assert.equal(rateKey("198.18.1.2:4000"), "198.18.1.2");
+  assert.equal(rateKey("[2001:2:0:1::10]:4000"), "2001:2:0:1::/64");
+  assert.equal(rateKey("[2001:2:0:1:ffff:1:2:3]:5"), "2001:2:0:1::/64");
+  assert.equal(rateKey("[2001:2:0:2::10]:4000"), "2001:2:0:2::/64");
+  assert.equal(rateKey("[2001:2:0:1:2::]:1"), "2001:2:0:1::/64", ":: in the interface half");
+  assert.equal(rateKey("[2001:db8:1:2:3:4:5:6]:1"), "2001:db8:1:2::/64");
+  assert.equal(rateKey("[::1]:4000"), "::/64");
+  assert.equal(rateKey("[::ffff:1.2.3.4]:1"), "::/64", "a dotted tail parses");
+  assert.equal(rateKey("[1:2:3:4::]:1"), "1:2:3:4::/64");
+  assert.equal(rateKey("[fe80::1%2]:4000"), "fe80::/64%2", "link-local keeps its scope");
+  const rl = new RateLimiter(1, 2, 100);
+  const take = (peer: string) => rl.take(rateKey(peer), 0);
+  assert.deepEqual(
+    [take("[2001:2:0:1::a]:1"), take("[2001:2:0:1::b]:2"), take("[2001:2:0:1::c]:3")],
+    [true, true, false],
+    "three addresses of one /64 draw on one bucket of 2",
+  );
+  assert.equal(take("[2001:2:0:2::a]:1"), true, "another /64 has its own");
+  assert.equal(take("198.18.1.2:1"), true);
+  assert.equal(take("198.18.1.3:1"), true, "IPv4 sources stay per address");
 });
 
 const good = `

@@ -36,6 +36,8 @@ export interface LabOptions {
   clients?: number;
   /** Extra YAML merged at top level (e.g. tunnel timings, limits). */
   extraYaml?: string;
+  /** The gateway's `listen` (default 0.0.0.0:4433; "[::]:4433" for dual stack). */
+  listen?: string;
   /** A dual-stack server network and an IPv6 address on the gateway's TUN (see the file comment). */
   ipv6?: boolean;
 }
@@ -159,7 +161,7 @@ export class Lab {
       )
       .join("\n");
     return [
-      "listen: 0.0.0.0:4433",
+      `listen: "${opts.listen ?? "0.0.0.0:4433"}"`,
       "certificate: gateway.pem",
       "key: gateway.key",
       "database: seng.db",
@@ -217,7 +219,10 @@ export class Lab {
   }
 
   /** Starts a test client in client namespace `client` claiming `mrenclave`. */
-  startClient(mrenclave: string, opts: { client?: number; args?: string[]; tun?: string } = {}): NsProcess {
+  startClient(
+    mrenclave: string,
+    opts: { client?: number; args?: string[]; tun?: string; gateway?: string } = {},
+  ): NsProcess {
     const c = opts.client ?? 0;
     const p = this.clients[c]!.spawn(process.execPath, [
       "--import",
@@ -225,7 +230,7 @@ export class Lab {
       CLI,
       "test-client",
       "--gateway",
-      this.gatewayAddr(c),
+      opts.gateway ?? this.gatewayAddr(c),
       "--pin",
       this.pin,
       "--sim-dir",

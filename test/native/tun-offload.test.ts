@@ -114,6 +114,14 @@ function tcp(o: Seg): Buffer {
   return p;
 }
 
+/** `p` (IPv6 + TCP) with an 8-byte hop-by-hop header (PadN) between the IPv6 header and TCP. */
+function withHopByHop(p: Buffer): Buffer {
+  const out = Buffer.concat([p.subarray(0, 40), Buffer.from([6, 0, 1, 4, 0, 0, 0, 0]), p.subarray(40)]);
+  out[6] = 0; // next header: hop-by-hop options
+  out.writeUInt16BE(out.length - 40, 4);
+  return out;
+}
+
 function ip6(s: string): Buffer {
   const [head, tail] = s.split("::");
   const h = head ? head.split(":") : [];
@@ -277,6 +285,46 @@ else {
       assert.ok(Buffer.concat(segs.map(payloadOf)).equals(payload));
     });
 
+    test("IPv6 split: sizes, sequence numbers, flags, the header kept, checksums verified independently", () => {
+      const payload = randomBytes(5000);
+      const read = superPacket({ v6: true, seq: 0xffffff00, flags: ACK | PSH | CWR, payload }, 1328);
+      const head = read.subarray(10, 50);
+      const segs = offloadSplit(read);
+      assert.deepEqual(
+        segs.map((s) => payloadOf(s).length),
+        [1328, 1328, 1328, 1016],
+      );
+      segs.forEach((s, i) => {
+        assert.ok(
+          checksumsOk(s),
+          `segment ${i}: TCP checksum with the IPv6 pseudo-header (sum16 here, not the addon's)`,
+        );
+        assert.ok(s.subarray(0, 4).equals(head.subarray(0, 4)), "version, class, flow label kept");
+        assert.ok(s.subarray(6, 40).equals(head.subarray(6, 40)), "next header, hop limit, addresses kept");
+        assert.equal(seqOf(s), (0xffffff00 + i * 1328) >>> 0, `segment ${i}: seq wraps`);
+        assert.equal(flagsOf(s), ACK | (i === 3 ? PSH : 0) | (i === 0 ? CWR : 0));
+      });
+      // The checker is not vacuous: one changed payload byte or a changed address fails it.
+      const bad = Buffer.from(segs[1]!);
+      bad[bad.length - 1]! ^= 1;
+      assert.equal(checksumsOk(bad), false);
+      const moved = Buffer.from(segs[1]!);
+      moved[39]! ^= 1;
+      assert.equal(checksumsOk(moved), false, "the pseudo-header covers the addresses");
+    });
+
+    test("a TCPv6 super-packet behind an extension header is dropped with its reason, never cut at a guess", () => {
+      // seq 0x50…: where a parser that skipped the chain would look for TCP's data offset, it finds 0x50 (20 bytes),
+      // so only the next-header check stands between this read and segments cut 8 bytes off.
+      const read = superPacket({ v6: true, seq: 0x50000000, payload: randomBytes(4000) }, 1328);
+      const ext = Buffer.concat([read.subarray(0, 10), withHopByHop(read.subarray(10))]);
+      assert.throws(() => offloadSplit(ext), /GSO packet without valid IP\/TCP headers/);
+      // Without GSO the same packet passes unchanged (it is the kernel's, whole).
+      const plain = withHopByHop(tcp({ v6: true, seq: 1, payload: randomBytes(100) }));
+      const [out] = offloadSplit(Buffer.concat([vnet({}), plain]));
+      assert.ok(out!.equals(plain));
+    });
+
     test("a super-packet with IPv4 options copies them to every segment", () => {
       const ipOptions = Buffer.from([1, 1, 1, 0]); // NOPs and end of options
       const segs = offloadSplit(superPacket({ seq: 1, ipOptions, payload: randomBytes(3000) }, 1000));
@@ -379,6 +427,30 @@ else {
       assert.equal(writes.length, 1);
       assert.equal(readVnet(writes[0]!.data).gsoType, 4);
       offloadSplit(writes[0]!.data).forEach((b, i) => assert.ok(b.equals(segs[i]!)));
+    });
+
+    test("IPv6 with an extension header is never merged and is a barrier: no flow crosses it", () => {
+      const a = stream([1000, 1000, 1000, 1000], { v6: true });
+      const b = stream([1000, 1000], { v6: true, sport: 2222 }, 5_000_000);
+      const ext1 = withHopByHop(stream([1000], { v6: true, sport: 3333 }, 9_000_000)[0]!);
+      const ext2 = withHopByHop(stream([1000], { v6: true, sport: 3333 }, 9_001_000)[0]!);
+      const input = [a[0]!, b[0]!, a[1]!, ext1, ext2, a[2]!, b[1]!, a[3]!];
+      const writes = offloadCoalesce(input);
+      assert.deepEqual(
+        writes.map((w) => w.count),
+        [2, 1, 1, 1, 2, 1],
+        "a0+a1, b0 | ext1 | ext2 | a2+a3, b1: nothing merged across the extension headers",
+      );
+      assert.ok(writes[2]!.data.subarray(10).equals(ext1), "alone and unchanged");
+      assert.ok(
+        writes[3]!.data.subarray(10).equals(ext2),
+        "consecutive extension-header segments are not merged",
+      );
+      const out = writes.flatMap((w) => (w.count > 1 ? offloadSplit(w.data) : [w.data.subarray(10)]));
+      assert.deepEqual(
+        out.map((p) => input.findIndex((q) => q.equals(p))),
+        [0, 2, 1, 3, 4, 5, 7, 6],
+      );
     });
 
     test("PSH ends a group; FIN, SYN, pure ACKs, other protocols and IP options go alone, unchanged", () => {
