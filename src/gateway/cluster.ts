@@ -9,6 +9,7 @@ import { EtcdStore } from "../store/etcd.js";
 import type { LeaseBackend } from "../store/interface.js";
 import { SqliteStore } from "../store/sqlite.js";
 import type { Logger } from "./log.js";
+import type { Gateway } from "./server.js";
 
 /** Opens the store the configuration names. Errors name the file and key (etcd) or the database. */
 export async function openStore(c: GatewayConfig, reserved: number[], log: Logger): Promise<LeaseBackend> {
@@ -51,15 +52,44 @@ export interface Refusal {
 }
 
 /**
- * A gateway's part in the cluster (etcd mode only): admission checks against fencing (and, later in this file,
- * revocations and the freshness of its view).
+ * A gateway's part in the cluster (etcd mode only): it fences itself when it can no longer prove that it holds its
+ * etcd lease (src/store/etcd-session.ts: before etcd can expire the lease and another gateway take its addresses),
+ * and then refuses new tunnels and closes its leased ones (they reconnect, here once it is proven again, or at
+ * another gateway, which takes their leases over).
  */
 export class ClusterLink {
+  /** True while fenced; `fencings` counts the times it happened (metrics). */
+  fenced = false;
+  fencings = 0;
+  fencedRefusals = 0;
+
   constructor(readonly store: EtcdStore) {}
 
+  /** Why a new tunnel must be refused now (fail closed), or undefined. */
   refusal(_app: string, _keyFp: string, _measurement: string): Refusal | undefined {
-    if (!this.store.fence().held)
+    if (this.fenced || !this.store.fence().held) {
+      this.fencedRefusals++;
       return { reason: "this gateway cannot prove it holds its cluster lease (fenced)", code: "fenced" };
+    }
     return undefined;
+  }
+
+  /** Called by the sweep (every 200 ms; the fence margin, 1 s by default, covers the interval). */
+  tick(gw: Gateway): void {
+    const held = this.store.fence().held;
+    if (!held && !this.fenced) {
+      this.fenced = true;
+      this.fencings++;
+      const tunnels = [...gw.byAddress.values()];
+      gw.log.log("error", "cluster-fenced", {
+        tunnels: tunnels.length,
+        note: "etcd unreachable for nearly the lease TTL: no new tunnels, leased tunnels closed",
+      });
+      // Stop forwarding before etcd can give these addresses to anyone else; the runtimes reconnect.
+      for (const t of tunnels) gw.close(t, "shutting-down", "gateway lost its cluster store (fenced)");
+    } else if (held && this.fenced) {
+      this.fenced = false;
+      gw.log.log("info", "cluster-unfenced", {});
+    }
   }
 }
