@@ -6,7 +6,9 @@
 import { readFileSync } from "node:fs";
 import type { GatewayConfig } from "../policy/config.js";
 import { EtcdStore } from "../store/etcd.js";
-import type { LeaseBackend } from "../store/interface.js";
+import type { LeaseBackend, Revocation, StoreEvent } from "../store/interface.js";
+import { ipToInt } from "../packet/ip.js";
+import { performance } from "node:perf_hooks";
 import { SqliteStore } from "../store/sqlite.js";
 import type { Logger } from "./log.js";
 import type { Gateway } from "./server.js";
@@ -61,15 +63,107 @@ export class ClusterLink {
   /** True while fenced; `fencings` counts the times it happened (metrics). */
   fenced = false;
   fencings = 0;
-  fencedRefusals = 0;
+  /** New tunnels refused, by why: fenced, stale view, revoked (metrics). */
+  readonly refused = { fenced: 0, stale: 0, revoked: 0 };
+  /** performance.now() when the watch last spoke (a change or a progress notification). */
+  heardAt = performance.now();
+  /** Other gateways' live leases in this gateway's sets: address → app. */
+  readonly remote = new Map<string, string>();
+  private readonly revoked = new Map<string, Revocation>();
+  private stopWatch: (() => void) | undefined;
 
-  constructor(readonly store: EtcdStore) {}
+  constructor(
+    readonly store: EtcdStore,
+    private readonly staleAfterMs: number,
+  ) {}
+
+  /**
+   * Loads the cluster at one revision (other gateways' leases into the firewall sets, the revocations) and watches
+   * from the next revision, so nothing is missed between the two.
+   */
+  async start(gw: Gateway): Promise<void> {
+    const snap = await this.store.snapshot();
+    for (const r of snap.revocations) this.revoked.set(`${r.kind}/${r.value}`, r);
+    for (const l of snap.leases)
+      this.onEvent(gw, {
+        type: "lease",
+        rev: snap.rev,
+        address: l.address,
+        app: l.app,
+        keyFp: l.keyFp,
+        id: l.id,
+        holder: l.holder,
+      });
+    this.heardAt = performance.now();
+    this.stopWatch = await this.store.watch((e) => this.onEvent(gw, e), snap.rev + 1);
+  }
+
+  stop(): void {
+    this.stopWatch?.();
+  }
+
+  /** Seconds since the watch last spoke (metrics: how stale this gateway's view may be). */
+  get viewAgeSeconds(): number {
+    return (performance.now() - this.heardAt) / 1000;
+  }
+
+  private onEvent(gw: Gateway, e: StoreEvent): void {
+    this.heardAt = performance.now();
+    const me = this.store.gatewayId;
+    if (e.type === "lease") {
+      const local = gw.byAddress.get(ipToInt(e.address));
+      if (e.holder === me) {
+        this.remote.delete(e.address); // taken over by this gateway: its own tunnel holds the set element now
+        return;
+      }
+      if (local && (this.store.heldAt(local.leaseId) ?? 0) < e.rev) {
+        // The key reconnected at another gateway, which took the lease over: this tunnel must stop forwarding.
+        gw.close(local, "shutting-down", `the lease moved to gateway ${e.holder}`, true, true);
+      }
+      this.remote.set(e.address, e.app);
+      gw.firewall.tunnelUp(e.address, e.app);
+    } else if (e.type === "lease-gone") {
+      const local = gw.byAddress.get(ipToInt(e.address));
+      if (local && local.leaseId < e.rev && (this.store.heldAt(local.leaseId) ?? 0) < e.rev) {
+        // Our lease was deleted under us (TTL ran out in etcd, or an old leader revoked it): fail closed.
+        gw.close(local, "shutting-down", "the lease is gone from the cluster store", true, false);
+      }
+      if (this.remote.delete(e.address) && !gw.byAddress.has(ipToInt(e.address))) {
+        gw.firewall.tunnelDown(e.address);
+        gw.cutFlows(e.address);
+      }
+    } else if (e.type === "revoke") {
+      const r = e.revocation;
+      this.revoked.set(`${r.kind}/${r.value}`, r);
+      for (const t of [...gw.byAddress.values()]) {
+        if (matches(r, t.app, t.keyFp, t.measurement))
+          gw.close(t, "revoked", `revoked in the cluster (${r.kind} ${r.value}): ${r.reason}`);
+      }
+      gw.log.log("info", "cluster-revocation", { kind: r.kind, value: r.value, reason: r.reason });
+    } else if (e.type === "unrevoke") {
+      this.revoked.delete(`${e.kind}/${e.value}`);
+    }
+  }
 
   /** Why a new tunnel must be refused now (fail closed), or undefined. */
-  refusal(_app: string, _keyFp: string, _measurement: string): Refusal | undefined {
+  refusal(app: string, keyFp: string, measurement: string): Refusal | undefined {
     if (this.fenced || !this.store.fence().held) {
-      this.fencedRefusals++;
+      this.refused.fenced++;
       return { reason: "this gateway cannot prove it holds its cluster lease (fenced)", code: "fenced" };
+    }
+    const age = performance.now() - this.heardAt;
+    if (age > this.staleAfterMs) {
+      this.refused.stale++;
+      return {
+        reason: `this gateway's view of the cluster is ${Math.round(age)} ms old (bound ${this.staleAfterMs} ms): revocations may be missing`,
+        code: "stale-view",
+      };
+    }
+    for (const r of this.revoked.values()) {
+      if (matches(r, app, keyFp, measurement)) {
+        this.refused.revoked++;
+        return { reason: `revoked in the cluster (${r.kind} ${r.value}): ${r.reason}`, code: "revoked" };
+      }
     }
     return undefined;
   }
@@ -92,4 +186,8 @@ export class ClusterLink {
       gw.log.log("info", "cluster-unfenced", {});
     }
   }
+}
+
+function matches(r: Revocation, app: string, keyFp: string, measurement: string): boolean {
+  return r.kind === "app" ? r.value === app : r.kind === "key" ? r.value === keyFp : r.value === measurement;
 }

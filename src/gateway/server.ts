@@ -167,7 +167,8 @@ export class Gateway {
     }
     for (const warning of c.warnings) this.log.log("warn", "config-warning", { warning });
     this.leases = await openStore(c, [this.gatewayAddress], this.log);
-    if (this.leases instanceof EtcdStore) this.cluster = new ClusterLink(this.leases);
+    if (this.leases instanceof EtcdStore)
+      this.cluster = new ClusterLink(this.leases, c.cluster?.staleAfterMs ?? 3000);
     await this.leases.expire(this.now());
     this.ctx = new DtlsContext({
       role: "server",
@@ -187,6 +188,7 @@ export class Gateway {
         ...new Set(c.apps.map((a) => a.subnet)),
       ]);
       await this.firewall.start();
+      await this.cluster?.start(this);
       const [host, port] = splitHostPort(c.listen);
       this.udp = UdpSocket.bind(host, port, { rcvbuf: 4 << 20, sndbuf: 4 << 20 });
     } catch (e) {
@@ -215,6 +217,7 @@ export class Gateway {
     if (this.stopping) return;
     this.stopping = true;
     clearInterval(this.sweepTimer);
+    this.cluster?.stop();
     for (const t of [...this.byPeer.values()]) this.close(t, "shutting-down", "gateway is shutting down");
     this.udp?.close();
     this.tun?.close();

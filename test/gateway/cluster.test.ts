@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { waitLine } from "../helpers/lab.js";
+import { CLI, waitLine } from "../helpers/lab.js";
 import { EtcdGateways } from "../helpers/etcd-gateways.js";
 
 const A = "a1".repeat(32);
@@ -23,6 +23,85 @@ describe("gateways on etcd", { concurrency: false }, () => {
   });
   after(async () => {
     await lab?.destroy();
+  });
+
+  /** The addresses in app a's set in gateway i's policy table. */
+  async function setOf(i: number): Promise<string[]> {
+    const r = await lab.gws[i]!.exec("nft", ["-j", "list", "set", "inet", "seng", "seng_app_a"]);
+    const set = (JSON.parse(r.stdout) as { nftables: { set?: { elem?: unknown[] } }[] }).nftables.find(
+      (x) => x.set,
+    )?.set;
+    return (set?.elem ?? []).map(String).sort();
+  }
+  async function until(what: string, ok: () => Promise<boolean>, ms = 10_000): Promise<number> {
+    const t0 = Date.now();
+    while (!(await ok())) {
+      if (Date.now() - t0 > ms) throw new Error(`${what}: not after ${ms} ms`);
+      await sleep(20);
+    }
+    return Date.now() - t0;
+  }
+  function seng(i: number, args: string[]) {
+    return lab.gws[i]!.exec(process.execPath, ["--import", "tsx", CLI, ...args], {
+      check: false,
+      timeoutMs: 30_000,
+    });
+  }
+
+  test("every gateway's set holds every gateway's addresses; seng cluster revoke cuts them everywhere within 1 s", async () => {
+    const c1 = lab.client(A, 0);
+    const c2 = lab.client(A, 1);
+    const l1 = await waitLine<{ address: string }>(c1, (o) => o.event === "lease", 30_000);
+    const l2 = await waitLine<{ address: string }>(c2, (o) => o.event === "lease", 30_000);
+    const both = [l1.address, l2.address].sort();
+    await until("both addresses in both gateways' sets", async () => {
+      const [a, b] = [await setOf(0), await setOf(1)];
+      return JSON.stringify(a) === JSON.stringify(both) && JSON.stringify(b) === JSON.stringify(both);
+    });
+    const from = [c1.stdout.length, c2.stdout.length];
+    const r = await seng(0, [
+      "cluster",
+      "revoke",
+      "app",
+      "a",
+      "--reason",
+      "test",
+      "--config",
+      lab.configFile(0),
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    const ms = await until(
+      "sets empty on both gateways",
+      async () => (await setOf(0)).length + (await setOf(1)).length === 0,
+      5000,
+    );
+    assert.ok(ms <= 1000, `revocation took ${ms} ms to empty both gateways' sets`);
+    await waitLine(c1, (o) => o.event === "closed" && o.reason === "revoked", 5000, from[0]);
+    await waitLine(c2, (o) => o.event === "closed" && o.reason === "revoked", 5000, from[1]);
+    // Refused while revoked, on every gateway.
+    const gfrom = lab.gateways[0]!.stdout.length;
+    const late = lab.client(A, 0);
+    await waitLine(
+      lab.gateways[0]!,
+      (o) => o.event === "tunnel-refused" && o.code === "revoked",
+      20_000,
+      gfrom,
+    );
+    await late.kill();
+    const st = await seng(1, ["cluster", "status", "--config", lab.configFile(1)]);
+    assert.match(st.stdout, /app a .*test/);
+    assert.match(st.stdout, /gw1 .*\n.*gw2 /s);
+    assert.equal((await seng(1, ["cluster", "unrevoke", "app", "a", "--config", lab.configFile(1)])).code, 0);
+    await Promise.all([c1.kill(), c2.kill()]);
+  });
+
+  test("seng audit who answers for any gateway's lease from any gateway", async () => {
+    const c = lab.client(A, 1);
+    const l = await waitLine<{ address: string }>(c, (o) => o.event === "lease", 30_000);
+    const r = await seng(0, ["audit", "who", l.address, "--json", "--config", lab.configFile(0)]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal((JSON.parse(r.stdout) as { holder: { app: string } }).holder.app, "a");
+    await c.kill();
   });
 
   test("one address space: two gateways never give one address twice; a key that moves keeps its address", async () => {
