@@ -47,6 +47,19 @@ export async function openStore(c: GatewayConfig, reserved: number[], log: Logge
   return store;
 }
 
+/** A gateway's cluster state (metrics, `seng status`). */
+export interface ClusterStats {
+  gatewayId: string;
+  fenced: boolean;
+  fencings: number;
+  refused: { fenced: number; stale: number; revoked: number };
+  /** Seconds since the watch last delivered a change or a progress notification (how stale the view may be). */
+  viewAgeSeconds: number;
+  /** Other gateways' leases in this gateway's sets. */
+  remoteLeases: number;
+  revocations: number;
+}
+
 /** Why this gateway must not admit a tunnel now, with a short stable code; undefined when it may. */
 export interface Refusal {
   reason: string;
@@ -100,6 +113,22 @@ export class ClusterLink {
 
   stop(): void {
     this.stopWatch?.();
+  }
+
+  /** Told each lease acquisition's duration in seconds (metrics: etcd latency as the handshake sees it). */
+  onAcquire: ((seconds: number) => void) | undefined;
+
+  /** For metrics and the admin API's status. */
+  stats(): ClusterStats {
+    return {
+      gatewayId: this.store.gatewayId,
+      fenced: this.fenced,
+      fencings: this.fencings,
+      refused: { ...this.refused },
+      viewAgeSeconds: this.viewAgeSeconds,
+      remoteLeases: this.remote.size,
+      revocations: this.revoked.size,
+    };
   }
 
   /** Seconds since the watch last spoke (metrics: how stale this gateway's view may be). */

@@ -30,7 +30,7 @@ import { PeerGuard } from "./guard.js";
 import type { LeaseStore } from "./leases.js";
 import type { LeaseBackend } from "../store/interface.js";
 import { SqliteStore } from "../store/sqlite.js";
-import { ClusterLink, openStore } from "./cluster.js";
+import { ClusterLink, openStore, type ClusterStats } from "./cluster.js";
 import { EtcdStore } from "../store/etcd.js";
 import { onDatagrams } from "./receive.js";
 import { onTunPackets } from "./send.js";
@@ -52,6 +52,8 @@ export interface GatewayStats {
   apps: Record<string, Counters & { tunnels: number }>;
   tunnelList: { peer: string; app: string; address: string; measurement: string; counters: Counters }[];
   firewall: FirewallStats;
+  /** In a cluster (etcd): fencing, refusals, view age (src/gateway/cluster.ts). */
+  cluster?: ClusterStats;
 }
 
 /** A read-only view of one live tunnel (admin API, dashboard). */
@@ -531,6 +533,7 @@ export class Gateway {
         counters: { ...t.counters },
       })),
       firewall: this.firewall.stats(),
+      ...(this.cluster ? { cluster: this.cluster.stats() } : {}),
     };
   }
 }
