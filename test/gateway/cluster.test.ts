@@ -101,6 +101,11 @@ describe("gateways on etcd", { concurrency: false }, () => {
     const r = await seng(0, ["audit", "who", l.address, "--json", "--config", lab.configFile(0)]);
     assert.equal(r.code, 0, r.stderr);
     assert.equal((JSON.parse(r.stdout) as { holder: { app: string } }).holder.app, "a");
+    const st = await seng(1, ["status", "--config", lab.configFile(1)]);
+    assert.equal(st.code, 0, st.stderr);
+    assert.match(st.stdout, /CLUSTER +gateway gw2 /);
+    assert.match(st.stdout, /gw2 +1 +up/);
+    assert.match(st.stdout, /http:\/\/198\.18\.20\.1:2379 +healthy, leader/);
     await c.kill();
   });
 
