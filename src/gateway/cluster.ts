@@ -5,6 +5,8 @@
  */
 import { readFileSync } from "node:fs";
 import type { GatewayConfig } from "../policy/config.js";
+import type { VerifyOptions } from "../attest/verify.js";
+import { revocationReason } from "./reload.js";
 import { EtcdStore } from "../store/etcd.js";
 import type { LeaseBackend, Revocation, StoreEvent } from "../store/interface.js";
 import { ipToInt } from "../packet/ip.js";
@@ -172,6 +174,32 @@ export class ClusterLink {
     } else if (e.type === "unrevoke") {
       this.revoked.delete(`${e.kind}/${e.value}`);
     }
+  }
+
+  /**
+   * After a reload on this gateway: the other gateways' tunnels whose certificate the new configuration no longer
+   * admits get a `key` revocation in etcd, so every gateway cuts them within about a second (their own
+   * configuration may still be the old one). Returns how many were revoked; errors are logged, never thrown.
+   */
+  async revokeOthers(gw: Gateway, apps: GatewayConfig["apps"], verify: VerifyOptions): Promise<number> {
+    let n = 0;
+    try {
+      for (const l of await this.store.liveCerts()) {
+        if (l.holder === this.store.gatewayId) continue; // this gateway's own tunnels were judged by the reload
+        const why = revocationReason(l.cert, l.app, apps, verify);
+        if (!why) continue;
+        await this.store.revoke({
+          kind: "key",
+          value: l.keyFp,
+          reason: `reload on ${this.store.gatewayId}: ${why}`,
+          t: Date.now(),
+        });
+        n++;
+      }
+    } catch (e) {
+      gw.log.log("error", "cluster-reload-revocations-failed", { error: (e as Error).message });
+    }
+    return n;
   }
 
   /** Why a new tunnel must be refused now (fail closed), or undefined. */

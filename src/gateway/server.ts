@@ -405,6 +405,9 @@ export class Gateway {
           ),
       ),
     );
+    // In a cluster: the same identities on the other gateways are cut too (key revocations in etcd).
+    const elsewhere = this.cluster ? await this.cluster.revokeOthers(this, next.apps, verify) : 0;
+    if (elsewhere) this.log.log("info", "cluster-reload-revoked", { tunnels: elsewhere });
     const res: ReloadResult = {
       ok: true,
       revoked,

@@ -4,6 +4,7 @@
  * its tunnels and refuses new ones until it can prove its lease again.
  */
 import assert from "node:assert/strict";
+import { writeFileSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
 import { CLI, waitLine } from "../helpers/lab.js";
 import { EtcdGateways } from "../helpers/etcd-gateways.js";
@@ -93,6 +94,26 @@ describe("gateways on etcd", { concurrency: false }, () => {
     assert.match(st.stdout, /gw1 .*\n.*gw2 /s);
     assert.equal((await seng(1, ["cluster", "unrevoke", "app", "a", "--config", lab.configFile(1)])).code, 0);
     await Promise.all([c1.kill(), c2.kill()]);
+  });
+
+  test("a reload on one gateway that removes an identity cuts its tunnels on the other gateways too", async () => {
+    const c = lab.client(A, 1);
+    await waitLine(c, (o) => o.event === "lease", 30_000);
+    const from = c.stdout.length;
+    const g = lab.gateways[0]!;
+    let gfrom = g.stdout.length;
+    writeFileSync(
+      lab.configFile(0),
+      lab.configText(0).replace(`mrenclave: "${A}"`, `mrenclave: "${"ff".repeat(32)}"`),
+    );
+    process.kill(g.child.pid!, "SIGHUP");
+    await waitLine(g, (o) => o.event === "reloaded", 20_000, gfrom);
+    await waitLine(c, (o) => o.event === "closed" && o.reason === "revoked", 10_000, from);
+    gfrom = g.stdout.length;
+    writeFileSync(lab.configFile(0), lab.configText(0));
+    process.kill(g.child.pid!, "SIGHUP");
+    await waitLine(g, (o) => o.event === "reloaded", 20_000, gfrom);
+    await c.kill();
   });
 
   test("seng audit who answers for any gateway's lease from any gateway", async () => {
