@@ -170,6 +170,12 @@ export class ClusterLink {
         if (matches(r, t.app, t.keyFp, t.measurement))
           gw.close(t, "revoked", `revoked in the cluster (${r.kind} ${r.value}): ${r.reason}`);
       }
+      // Leases in their grace period (no tunnel) go too: a revoked identity must not come back to its address,
+      // and other gateways keep a lease's address in their sets until the lease is released.
+      for (const l of this.store.own()) {
+        if (matches(r, l.app, l.keyFp, l.measurement) && !gw.byAddress.has(ipToInt(l.address)))
+          gw.storeCall("release", this.store.release(l.id, gw.now(), "revoked"));
+      }
       gw.log.log("info", "cluster-revocation", { kind: r.kind, value: r.value, reason: r.reason });
     } else if (e.type === "unrevoke") {
       this.revoked.delete(`${e.kind}/${e.value}`);
