@@ -87,7 +87,8 @@ export function onUnknown(gw: Gateway, datagram: Buffer, peer: string): void {
   }
 }
 
-export function onEstablished(gw: Gateway, t: Tunnel): void {
+/** Never rejects: a store error closes the tunnel (the runtime tries again, or another gateway). */
+export async function onEstablished(gw: Gateway, t: Tunnel): Promise<void> {
   const started = t.createdAt;
   gw.churnAt = gw.now();
   gw.halfOpen.delete(t);
@@ -129,6 +130,8 @@ export function onEstablished(gw: Gateway, t: Tunnel): void {
   if (!match.matched)
     return refuse(gw, t, `no app matches: ${match.reasons.join("; ")}`, measurement, "no_app_match");
   const app = gw.config.apps.find((a) => a.name === match.app)!;
+  const refusal = gw.cluster?.refusal(app.name, cert.fingerprint, measurement);
+  if (refusal) return refuse(gw, t, refusal.reason, measurement, refusal.code);
   if (!app.subnet && t.version < 2)
     return refuse(
       gw,
@@ -139,11 +142,40 @@ export function onEstablished(gw: Gateway, t: Tunnel): void {
     );
   // A version-1 runtime of a dual-stack app gets its IPv4 address only: version 1 cannot carry IPv6.
   const want6 = app.subnet6 !== undefined && t.version >= 2;
-  const now = gw.now();
+  let now = gw.now();
   const grace = gw.config.tunnel.leaseGraceSeconds * 1000;
-  const args = [app.name, cert.fingerprint, measurement, t.peer, now, now + grace, cert.der] as const;
-  const lease = app.subnet ? gw.leases.acquire(...args) : undefined;
-  const lease6 = (!app.subnet || lease) && want6 ? gw.leases.acquire6(...args) : undefined;
+  const req = {
+    app: app.name,
+    keyFp: cert.fingerprint,
+    measurement,
+    outer: t.peer,
+    now,
+    until: now + grace,
+    cert: cert.der,
+  };
+  let lease: Awaited<ReturnType<typeof gw.leases.acquire>> | undefined;
+  let lease6: Awaited<ReturnType<NonNullable<typeof gw.leases.acquire6>>> | undefined;
+  try {
+    // SQLite answers at once (setup stays a few ms); etcd takes a round trip (src/gateway/cluster.ts). The etcd
+    // store leases IPv4 only: the configuration refuses IPv6 apps in a cluster, and acquire6 is absent there.
+    lease = app.subnet ? await gw.leases.acquire(req) : undefined;
+    if ((!app.subnet || lease) && want6) {
+      if (!gw.leases.acquire6) throw new Error("this lease store has no IPv6 leases");
+      lease6 = await gw.leases.acquire6(req);
+    }
+  } catch (e) {
+    gw.handshake("store-error");
+    gw.log.limited("store-acquire", 5000, "error", "lease-store-failed", {
+      peer: t.peer,
+      app: app.name,
+      error: (e as Error).message,
+    });
+    return gw.close(t, "shutting-down", `this gateway cannot lease an address now: ${(e as Error).message}`);
+  }
+  gw.cluster?.onAcquire?.((gw.now() - now) / 1000);
+  now = gw.now();
+  // The runtime left (or the gateway stopped) while the store answered: the leases lapse after their grace.
+  if (t.state !== "handshake") return;
   if ((app.subnet && !lease) || (want6 && !lease6)) {
     const subnet = app.subnet && !lease ? app.subnet : app.subnet6;
     gw.handshake("pool-exhausted");

@@ -29,7 +29,11 @@ import { ConfigError, loadConfig, type GatewayConfig } from "../policy/config.js
 import { ALPN_OFFER, encodeControl, MSG, type CloseReason } from "../tunnel/protocol.js";
 import { CookieRotation } from "./admission.js";
 import { PeerGuard } from "./guard.js";
-import { LeaseStore } from "./leases.js";
+import type { LeaseStore } from "./leases.js";
+import type { LeaseBackend } from "../store/interface.js";
+import { SqliteStore } from "../store/sqlite.js";
+import { ClusterLink, openStore, type ClusterStats } from "./cluster.js";
+import { EtcdStore } from "../store/etcd.js";
 import { onDatagrams } from "./receive.js";
 import { onTunPackets } from "./send.js";
 import { sweep, sweepLeases } from "./timers.js";
@@ -58,6 +62,8 @@ export interface GatewayStats {
     counters: Counters;
   }[];
   firewall: FirewallStats;
+  /** In a cluster (etcd): fencing, refusals, view age (src/gateway/cluster.ts). */
+  cluster?: ClusterStats;
 }
 
 /** A read-only view of one live tunnel (admin API, dashboard). */
@@ -138,7 +144,8 @@ export class Gateway {
   /** @internal The gateway's IPv6 address (the leases' gateway6, the source of Packet Too Big), when configured. */
   readonly gatewayAddress6: string | undefined;
   /** @internal */ readonly gatewayAddress6Bytes: Buffer;
-  /** @internal */ leases!: LeaseStore;
+  /** @internal SQLite (one gateway) or etcd (cluster.ts) */ leases!: LeaseBackend;
+  /** @internal The cluster (etcd mode), undefined for a single gateway */ cluster: ClusterLink | undefined;
   /** @internal */ listener!: DtlsListener;
   /** @internal */ cookies!: CookieRotation;
   /** @internal */ udp!: UdpSocket;
@@ -188,15 +195,15 @@ export class Gateway {
       });
     }
     for (const warning of c.warnings) this.log.log("warn", "config-warning", { warning });
-    this.leases = new LeaseStore(
-      c.database,
-      c.apps,
+    this.leases = await openStore(
+      c,
       [this.gatewayAddress],
+      this.log,
       this.gatewayAddress6 ? [this.gatewayAddress6] : [],
     );
-    for (const f of this.leases.fixedModes)
-      this.log.log("warn", "state-file-mode-fixed", { ...f, now: "600" });
-    this.leases.expire(this.now());
+    if (this.leases instanceof EtcdStore)
+      this.cluster = new ClusterLink(this.leases, c.cluster?.staleAfterMs ?? 3000);
+    await this.leases.expire(this.now());
     this.ctx = new DtlsContext({
       role: "server",
       certPem: readFileSync(c.certificate, "utf8"),
@@ -231,6 +238,7 @@ export class Gateway {
         c.tun.address6,
       );
       await this.firewall.start();
+      await this.cluster?.start(this);
       if (!this.pool) {
         const [host, port] = splitHostPort(c.listen);
         this.udp = UdpSocket.bind(host, port, { rcvbuf: 4 << 20, sndbuf: 4 << 20 });
@@ -268,6 +276,7 @@ export class Gateway {
     if (this.stopping) return;
     this.stopping = true;
     clearInterval(this.sweepTimer);
+    this.cluster?.stop();
     for (const t of [...this.byPeer.values()]) this.close(t, "shutting-down", "gateway is shutting down");
     this.udp?.close();
     this.tun?.close();
@@ -275,7 +284,7 @@ export class Gateway {
     await this.guard?.stop();
     await this.firewall.stop();
     await this.system.undo();
-    this.leases?.close();
+    await this.leases?.close();
     this.log.log("info", "gateway-stopped");
   }
 
@@ -341,9 +350,10 @@ export class Gateway {
       const now = this.now();
       const ids = [t.leaseId, t.leaseId6].filter((id) => id !== 0);
       const until = now + this.config.tunnel.leaseGraceSeconds * 1000;
-      if (keepLease) this.leases.extendMany(ids.map((id) => [id, until]));
+      if (keepLease)
+        this.storeCall("extend", this.leases.extendMany(ids.map((id): [number, number] => [id, until])));
       else {
-        for (const id of ids) this.leases.release(id, now, reason);
+        for (const id of ids) this.storeCall("release", this.leases.release(id, now, reason));
         // The addresses are free for another holder: their flows must not outlive the lease (ct state established).
         for (const a of t.addresses) this.cutFlows(a);
       }
@@ -359,6 +369,14 @@ export class Gateway {
       });
       this.notify((o) => o.tunnelDown?.(this.info(t), reason, message));
     }
+  }
+
+  /** Logs a failed store write the caller does not wait for (the lease then lapses after its grace). */
+  /** @internal */
+  storeCall(what: string, p: Promise<unknown>): void {
+    p.catch((e: Error) =>
+      this.log.limited(`store-${what}`, 10_000, "error", "store-failed", { what, error: e.message }),
+    );
   }
 
   /** Deletes the conntrack entries of an address that has no tunnel any more (after its set update). */
@@ -415,7 +433,7 @@ export class Gateway {
     for (const warning of next.warnings) this.log.log("warn", "config-warning", { warning });
     const revoke: { t: Tunnel; reason: string }[] = [];
     for (const t of this.leased) {
-      const reason = revocationReason(this.leases.certOf(t.certLease), t.app, next.apps, verify);
+      const reason = revocationReason(await this.leases.certOf(t.certLease), t.app, next.apps, verify);
       if (reason) revoke.push({ t, reason });
     }
     const added = next.apps.filter((a) => !this.config.apps.some((o) => o.name === a.name));
@@ -433,7 +451,7 @@ export class Gateway {
       await this.system.removeRoutes(this.tunName, newRoutes); // nothing of the refused configuration stays
       return fail(`policy not applied: ${(e as Error).message}`);
     }
-    this.leases.addApps(added);
+    await this.leases.addApps(added);
     for (const a of added) this.appCounters.set(a.name, zero());
     this.config = next;
     this.verifyOpts = verify;
@@ -441,7 +459,7 @@ export class Gateway {
     // Tunnels leased while the new policy was being applied were matched against the old configuration.
     for (const t of this.leased) {
       if (t.leasedAt < startedAt || revoke.some((r) => r.t === t)) continue;
-      const reason = revocationReason(this.leases.certOf(t.certLease), t.app, next.apps, verify);
+      const reason = revocationReason(await this.leases.certOf(t.certLease), t.app, next.apps, verify);
       if (reason) revoke.push({ t, reason });
     }
     const revoked: ReloadResult["revoked"] = [];
@@ -461,6 +479,9 @@ export class Gateway {
           ),
       ),
     );
+    // In a cluster: the same identities on the other gateways are cut too (key revocations in etcd).
+    const elsewhere = this.cluster ? await this.cluster.revokeOthers(this, next.apps, verify) : 0;
+    if (elsewhere) this.log.log("info", "cluster-reload-revoked", { tunnels: elsewhere });
     const res: ReloadResult = {
       ok: true,
       revoked,
@@ -471,9 +492,14 @@ export class Gateway {
     return res;
   }
 
-  /** The audit log's rows matching `q`, newest first (the admin API's audit search). */
+  /**
+   * The audit log's rows matching `q`, newest first (the admin API's audit search). SQLite only: in a cluster the
+   * audit trail is in etcd, answered per address by `seng audit who`.
+   */
   auditQuery(q: Parameters<LeaseStore["audit"]["query"]>[0]): ReturnType<LeaseStore["audit"]["query"]> {
-    return this.leases.audit.query(q);
+    if (!(this.leases instanceof SqliteStore))
+      throw new Error("audit search is not available in a cluster: use seng audit who <address> --at <time>");
+    return this.leases.leases.audit.query(q);
   }
 
   /** Packets the policy table dropped, by reason (`policy`, `unshielded`); for metrics. */
@@ -537,11 +563,11 @@ export class Gateway {
   }
 
   /** One leased tunnel with its attestation claims; undefined when no live tunnel has this id. */
-  tunnel(id: number): TunnelDetail | undefined {
+  async tunnel(id: number): Promise<TunnelDetail | undefined> {
     const t = this.findTunnel(id);
     if (!t) return undefined;
     // Claims come from the certificate kept with the lease (not kept in memory: ~6 KB per idle tunnel).
-    const der = this.leases.certOf(t.certLease);
+    const der = await this.leases.certOf(t.certLease);
     let verdict: ReturnType<typeof verifyRaTlsCert> | undefined;
     try {
       verdict = der ? verifyRaTlsCert(Cert.parseOnce(der), this.verifyOpts) : undefined;
@@ -587,6 +613,7 @@ export class Gateway {
         counters: { ...t.counters },
       })),
       firewall: this.firewall.stats(),
+      ...(this.cluster ? { cluster: this.cluster.stats() } : {}),
     };
   }
 }

@@ -42,6 +42,7 @@ export function sweepTunnels(gw: Gateway, now: number): void {
     }
   }
   gw.cookies.tick(now);
+  gw.cluster?.tick(gw);
   for (const t of gw.leased) {
     if (now - t.lastRx > tc.idleTimeoutSeconds * 1000) {
       gw.close(t, "idle-timeout", `nothing received for ${tc.idleTimeoutSeconds} s`);
@@ -62,12 +63,15 @@ export function sweepLeases(gw: Gateway, now: number): void {
     const extend: [number, number][] = [];
     for (const t of gw.leased)
       for (const id of [t.leaseId, t.leaseId6]) if (id) extend.push([id, now + tc.leaseGraceSeconds * 1000]);
-    if (extend.length) gw.leases.extendMany(extend);
+    if (extend.length) gw.storeCall("extend", gw.leases.extendMany(extend));
   }
   // Leases whose grace period lapsed: release them now (not only when their pool runs out), and their flows.
   if (now - gw.lastExpiry > 5000) {
     gw.lastExpiry = now;
-    for (const a of gw.leases.expire(now)) gw.cutFlows(a);
+    gw.storeCall(
+      "expire",
+      gw.leases.expire(now).then((gone) => gone.forEach((a) => gw.cutFlows(a))),
+    );
   }
   if (
     gw.churnAt > gw.trimmedAt &&

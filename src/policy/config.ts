@@ -15,6 +15,7 @@ import { parseCidr } from "../packet/ip.js";
 import { isUnicast6, overlaps6, parseCidr6, parseIp6, type Prefix6 } from "../packet/addr6.js";
 import { MIN_MTU6 } from "../tunnel/protocol.js";
 import { compilePolicy, FirewallConfigError, type PolicyModel } from "../firewall/model.js";
+import { clusterSchema, resolveCluster } from "./cluster.js";
 
 /**
  * `host:port` (`[v6]:port` for IPv6). `ipOnly`: the host must be an address, as for the gateway's UDP socket, which
@@ -124,6 +125,8 @@ const schema = z
     certificate: z.string().min(1),
     key: z.string().min(1),
     database: z.string().min(1).default("seng.db"),
+    // Several gateways as one system, state in etcd (src/policy/cluster.ts); without it: SQLite in `database`.
+    cluster: clusterSchema.optional(),
     tun: z
       .object({
         name: z
@@ -462,6 +465,14 @@ export function parseConfig(text: string, file: string): GatewayConfig {
     throw new ConfigError(
       `${file}: workers: expected 1 when an app has IPv6 (IPv6 leases are served by the single-threaded gateway for now; got ${c.workers})`,
     );
+  // The etcd store leases IPv4 only, and workers have been tested with the SQLite store alone:
+  // refuse the combinations that would silently lease less than configured.
+  if (c.cluster && any6)
+    throw new ConfigError(
+      `${file}: cluster: expected IPv4-only apps in a cluster (the etcd store does not lease IPv6 yet); remove subnet6/pool6 or the cluster section`,
+    );
+  if (c.cluster && c.workers !== 1)
+    throw new ConfigError(`${file}: workers: expected 1 with a cluster section (got ${c.workers})`);
   const marks = new Map<number, number>();
   const resolved = apps.map((a, i) => {
     const mark = c.apps[i]!.mark ?? 0x5e000000 + i + 1;
@@ -504,6 +515,7 @@ export function parseConfig(text: string, file: string): GatewayConfig {
     certificate: resolve(base, c.certificate),
     key: resolve(base, c.key),
     database: resolve(base, c.database),
+    cluster: c.cluster && resolveCluster(c.cluster, (p) => resolve(base, p)),
     admin: {
       socket: resolve(base, c.admin.socket ?? join(dirname(c.database), "admin.sock")),
       tcp: c.admin.tcp,
@@ -590,6 +602,9 @@ export function checkConfigFiles(c: GatewayConfig): void {
     readable("admin.tls.certificate", c.admin.tls.certificate);
     readable("admin.tls.key", c.admin.tls.key);
   }
+  if (c.cluster?.etcd.ca) readable("cluster.etcd.ca", c.cluster.etcd.ca);
+  if (c.cluster?.etcd.cert) readable("cluster.etcd.cert", c.cluster.etcd.cert);
+  if (c.cluster?.etcd.key) readable("cluster.etcd.key", c.cluster.etcd.key);
   folder("database", c.database);
   folder("admin.socket", c.admin.socket);
 }

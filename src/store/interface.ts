@@ -10,14 +10,18 @@
  * process's monotonic clock because it must hold against etcd's own timers.
  */
 import type { WhoAnswer } from "../gateway/audit.js";
-import type { AcquireResult, LeaseRecord } from "../gateway/leases.js";
+import type { AcquireResult, AcquireResult6, LeaseRecord } from "../gateway/leases.js";
 
-export type { AcquireResult, LeaseRecord, WhoAnswer };
+export type { AcquireResult, AcquireResult6, LeaseRecord, WhoAnswer };
 
-/** An app's address pool: the app's name and its subnet (apps with the same subnet share one pool). */
+/**
+ * An app's address pools: the app's name, its IPv4 subnet and/or IPv6 prefix (apps with the same subnet share one
+ * pool). The etcd store leases IPv4 only (the configuration refuses IPv6 apps in a cluster).
+ */
 export interface AppPool {
   name: string;
-  subnet: string;
+  subnet?: string | undefined;
+  subnet6?: string | undefined;
 }
 
 export interface AcquireRequest {
@@ -88,6 +92,8 @@ export interface LeaseBackend {
   addApps(apps: readonly AppPool[]): Promise<void>;
   /** Resumes or grants a lease; null when the pool is exhausted. Throws FencedError when fenced. */
   acquire(req: AcquireRequest): Promise<AcquireResult | null>;
+  /** The IPv6 lease of the same request, where the store has IPv6 (SQLite); absent in stores without it. */
+  acquire6?(req: AcquireRequest): Promise<AcquireResult6 | null>;
   /** Extends live leases (id → new end). */
   extendMany(ends: Iterable<[number, number]>): Promise<void>;
   /** Releases a lease now; its address becomes free (after the cool-down for another identity). */

@@ -16,6 +16,7 @@ import {
   InjectedFault,
   type AcquireRequest,
   type AcquireResult,
+  type AcquireResult6,
   type AppPool,
   type FenceState,
   type LeaseBackend,
@@ -49,8 +50,13 @@ export class SqliteStore implements LeaseBackend {
   private nextLapse = -Infinity;
 
   /** Same arguments as LeaseStore: the database file (":memory:" for tests), the app pools, reserved addresses. */
-  constructor(path: string, apps: readonly AppPool[], reserved: readonly number[] = []) {
-    this.leases = new LeaseStore(path, apps, reserved);
+  constructor(
+    path: string,
+    apps: readonly AppPool[],
+    reserved: readonly number[] = [],
+    reserved6: readonly string[] = [],
+  ) {
+    this.leases = new LeaseStore(path, apps, reserved, reserved6);
     for (const r of this.leases.audit.since(0)) {
       if (r.event === "grant") this.track(r.leaseId, { ...r, end: -Infinity });
       else if (r.event === "release") this.untrack(r.leaseId);
@@ -83,6 +89,37 @@ export class SqliteStore implements LeaseBackend {
   private liveOf(app: string, keyFp: string): [number, Live] | undefined {
     for (const [id, l] of this.live) if (l.app === app && l.keyFp === keyFp) return [id, l];
     return undefined;
+  }
+
+  /** IPv6 leases: straight through to LeaseStore (one transaction), tracked and announced as IPv4 ones are. */
+  async acquire6(req: AcquireRequest): Promise<AcquireResult6 | null> {
+    this.assertOpen();
+    const r = this.leases.acquire6(
+      req.app,
+      req.keyFp,
+      req.measurement,
+      req.outer,
+      req.now,
+      req.until,
+      req.cert,
+    );
+    if (r?.resumed) {
+      const l = this.live.get(r.id);
+      if (l) l.end = req.until;
+    }
+    if (r && !r.resumed) {
+      this.track(r.id, { address: r.address, app: req.app, keyFp: req.keyFp, end: req.until });
+      this.emit({
+        type: "lease",
+        rev: ++this.rev,
+        address: r.address,
+        app: req.app,
+        keyFp: req.keyFp,
+        id: r.id,
+        holder: "local",
+      });
+    }
+    return r;
   }
 
   async addApps(apps: readonly AppPool[]): Promise<void> {

@@ -129,7 +129,7 @@ export class WorkerPool {
   /** Admissions wait until the gateway's firewall and routes are in place. */
   accept(): void {
     this.accepting = true;
-    for (const { slot, m } of this.deferred.splice(0)) this.admit(slot, m);
+    for (const { slot, m } of this.deferred.splice(0)) void this.admit(slot, m);
   }
 
   private spawn(index: number): Promise<void> {
@@ -192,7 +192,7 @@ export class WorkerPool {
     const gw = this.gw;
     switch (m.type) {
       case "admit":
-        if (this.accepting) this.admit(slot, m);
+        if (this.accepting) void this.admit(slot, m);
         else this.deferred.push({ slot, m });
         return;
       case "closed": {
@@ -285,7 +285,7 @@ export class WorkerPool {
   }
 
   /** C1: the decision at the end of a handshake, as admission.ts's onEstablished after verification. */
-  private admit(slot: Slot, m: FromWorker & { type: "admit" }): void {
+  private async admit(slot: Slot, m: FromWorker & { type: "admit" }): Promise<void> {
     const gw = this.gw;
     if (!slot.alive) return; // its worker died after asking: the runtime will try again
     const session = new RemoteSession(this, slot, m.hs, m.der, m.maxRecord);
@@ -315,7 +315,27 @@ export class WorkerPool {
     const now = gw.now();
     const grace = gw.config.tunnel.leaseGraceSeconds * 1000;
     const der = Buffer.from(m.der!);
-    const lease = gw.leases.acquire(app.name, m.fingerprint, measurement, t.peer, now, now + grace, der);
+    let lease;
+    try {
+      // The SQLite store answers at once (the configuration refuses workers with the etcd store).
+      lease = await gw.leases.acquire({
+        app: app.name,
+        keyFp: m.fingerprint,
+        measurement,
+        outer: t.peer,
+        now,
+        until: now + grace,
+        cert: der,
+      });
+    } catch (e) {
+      gw.handshake("store-error");
+      return gw.close(
+        t,
+        "shutting-down",
+        `this gateway cannot lease an address now: ${(e as Error).message}`,
+      );
+    }
+    if (!slot.alive) return; // its worker died while the store answered: the lease lapses after its grace
     if (!lease) {
       gw.handshake("pool-exhausted");
       gw.log.log("warn", "pool-exhausted", { app: app.name, subnet: app.subnet, peer: t.peer, measurement });
