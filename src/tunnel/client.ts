@@ -12,6 +12,11 @@
  * sees a new peer and its handshake is never mistaken for the old tunnel's traffic; the same key gets the same
  * address back and replaces the old tunnel.
  *
+ * Several gateways (a cluster sharing its leases, docs/CLUSTER.md): `gateway` may list them, comma-separated; all
+ * are pinned with the same fingerprint. After a loss the next attempt goes to the next gateway of the list (round
+ * robin), where the same key gets the same address back; every attempt is a full handshake, so the identity is
+ * checked again by the gateway it lands on.
+ *
  *   send:    packets → DTLS records (one per packet) → datagrams → sendmmsg
  *   receive: datagrams → DTLS → control messages (LEASE, KEEPALIVE, CLOSE) or IP packets → onPackets
  */
@@ -30,7 +35,7 @@ import {
 } from "./protocol.js";
 
 export interface TunnelClientOptions {
-  /** Gateway "host:port". */
+  /** Gateway "host:port", or several, comma-separated (tried in turn after each loss; see the file comment). */
   gateway: string;
   /** SHA-256 (hex) of the gateway certificate's DER. */
   pin: string;
@@ -39,9 +44,9 @@ export interface TunnelClientOptions {
   keyPem: string;
   /** Send a KEEPALIVE when nothing was sent for this long (default 10). */
   keepaliveSeconds?: number;
-  /** Nothing authenticated received for this long: probe with a KEEPALIVE (default 4). */
+  /** Nothing authenticated received for this long: probe with a KEEPALIVE (default 4; 1 with several gateways). */
   probeSeconds?: number;
-  /** A probe unanswered for this long: the tunnel is lost (default 2). */
+  /** A probe unanswered for this long: the tunnel is lost (default 2; 1 with several gateways). */
   probeWaitSeconds?: number;
   /** Nothing authenticated received for this long: the tunnel is lost, probes or not (default 30). */
   deadSeconds?: number;
@@ -68,8 +73,9 @@ const FINAL: ReadonlySet<string> = new Set(["policy-rejected", "revoked"]);
 export class TunnelClient extends EventEmitter<TunnelClientEvents> {
   private readonly ctx: DtlsContext;
   private udp: UdpSocket;
-  private readonly peer: string;
-  private readonly host: string;
+  /** The gateways to walk, and the one the current attempt goes to. */
+  private readonly gateways: readonly string[];
+  private index = 0;
   private session: DtlsSession | undefined;
   private timer: NodeJS.Timeout | undefined;
   /** When something authenticated was last received, and when the current attempt or probe began. */
@@ -92,10 +98,26 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
       keyPem: opts.keyPem,
       mtu: opts.mtu ?? 1464,
     });
-    const i = opts.gateway.lastIndexOf(":");
-    this.host = opts.gateway.slice(0, i).replace(/^\[|\]$/g, "");
-    this.peer = opts.gateway;
+    this.gateways = gatewayList(opts.gateway);
     this.udp = this.bind();
+  }
+
+  /** The gateway ("host:port") the current or next attempt goes to. */
+  get peer(): string {
+    return this.gateways[this.index]!;
+  }
+
+  private get host(): string {
+    return this.peer.slice(0, this.peer.lastIndexOf(":")).replace(/^\[|\]$/g, "");
+  }
+
+  /** Probe timings: faster with several gateways, where noticing a dead one early is what failover waits for. */
+  private get probeMs(): [number, number] {
+    const multi = this.gateways.length > 1;
+    return [
+      (this.opts.probeSeconds ?? (multi ? 1 : 4)) * 1000,
+      (this.opts.probeWaitSeconds ?? (multi ? 1 : 2)) * 1000,
+    ];
   }
 
   /** A fresh socket; datagrams from anyone but the gateway are ignored (they cannot be authenticated anyway). */
@@ -266,6 +288,8 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
     this.session = undefined;
     clearInterval(this.timer);
     const willRetry = !final && !this.stopped && this.opts.reconnect !== false;
+    // The next attempt goes to the next gateway of the list (the same one when there is only one).
+    if (willRetry) this.index = (this.index + 1) % this.gateways.length;
     if (!willRetry) {
       this.stopped = true;
       this.udp.close();
@@ -293,13 +317,30 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
     if (!this.lease) return;
     const silent = now - Math.max(this.lastRx, this.attemptAt);
     if (silent > (o.deadSeconds ?? 30) * 1000) return this.lost("lost", "no answer from the gateway");
-    if (this.probeAt && now - this.probeAt > (o.probeWaitSeconds ?? 2) * 1000)
+    const [probeMs, probeWaitMs] = this.probeMs;
+    if (this.probeAt && now - this.probeAt > probeWaitMs)
       return this.lost("lost", "no answer to a keepalive");
-    const probe = !this.probeAt && silent > (o.probeSeconds ?? 4) * 1000;
+    const probe = !this.probeAt && silent > probeMs;
     if (probe || now - this.lastTx > (o.keepaliveSeconds ?? 10) * 1000) {
       if (probe) this.probeAt = now;
       this.lastTx = now;
       this.udp.sendMany(s.send([encodeControl({ type: MSG.KEEPALIVE })]), this.peer);
     }
   }
+}
+
+/**
+ * The gateways of a `gateway` setting: one "host:port" or several, comma-separated (spaces allowed around commas).
+ * Throws a TypeError naming the bad entry.
+ */
+export function gatewayList(setting: string): string[] {
+  const list = setting
+    .split(",")
+    .map((g) => g.trim())
+    .filter(Boolean);
+  if (!list.length) throw new TypeError("gateway: expected host:port, or several separated by commas");
+  for (const g of list)
+    if (!/^[^:\s,]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$/.test(g))
+      throw new TypeError(`gateway: expected host:port, got ${g}`);
+  return list;
 }
