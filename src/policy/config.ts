@@ -13,6 +13,7 @@ import { compileApps, identityWarnings, PolicyError, type AppSpec } from "../att
 import { TCB_STATUSES } from "../attest/claims.js";
 import { parseCidr } from "../packet/ip.js";
 import { compilePolicy, FirewallConfigError, type PolicyModel } from "../firewall/model.js";
+import { routingSchema } from "../routing/config.js";
 
 /**
  * `host:port` (`[v6]:port` for IPv6). `ipOnly`: the host must be an address, as for the gateway's UDP socket, which
@@ -203,6 +204,8 @@ const schema = z
       .min(1, "expected at least one app"),
     /** Shared address pool for apps without their own subnet: only the nftables sets identify the app. */
     pool: cidr.optional(),
+    /** Announce this gateway's addresses over BGP with BIRD (src/routing/, docs/CLUSTER.md). */
+    routing: routingSchema.optional(),
     firewall: z
       .object({
         enabled: z.boolean().default(true),

@@ -1,0 +1,229 @@
+/**
+ * A cluster lab in network namespaces: several gateways, a router running BIRD that learns the apps' routes from
+ * each gateway's BIRD over eBGP (with BFD), a server behind the router, and one client host with a link to every
+ * gateway:
+ *
+ *             ┌─ 198.18.1.0/24 ── gw1 (AS 65001) 198.18.11.1 ──┐
+ *   cli ──────┼─ 198.18.3.0/24 ── gw2 (AS 65002) 198.18.12.1 ──┼── router (AS 65000, .254) ── 198.18.2.0/24 ── srv
+ *             └─ 198.18.5.0/24 ── gw3 …                        ┘
+ *
+ * Each gateway runs `seng gateway` with `routing:` (its BIRD is its child); the router's BIRD is started here and
+ * ended by its pid. Stores: independent SQLite files (default), or a shared etcd given by `extraYaml`. Everything
+ * lives in namespaces this lab creates; `destroy()` removes them (also on exit, through the netns registry).
+ */
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Netns, veth, ROOT, type NsProcess, type ExecResult } from "./netns.js";
+import { waitLine } from "./lab.js";
+import { routerBirdConfig } from "../../src/routing/bird.js";
+
+export const CLI = join(ROOT, "src/cli/main.ts");
+export const REGISTER = join(ROOT, "src/runtime/register.ts");
+export const SERVER_IP = "198.18.2.2";
+export const ROUTER_ASN = 65000;
+
+export interface ClusterLabOptions {
+  gateways: number;
+  /** The apps section (YAML list items under `apps:`). */
+  appsYaml: string;
+  /** Extra YAML for gateway `i` (0-based), e.g. the cluster store's settings. */
+  extraYaml?: (i: number) => string;
+  /** Blocks gateway `i` announces (default none: host routes only). */
+  blocks?: (i: number) => string[];
+  bfd?: boolean;
+}
+
+function seng(args: string[]): string {
+  return execFileSync(process.execPath, ["--import", "tsx", CLI, ...args], { cwd: ROOT, encoding: "utf8" });
+}
+
+export class ClusterLab {
+  readonly dir: string;
+  readonly simDir: string;
+  pin = "";
+  cli!: Netns;
+  router!: Netns;
+  srv!: Netns;
+  readonly gws: Netns[] = [];
+  readonly gateways: (NsProcess | undefined)[] = [];
+  routerBird: NsProcess | undefined;
+  private readonly procs: NsProcess[] = [];
+
+  private constructor(readonly opts: ClusterLabOptions) {
+    this.dir = mkdtempSync(join(tmpdir(), "seng-clab-"));
+    this.simDir = join(this.dir, "sim");
+  }
+
+  static async create(opts: ClusterLabOptions): Promise<ClusterLab> {
+    const lab = new ClusterLab(opts);
+    try {
+      await lab.build();
+    } catch (e) {
+      await lab.destroy();
+      throw e;
+    }
+    return lab;
+  }
+
+  /** The client's address of gateway `i` (its tunnel endpoint). */
+  gatewayAddr(i: number): string {
+    return `198.18.${2 * i + 1}.1:4433`;
+  }
+
+  /** Gateway `i`'s address on its link to the router (the BGP next hop of its routes). */
+  uplink(i: number): string {
+    return `198.18.${11 + i}.1`;
+  }
+
+  configFile(i: number): string {
+    return join(this.dir, `gw${i + 1}`, "gateway.yaml");
+  }
+
+  private async build(): Promise<void> {
+    seng(["attest", "sim", "init", "--dir", this.simDir]);
+    this.pin = seng(["gateway", "keygen", "--dir", this.dir]).trim();
+    this.cli = await Netns.create("ccli");
+    this.router = await Netns.create("crt");
+    this.srv = await Netns.create("csrv");
+    await veth(this.router, "rt-srv", "198.18.2.1/24", this.srv, "srv-rt", `${SERVER_IP}/24`);
+    await this.srv.ip("route", "add", "default", "via", "198.18.2.1");
+    await this.router.exec("sysctl", ["-qw", "net.ipv4.ip_forward=1"]);
+    for (let i = 0; i < this.opts.gateways; i++) {
+      const gw = await Netns.create(`cgw${i + 1}`);
+      this.gws.push(gw);
+      const n = 2 * i + 1;
+      await veth(this.cli, `c-gw${i + 1}`, `198.18.${n}.2/24`, gw, "lan0", `198.18.${n}.1/24`);
+      await veth(gw, "up0", `${this.uplink(i)}/24`, this.router, `rt-gw${i + 1}`, `198.18.${11 + i}.254/24`);
+      await gw.ip("route", "add", "default", "via", `198.18.${11 + i}.254`);
+      await gw.exec("sysctl", ["-qw", "net.ipv4.ip_forward=1"]);
+      const d = join(this.dir, `gw${i + 1}`);
+      mkdirSync(d);
+      writeFileSync(this.configFile(i), this.configText(i));
+      this.gateways.push(undefined);
+    }
+    // The router's BIRD: one eBGP session (with BFD) per gateway; routes go into its kernel.
+    const conf = join(this.dir, "router-bird.conf");
+    writeFileSync(
+      conf,
+      routerBirdConfig({
+        routerId: "198.18.2.1",
+        asn: ROUTER_ASN,
+        peers: this.gws.map((_, i) => ({ address: this.uplink(i), asn: 65001 + i })),
+        bfd: this.opts.bfd ?? true,
+      }),
+    );
+    this.routerBird = this.router.spawn("bird", ["-f", "-c", conf, "-s", join(this.dir, "router-bird.ctl")]);
+    this.procs.push(this.routerBird);
+  }
+
+  configText(i: number): string {
+    const d = join(this.dir, `gw${i + 1}`);
+    const blocks = this.opts.blocks?.(i) ?? [];
+    return [
+      `listen: 0.0.0.0:4433`,
+      `certificate: ${join(this.dir, "gateway.pem")}`,
+      `key: ${join(this.dir, "gateway.key")}`,
+      `database: ${join(d, "seng.db")}`,
+      "tun: { name: seng0, address: 100.64.0.1/32, mtu: 1400 }",
+      "trust:",
+      `  simulatedRoots: [${join(this.simDir, "root.pem")}]`,
+      `  collateral: [${join(this.simDir, "collateral.json")}]`,
+      "routing:",
+      `  asn: ${65001 + i}`,
+      `  routerId: ${this.uplink(i)}`,
+      `  neighbors: [{ address: 198.18.${11 + i}.254, asn: ${ROUTER_ASN} }]`,
+      `  blocks: ${JSON.stringify(blocks)}`,
+      `  bfd: ${this.opts.bfd ?? true}`,
+      this.opts.extraYaml?.(i) ?? "",
+      "apps:",
+      this.opts.appsYaml,
+      "",
+    ].join("\n");
+  }
+
+  /** Starts gateway `i` and waits until it listens and its BIRD runs. */
+  async startGateway(i: number): Promise<NsProcess> {
+    const p = this.gws[i]!.spawn(process.execPath, [
+      "--import",
+      "tsx",
+      CLI,
+      "gateway",
+      "--config",
+      this.configFile(i),
+    ]);
+    this.procs.push(p);
+    this.gateways[i] = p;
+    await waitLine(p, (o) => o.event === "routing-started", 30_000);
+    return p;
+  }
+
+  /** Kills gateway `i` (SIGKILL: a crash; its BIRD dies with it through the parent-death signal). */
+  async killGateway(i: number, signal: NodeJS.Signals = "SIGKILL"): Promise<void> {
+    const g = this.gateways[i];
+    this.gateways[i] = undefined;
+    await g?.kill(signal, 5000);
+  }
+
+  /** The router's kernel route for `address` (`via <next hop>`), or "" when it has none. */
+  async routeVia(address: string): Promise<string> {
+    const r: ExecResult = await this.router.exec("ip", ["-4", "route", "show", "match", address], {
+      check: false,
+    });
+    // The most specific match is listed first; the server link (198.18.2.0/24) never matches an app address.
+    const m = /via (\S+)/.exec(r.stdout.split("\n").find((l) => l.includes("via")) ?? "");
+    return m?.[1] ?? "";
+  }
+
+  /** Waits until the router routes `address` via `nextHop` ("" for: no route). Returns how long it took, ms. */
+  async waitRoute(address: string, nextHop: string, timeoutMs = 20_000): Promise<number> {
+    const t0 = Date.now();
+    for (;;) {
+      const via = await this.routeVia(address);
+      if (via === nextHop) return Date.now() - t0;
+      if (Date.now() - t0 > timeoutMs)
+        throw new Error(
+          `router: ${address} via ${via || "(none)"} after ${timeoutMs} ms, expected ${nextHop}`,
+        );
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
+  /** Starts a process in the server namespace. */
+  server(cmd: string, args: string[]): NsProcess {
+    const p = this.srv.spawn(cmd, args);
+    this.procs.push(p);
+    return p;
+  }
+
+  /** Environment of an app under the preload with every gateway listed (the same pin for all). */
+  runtimeEnv(mrenclave: string, gateways = this.gws.map((_, i) => this.gatewayAddr(i))): NodeJS.ProcessEnv {
+    const e: NodeJS.ProcessEnv = {
+      ...process.env,
+      SENG_GATEWAY: gateways.join(","),
+      SENG_PIN: this.pin,
+      SENG_TEE: "sim",
+      SENG_SIM_DIR: this.simDir,
+      SENG_MRENCLAVE: mrenclave,
+      SENG_LOG: "json",
+    };
+    delete e.NODE_TEST_CONTEXT;
+    return e;
+  }
+
+  /** Starts `node <file>` under the preload in the client namespace. */
+  app(file: string, env: NodeJS.ProcessEnv): NsProcess {
+    const p = this.cli.spawn(process.execPath, ["--import", "tsx", "--import", REGISTER, file], { env });
+    this.procs.push(p);
+    return p;
+  }
+
+  async destroy(): Promise<void> {
+    await Promise.allSettled(this.procs.map((p) => p.kill("SIGKILL", 1000)));
+    await Promise.allSettled(
+      [this.cli, this.router, this.srv, ...this.gws].filter(Boolean).map((ns) => ns.delete()),
+    );
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
