@@ -39,6 +39,45 @@ function seng(args: string[]): string {
   return execFileSync(process.execPath, ["--import", "tsx", CLI, ...args], { cwd: ROOT, encoding: "utf8" });
 }
 
+/**
+ * A server for failover measurements (run in the server namespace): a TCP echo on 7000 and a UDP sink on 7001;
+ * prints one JSON line per TCP connection (peer address) and per UDP datagram (arrival time, peer, sequence).
+ */
+export const FAILOVER_SERVER = `
+const net = require("net"), dgram = require("dgram");
+net.createServer((s) => {
+  console.log(JSON.stringify({ event: "conn", remote: s.remoteAddress }));
+  s.on("data", (d) => s.write(d));
+  s.on("error", () => {});
+}).listen(7000, "${SERVER_IP}");
+const u = dgram.createSocket("udp4");
+u.on("message", (m, r) => console.log(JSON.stringify({ event: "udp", t: Date.now(), from: r.address, n: Number(m) })));
+u.bind(7001, "${SERVER_IP}", () => console.log(JSON.stringify({ event: "listening" })));
+`;
+
+/**
+ * An app for failover measurements (run under the runtime): a UDP datagram with a sequence number every 20 ms and
+ * a numbered TCP message every 100 ms on one connection, for SECONDS seconds; at the end it prints what came back
+ * on the TCP connection and when each echo arrived.
+ */
+export const FAILOVER_APP = `
+const dgram = require("dgram"), net = require("net");
+const secs = Number(process.env.SECONDS_TO_RUN || 10);
+const u = dgram.createSocket("udp4");
+let n = 0;
+const ut = setInterval(() => u.send(String(n++), 7001, "${SERVER_IP}"), 20);
+const s = net.connect(7000, "${SERVER_IP}");
+let i = 0, got = "";
+const echoes = [];
+s.setEncoding("utf8").on("data", (d) => { got += d; echoes.push(Date.now()); });
+s.on("error", (e) => { console.log(JSON.stringify({ error: e.message, code: e.code })); process.exitCode = 1; });
+const t = setInterval(() => s.write("m" + i++ + ";"), 100);
+setTimeout(() => {
+  clearInterval(t); clearInterval(ut); u.close();
+  setTimeout(() => { console.log(JSON.stringify({ sent: i, got, echoes })); s.end(); }, 8000);
+}, secs * 1000);
+`;
+
 export class ClusterLab {
   readonly dir: string;
   readonly simDir: string;
