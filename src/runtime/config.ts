@@ -181,7 +181,7 @@ export function configFromEnv(env: NodeJS.ProcessEnv = process.env): RuntimeConf
     );
   if (!GATEWAYS.test(gateway))
     throw new RuntimeConfigError(
-      `SENG: ${src("SENG_GATEWAY", "gateway")}: expected host:port, or several separated by commas, got ${gateway}`,
+      `SENG: ${src("SENG_GATEWAY", "gateway")}: expected host:port, got ${gateway} (several: separated by commas)`,
     );
 
   const pinSetting = get("SENG_PIN") ?? file.pin;

@@ -118,7 +118,7 @@ describe("runtime config", () => {
     assert.equal(configFromEnv({ SENG_CONFIG: f }).gateway, "198.18.1.1:4433,[fd64::1]:4433");
     assert.throws(
       () => configFromEnv({ SENG_GATEWAY: "a:1,b", SENG_PIN: FP }),
-      /SENG_GATEWAY: expected host:port, or several separated by commas, got a:1,b/,
+      /SENG_GATEWAY: expected host:port, got a:1,b \(several: separated by commas\)/,
     );
     const g = file("badlist.yaml", `gateway: [198.18.1.1:4433, nope]\npin: "${FP}"\n`);
     assert.throws(
