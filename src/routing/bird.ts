@@ -165,10 +165,16 @@ export class Bird {
 
   /** Checks the written config without running it (`bird -p`). */
   async parse(): Promise<void> {
-    const r = await exec(this.opts.bird ?? "bird", ["-p", "-c", this.conf], { timeout: 10_000 }).catch(
-      (e: { stderr?: string; message: string }) => ({ error: (e.stderr || e.message).trim() }),
+    const bird = this.opts.bird ?? "bird";
+    const r = await exec(bird, ["-p", "-c", this.conf], { timeout: 10_000 }).catch(
+      (e: { code?: string | number; stderr?: string; message: string }) => ({
+        error: e.code === "ENOENT" ? "" : (e.stderr || e.message).trim(),
+      }),
     );
-    if ("error" in r) throw new BirdError(`BIRD refused ${this.conf}: ${r.error.split("\n")[0]}`);
+    if (!("error" in r)) return;
+    if (!r.error)
+      throw new BirdError(`bird: ${bird} not found (install Debian's bird2, or set routing.bird)`);
+    throw new BirdError(`BIRD refused ${this.conf}: ${r.error.split("\n")[0]}`);
   }
 
   /** Starts the daemon on the written config and waits until its control socket answers. */
