@@ -62,6 +62,17 @@ export class RouteAnnouncer implements GatewayObserver {
     });
   }
 
+  /**
+   * This gateway can no longer prove it holds its addresses (self-fencing, docs/CLUSTER.md): withdraw everything at
+   * once by ending BIRD (its sessions close, the router drops every route of this gateway), and announce nothing
+   * more. A fenced gateway restarts, and its routing with it.
+   */
+  async fenced(): Promise<void> {
+    if (this.stopped) return;
+    this.log.log("warn", "routing-withdrawn", { reason: "fenced" });
+    await this.stop();
+  }
+
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.timer);

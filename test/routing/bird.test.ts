@@ -169,3 +169,22 @@ test("the announcer: a host route follows the tunnels of its address; addresses 
   assert.doesNotMatch(bird.configs.at(-1)!, /100\.64\.1\.200\/32/, "withdrawn");
   await a.stop();
 });
+
+test("the announcer: a fenced gateway ends BIRD (every route withdrawn) and announces nothing more", async () => {
+  const bird = new FakeBird();
+  let stopped = 0;
+  bird.stop = () => {
+    stopped++;
+    return Promise.resolve();
+  };
+  const a = new RouteAnnouncer(ROUTING, bird as unknown as Bird, jsonLogger({ write: () => {} }), 1);
+  await a.start();
+  await a.fenced();
+  assert.equal(stopped, 1);
+  const n = bird.configs.length;
+  a.tunnelUp(tunnel("100.64.1.201"));
+  await settle();
+  assert.equal(bird.configs.length, n, "no reconfiguration after fencing");
+  await a.fenced();
+  assert.equal(stopped, 1, "once");
+});
