@@ -15,6 +15,7 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ClusterLab, SERVER_IP } from "../helpers/cluster-lab.js";
 import { waitLine } from "../helpers/lab.js";
+import type { NsProcess } from "../helpers/netns.js";
 
 const MR = "c1".repeat(32);
 const skip = process.getuid?.() !== 0 ? "needs root (namespaces)" : !hasBird() ? "needs bird2 (apt)" : false;
@@ -55,6 +56,7 @@ const t = setInterval(() => {
 `;
 
 let lab: ClusterLab;
+let srv: NsProcess;
 
 before(async () => {
   if (skip) return;
@@ -73,6 +75,8 @@ before(async () => {
   });
   writeFileSync(join(lab.dir, "server.cjs"), SERVER);
   writeFileSync(join(lab.dir, "app.cjs"), APP);
+  srv = lab.server(process.execPath, [join(lab.dir, "server.cjs")]);
+  await waitLine(srv, (o) => o.event === "listening");
 });
 
 after(async () => {
@@ -90,8 +94,6 @@ test(
   "kill -9 of the app's gateway: BGP moves the route, the runtime moves to the other gateway with the same address, and its TCP connection survives",
   { skip },
   async (t) => {
-    const srv = lab.server(process.execPath, [join(lab.dir, "server.cjs")]);
-    await waitLine(srv, (o) => o.event === "listening");
     await lab.startGateway(0);
     await lab.startGateway(1);
     // Both sessions are up: each gateway's block is routed to it.
@@ -141,7 +143,37 @@ test(
     assert.match(conns[0]!, new RegExp(`"remote":"${address.replace(/\./g, "\\.")}"`));
     const back = out.echoes.find((e) => e > killedAt);
     t.diagnostic(
-      `route moved after ${routeMs + (Date.now() - Date.now())} ms of polling; first echo after the kill: ${back ? back - killedAt : "none"} ms`,
+      `route at the other gateway ${routeMs} ms after the kill was done; first echo ${back ? back - killedAt : "none"} ms after the kill`,
     );
+  },
+);
+
+test(
+  "an app whose first listed gateway is down starts through the next one, and is routed there",
+  { skip },
+  async () => {
+    // Gateway 1 is down (killed by the test above, or never started); the list still names it first.
+    await lab.killGateway(0);
+    if (!lab.gateways[1]) await lab.startGateway(1);
+    const app = lab.app(join(lab.dir, "app.cjs"), { ...lab.runtimeEnv(MR), MESSAGES: "5" });
+    // Routed through gateway 2 while it runs (its /32 goes when the app's tunnel closes at exit).
+    for (let i = 0; i < 600 && leases(app.stderr).length === 0; i++)
+      await new Promise((r) => setTimeout(r, 50));
+    await lab.waitRoute(leases(app.stderr)[0] ?? "none", lab.uplink(1));
+    const r = await app.wait(60_000).catch((e: Error) => {
+      throw new Error(
+        `${e.message}\nstdout:\n${app.stdout}\nstderr:\n${app.stderr}\ngateway 2:\n${lab.gateways[1]?.stdout.slice(-3000)}`,
+      );
+    });
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    const address = leases(r.stderr)[0] ?? "";
+    assert.match(address, /^100\.64\.1\.\d+$/, r.stderr);
+    assert.match(
+      r.stderr,
+      /"event":"tunnel-closed".*handshake timed out/,
+      "the first attempt (gateway 1) timed out",
+    );
+    const out = JSON.parse(r.stdout.trim().split("\n").pop()!) as { sent: number; got: string };
+    assert.equal(out.got, "m0;m1;m2;m3;m4;");
   },
 );
