@@ -33,6 +33,12 @@ export interface ClusterLabOptions {
   /** Blocks gateway `i` announces (default none: host routes only). */
   blocks?: (i: number) => string[];
   bfd?: boolean;
+  /**
+   * Members of an etcd cluster to run in a namespace of its own (on a bridge with a control link from every
+   * gateway: gateway i at 198.18.20.<11+i>, members at 198.18.20.<m>); 0 (default): none. Their client URLs are
+   * {@link ClusterLab.etcdUrls}, for `extraYaml`.
+   */
+  etcd?: number;
 }
 
 function seng(args: string[]): string {
@@ -88,6 +94,8 @@ export class ClusterLab {
   readonly gws: Netns[] = [];
   readonly gateways: (NsProcess | undefined)[] = [];
   routerBird: NsProcess | undefined;
+  etcdNs: Netns | undefined;
+  readonly etcdMembers: NsProcess[] = [];
   private readonly procs: NsProcess[] = [];
 
   private constructor(readonly opts: ClusterLabOptions) {
@@ -116,6 +124,11 @@ export class ClusterLab {
     return `198.18.${11 + i}.1`;
   }
 
+  /** The etcd members' client URLs (empty without `etcd`). */
+  get etcdUrls(): string[] {
+    return Array.from({ length: this.opts.etcd ?? 0 }, (_, m) => `http://198.18.20.${m + 1}:2379`);
+  }
+
   configFile(i: number): string {
     return join(this.dir, `gw${i + 1}`, "gateway.yaml");
   }
@@ -129,6 +142,14 @@ export class ClusterLab {
     await veth(this.router, "rt-srv", "198.18.2.1/24", this.srv, "srv-rt", `${SERVER_IP}/24`);
     await this.srv.ip("route", "add", "default", "via", "198.18.2.1");
     await this.router.exec("sysctl", ["-qw", "net.ipv4.ip_forward=1"]);
+    const members = this.opts.etcd ?? 0;
+    if (members) {
+      this.etcdNs = await Netns.create("cetcd");
+      await this.etcdNs.ip("link", "add", "br0", "type", "bridge");
+      for (let m = 1; m <= members; m++)
+        await this.etcdNs.ip("addr", "add", `198.18.20.${m}/24`, "dev", "br0");
+      await this.etcdNs.ip("link", "set", "br0", "up");
+    }
     for (let i = 0; i < this.opts.gateways; i++) {
       const gw = await Netns.create(`cgw${i + 1}`);
       this.gws.push(gw);
@@ -137,6 +158,13 @@ export class ClusterLab {
       await veth(gw, "up0", `${this.uplink(i)}/24`, this.router, `rt-gw${i + 1}`, `198.18.${11 + i}.254/24`);
       await gw.ip("route", "add", "default", "via", `198.18.${11 + i}.254`);
       await gw.exec("sysctl", ["-qw", "net.ipv4.ip_forward=1"]);
+      if (this.etcdNs) {
+        const port = `ctl-gw${i + 1}`;
+        await gw.ip("link", "add", "ctl0", "type", "veth", "peer", "name", port, "netns", this.etcdNs.name);
+        await gw.ip("addr", "add", `198.18.20.${11 + i}/24`, "dev", "ctl0");
+        await gw.ip("link", "set", "ctl0", "up");
+        await this.etcdNs.ip("link", "set", port, "master", "br0", "up");
+      }
       const d = join(this.dir, `gw${i + 1}`);
       mkdirSync(d);
       writeFileSync(this.configFile(i), this.configText(i));
@@ -153,8 +181,45 @@ export class ClusterLab {
         bfd: this.opts.bfd ?? true,
       }),
     );
+    if (members) await this.startEtcd(members);
     this.routerBird = this.router.spawn("bird", ["-f", "-c", conf, "-s", join(this.dir, "router-bird.ctl")]);
     this.procs.push(this.routerBird);
+  }
+
+  /** Starts the etcd members and waits until every one answers /health. */
+  private async startEtcd(members: number): Promise<void> {
+    const ns = this.etcdNs!;
+    const peers = Array.from({ length: members }, (_, m) => `m${m + 1}=http://198.18.20.${m + 1}:2380`).join(
+      ",",
+    );
+    for (let m = 1; m <= members; m++) {
+      const p = ns.spawn("etcd", [
+        `--name=m${m}`,
+        `--data-dir=${join(this.dir, `etcd-m${m}`)}`,
+        `--listen-client-urls=http://198.18.20.${m}:2379`,
+        `--advertise-client-urls=http://198.18.20.${m}:2379`,
+        `--listen-peer-urls=http://198.18.20.${m}:2380`,
+        `--initial-advertise-peer-urls=http://198.18.20.${m}:2380`,
+        `--initial-cluster=${peers}`,
+        "--initial-cluster-state=new",
+        "--heartbeat-interval=100",
+        "--election-timeout=500",
+        "--experimental-watch-progress-notify-interval=200ms",
+        "--logger=zap",
+        "--log-level=error",
+      ]);
+      this.procs.push(p);
+      this.etcdMembers.push(p);
+    }
+    const end = Date.now() + 30_000;
+    for (const u of this.etcdUrls) {
+      for (;;) {
+        const r = await ns.exec("curl", ["-s", "-m", "1", `${u}/health`], { check: false });
+        if (/"health":\s*"true"/.test(r.stdout)) break;
+        if (Date.now() > end) throw new Error(`etcd ${u} not healthy after 30 s`);
+        await new Promise((res) => setTimeout(res, 200));
+      }
+    }
   }
 
   configText(i: number): string {
@@ -261,7 +326,9 @@ export class ClusterLab {
   async destroy(): Promise<void> {
     await Promise.allSettled(this.procs.map((p) => p.kill("SIGKILL", 1000)));
     await Promise.allSettled(
-      [this.cli, this.router, this.srv, ...this.gws].filter(Boolean).map((ns) => ns.delete()),
+      [this.cli, this.router, this.srv, this.etcdNs, ...this.gws]
+        .filter((ns): ns is Netns => ns !== undefined)
+        .map((ns) => ns.delete()),
     );
     rmSync(this.dir, { recursive: true, force: true });
   }
