@@ -11,9 +11,9 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { ClusterLab, SERVER_IP } from "../helpers/cluster-lab.js";
+import { CLI, ClusterLab, SERVER_IP } from "../helpers/cluster-lab.js";
 import { waitLine } from "../helpers/lab.js";
 import type { NsProcess } from "../helpers/netns.js";
 
@@ -175,5 +175,38 @@ test(
     );
     const out = JSON.parse(r.stdout.trim().split("\n").pop()!) as { sent: number; got: string };
     assert.equal(out.got, "m0;m1;m2;m3;m4;");
+  },
+);
+
+test(
+  "a gateway whose BIRD cannot start refuses to start, in one line, and leaves nothing behind",
+  { skip },
+  async () => {
+    await lab.killGateway(0);
+    const file = lab.configFile(0);
+    const good = readFileSync(file, "utf8");
+    try {
+      writeFileSync(file, good.replace("routing:\n", "routing:\n  bird: /nonexistent/bird\n"));
+      const r = await lab.gws[0]!.exec(
+        process.execPath,
+        ["--import", "tsx", CLI, "gateway", "--config", file],
+        {
+          check: false,
+          timeoutMs: 60_000,
+        },
+      );
+      assert.equal(r.code, 2, r.stderr);
+      assert.match(
+        r.stderr,
+        /^seng: .*gateway\.yaml: routing: bird: \/nonexistent\/bird not found \(install Debian's bird2/m,
+      );
+      assert.doesNotMatch(r.stderr, /\n\s+at /, "no stack trace");
+      const tables = await lab.gws[0]!.exec("nft", ["list", "tables"]);
+      assert.equal(tables.stdout.trim(), "", "no nftables table left");
+      const links = await lab.gws[0]!.exec("ip", ["-br", "link"]);
+      assert.doesNotMatch(links.stdout, /seng0/, "no TUN left");
+    } finally {
+      writeFileSync(file, good);
+    }
   },
 );
