@@ -93,7 +93,12 @@ async function bareCas(url: string, total: number, inFlight: number): Promise<nu
  */
 export async function benchClusterFailover(
   quick: boolean,
-  opts: { extraYaml?: (i: number) => string } = {},
+  opts: {
+    /** etcd members to run for the gateways (0: none, independent SQLite gateways). */
+    etcd?: number;
+    /** The store section of gateway i's config given the etcd client URLs. */
+    storeYaml?: (i: number, etcd: string[]) => string;
+  } = {},
 ): Promise<Record<string, number>> {
   const { ClusterLab, FAILOVER_APP, FAILOVER_SERVER } = await import("../test/helpers/cluster-lab.js");
   const { waitLine } = await import("../test/helpers/lab.js");
@@ -107,7 +112,8 @@ export async function benchClusterFailover(
   for (let run = 0; run < runs; run++) {
     const lab = await ClusterLab.create({
       gateways: 2,
-      extraYaml: opts.extraYaml,
+      etcd: opts.etcd ?? 0,
+      extraYaml: (i, etcd) => opts.storeYaml?.(i, etcd) ?? "",
       appsYaml: [
         "  - name: svc",
         "    subnet: 100.64.1.0/24",

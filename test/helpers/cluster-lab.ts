@@ -28,8 +28,8 @@ export interface ClusterLabOptions {
   gateways: number;
   /** The apps section (YAML list items under `apps:`). */
   appsYaml: string;
-  /** Extra YAML for gateway `i` (0-based), e.g. the cluster store's settings. */
-  extraYaml?: (i: number) => string;
+  /** Extra YAML for gateway `i` (0-based), e.g. the cluster store's settings, given the etcd client URLs. */
+  extraYaml?: (i: number, etcd: string[]) => string;
   /** Blocks gateway `i` announces (default none: host routes only). */
   blocks?: (i: number) => string[];
   bfd?: boolean;
@@ -240,7 +240,7 @@ export class ClusterLab {
       `  neighbors: [{ address: 198.18.${11 + i}.254, asn: ${ROUTER_ASN} }]`,
       `  blocks: ${JSON.stringify(blocks)}`,
       `  bfd: ${this.opts.bfd ?? true}`,
-      this.opts.extraYaml?.(i) ?? "",
+      this.opts.extraYaml?.(i, this.etcdUrls) ?? "",
       "apps:",
       this.opts.appsYaml,
       "",
