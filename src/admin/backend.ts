@@ -48,7 +48,7 @@ export interface AdminBackend {
   status(): StatusView | Promise<StatusView>;
   apps(): AppView[];
   tunnels(): TunnelInfo[];
-  tunnel(id: number): TunnelDetail | undefined;
+  tunnel(id: number): Promise<TunnelDetail | undefined> | TunnelDetail | undefined;
   closeTunnel(id: number, reason: "revoked" | "shutting-down", message: string): boolean;
   recent(limit: number): RecentEvent[];
   metrics(): Promise<{ contentType: string; body: string }>;

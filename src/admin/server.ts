@@ -308,7 +308,7 @@ export class AdminServer {
     if (tm) {
       const id = Number(tm[1]);
       if (get && !tm[2]) {
-        const t = b.tunnel(id);
+        const t = await b.tunnel(id);
         if (!t) throw new HttpError(404, "not-found", `no live tunnel has id ${id}`);
         return this.json(res, 200, t);
       }

@@ -85,7 +85,8 @@ export function onUnknown(gw: Gateway, datagram: Buffer, peer: string): void {
   }
 }
 
-export function onEstablished(gw: Gateway, t: Tunnel): void {
+/** Never rejects: a store error closes the tunnel (the runtime tries again, or another gateway). */
+export async function onEstablished(gw: Gateway, t: Tunnel): Promise<void> {
   const started = t.createdAt;
   gw.churnAt = gw.now();
   gw.halfOpen.delete(t);
@@ -120,17 +121,34 @@ export function onEstablished(gw: Gateway, t: Tunnel): void {
   if (!match.matched)
     return refuse(gw, t, `no app matches: ${match.reasons.join("; ")}`, measurement, "no_app_match");
   const app = gw.config.apps.find((a) => a.name === match.app)!;
-  const now = gw.now();
+  const refusal = gw.cluster?.refusal(app.name, cert.fingerprint, measurement);
+  if (refusal) return refuse(gw, t, refusal.reason, measurement, refusal.code);
+  let now = gw.now();
   const grace = gw.config.tunnel.leaseGraceSeconds * 1000;
-  const lease = gw.leases.acquire(
-    app.name,
-    cert.fingerprint,
-    measurement,
-    t.peer,
-    now,
-    now + grace,
-    cert.der,
-  );
+  let lease;
+  try {
+    // SQLite answers at once (setup stays a few ms); etcd takes a round trip (src/gateway/cluster.ts).
+    lease = await gw.leases.acquire({
+      app: app.name,
+      keyFp: cert.fingerprint,
+      measurement,
+      outer: t.peer,
+      now,
+      until: now + grace,
+      cert: cert.der,
+    });
+  } catch (e) {
+    gw.handshake("store-error");
+    gw.log.limited("store-acquire", 5000, "error", "lease-store-failed", {
+      peer: t.peer,
+      app: app.name,
+      error: (e as Error).message,
+    });
+    return gw.close(t, "shutting-down", `this gateway cannot lease an address now: ${(e as Error).message}`);
+  }
+  now = gw.now();
+  // The runtime left (or the gateway stopped) while the store answered: the lease lapses after its grace.
+  if (t.state !== "handshake") return;
   if (!lease) {
     gw.handshake("pool-exhausted");
     gw.log.log("warn", "pool-exhausted", {

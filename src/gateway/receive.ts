@@ -66,7 +66,7 @@ export function onTunnelDatagrams(gw: Gateway, t: Tunnel, batch: Buffer[], toTun
   // Liveness only from authenticated records, as WireGuard: datagrams that do not decrypt (garbage or replays
   // spoofed from the tunnel's address) must not keep a dead tunnel, its lease and set membership alive.
   if (r.records.length) t.lastRx = now;
-  if (t.state === "handshake" && r.established) onEstablished(gw, t);
+  if (t.state === "handshake" && r.established) void onEstablished(gw, t);
   if (t.state !== "leased") {
     if (r.records.length) gw.count("not-leased", r.records.length);
     if (r.closed && r.established) gw.close(t, "client-closed", "peer sent close_notify", false);

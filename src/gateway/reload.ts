@@ -32,7 +32,7 @@ export function immutableChange(prev: GatewayConfig, next: GatewayConfig): strin
   }
   // Read once at start (listeners, rate limiter, our table's name and whether we manage nftables at all): a reload
   // that silently ignored them would let an admin believe a rotated token or a new limit is in force.
-  for (const k of ["tun", "admin", "metrics", "limits"] as const) {
+  for (const k of ["tun", "admin", "metrics", "limits", "cluster"] as const) {
     if (JSON.stringify(prev[k]) !== JSON.stringify(next[k]))
       return `${f}: ${k}: cannot change on reload (restart the gateway)`;
   }

@@ -27,7 +27,11 @@ import { ConfigError, loadConfig, type GatewayConfig } from "../policy/config.js
 import { encodeControl, MSG, type CloseReason } from "../tunnel/protocol.js";
 import { CookieRotation } from "./admission.js";
 import { PeerGuard } from "./guard.js";
-import { LeaseStore } from "./leases.js";
+import type { LeaseStore } from "./leases.js";
+import type { LeaseBackend } from "../store/interface.js";
+import { SqliteStore } from "../store/sqlite.js";
+import { ClusterLink, openStore } from "./cluster.js";
+import { EtcdStore } from "../store/etcd.js";
 import { onDatagrams } from "./receive.js";
 import { onTunPackets } from "./send.js";
 import { sweep } from "./timers.js";
@@ -116,7 +120,8 @@ export class Gateway {
   /** @internal */ verifyOpts: VerifyOptions;
   /** @internal */ readonly firewall: Firewall;
   /** @internal */ readonly gatewayAddress: number;
-  /** @internal */ leases!: LeaseStore;
+  /** @internal SQLite (one gateway) or etcd (cluster.ts) */ leases!: LeaseBackend;
+  /** @internal The cluster (etcd mode), undefined for a single gateway */ cluster: ClusterLink | undefined;
   /** @internal */ listener!: DtlsListener;
   /** @internal */ cookies!: CookieRotation;
   /** @internal */ udp!: UdpSocket;
@@ -161,10 +166,9 @@ export class Gateway {
       });
     }
     for (const warning of c.warnings) this.log.log("warn", "config-warning", { warning });
-    this.leases = new LeaseStore(c.database, c.apps, [this.gatewayAddress]);
-    for (const f of this.leases.fixedModes)
-      this.log.log("warn", "state-file-mode-fixed", { ...f, now: "600" });
-    this.leases.expire(this.now());
+    this.leases = await openStore(c, [this.gatewayAddress], this.log);
+    if (this.leases instanceof EtcdStore) this.cluster = new ClusterLink(this.leases);
+    await this.leases.expire(this.now());
     this.ctx = new DtlsContext({
       role: "server",
       certPem: readFileSync(c.certificate, "utf8"),
@@ -217,7 +221,7 @@ export class Gateway {
     await this.guard?.stop();
     await this.firewall.stop();
     await this.system.undo();
-    this.leases?.close();
+    await this.leases?.close();
     this.log.log("info", "gateway-stopped");
   }
 
@@ -269,9 +273,13 @@ export class Gateway {
         this.firewall.tunnelDown(intToIp(t.address));
       }
       const now = this.now();
-      if (keepLease) this.leases.extendMany([[t.leaseId, now + this.config.tunnel.leaseGraceSeconds * 1000]]);
+      if (keepLease)
+        this.storeCall(
+          "extend",
+          this.leases.extendMany([[t.leaseId, now + this.config.tunnel.leaseGraceSeconds * 1000]]),
+        );
       else {
-        this.leases.release(t.leaseId, now, reason);
+        this.storeCall("release", this.leases.release(t.leaseId, now, reason));
         // The address is free for another holder: its flows must not outlive the lease (ct state established).
         this.cutFlows(intToIp(t.address));
       }
@@ -286,6 +294,14 @@ export class Gateway {
       });
       this.notify((o) => o.tunnelDown?.(this.info(t), reason, message));
     }
+  }
+
+  /** Logs a failed store write the caller does not wait for (the lease then lapses after its grace). */
+  /** @internal */
+  storeCall(what: string, p: Promise<unknown>): void {
+    p.catch((e: Error) =>
+      this.log.limited(`store-${what}`, 10_000, "error", "store-failed", { what, error: e.message }),
+    );
   }
 
   /** Deletes the conntrack entries of an address that has no tunnel any more (after its set update). */
@@ -342,7 +358,7 @@ export class Gateway {
     for (const warning of next.warnings) this.log.log("warn", "config-warning", { warning });
     const revoke: { t: Tunnel; reason: string }[] = [];
     for (const t of this.byAddress.values()) {
-      const reason = revocationReason(this.leases.certOf(t.leaseId), t.app, next.apps, verify);
+      const reason = revocationReason(await this.leases.certOf(t.leaseId), t.app, next.apps, verify);
       if (reason) revoke.push({ t, reason });
     }
     const added = next.apps.filter((a) => !this.config.apps.some((o) => o.name === a.name));
@@ -358,14 +374,14 @@ export class Gateway {
       await this.system.removeRoutes(this.tun.name, newRoutes); // nothing of the refused configuration stays
       return fail(`policy not applied: ${(e as Error).message}`);
     }
-    this.leases.addApps(added);
+    await this.leases.addApps(added);
     for (const a of added) this.appCounters.set(a.name, zero());
     this.config = next;
     this.verifyOpts = verify;
     // Tunnels leased while the new policy was being applied were matched against the old configuration.
     for (const t of this.byAddress.values()) {
       if (t.leasedAt < startedAt || revoke.some((r) => r.t === t)) continue;
-      const reason = revocationReason(this.leases.certOf(t.leaseId), t.app, next.apps, verify);
+      const reason = revocationReason(await this.leases.certOf(t.leaseId), t.app, next.apps, verify);
       if (reason) revoke.push({ t, reason });
     }
     const revoked: ReloadResult["revoked"] = [];
@@ -394,9 +410,14 @@ export class Gateway {
     return res;
   }
 
-  /** The audit log's rows matching `q`, newest first (the admin API's audit search). */
+  /**
+   * The audit log's rows matching `q`, newest first (the admin API's audit search). SQLite only: in a cluster the
+   * audit trail is in etcd, answered per address by `seng audit who`.
+   */
   auditQuery(q: Parameters<LeaseStore["audit"]["query"]>[0]): ReturnType<LeaseStore["audit"]["query"]> {
-    return this.leases.audit.query(q);
+    if (!(this.leases instanceof SqliteStore))
+      throw new Error("audit search is not available in a cluster: use seng audit who <address> --at <time>");
+    return this.leases.leases.audit.query(q);
   }
 
   /** Packets the policy table dropped, by reason (`policy`, `unshielded`); for metrics. */
@@ -458,11 +479,11 @@ export class Gateway {
   }
 
   /** One leased tunnel with its attestation claims; undefined when no live tunnel has this id. */
-  tunnel(id: number): TunnelDetail | undefined {
+  async tunnel(id: number): Promise<TunnelDetail | undefined> {
     const t = this.findTunnel(id);
     if (!t) return undefined;
     // Claims come from the certificate kept with the lease (not kept in memory: ~6 KB per idle tunnel).
-    const der = this.leases.certOf(t.leaseId);
+    const der = await this.leases.certOf(t.leaseId);
     let verdict: ReturnType<typeof verifyRaTlsCert> | undefined;
     try {
       verdict = der ? verifyRaTlsCert(Cert.parseOnce(der), this.verifyOpts) : undefined;

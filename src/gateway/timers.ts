@@ -45,12 +45,15 @@ export function sweep(gw: Gateway): void {
   }
   if (flush) {
     gw.lastLeaseFlush = now;
-    if (extend.length) gw.leases.extendMany(extend);
+    if (extend.length) gw.storeCall("extend", gw.leases.extendMany(extend));
   }
   // Leases whose grace period lapsed: release them now (not only when their pool runs out), and their flows.
   if (now - gw.lastExpiry > 5000) {
     gw.lastExpiry = now;
-    for (const a of gw.leases.expire(now)) gw.cutFlows(a);
+    gw.storeCall(
+      "expire",
+      gw.leases.expire(now).then((gone) => gone.forEach((a) => gw.cutFlows(a))),
+    );
   }
   if (
     gw.churnAt > gw.trimmedAt &&

@@ -14,6 +14,7 @@ import { TCB_STATUSES } from "../attest/claims.js";
 import { parseCidr } from "../packet/ip.js";
 import { compilePolicy, FirewallConfigError, type PolicyModel } from "../firewall/model.js";
 import { routingSchema } from "../routing/config.js";
+import { clusterSchema, resolveCluster } from "./cluster.js";
 
 /**
  * `host:port` (`[v6]:port` for IPv6). `ipOnly`: the host must be an address, as for the gateway's UDP socket, which
@@ -95,6 +96,8 @@ const schema = z
     certificate: z.string().min(1),
     key: z.string().min(1),
     database: z.string().min(1).default("seng.db"),
+    // Several gateways as one system, state in etcd (src/policy/cluster.ts); without it: SQLite in `database`.
+    cluster: clusterSchema.optional(),
     tun: z
       .object({
         name: z
@@ -403,6 +406,7 @@ export function parseConfig(text: string, file: string): GatewayConfig {
     certificate: resolve(base, c.certificate),
     key: resolve(base, c.key),
     database: resolve(base, c.database),
+    cluster: c.cluster && resolveCluster(c.cluster, (p) => resolve(base, p)),
     admin: {
       socket: resolve(base, c.admin.socket ?? join(dirname(c.database), "admin.sock")),
       tcp: c.admin.tcp,
@@ -489,6 +493,9 @@ export function checkConfigFiles(c: GatewayConfig): void {
     readable("admin.tls.certificate", c.admin.tls.certificate);
     readable("admin.tls.key", c.admin.tls.key);
   }
+  if (c.cluster?.etcd.ca) readable("cluster.etcd.ca", c.cluster.etcd.ca);
+  if (c.cluster?.etcd.cert) readable("cluster.etcd.cert", c.cluster.etcd.cert);
+  if (c.cluster?.etcd.key) readable("cluster.etcd.key", c.cluster.etcd.key);
   folder("database", c.database);
   folder("admin.socket", c.admin.socket);
 }

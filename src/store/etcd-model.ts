@@ -61,6 +61,9 @@ export class Keys {
   gateway(id: string): string {
     return `${this.prefix}gw/${id}`;
   }
+  get gateways(): string {
+    return `${this.prefix}gw/`;
+  }
   lease(ip: string): string {
     return `${this.prefix}lease/${ip}`;
   }

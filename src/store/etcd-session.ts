@@ -30,6 +30,23 @@ export interface SessionOptions {
   ttlSeconds: number;
   fenceMarginMs: number;
   callTimeoutMs: number;
+  tls?: EtcdTls;
+}
+
+/** TLS to etcd: PEM files' contents. */
+export interface EtcdTls {
+  ca?: Buffer;
+  cert?: Buffer;
+  key?: Buffer;
+}
+
+/** The client's credentials option for `tls` (undefined: plain http). */
+export function credentialsOf(tls: EtcdTls | undefined) {
+  if (!tls?.ca && !tls?.cert) return undefined;
+  return {
+    rootCertificate: tls.ca ?? Buffer.alloc(0),
+    ...(tls.cert && tls.key ? { certChain: tls.cert, privateKey: tls.key } : {}),
+  };
 }
 
 export type OpReq = NonNullable<ITxnRequest["success"]>[number];
@@ -50,7 +67,39 @@ export class EtcdSession {
   private constructor(
     readonly client: Etcd3,
     private readonly marginMs: number,
+    private readonly opts: SessionOptions,
   ) {}
+
+  /** Each etcd member's health as seen from this gateway: reachable, leader, or the error. */
+  async health(): Promise<{ endpoint: string; ok: boolean; leader: boolean; error?: string }[]> {
+    let urls = this.opts.hosts;
+    try {
+      const m = await this.client.cluster.memberList({});
+      const found = m.members.flatMap((x) => x.clientURLs).filter((u) => u);
+      if (found.length) urls = found;
+    } catch {
+      // no quorum or unreachable: ask the configured endpoints one by one
+    }
+    return await Promise.all(
+      urls.map(async (endpoint) => {
+        const one = new Etcd3({
+          hosts: [endpoint],
+          credentials: credentialsOf(this.opts.tls),
+          dialTimeout: 1000,
+          defaultCallOptions: () => ({ deadline: Date.now() + 1000 }),
+          faultHandling: { global: noop, host: () => noop },
+        });
+        try {
+          const st = await one.maintenance.status();
+          return { endpoint, ok: true, leader: st.leader === st.header.member_id };
+        } catch (e) {
+          return { endpoint, ok: false, leader: false, error: (e as Error).message.split("\n")[0] };
+        } finally {
+          one.close();
+        }
+      }),
+    );
+  }
 
   /** Connects and takes the gateway's lease. Errors name the etcd endpoints. */
   static async open(o: SessionOptions): Promise<EtcdSession> {
@@ -65,6 +114,7 @@ export class EtcdSession {
       );
     const client = new Etcd3({
       hosts: o.hosts,
+      credentials: credentialsOf(o.tls),
       dialTimeout: o.callTimeoutMs,
       defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + o.callTimeoutMs }),
       faultHandling: {
@@ -79,7 +129,7 @@ export class EtcdSession {
           }),
       },
     });
-    const s = new EtcdSession(client, o.fenceMarginMs);
+    const s = new EtcdSession(client, o.fenceMarginMs, o);
     try {
       await s.takeLease(o.ttlSeconds);
       await client.kv.put({

@@ -82,8 +82,10 @@ export async function watchStore(
   session: EtcdSession,
   keys: Keys,
   onEvent: (e: StoreEvent) => void,
+  fromRev?: number,
 ): Promise<() => void> {
-  const w = await session.client.watch().prefix(keys.prefix).create();
+  const b = session.client.watch().prefix(keys.prefix);
+  const w = await (fromRev ? b.startRevision(String(fromRev)) : b).create();
   // A broken watch (compaction, cancel) is retried by the client; meanwhile no progress notifications arrive,
   // which is how a consumer sees that its view is getting stale. An unhandled 'error' would end the process.
   w.on("error", () => undefined);

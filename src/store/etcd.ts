@@ -22,14 +22,25 @@ import {
   LAST_FIELDS,
   decode,
   encode,
+  prefixEnd,
   parseLease,
   type AuditValue,
   type LastValue,
   type LeaseValue,
   type RevokeValue,
 } from "./etcd-model.js";
-import { EtcdSession, createIs, del, get, modIs, put, versionIs, type OpReq } from "./etcd-session.js";
-import { listRevocations, watchStore, whoAt } from "./etcd-views.js";
+import {
+  EtcdSession,
+  type EtcdTls,
+  createIs,
+  del,
+  get,
+  modIs,
+  put,
+  versionIs,
+  type OpReq,
+} from "./etcd-session.js";
+import { listRevocations, revocationOf, watchStore, whoAt } from "./etcd-views.js";
 import {
   FencedError,
   type AcquireRequest,
@@ -62,6 +73,8 @@ export interface EtcdStoreOptions {
   prefix?: string;
   /** Deadline of each etcd call (default 5000 ms). */
   callTimeoutMs?: number;
+  /** TLS to etcd: the CA to trust, and a client certificate and key when etcd authenticates clients. */
+  tls?: EtcdTls;
 }
 
 interface Pool {
@@ -117,6 +130,7 @@ export class EtcdStore implements LeaseBackend {
       ttlSeconds: opts.ttlSeconds ?? 10,
       fenceMarginMs: opts.fenceMarginMs ?? 1000,
       callTimeoutMs: opts.callTimeoutMs ?? 5000,
+      tls: opts.tls,
     });
     const s = new EtcdStore(session, opts, keys);
     try {
@@ -432,7 +446,8 @@ export class EtcdStore implements LeaseBackend {
       if (!ip) return;
       const kv = await this.session.getKv(this.keys.lease(ip));
       const v = kv && this.leaseValue(kv);
-      if (!kv || !v || Number(kv.create_revision) !== id) {
+      // Gone, another lease on the address, or moved to another gateway (the key reconnected there): not ours.
+      if (!kv || !v || Number(kv.create_revision) !== id || v.holder !== this.gatewayId) {
         this.mine.delete(id);
         return;
       }
@@ -587,9 +602,67 @@ export class EtcdStore implements LeaseBackend {
     return await whoAt(this.session, this.keys, address, at);
   }
 
-  /** Lease and revocation changes of every gateway, with progress notifications (etcd-views.ts). */
-  async watch(onEvent: (e: StoreEvent) => void): Promise<() => void> {
-    return await watchStore(this.session, this.keys, onEvent);
+  /**
+   * Lease and revocation changes of every gateway, with progress notifications (etcd-views.ts); from `fromRev`
+   * when given (after a {@link snapshot}: nothing is missed between the two), else from now.
+   */
+  async watch(onEvent: (e: StoreEvent) => void, fromRev?: number): Promise<() => void> {
+    return await watchStore(this.session, this.keys, onEvent, fromRev);
+  }
+
+  /** Every live lease of the cluster and every revocation, at one etcd revision (a gateway's view starts here). */
+  async snapshot(): Promise<ClusterSnapshot> {
+    const range = async (prefix: string, revision?: number) =>
+      await this.session.client.kv.range({
+        key: Buffer.from(prefix),
+        range_end: prefixEnd(prefix),
+        ...(revision ? { revision: String(revision) } : {}),
+      });
+    const l = await range(this.keys.leases);
+    const rev = Number(l.header.revision);
+    const [g, r] = await Promise.all([range(this.keys.gateways, rev), range(this.keys.revokes, rev)]);
+    const leases: ClusterSnapshot["leases"] = [];
+    for (const kv of l.kvs) {
+      const v = this.leaseValue(kv);
+      if (v)
+        leases.push({
+          address: kv.key.toString().slice(this.keys.leases.length),
+          app: v.app,
+          keyFp: v.keyFp,
+          measurement: v.measurement,
+          id: Number(kv.create_revision),
+          holder: v.holder,
+        });
+    }
+    return {
+      rev,
+      leases,
+      gateways: g.kvs.map((kv) => kv.key.toString().slice(this.keys.gateways.length)),
+      revocations: r.kvs.flatMap((kv) => revocationOf(this.keys, kv) ?? []),
+    };
+  }
+
+  /** The etcd mod_revision at which this gateway last wrote lease `id`, or undefined when it does not hold it. */
+  heldAt(id: number): number | undefined {
+    return this.mine.get(id)?.modRev;
+  }
+
+  /** etcd's view of its members and their health (for `seng status`). */
+  async health(): Promise<{ endpoint: string; ok: boolean; leader: boolean; error?: string }[]> {
+    return await this.session.health();
+  }
+
+  /** The RA-TLS certificates of every live lease in the cluster (a reload re-checks them against the new policy). */
+  async liveCerts(): Promise<
+    { address: string; app: string; keyFp: string; holder: string; cert?: Buffer }[]
+  > {
+    return (await this.session.rangePrefix(this.keys.leases)).flatMap((kv) => {
+      const v = this.leaseValue(kv);
+      if (!v) return [];
+      const address = kv.key.toString().slice(this.keys.leases.length);
+      const cert = v.cert ? Buffer.from(v.cert, "base64") : undefined;
+      return [{ address, app: v.app, keyFp: v.keyFp, holder: v.holder, cert }];
+    });
   }
 
   /** Stops keepalives and disconnects without revoking: the addresses stay until the TTL ends (a restart adopts them). */
@@ -621,6 +694,14 @@ export class EtcdStore implements LeaseBackend {
   private putOwner(app: string, keyFp: string, ip: string): OpReq {
     return this.session.putLeased(this.keys.owner(app, keyFp), Buffer.from(ip));
   }
+}
+
+/** The cluster at one etcd revision: live leases of every gateway, the gateways, the revocations. */
+export interface ClusterSnapshot {
+  rev: number;
+  leases: { address: string; app: string; keyFp: string; measurement: string; id: number; holder: string }[];
+  gateways: string[];
+  revocations: Revocation[];
 }
 
 function pick(v: LeaseValue): Omit<LeaseRecord, "id" | "address" | "released"> {
