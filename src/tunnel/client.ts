@@ -89,6 +89,8 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
   private stopped = false;
   private unrefed = false;
   lease: Lease | undefined;
+  /** Whether the current session has received its LEASE (`lease` may be the previous session's). */
+  private sessionLeased = false;
 
   constructor(readonly opts: TunnelClientOptions) {
     super();
@@ -154,6 +156,7 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
       this.udp = this.bind();
     }
     this.session = DtlsSession.client(this.ctx);
+    this.sessionLeased = false;
     this.attemptAt = Date.now();
     this.probeAt = 0;
     this.udp.sendMany(this.session.start(), this.peer);
@@ -165,7 +168,9 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
   /** Sends IP packets through the tunnel (dropped while no lease is held). */
   send(packets: Buffer[]): void {
     const s = this.session;
-    if (!s || !this.lease || packets.length === 0) return;
+    // Only once this session has its lease: a gateway still admitting the tunnel (attestation, the store) treats
+    // data before the lease as abuse; after a reconnection `lease` is the previous session's until the new one.
+    if (!s || !this.sessionLeased || packets.length === 0) return;
     const max = s.maxRecord();
     const fit = packets.every((p) => p.length <= max) ? packets : packets.filter((p) => p.length <= max);
     this.lastTx = Date.now();
@@ -268,6 +273,7 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
       }
       if (msg.type === MSG.LEASE) {
         this.lease = msg.lease;
+        this.sessionLeased = true;
         this.attempt = 0;
         this.udp.sendMany(
           s.send([encodeControl({ type: MSG.LEASE_ACK, address: msg.lease.address })]),
@@ -314,7 +320,12 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
       if (now - this.attemptAt > (o.handshakeSeconds ?? 4) * 1000) this.lost("lost", "handshake timed out");
       return;
     }
-    if (!this.lease) return;
+    if (!this.sessionLeased) {
+      // Established, waiting for the lease: the gateway is verifying and leasing; bounded like the handshake.
+      if (now - this.attemptAt > (o.handshakeSeconds ?? 4) * 1000)
+        this.lost("lost", "no lease from the gateway");
+      return;
+    }
     const silent = now - Math.max(this.lastRx, this.attemptAt);
     if (silent > (o.deadSeconds ?? 30) * 1000) return this.lost("lost", "no answer from the gateway");
     const [probeMs, probeWaitMs] = this.probeMs;

@@ -84,6 +84,16 @@ setTimeout(() => {
 }, secs * 1000);
 `;
 
+/** The `cluster:` section of gateway i's configuration (0-based): the shared store on the lab's etcd. */
+export function clusterYaml(i: number, etcd: string[]): string {
+  return [
+    "cluster:",
+    `  gatewayId: gw${i + 1}`,
+    `  etcd: { endpoints: [${etcd.join(", ")}] }`,
+    "  ttl: 10",
+  ].join("\n");
+}
+
 export class ClusterLab {
   readonly dir: string;
   readonly simDir: string;
