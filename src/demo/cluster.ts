@@ -8,7 +8,8 @@
  *   1. the app reaches the server through gw1, from its leased address; 2. the server reaches the app there;
  *   3. after kill -9 of gw1 the app is back through gw2 with the same address (identity checked again by gw2);
  *   4. BGP moved the app's route to gw2; 5. gw1's BIRD died with it; 6. the server reaches the app again;
- *   7. the app's TCP connection carried every message across the move.
+ *   7. the app's TCP connection carried every message across the move; 8. with one etcd member killed, a new
+ *      instance of the app is still admitted.
  */
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -24,8 +25,8 @@ export interface ClusterDemoOptions {
   keep: boolean;
   onNetwork?: (net: ClusterDemoNet) => void;
   /**
-   * The store section of gateway i's config (1-based), given the etcd client URLs; "" keeps each gateway's own
-   * SQLite file (two independent gateways that share nothing but the routing).
+   * The store section of gateway i's config (1-based), given the etcd client URLs (default: `cluster:` on the
+   * demo's etcd); "" keeps each gateway's own SQLite file (independent gateways sharing only the routing).
    */
   storeYaml?: (i: number, etcd: string[]) => string;
 }
@@ -83,6 +84,11 @@ const w = setInterval(() => {
   }, 6000);
 }, 100);
 `;
+
+/** The gateways' shared store: the demo's etcd (docs/CLUSTER.md). */
+function clusterStore(i: number, etcd: string[]): string {
+  return `cluster:\n  gatewayId: gw${i}\n  etcd: { endpoints: [${etcd.join(", ")}] }\n  ttl: 10`;
+}
 
 function gatewayYaml(i: number, store: string): string {
   return `# SENG cluster demo, gateway ${i}. SIMULATED TEE: the simulated root below makes this config INSECURE; demo only.
@@ -143,7 +149,7 @@ export async function runClusterDemo(opts: ClusterDemoOptions): Promise<ClusterD
     // etcd: three members.
     const peers = [1, 2, 3].map((m) => `m${m}=http://${CADDR.etcd(m)}:2380`).join(",");
     const clientUrls = [1, 2, 3].map((m) => `http://${CADDR.etcd(m)}:2379`);
-    for (const m of [1, 2, 3])
+    const etcdProcs = [1, 2, 3].map((m) =>
       net.spawn(
         "etcd",
         `etcd-m${m}`,
@@ -164,7 +170,8 @@ export async function runClusterDemo(opts: ClusterDemoOptions): Promise<ClusterD
           "--logger=zap",
         ],
         keep,
-      );
+      ),
+    );
     const healthy = async (): Promise<number> => {
       let n = 0;
       for (const u of clientUrls) {
@@ -197,7 +204,7 @@ export async function runClusterDemo(opts: ClusterDemoOptions): Promise<ClusterD
     await server.waitFor((o) => o.listening === true, 10_000);
     const gws = [1, 2].map((i) => {
       mkdirSync(join(dir, `gw${i}`));
-      write(`gw${i}.yaml`, gatewayYaml(i, opts.storeYaml?.(i, clientUrls) ?? ""));
+      write(`gw${i}.yaml`, gatewayYaml(i, (opts.storeYaml ?? clusterStore)(i, clientUrls)));
       return net.spawn(
         `gw${i}` as CHost,
         `gw${i}`,
@@ -351,6 +358,46 @@ export async function runClusterDemo(opts: ClusterDemoOptions): Promise<ClusterD
           ? "every message echoed"
           : `broken: ${JSON.stringify(done)}`,
       attributed: `${String((done as { sent?: number }).sent ?? "?")} messages on one connection`,
+    });
+
+    log("  [3] kill -9 one etcd member; a new app instance starts ...");
+    etcdProcs[0]!.kill("SIGKILL");
+    await etcdProcs[0]!.exited;
+    const second = net.spawn(
+      "app",
+      "app2",
+      process.execPath,
+      [
+        ...seng,
+        "runtime",
+        "run",
+        "--gateway",
+        `${CADDR.gwLan(1)}:4433,${CADDR.gwLan(2)}:4433`,
+        "--pin",
+        pin,
+        "--tee",
+        "sim",
+        "--sim-dir",
+        join(dir, "sim"),
+        "--mrenclave",
+        MR,
+        "--",
+        "node",
+        "-e",
+        "setTimeout(() => {}, 200)",
+      ],
+      { env },
+    );
+    await Promise.race([second.exited, sleep(40_000)]);
+    const lease2 = second.lines("stderr").find((o) => o.event === "lease");
+    record({
+      name: "one etcd member killed: a new instance",
+      expected: "admitted (2 of 3 members)",
+      happened:
+        lease2 && second.exitCode === 0
+          ? "admitted (2 of 3 members)"
+          : `not admitted (exit ${second.exitCode})`,
+      attributed: lease2 ? `svc @ ${String(lease2.address)} via gw2` : "-",
     });
     failed = false;
   } finally {

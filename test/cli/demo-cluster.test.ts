@@ -20,6 +20,7 @@ const CASES = [
   "gw1's BIRD",
   "server → app after the move",
   "the app's TCP connection across the move",
+  "one etcd member killed: a new instance",
 ];
 const skip = process.getuid?.() !== 0 ? "needs root" : !existsSync("/usr/sbin/bird") ? "needs bird2" : false;
 
@@ -60,7 +61,7 @@ describe("seng demo cluster", { concurrency: false, skip }, () => {
     });
     assert.equal(r.status, 0, r.stdout + r.stderr);
     for (const c of CASES) assert.match(r.stdout, new RegExp(`^${c} .*\\bok$`, "m"), `${c}:\n${r.stdout}`);
-    assert.match(r.stdout, /all 7 cases as expected/);
+    assert.match(r.stdout, /all 8 cases as expected/);
     assert.match(r.stdout, /svc @ (100\.64\.1\.\d+), first packet after \d+ ms/);
     assert.deepEqual(leftovers(), []);
   });
