@@ -88,19 +88,22 @@ async function bareCas(url: string, total: number, inFlight: number): Promise<nu
  *   (necessarily through the other gateway, with the same address: checked);
  * - `cluster_route_move_ms`: until the router's kernel routes the app's address to the other gateway;
  * - `cluster_tcp_resume_ms`: the first TCP echo after the kill (lwIP's retransmission backoff adds to the above).
- * `store`: "sqlite" (independent gateways that happen to grant the same first address) or an etcd URL (the
- * shared store: the same address by resumption).
+ * The gateways share a three-member etcd (`cluster:`): the other gateway gives the app's key the same address by
+ * taking its lease over from the dead gateway. `etcd: 0` runs independent SQLite gateways instead.
  */
 export async function benchClusterFailover(
   quick: boolean,
   opts: {
-    /** etcd members to run for the gateways (0: none, independent SQLite gateways). */
+    /** etcd members to run for the gateways (default 3; 0: none, independent SQLite gateways). */
     etcd?: number;
     /** The store section of gateway i's config given the etcd client URLs. */
     storeYaml?: (i: number, etcd: string[]) => string;
   } = {},
 ): Promise<Record<string, number>> {
-  const { ClusterLab, FAILOVER_APP, FAILOVER_SERVER } = await import("../test/helpers/cluster-lab.js");
+  const { ClusterLab, FAILOVER_APP, FAILOVER_SERVER, clusterYaml } =
+    await import("../test/helpers/cluster-lab.js");
+  const members = opts.etcd ?? 3;
+  const store = opts.storeYaml ?? (members ? clusterYaml : () => "");
   const { waitLine } = await import("../test/helpers/lab.js");
   const { writeFileSync } = await import("node:fs");
   const { join } = await import("node:path");
@@ -112,8 +115,8 @@ export async function benchClusterFailover(
   for (let run = 0; run < runs; run++) {
     const lab = await ClusterLab.create({
       gateways: 2,
-      etcd: opts.etcd ?? 0,
-      extraYaml: (i, etcd) => opts.storeYaml?.(i, etcd) ?? "",
+      etcd: members,
+      extraYaml: store,
       appsYaml: [
         "  - name: svc",
         "    subnet: 100.64.1.0/24",
