@@ -119,6 +119,7 @@ function gatewayRun(): Command {
               config.routing,
               { configFile: config.file, database: config.database },
               logger,
+              () => gw.leases.fence(), // a fenced cluster gateway withdraws its routes at once
             );
         } catch (e) {
           await routing?.stop().catch(() => undefined);

@@ -36,6 +36,7 @@ export class RouteAnnouncer implements GatewayObserver {
   private running: Promise<void> | undefined;
   private stopped = false;
   private started = false;
+  private fenceTimer: NodeJS.Timeout | undefined;
   readonly stats: RouteAnnouncerStats = { hostRoutes: 0, reconfigurations: 0, failures: 0, lastMs: 0 };
 
   constructor(
@@ -73,8 +74,24 @@ export class RouteAnnouncer implements GatewayObserver {
     await this.stop();
   }
 
+  /**
+   * Polls the store's fencing state (a state to poll, src/store/interface.ts) and withdraws everything as soon as
+   * this gateway is fenced: a fenced gateway stops forwarding, so nothing may route to it.
+   */
+  watchFence(fence: () => { held: boolean }, everyMs = 200): void {
+    clearInterval(this.fenceTimer);
+    this.fenceTimer = setInterval(() => {
+      if (!fence().held) {
+        clearInterval(this.fenceTimer);
+        void this.fenced();
+      }
+    }, everyMs);
+    this.fenceTimer.unref();
+  }
+
   async stop(): Promise<void> {
     this.stopped = true;
+    clearInterval(this.fenceTimer);
     clearTimeout(this.timer);
     await this.running?.catch(() => undefined);
     await this.bird.stop();
@@ -155,6 +172,8 @@ export async function startRouting(
   r: RoutingConfig,
   where: { configFile: string; database: string },
   log: Logger,
+  /** The lease store's fencing state (a cluster gateway): everything is withdrawn once it is no longer held. */
+  fence?: () => { held: boolean },
 ): Promise<RouteAnnouncer> {
   const dir = r.dir
     ? isAbsolute(r.dir)
@@ -168,5 +187,6 @@ export async function startRouting(
   } catch (e) {
     throw new BirdError(`${where.configFile}: routing: ${(e as Error).message}`);
   }
+  if (fence) a.watchFence(fence);
   return a;
 }

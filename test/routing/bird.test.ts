@@ -188,3 +188,22 @@ test("the announcer: a fenced gateway ends BIRD (every route withdrawn) and anno
   await a.fenced();
   assert.equal(stopped, 1, "once");
 });
+
+test("the announcer: a gateway whose store reports it fenced withdraws everything by itself", async () => {
+  const bird = new FakeBird();
+  let stopped = 0;
+  bird.stop = () => {
+    stopped++;
+    return Promise.resolve();
+  };
+  const a = new RouteAnnouncer(ROUTING, bird as unknown as Bird, jsonLogger({ write: () => {} }), 1);
+  await a.start();
+  let held = true;
+  a.watchFence(() => ({ held }), 10);
+  await settle();
+  assert.equal(stopped, 0, "held: BIRD keeps running");
+  held = false;
+  await settle();
+  assert.equal(stopped, 1, "fenced: BIRD ended, every route withdrawn");
+  await a.stop();
+});
