@@ -2,6 +2,7 @@
  * What the admin API needs from the gateway, as an interface, so the HTTP side can be tested and the parts that
  * arrive with other issues (policy reload, audit log) plug in without touching it.
  */
+import type { ClusterLink, ClusterStats } from "../gateway/cluster.js";
 import type { Gateway, GatewayStats, TunnelDetail, TunnelInfo } from "../gateway/server.js";
 import type { GatewayMetrics } from "../metrics/metrics.js";
 import type { RecentEvent, RecentEvents } from "./recent.js";
@@ -41,6 +42,12 @@ export interface StatusView {
    * (`policy.rules[2]`), `seng_policy_default` and `seng_unshielded_drops`. Absent when the firewall is off.
    */
   firewall?: FirewallStats & { counters: Record<string, number> };
+  /** In a cluster (etcd): this gateway's fencing and view, leases per gateway, each etcd member's health. */
+  cluster?: ClusterStats & {
+    gateways: { id: string; leases: number; alive: boolean }[];
+    etcd: { endpoint: string; ok: boolean; leader: boolean; error?: string }[];
+    error?: string;
+  };
   recent: RecentEvent[];
 }
 
@@ -68,6 +75,7 @@ export function gatewayBackend(gw: Gateway, metrics: GatewayMetrics, recent: Rec
   return {
     async status() {
       const counters = await gw.firewallCounters().catch(() => ({}));
+      const cluster = gw.cluster && (await clusterStatus(gw.cluster));
       const s = gw.stats();
       const now = Date.now();
       return {
@@ -84,6 +92,7 @@ export function gatewayBackend(gw: Gateway, metrics: GatewayMetrics, recent: Rec
         handshakes: s.handshakes,
         drops: s.drops,
         ...(s.firewall.enabled ? { firewall: { ...s.firewall, counters } } : {}),
+        ...(cluster ? { cluster } : {}),
         recent: recent.list(20),
       };
     },
@@ -96,4 +105,20 @@ export function gatewayBackend(gw: Gateway, metrics: GatewayMetrics, recent: Rec
     reload: () => gw.reload(),
     auditQuery: (q) => gw.auditQuery(q),
   };
+}
+
+/** The cluster part of the status: never throws (an unreachable etcd is shown, not an error). */
+async function clusterStatus(c: ClusterLink): Promise<NonNullable<StatusView["cluster"]>> {
+  const etcd = await c.store.health().catch(() => []);
+  try {
+    const snap = await c.store.snapshot();
+    const count = new Map<string, number>(snap.gateways.map((g) => [g, 0]));
+    for (const l of snap.leases) count.set(l.holder, (count.get(l.holder) ?? 0) + 1);
+    const gateways = [...count]
+      .sort()
+      .map(([id, leases]) => ({ id, leases, alive: snap.gateways.includes(id) }));
+    return { ...c.stats(), gateways, etcd };
+  } catch (e) {
+    return { ...c.stats(), gateways: [], etcd, error: (e as Error).message.split("\n")[0] };
+  }
 }

@@ -8,6 +8,21 @@ import { isIP } from "node:net";
 import { AuditLog } from "../gateway/audit.js";
 import { action, UsageError } from "./errors.js";
 import { configOption, gatewayConfigFile, helpText, loadGatewayConfig } from "./common.js";
+import { clusterAdmin } from "./cluster.js";
+import type { GatewayConfig } from "../policy/config.js";
+
+async function clusterWho(c: GatewayConfig, address: string, at: number) {
+  const a = clusterAdmin(c);
+  try {
+    return await a.who(address, at);
+  } catch (e) {
+    throw new UsageError(
+      `etcd at ${c.cluster!.etcd.endpoints.join(",")}: ${(e as Error).message.split("\n")[0]}`,
+    );
+  } finally {
+    a.close();
+  }
+}
 
 /** --db, else the database of the gateway configuration (--config, SENG_CONFIG, /etc/seng/gateway.yaml). */
 function dbPath(f: { config?: string; db?: string }): string {
@@ -47,25 +62,33 @@ export function auditCommand(): Command {
         .option("--db <file>", "the gateway's SQLite database (instead of the configuration's)")
         .option("--json", "print JSON")
         .action(
-          action((address: string, f: { at?: string; config?: string; db?: string; json?: boolean }) => {
-            if (!isIP(address)) throw new UsageError(`<address>: expected an IP address (got ${address})`);
-            const at = f.at ? parseTime(f.at, "--at") : Date.now();
-            const { audit, close } = open(f);
-            const r = audit.who(address, at);
-            close();
-            if (f.json) process.stdout.write(JSON.stringify(r) + "\n");
-            else if (r.holder) {
-              const h = r.holder;
-              process.stdout.write(
-                `${address} at ${iso(at)}: app ${h.app}\n  measurement ${h.measurement}\n  key ${h.keyFp}\n` +
-                  `  outer ${h.outer}\n  lease ${h.leaseId} granted ${iso(h.granted)}, released ${iso(h.released)}${h.releaseReason ? ` (${h.releaseReason})` : ""}\n`,
-              );
-            } else
-              process.stdout.write(
-                `${address} at ${iso(at)}: no app${r.previous ? ` (last: ${r.previous.app}, released ${iso(r.previous.released)})` : ""}\n`,
-              );
-            return r.holder ? 0 : 1;
-          }),
+          action(
+            async (address: string, f: { at?: string; config?: string; db?: string; json?: boolean }) => {
+              if (!isIP(address)) throw new UsageError(`<address>: expected an IP address (got ${address})`);
+              const at = f.at ? parseTime(f.at, "--at") : Date.now();
+              let r;
+              const cfg = f.db ? undefined : loadGatewayConfig(gatewayConfigFile(f.config));
+              if (cfg?.cluster)
+                r = await clusterWho(cfg, address, at); // any gateway's lease, from etcd
+              else {
+                const { audit, close } = open(f);
+                r = audit.who(address, at);
+                close();
+              }
+              if (f.json) process.stdout.write(JSON.stringify(r) + "\n");
+              else if (r.holder) {
+                const h = r.holder;
+                process.stdout.write(
+                  `${address} at ${iso(at)}: app ${h.app}\n  measurement ${h.measurement}\n  key ${h.keyFp}\n` +
+                    `  outer ${h.outer}\n  lease ${h.leaseId} granted ${iso(h.granted)}, released ${iso(h.released)}${h.releaseReason ? ` (${h.releaseReason})` : ""}\n`,
+                );
+              } else
+                process.stdout.write(
+                  `${address} at ${iso(at)}: no app${r.previous ? ` (last: ${r.previous.app}, released ${iso(r.previous.released)})` : ""}\n`,
+                );
+              return r.holder ? 0 : 1;
+            },
+          ),
         ),
       [
         "seng audit who 100.64.1.7",

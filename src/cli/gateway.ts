@@ -105,6 +105,8 @@ function gatewayRun(): Command {
         };
         try {
           await gw.start();
+          if (gw.cluster)
+            gw.cluster.onAcquire = (s) => metrics.etcdSeconds.observe({ operation: "acquire" }, s);
         } catch (e) {
           await undoTable();
           throw new UsageError(`gateway: cannot start: ${startError(e as Error, config.tun.name)}`);

@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { Command, CommanderError } from "commander";
 import { attestCommand } from "./attest.js";
 import { auditCommand } from "./audit.js";
+import { clusterCommand } from "./cluster.js";
 import { policyCommand } from "./policy.js";
 import { demoCommand } from "./demo.js";
 import { gatewayCommands } from "./gateway.js";
@@ -58,6 +59,7 @@ export function program(): Command {
   p.addCommand(demoCommand());
   p.addCommand(policyCommand());
   p.addCommand(auditCommand());
+  p.addCommand(clusterCommand());
   p.addCommand(statusCommand());
   for (const c of [...gatewayCommands(), ...runtimeCommands()]) p.addCommand(c);
   p.addCommand(

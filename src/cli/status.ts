@@ -142,6 +142,31 @@ export function renderStatus(s: StatusView, now = Date.now()): string {
       `            set updates ${s.firewall.updates}, nft errors ${s.firewall.errors}, resyncs ${s.firewall.resyncs}, lease-to-set median ${s.firewall.addLatencyMedianMs} ms`,
     );
   }
+  if (s.cluster) {
+    const k = s.cluster;
+    out.push(
+      "",
+      `CLUSTER     gateway ${k.gatewayId}${k.fenced ? "  FENCED (no new tunnels, none forwarded)" : ""}  view age ${k.viewAgeSeconds.toFixed(1)} s  ` +
+        `other gateways' leases ${k.remoteLeases}  revocations ${k.revocations}  refused: fenced ${k.refused.fenced}, stale ${k.refused.stale}, revoked ${k.refused.revoked}`,
+    );
+    if (k.error) out.push(`            cluster unreadable: ${clean(k.error)}`);
+    if (k.gateways.length)
+      out.push(
+        table(
+          ["gateway", ">leases", "state"],
+          k.gateways.map((g) => [g.id, String(g.leases), g.alive ? "up" : "gone (leases lapse at its TTL)"]),
+        ),
+      );
+    out.push(
+      table(
+        ["etcd member", "state"],
+        k.etcd.map((e) => [
+          e.endpoint,
+          e.ok ? (e.leader ? "healthy, leader" : "healthy") : `DOWN: ${clean(e.error)}`,
+        ]),
+      ),
+    );
+  }
   out.push("", "LAST ERRORS");
   out.push(
     s.recent.length

@@ -146,6 +146,7 @@ export async function onEstablished(gw: Gateway, t: Tunnel): Promise<void> {
     });
     return gw.close(t, "shutting-down", `this gateway cannot lease an address now: ${(e as Error).message}`);
   }
+  gw.cluster?.onAcquire?.((gw.now() - now) / 1000);
   now = gw.now();
   // The runtime left (or the gateway stopped) while the store answered: the lease lapses after its grace.
   if (t.state !== "handshake") return;

@@ -30,7 +30,7 @@ import { PeerGuard } from "./guard.js";
 import type { LeaseStore } from "./leases.js";
 import type { LeaseBackend } from "../store/interface.js";
 import { SqliteStore } from "../store/sqlite.js";
-import { ClusterLink, openStore } from "./cluster.js";
+import { ClusterLink, openStore, type ClusterStats } from "./cluster.js";
 import { EtcdStore } from "../store/etcd.js";
 import { onDatagrams } from "./receive.js";
 import { onTunPackets } from "./send.js";
@@ -52,6 +52,8 @@ export interface GatewayStats {
   apps: Record<string, Counters & { tunnels: number }>;
   tunnelList: { peer: string; app: string; address: string; measurement: string; counters: Counters }[];
   firewall: FirewallStats;
+  /** In a cluster (etcd): fencing, refusals, view age (src/gateway/cluster.ts). */
+  cluster?: ClusterStats;
 }
 
 /** A read-only view of one live tunnel (admin API, dashboard). */
@@ -167,7 +169,8 @@ export class Gateway {
     }
     for (const warning of c.warnings) this.log.log("warn", "config-warning", { warning });
     this.leases = await openStore(c, [this.gatewayAddress], this.log);
-    if (this.leases instanceof EtcdStore) this.cluster = new ClusterLink(this.leases);
+    if (this.leases instanceof EtcdStore)
+      this.cluster = new ClusterLink(this.leases, c.cluster?.staleAfterMs ?? 3000);
     await this.leases.expire(this.now());
     this.ctx = new DtlsContext({
       role: "server",
@@ -187,6 +190,7 @@ export class Gateway {
         ...new Set(c.apps.map((a) => a.subnet)),
       ]);
       await this.firewall.start();
+      await this.cluster?.start(this);
       const [host, port] = splitHostPort(c.listen);
       this.udp = UdpSocket.bind(host, port, { rcvbuf: 4 << 20, sndbuf: 4 << 20 });
     } catch (e) {
@@ -215,6 +219,7 @@ export class Gateway {
     if (this.stopping) return;
     this.stopping = true;
     clearInterval(this.sweepTimer);
+    this.cluster?.stop();
     for (const t of [...this.byPeer.values()]) this.close(t, "shutting-down", "gateway is shutting down");
     this.udp?.close();
     this.tun?.close();
@@ -400,6 +405,9 @@ export class Gateway {
           ),
       ),
     );
+    // In a cluster: the same identities on the other gateways are cut too (key revocations in etcd).
+    const elsewhere = this.cluster ? await this.cluster.revokeOthers(this, next.apps, verify) : 0;
+    if (elsewhere) this.log.log("info", "cluster-reload-revoked", { tunnels: elsewhere });
     const res: ReloadResult = {
       ok: true,
       revoked,
@@ -528,6 +536,7 @@ export class Gateway {
         counters: { ...t.counters },
       })),
       firewall: this.firewall.stats(),
+      ...(this.cluster ? { cluster: this.cluster.stats() } : {}),
     };
   }
 }

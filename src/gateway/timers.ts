@@ -33,6 +33,7 @@ export function sweep(gw: Gateway): void {
     }
   }
   gw.cookies.tick(now);
+  gw.cluster?.tick(gw);
   const extend: [number, number][] = [];
   const flush = now - gw.lastLeaseFlush > 30_000;
   for (const t of gw.byAddress.values()) {

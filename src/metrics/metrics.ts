@@ -41,6 +41,9 @@ export const DROP_REASONS = [
 export const HANDSHAKE_RESULTS = ["started", "accepted", "refused", "timeout", "pool-exhausted"] as const;
 
 export class GatewayMetrics implements GatewayObserver {
+  /** Told each etcd lease acquisition's duration (set by the gateway in a cluster). */
+  readonly etcdSeconds: Histogram<"operation">;
+
   readonly registry = new Registry();
   private readonly verdicts: Counter<"result" | "reason">;
   private readonly handshakeSeconds: Histogram<"result">;
@@ -161,6 +164,14 @@ export class GatewayMetrics implements GatewayObserver {
         }
       },
     });
+    this.clusterMetrics(registers, src.stats);
+    this.etcdSeconds = new Histogram({
+      name: "seng_cluster_etcd_seconds",
+      help: "etcd latency as the handshake sees it: one lease acquisition (allocation or takeover), seconds",
+      labelNames: ["operation"],
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers,
+    });
     this.verdicts = new Counter({
       name: "seng_attestation_verdicts_total",
       help: "Attestation verdicts at the end of handshakes: result accepted or refused, with a stable reason code",
@@ -215,5 +226,60 @@ export class GatewayMetrics implements GatewayObserver {
     } finally {
       this.snap = undefined;
     }
+  }
+
+  /** Cluster (etcd) series; present only when the gateway runs in a cluster. */
+  private clusterMetrics(registers: Registry[], stats: () => GatewayStats): void {
+    const c = () => stats().cluster;
+    new Gauge({
+      name: "seng_cluster_fenced",
+      help: "1 while this gateway cannot prove it holds its etcd lease (no new tunnels, none forwarded)",
+      registers,
+      collect() {
+        const s = c();
+        if (s) this.set(s.fenced ? 1 : 0);
+      },
+    });
+    new Counter({
+      name: "seng_cluster_fencings_total",
+      help: "Times this gateway fenced itself",
+      registers,
+      collect() {
+        const s = c();
+        if (!s) return;
+        this.reset();
+        this.inc(s.fencings);
+      },
+    });
+    new Counter({
+      name: "seng_cluster_refused_total",
+      help: "New tunnels refused by the cluster checks, by reason (fenced, stale, revoked)",
+      labelNames: ["reason"],
+      registers,
+      collect() {
+        const s = c();
+        if (!s) return;
+        this.reset();
+        for (const [reason, n] of Object.entries(s.refused)) this.inc({ reason }, n);
+      },
+    });
+    new Gauge({
+      name: "seng_cluster_watch_age_seconds",
+      help: "Seconds since the etcd watch last delivered a change or a progress notification (watch lag bound)",
+      registers,
+      collect() {
+        const s = c();
+        if (s) this.set(s.viewAgeSeconds);
+      },
+    });
+    new Gauge({
+      name: "seng_cluster_remote_leases",
+      help: "Other gateways' leases in this gateway's firewall sets",
+      registers,
+      collect() {
+        const s = c();
+        if (s) this.set(s.remoteLeases);
+      },
+    });
   }
 }

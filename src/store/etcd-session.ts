@@ -56,7 +56,7 @@ export class EtcdSession {
   readonly faults: StoreFaults = { ambiguousCommits: 0, lostCommits: 0 };
   /** The gateway's etcd lease id: every key attached to it goes when the gateway's keepalives stop for a TTL. */
   leaseId = "";
-  private lease!: Lease;
+  private lease: Lease | undefined;
   /** performance.now() until which holding the etcd lease is proven. */
   private provenUntil = 0;
   /** performance.now() of keepalives sent and not yet acknowledged, oldest first. */
@@ -99,6 +99,32 @@ export class EtcdSession {
         }
       }),
     );
+  }
+
+  /**
+   * Connects without taking a lease or joining as a gateway: for the CLI (`seng cluster`, `seng audit who`,
+   * `seng status`), which reads the cluster and writes revocations.
+   */
+  static connect(o: { hosts: string[]; tls?: EtcdTls; callTimeoutMs?: number }): EtcdSession {
+    const ms = o.callTimeoutMs ?? 3000;
+    const client = new Etcd3({
+      hosts: o.hosts,
+      credentials: credentialsOf(o.tls),
+      dialTimeout: ms,
+      defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + ms }),
+      faultHandling: { global: noop, host: () => noop },
+    });
+    const s = new EtcdSession(client, 0, {
+      hosts: o.hosts,
+      gatewayId: "cli",
+      gatewayKey: "",
+      ttlSeconds: 0,
+      fenceMarginMs: 0,
+      callTimeoutMs: ms,
+      tls: o.tls,
+    });
+    s.closedFlag = false;
+    return s;
   }
 
   /** Connects and takes the gateway's lease. Errors name the etcd endpoints. */
@@ -209,13 +235,13 @@ export class EtcdSession {
   close(): void {
     if (this.closedFlag) return;
     this.closedFlag = true;
-    this.lease.release();
+    this.lease?.release();
     this.client.close();
   }
 
   /** Ends the gateway's etcd lease now: every key attached to it goes at once. */
   async revoke(): Promise<void> {
-    await this.lease.revoke();
+    await this.lease?.revoke();
     this.close();
   }
 }

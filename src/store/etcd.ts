@@ -642,6 +642,17 @@ export class EtcdStore implements LeaseBackend {
     };
   }
 
+  /** The leases this gateway holds (also those in their grace period, without a tunnel). */
+  own(): { id: number; address: string; app: string; keyFp: string; measurement: string }[] {
+    return [...this.mine].map(([id, m]) => ({
+      id,
+      address: m.address,
+      app: m.value.app,
+      keyFp: m.value.keyFp,
+      measurement: m.value.measurement,
+    }));
+  }
+
   /** The etcd mod_revision at which this gateway last wrote lease `id`, or undefined when it does not hold it. */
   heldAt(id: number): number | undefined {
     return this.mine.get(id)?.modRev;

@@ -147,6 +147,42 @@ test("metrics: figures are read from the gateway's counters at scrape time", asy
   assert.match((await m.render()).body, /seng_app_bytes_total\{app="a",direction="in"\} 1500/);
 });
 
+test("metrics: cluster series (fencing, refusals, watch age, etcd latency); a single gateway is never fenced", async () => {
+  const base = {
+    tunnels: 0,
+    halfOpen: 0,
+    handshakes: {},
+    drops: {},
+    apps: {},
+    tunnelList: [],
+    firewall: { enabled: false, updates: 0, batches: 0, errors: 0, resyncs: 0, addLatencyMedianMs: 0 },
+  };
+  const single = new GatewayMetrics({ stats: () => base }, { processMetrics: false });
+  assert.match((await single.render()).body, /^seng_cluster_fenced 0$/m);
+  const cluster = {
+    gatewayId: "gw1",
+    fenced: true,
+    fencings: 2,
+    refused: { fenced: 3, stale: 1, revoked: 4 },
+    viewAgeSeconds: 0.25,
+    remoteLeases: 7,
+    revocations: 1,
+  };
+  const m = new GatewayMetrics({ stats: () => ({ ...base, cluster }) }, { processMetrics: false });
+  m.etcdSeconds.observe({ operation: "acquire" }, 0.004);
+  const text = (await m.render()).body;
+  for (const line of [
+    "seng_cluster_fenced 1",
+    "seng_cluster_fencings_total 2",
+    'seng_cluster_refused_total{reason="stale"} 1',
+    'seng_cluster_refused_total{reason="revoked"} 4',
+    "seng_cluster_watch_age_seconds 0.25",
+    "seng_cluster_remote_leases 7",
+    'seng_cluster_etcd_seconds_bucket{le="0.005",operation="acquire"} 1',
+  ])
+    assert.ok(text.split("\n").includes(line), `${line}\n${text}`);
+});
+
 test("status table: aligned columns, client-supplied text cannot reach the terminal as control characters", () => {
   assert.equal(
     table(
