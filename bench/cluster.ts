@@ -79,3 +79,92 @@ async function bareCas(url: string, total: number, inFlight: number): Promise<nu
     for (const c of clients) c.close();
   }
 }
+
+/**
+ * `cluster_failover_ms` (cluster-route): two gateways in namespaces announce over BGP (BIRD, BFD) to a router with a
+ * server behind it; an app under the runtime, given both gateways, sends a UDP datagram every 20 ms and numbered
+ * messages on one TCP connection. Its gateway is killed with SIGKILL. Figures, from the kill:
+ * - `cluster_failover_ms`: the first datagram of the app that reaches the server after the gateway has exited
+ *   (necessarily through the other gateway, with the same address: checked);
+ * - `cluster_route_move_ms`: until the router's kernel routes the app's address to the other gateway;
+ * - `cluster_tcp_resume_ms`: the first TCP echo after the kill (lwIP's retransmission backoff adds to the above).
+ * The gateways share a three-member etcd (`cluster:`): the other gateway gives the app's key the same address by
+ * taking its lease over from the dead gateway. `etcd: 0` runs independent SQLite gateways instead.
+ */
+export async function benchClusterFailover(
+  quick: boolean,
+  opts: {
+    /** etcd members to run for the gateways (default 3; 0: none, independent SQLite gateways). */
+    etcd?: number;
+    /** The store section of gateway i's config given the etcd client URLs. */
+    storeYaml?: (i: number, etcd: string[]) => string;
+  } = {},
+): Promise<Record<string, number>> {
+  const { ClusterLab, FAILOVER_APP, FAILOVER_SERVER, clusterYaml } =
+    await import("../test/helpers/cluster-lab.js");
+  const members = opts.etcd ?? 3;
+  const store = opts.storeYaml ?? (members ? clusterYaml : () => "");
+  const { waitLine } = await import("../test/helpers/lab.js");
+  const { writeFileSync } = await import("node:fs");
+  const { join } = await import("node:path");
+  const mr = "c2".repeat(32);
+  const runs = quick ? 1 : 3;
+  const fail: number[] = [];
+  const route: number[] = [];
+  const tcp: number[] = [];
+  for (let run = 0; run < runs; run++) {
+    const lab = await ClusterLab.create({
+      gateways: 2,
+      etcd: members,
+      extraYaml: store,
+      appsYaml: [
+        "  - name: svc",
+        "    subnet: 100.64.1.0/24",
+        `    identities: [{ mrenclave: "${mr}" }]`,
+        "policy:",
+        "  rules:",
+        "    - { from: svc, to: 198.18.2.2, proto: any, action: allow }",
+      ].join("\n"),
+    });
+    try {
+      writeFileSync(join(lab.dir, "server.cjs"), FAILOVER_SERVER);
+      writeFileSync(join(lab.dir, "app.cjs"), FAILOVER_APP);
+      const srv = lab.server(process.execPath, [join(lab.dir, "server.cjs")]);
+      await waitLine(srv, (o) => o.event === "listening");
+      await lab.startGateway(0);
+      await lab.startGateway(1);
+      const app = lab.app(join(lab.dir, "app.cjs"), { ...lab.runtimeEnv(mr), SECONDS_TO_RUN: "8" });
+      const first = await waitLine(srv, (o) => o.event === "udp", 30_000);
+      const address = String(first.from);
+      await lab.waitRoute(address, lab.uplink(0));
+      await new Promise((r) => setTimeout(r, 1000));
+      const killedAt = Date.now();
+      await lab.killGateway(0);
+      const exitedAt = Date.now();
+      const moved = lab.waitRoute(address, lab.uplink(1)).then((ms) => ms + exitedAt - killedAt);
+      const after = (await waitLine(srv, (o) => o.event === "udp" && Number(o.t) > exitedAt, 30_000)) as {
+        t: number;
+        from: string;
+      };
+      if (after.from !== address)
+        throw new Error(`failover bench: ${after.from} after the move, ${address} before`);
+      fail.push(after.t - killedAt);
+      route.push(await moved);
+      const r = await app.wait(60_000);
+      const out = JSON.parse(r.stdout.trim().split("\n").pop() ?? "{}") as {
+        echoes?: number[];
+        error?: string;
+      };
+      const back = out.echoes?.find((e) => e > exitedAt);
+      if (back) tcp.push(back - killedAt);
+    } finally {
+      await lab.destroy();
+    }
+  }
+  const { median } = await import("./util.js");
+  return {
+    cluster_failover_ms: round(median(fail), 0),
+    cluster_route_move_ms: round(median(route), 0),
+    ...(tcp.length ? { cluster_tcp_resume_ms: round(median(tcp), 0) } : {}),
+  };
+}

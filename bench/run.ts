@@ -7,7 +7,7 @@
 import { cpus } from "node:os";
 import { resolve } from "node:path";
 import { benchAttest } from "./attest.js";
-import { benchCluster } from "./cluster.js";
+import { benchCluster, benchClusterFailover } from "./cluster.js";
 import { benchFirewall } from "./firewall.js";
 import { benchFlood } from "./flood.js";
 import { benchGateway, GATEWAY_PARTS } from "./gateway.js";
@@ -49,6 +49,7 @@ if (want("flood")) Object.assign(figures, await benchFlood(quick));
 if (want("runtime")) Object.assign(figures, await benchRuntime(quick));
 if (want("firewall")) Object.assign(figures, await benchFirewall(quick));
 if (want("cluster")) Object.assign(figures, await benchCluster(quick));
+if (want("cluster") || want("cluster:failover")) Object.assign(figures, await benchClusterFailover(quick));
 
 if (json) {
   process.stdout.write(JSON.stringify(figures) + "\n");

@@ -16,8 +16,10 @@ esac
 
 # Debian packages the project needs (tests and demo). Installed only when missing. clang: the fuzz harnesses of the
 # native code (libFuzzer with ASan/UBSan). etcd-server: the cluster store's tests start their own etcd (/usr/bin/etcd)
-# on random loopback ports; the packaged service is not used.
-APT_PACKAGES=(python3 make g++ clang iproute2 iputils-ping procps curl liblwip-dev nftables conntrack chromium etcd-server)
+# on random loopback ports; the packaged service is not used. bird2: the gateways' BGP announcements (src/routing/;
+# each gateway runs its own BIRD as a child, the cluster tests and demo a router's BIRD in a namespace; the packaged
+# bird.service is not used).
+APT_PACKAGES=(python3 make g++ clang iproute2 iputils-ping procps curl liblwip-dev nftables conntrack chromium etcd-server bird2)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -16,6 +16,7 @@ import { gatewayBackend } from "../admin/backend.js";
 import { RecentEvents } from "../admin/recent.js";
 import { GatewayMetrics } from "../metrics/metrics.js";
 import { MetricsServer } from "../metrics/server.js";
+import { startRouting, type RouteAnnouncer } from "../routing/announcer.js";
 import { action, UsageError } from "./errors.js";
 import {
   configOption,
@@ -110,10 +111,20 @@ function gatewayRun(): Command {
           await undoTable();
           throw new UsageError(`gateway: cannot start: ${startError(e as Error, config.tun.name)}`);
         }
+        let routing: RouteAnnouncer | undefined;
         try {
           await admin.start();
           await scrape?.start(`${config.file}: metrics.listen`);
+          if (config.routing)
+            routing = await startRouting(
+              gw,
+              config.routing,
+              { configFile: config.file, database: config.database },
+              logger,
+              () => gw.leases.fence(), // a fenced cluster gateway withdraws its routes at once
+            );
         } catch (e) {
+          await routing?.stop().catch(() => undefined);
           await scrape?.stop().catch(() => undefined);
           await admin.stop();
           await gw.stop();
@@ -161,6 +172,7 @@ function gatewayRun(): Command {
           process.on("SIGINT", stop);
           process.on("SIGTERM", stop);
         });
+        await routing?.stop();
         await scrape?.stop();
         await admin.stop();
         await gw.stop();

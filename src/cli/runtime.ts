@@ -250,7 +250,10 @@ function collect(v: string, prev: string[] | undefined): string[] {
 function commonOptions(c: Command): Command {
   return c
     .option("--config <file>", "runtime config file (YAML); flags and SENG_* variables override its keys")
-    .option("--gateway <host:port>", "gateway address")
+    .option(
+      "--gateway <host:port[,…]>",
+      "gateway address, or several comma-separated (a cluster: after a loss the runtime moves to the next)",
+    )
     .option(
       "--pin <fingerprint|file>",
       "gateway certificate: SHA-256 fingerprint, or a file with it or the certificate",

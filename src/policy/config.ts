@@ -15,6 +15,7 @@ import { parseCidr } from "../packet/ip.js";
 import { isUnicast6, overlaps6, parseCidr6, parseIp6, type Prefix6 } from "../packet/addr6.js";
 import { MIN_MTU6 } from "../tunnel/protocol.js";
 import { compilePolicy, FirewallConfigError, type PolicyModel } from "../firewall/model.js";
+import { routingSchema } from "../routing/config.js";
 import { clusterSchema, resolveCluster } from "./cluster.js";
 
 /**
@@ -260,6 +261,8 @@ const schema = z
     pool: cidr.optional(),
     /** Shared IPv6 pool for apps without their own subnet6 (see `families` in parseConfig). */
     pool6: cidr6.optional(),
+    /** Announce this gateway's addresses over BGP with BIRD (src/routing/, docs/CLUSTER.md). */
+    routing: routingSchema.optional(),
     firewall: z
       .object({
         enabled: z.boolean().default(true),

@@ -7,7 +7,7 @@
  *
  * File (paths are relative to the file's folder):
  *
- *   gateway: 198.18.1.1:4433        # host:port (required)
+ *   gateway: 198.18.1.1:4433        # host:port (required); or a list: [a:4433, b:4433] (docs/CLUSTER.md)
  *   pin: gateway.pem                # SHA-256 fingerprint (64 hex), or a file with it or the certificate (required)
  *   tee: auto                       # auto | gramine | tsm | sim
  *   sim: { dir: sim, mrenclave: <64 hex>, mrsigner: <64 hex>, isvprodid: 0, isvsvn: 0, debug: false }  # INSECURE
@@ -29,8 +29,9 @@ import { isSimSnpDir } from "../attest/sim-snp.js";
 
 /** The settings the preload and `seng runtime` run with. */
 export interface RuntimeConfig {
+  /** "host:port", or several comma-separated: the runtime moves to the next after a loss (src/tunnel/client.ts). */
   gateway: string;
-  /** The gateway certificate's SHA-256 fingerprint (lower-case hex). */
+  /** The gateway certificate's SHA-256 fingerprint (lower-case hex); the same pin for every gateway of a list. */
   pin: string;
   tee: AttesterKind | "auto";
   /** The simulated TEE: an SGX one (`claims`) or, when `dir` holds a simulated SEV-SNP platform, `snp`. */
@@ -62,11 +63,17 @@ export type SimSetting =
 
 const HEX32 = /^[0-9a-fA-F]{64}$/;
 const HEX48 = /^[0-9a-fA-F]{96}$/;
-const GATEWAY = /^[^:\s]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$/;
+/** One gateway or several, comma-separated (a cluster: docs/CLUSTER.md). */
+const GATEWAYS =
+  /^\s*(?:[^:\s,]+:\d{1,5}|\[[0-9a-fA-F:]+\]:\d{1,5})(?:\s*,\s*(?:[^:\s,]+:\d{1,5}|\[[0-9a-fA-F:]+\]:\d{1,5}))*\s*$/;
 
 const fileSchema = z
   .object({
-    gateway: z.string().regex(GATEWAY, "expected host:port such as 198.18.1.1:4433"),
+    // A YAML list of host:port is the same as the comma-separated string.
+    gateway: z.preprocess(
+      (v) => (Array.isArray(v) && v.every((g) => typeof g === "string") ? v.join(",") : v),
+      z.string().regex(GATEWAYS, "expected host:port such as 198.18.1.1:4433, or a list of them"),
+    ),
     pin: z.string().min(1, "expected a SHA-256 fingerprint or a file"),
     tee: z.enum(["auto", "gramine", "tsm", "sim"]),
     sim: z
@@ -172,9 +179,9 @@ export function configFromEnv(env: NodeJS.ProcessEnv = process.env): RuntimeConf
     throw new RuntimeConfigError(
       "SENG: no gateway: set SENG_GATEWAY (or --gateway, or `gateway:` in the config file) to its host:port",
     );
-  if (!GATEWAY.test(gateway))
+  if (!GATEWAYS.test(gateway))
     throw new RuntimeConfigError(
-      `SENG: ${src("SENG_GATEWAY", "gateway")}: expected host:port, got ${gateway}`,
+      `SENG: ${src("SENG_GATEWAY", "gateway")}: expected host:port, got ${gateway} (several: separated by commas)`,
     );
 
   const pinSetting = get("SENG_PIN") ?? file.pin;

@@ -12,6 +12,11 @@
  * sees a new peer and its handshake is never mistaken for the old tunnel's traffic; the same key gets the same
  * address back and replaces the old tunnel.
  *
+ * Several gateways (a cluster sharing its leases, docs/CLUSTER.md): `gateway` may list them, comma-separated; all
+ * are pinned with the same fingerprint. After a loss the next attempt goes to the next gateway of the list (round
+ * robin), where the same key gets the same address back; every attempt is a full handshake, so the identity is
+ * checked again by the gateway it lands on.
+ *
  *   send:    packets → DTLS records (one per packet) → datagrams → sendmmsg
  *   receive: datagrams → DTLS → control messages (LEASE, KEEPALIVE, CLOSE) or IP packets → onPackets
  *
@@ -36,7 +41,7 @@ import {
 } from "./protocol.js";
 
 export interface TunnelClientOptions {
-  /** Gateway "host:port". */
+  /** Gateway "host:port", or several, comma-separated (tried in turn after each loss; see the file comment). */
   gateway: string;
   /** SHA-256 (hex) of the gateway certificate's DER. */
   pin: string;
@@ -45,9 +50,9 @@ export interface TunnelClientOptions {
   keyPem: string;
   /** Send a KEEPALIVE when nothing was sent for this long (default 10). */
   keepaliveSeconds?: number;
-  /** Nothing authenticated received for this long: probe with a KEEPALIVE (default 4). */
+  /** Nothing authenticated received for this long: probe with a KEEPALIVE (default 4; 1 with several gateways). */
   probeSeconds?: number;
-  /** A probe unanswered for this long: the tunnel is lost (default 2). */
+  /** A probe unanswered for this long: the tunnel is lost (default 2; 1 with several gateways). */
   probeWaitSeconds?: number;
   /** Nothing authenticated received for this long: the tunnel is lost, probes or not (default 30). */
   deadSeconds?: number;
@@ -79,8 +84,9 @@ const FINAL: ReadonlySet<string> = new Set(["policy-rejected", "revoked"]);
 export class TunnelClient extends EventEmitter<TunnelClientEvents> {
   private readonly ctx: DtlsContext;
   private udp: UdpSocket;
-  private readonly peer: string;
-  private readonly host: string;
+  /** The gateways to walk, and the one the current attempt goes to. */
+  private readonly gateways: readonly string[];
+  private index = 0;
   private session: DtlsSession | undefined;
   private timer: NodeJS.Timeout | undefined;
   /** When something authenticated was last received, and when the current attempt or probe began. */
@@ -96,6 +102,8 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
   lease: Lease | undefined;
   /** The protocol version of the current session (negotiated in its handshake). */
   version: ProtocolVersion = 1;
+  /** Whether the current session has received its LEASE (`lease` may be the previous session's). */
+  private sessionLeased = false;
 
   constructor(readonly opts: TunnelClientOptions) {
     super();
@@ -106,11 +114,27 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
       mtu: opts.mtu ?? 1464,
       ...(opts.maxVersion === 1 ? {} : { alpn: ALPN_OFFER }),
     });
-    const i = opts.gateway.lastIndexOf(":");
-    this.host = opts.gateway.slice(0, i).replace(/^\[|\]$/g, "");
     // As the socket's reader writes peers (canonical IPv6, mapped IPv4 as IPv4), or every reply would be a stray.
-    this.peer = canonicalPeer(opts.gateway);
+    this.gateways = gatewayList(opts.gateway).map(canonicalPeer);
     this.udp = this.bind();
+  }
+
+  /** The gateway ("host:port") the current or next attempt goes to. */
+  get peer(): string {
+    return this.gateways[this.index]!;
+  }
+
+  private get host(): string {
+    return this.peer.slice(0, this.peer.lastIndexOf(":")).replace(/^\[|\]$/g, "");
+  }
+
+  /** Probe timings: faster with several gateways, where noticing a dead one early is what failover waits for. */
+  private get probeMs(): [number, number] {
+    const multi = this.gateways.length > 1;
+    return [
+      (this.opts.probeSeconds ?? (multi ? 1 : 4)) * 1000,
+      (this.opts.probeWaitSeconds ?? (multi ? 1 : 2)) * 1000,
+    ];
   }
 
   /** A fresh socket; datagrams from anyone but the gateway are ignored (they cannot be authenticated anyway). */
@@ -147,6 +171,7 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
       this.udp = this.bind();
     }
     this.session = DtlsSession.client(this.ctx);
+    this.sessionLeased = false;
     this.attemptAt = Date.now();
     this.probeAt = 0;
     this.udp.sendMany(this.session.start(), this.peer);
@@ -158,7 +183,9 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
   /** Sends IP packets through the tunnel (dropped while no lease is held). */
   send(packets: Buffer[]): void {
     const s = this.session;
-    if (!s || !this.lease || packets.length === 0) return;
+    // Only once this session has its lease: a gateway still admitting the tunnel (attestation, the store) treats
+    // data before the lease as abuse; after a reconnection `lease` is the previous session's until the new one.
+    if (!s || !this.sessionLeased || packets.length === 0) return;
     const max = s.maxRecord();
     const fit = packets.every((p) => p.length <= max) ? packets : packets.filter((p) => p.length <= max);
     this.lastTx = Date.now();
@@ -271,6 +298,7 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
       }
       if (msg.type === MSG.LEASE) {
         this.lease = msg.lease;
+        this.sessionLeased = true;
         this.attempt = 0;
         const ack = {
           type: MSG.LEASE_ACK,
@@ -293,6 +321,8 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
     this.session = undefined;
     clearInterval(this.timer);
     const willRetry = !final && !this.stopped && this.opts.reconnect !== false;
+    // The next attempt goes to the next gateway of the list (the same one when there is only one).
+    if (willRetry) this.index = (this.index + 1) % this.gateways.length;
     if (!willRetry) {
       this.stopped = true;
       this.udp.close();
@@ -317,16 +347,38 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
       if (now - this.attemptAt > (o.handshakeSeconds ?? 4) * 1000) this.lost("lost", "handshake timed out");
       return;
     }
-    if (!this.lease) return;
+    if (!this.sessionLeased) {
+      // Established, waiting for the lease: the gateway is verifying and leasing; bounded like the handshake.
+      if (now - this.attemptAt > (o.handshakeSeconds ?? 4) * 1000)
+        this.lost("lost", "no lease from the gateway");
+      return;
+    }
     const silent = now - Math.max(this.lastRx, this.attemptAt);
     if (silent > (o.deadSeconds ?? 30) * 1000) return this.lost("lost", "no answer from the gateway");
-    if (this.probeAt && now - this.probeAt > (o.probeWaitSeconds ?? 2) * 1000)
+    const [probeMs, probeWaitMs] = this.probeMs;
+    if (this.probeAt && now - this.probeAt > probeWaitMs)
       return this.lost("lost", "no answer to a keepalive");
-    const probe = !this.probeAt && silent > (o.probeSeconds ?? 4) * 1000;
+    const probe = !this.probeAt && silent > probeMs;
     if (probe || now - this.lastTx > (o.keepaliveSeconds ?? 10) * 1000) {
       if (probe) this.probeAt = now;
       this.lastTx = now;
       this.udp.sendMany(s.send([encodeControl({ type: MSG.KEEPALIVE }, this.version)]), this.peer);
     }
   }
+}
+
+/**
+ * The gateways of a `gateway` setting: one "host:port" or several, comma-separated (spaces allowed around commas).
+ * Throws a TypeError naming the bad entry.
+ */
+export function gatewayList(setting: string): string[] {
+  const list = setting
+    .split(",")
+    .map((g) => g.trim())
+    .filter(Boolean);
+  if (!list.length) throw new TypeError("gateway: expected host:port, or several separated by commas");
+  for (const g of list)
+    if (!/^[^:\s,]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$/.test(g))
+      throw new TypeError(`gateway: expected host:port, got ${g}`);
+  return list;
 }

@@ -112,6 +112,21 @@ describe("runtime config", () => {
     );
   });
 
+  test("a gateway list: comma-separated in SENG_GATEWAY or --gateway, a list or a string in the file", () => {
+    assert.equal(configFromEnv({ SENG_GATEWAY: "a:1,b:2", SENG_PIN: FP }).gateway, "a:1,b:2");
+    const f = file("list.yaml", `gateway: [198.18.1.1:4433, "[fd64::1]:4433"]\npin: "${FP}"\n`);
+    assert.equal(configFromEnv({ SENG_CONFIG: f }).gateway, "198.18.1.1:4433,[fd64::1]:4433");
+    assert.throws(
+      () => configFromEnv({ SENG_GATEWAY: "a:1,b", SENG_PIN: FP }),
+      /SENG_GATEWAY: expected host:port, got a:1,b \(several: separated by commas\)/,
+    );
+    const g = file("badlist.yaml", `gateway: [198.18.1.1:4433, nope]\npin: "${FP}"\n`);
+    assert.throws(
+      () => configFromEnv({ SENG_CONFIG: g }),
+      /badlist\.yaml: gateway: expected host:port such as 198\.18\.1\.1:4433, or a list of them/,
+    );
+  });
+
   const bad: [string, string, RegExp][] = [
     ["unknown key", "gateway: a:1\npinn: x\n", /bad1\.yaml: \(top level\): unknown key\(s\) pinn/],
     ["gateway without port", "gateway: 198.18.1.1\n", /bad2\.yaml: gateway: expected host:port/],

@@ -9,7 +9,7 @@ import { createHash, generateKeyPairSync, X509Certificate } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import { selfSignedCert } from "../../src/attest/x509gen.js";
 import { DtlsContext, DtlsListener, type DtlsSession } from "../../src/native/dtls.js";
-import { TunnelClient } from "../../src/tunnel/client.js";
+import { TunnelClient, gatewayList } from "../../src/tunnel/client.js";
 import { encodeControl, MSG, versionFromAlpn, type Lease } from "../../src/tunnel/protocol.js";
 
 /** A DTLS 1.2 fatal handshake_failure alert in plaintext (epoch 0): what an off-path attacker can forge. */
@@ -170,3 +170,42 @@ for (const [name, gwAlpn, maxVersion, expected] of [
     }
   });
 }
+
+test("with several gateways, each attempt after a loss goes to the next one of the list, in turn", async () => {
+  const keys = generateKeyPairSync("ec", { namedCurve: "P-256" });
+  const cert = await selfSignedCert({ keys, name: "CN=runtime", days: 1 });
+  const a = createSocket("udp4");
+  const b = createSocket("udp4");
+  await new Promise<void>((r) => a.bind(0, "127.0.0.1", r));
+  await new Promise<void>((r) => b.bind(0, "127.0.0.1", r));
+  const hits: string[] = [];
+  // Silent gateways: each attempt ends by its handshake deadline. Count the first datagram of each attempt (a new
+  // source port per attempt).
+  const seen = new Set<number>();
+  a.on("message", (_m, from) => void (!seen.has(from.port) && seen.add(from.port) && hits.push("a")));
+  b.on("message", (_m, from) => void (!seen.has(from.port) && seen.add(from.port) && hits.push("b")));
+  const client = new TunnelClient({
+    gateway: `127.0.0.1:${a.address().port}, 127.0.0.1:${b.address().port}`,
+    pin: "00".repeat(32),
+    certPem: cert.pem,
+    keyPem: keys.privateKey.export({ type: "pkcs8", format: "pem" }) as string,
+    handshakeSeconds: 0.3,
+    backoffMs: [10, 20],
+  });
+  try {
+    client.connect();
+    const end = Date.now() + 10_000;
+    while (hits.length < 4 && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(hits.slice(0, 4), ["a", "b", "a", "b"]);
+  } finally {
+    client.close();
+    a.close();
+    b.close();
+  }
+});
+
+test("a gateway list names the entry it cannot read", () => {
+  assert.deepEqual(gatewayList("a:1, b:2,[fd64::1]:3"), ["a:1", "b:2", "[fd64::1]:3"]);
+  assert.throws(() => gatewayList("a:1,b"), /expected host:port, got b$/);
+  assert.throws(() => gatewayList(" , "), /expected host:port/);
+});
