@@ -38,13 +38,23 @@ export function livePid(file: string): number | undefined {
   }
 }
 
-/** The pids that hold TUN interface `name` open (from /proc/<pid>/fdinfo, which names a TUN fd's interface). */
+/**
+ * The pids of this network namespace that hold TUN interface `name` open (from /proc/<pid>/fdinfo, which names a
+ * TUN fd's interface). Processes in other namespaces are left out: their `name` is another interface.
+ */
 export function tunHolders(name: string): number[] {
   const out: number[] = [];
+  let ns = "";
+  try {
+    ns = readlinkSync("/proc/self/ns/net");
+  } catch {
+    // no namespace information: every holder counts
+  }
   for (const p of readdirSync("/proc")) {
     if (!/^\d+$/.test(p)) continue;
     let fds: string[];
     try {
+      if (ns && readlinkSync(`/proc/${p}/ns/net`) !== ns) continue;
       fds = readdirSync(`/proc/${p}/fd`);
     } catch {
       continue; // gone, or not ours to read
