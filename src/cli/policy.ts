@@ -10,6 +10,7 @@ import Database from "better-sqlite3";
 import { Command } from "commander";
 import { explain, parseService, type Resolver } from "../firewall/explain.js";
 import { canonicalAddress, inNets } from "../firewall/model.js";
+import { formatIp6, parseIp6 } from "../packet/addr6.js";
 import { applyPolicy, renderScript } from "../firewall/nft.js";
 import type { GatewayConfig } from "../policy/config.js";
 import { action, UsageError } from "./errors.js";
@@ -46,14 +47,22 @@ export function configResolver(config: GatewayConfig, dbPath = config.database):
 
 /**
  * The addresses of the host explain runs on: like the lease database, explain assumes it runs on the gateway, where
- * a packet to one of these goes to the gateway chain (rules with `to: gateway`).
+ * a packet to one of these goes to the gateway chain (rules with `to: gateway`). With forwarding on (a gateway),
+ * Linux also takes the subnet-router anycast address (host bits zero) of each IPv6 prefix on its interfaces as its
+ * own: those count too, as nft's `fib daddr type anycast` does.
  */
 export function hostAddresses(): Set<string> {
-  return new Set(
-    Object.values(networkInterfaces())
-      .flat()
-      .flatMap((i) => (i ? [canonicalAddress(i.address)] : [])),
-  );
+  const out = new Set<string>();
+  for (const i of Object.values(networkInterfaces()).flat()) {
+    if (!i) continue;
+    out.add(canonicalAddress(i.address));
+    const len = Number(i.cidr?.split("/")[1]);
+    const b = i.family === "IPv6" && len < 127 ? parseIp6(i.address) : undefined;
+    if (!b) continue;
+    for (let bit = len; bit < 128; bit++) b[bit >> 3]! &= ~(0x80 >> (bit & 7));
+    out.add(canonicalAddress(formatIp6(b)));
+  }
+  return out;
 }
 
 export function policyCommand(): Command {

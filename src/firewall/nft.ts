@@ -20,7 +20,7 @@
  *   rules: `ct state established,related accept`, the rules in order (each with its named counter and its key path
  *     as comment), then the default with the named counter seng_policy_default
  *   prerouting (hook prerouting, type filter, priority dstnat - 1 = -101, policy accept)
- *     iifname <tun> fib daddr type { local, broadcast, multicast } jump gateway
+ *     iifname <tun> fib daddr type { local, anycast, broadcast, multicast } jump gateway
  *                                         traffic from tunnels to the gateway host itself, judged before any DNAT
  *                                         (Docker -p, kube-proxy, NodePort) can turn it into forwarded traffic;
  *                                         conntrack (-200) has run, so ct state works
@@ -334,8 +334,9 @@ export function renderScript(model: PolicyModel, opts: RenderOptions = {}): stri
     }
   }
   // The gateway host: only what names it as destination, whatever the forward policy says.
-  // Addressed to the host (as the input hook saw it, broadcast and multicast included), before any DNAT.
-  rule("prerouting", `iifname ${tun} fib daddr type { local, broadcast, multicast } jump gateway`);
+  // Addressed to the host (as the input hook saw it: broadcast, multicast and IPv6 anycast, e.g. the subnet-router
+  // address of each prefix on the host once forwarding is on, included), before any DNAT.
+  rule("prerouting", `iifname ${tun} fib daddr type { local, anycast, broadcast, multicast } jump gateway`);
   if (model.unshielded) for (const r of lanNdRules(model)) rule("prerouting", r);
   // ... and what the host's own DNAT/REDIRECT turned toward the host (prerouting saw another destination). A packet
   // both addressed to the host and redirected to another local port is judged in both places (its first packet only).

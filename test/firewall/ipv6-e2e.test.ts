@@ -140,6 +140,40 @@ describe("IPv6 firewall with the real gateway", { concurrency: false }, () => {
     }
   });
 
+  test("the subnet-router anycast address of the gateway's server network is the gateway too: UDP to it gets nowhere", async () => {
+    // With forwarding on, Linux answers the all-zeros address of every prefix on its interfaces (2001:2:ff:: here)
+    // as a local address of type anycast: a tunnel's UDP to it would reach sockets bound to :: on the gateway host.
+    const listener = lab.gw.spawn(node, [
+      "-e",
+      `const s=require("dgram").createSocket("udp6");s.on("message",(m,r)=>console.log("got",r.address));` +
+        `s.bind(9003,"::",()=>console.log(JSON.stringify({listening:true})))`,
+    ]);
+    try {
+      await waitLine(listener, (o) => o.listening === true);
+      const before = (await counters()).seng_gateway_default ?? 0;
+      await lab.clients[0]!.exec(
+        node,
+        [
+          "-e",
+          `const s=require("dgram").createSocket("udp6");let n=0;const t=setInterval(()=>{` +
+            `s.send("x","9003","2001:2:ff::");if(++n===5){clearInterval(t);setTimeout(()=>s.close(),300)}},50)`,
+        ],
+        { check: false, timeoutMs: 10_000 },
+      );
+      await new Promise((r) => setTimeout(r, 500));
+      assert.ok(
+        !/got/.test(listener.stdout),
+        `a tunnel reached the gateway over anycast: ${listener.stdout}`,
+      );
+      assert.ok(
+        ((await counters()).seng_gateway_default ?? 0) >= before + 5,
+        "the gateway chain did not drop them",
+      );
+    } finally {
+      await listener.kill("SIGKILL");
+    }
+  });
+
   const reload = () =>
     JSON.parse(
       execFileSync(

@@ -310,7 +310,7 @@ policy:
   );
   assert.match(
     s,
-    /add rule inet seng prerouting iifname "seng0" fib daddr type \{ local, broadcast, multicast \} jump gateway\n/,
+    /add rule inet seng prerouting iifname "seng0" fib daddr type \{ local, anycast, broadcast, multicast \} jump gateway\n/,
   );
   // Judged once: no input-hooked chain, and one way into the gateway chain.
   // The input hook sees only what the host's own DNAT/REDIRECT turned toward it: the rest was judged before NAT.
