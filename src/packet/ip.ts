@@ -51,6 +51,8 @@ export function checkTunnelPacket(p: Buffer, leased: number): DropReason | undef
   if (p.length < 20) return "malformed";
   const v = p[0]! >> 4;
   if (v !== 4) return v === 6 ? "unsupported-version" : "malformed";
+  // No IPv4 lease (an IPv6-only app): 0 must not match a source of 0.0.0.0, IPv4 is simply not this tunnel's.
+  if (leased === 0) return "unsupported-version";
   const ihl = (p[0]! & 0x0f) * 4;
   if (ihl < 20 || ihl > p.length) return "malformed";
   if (p.readUInt16BE(2) !== p.length) return "malformed";

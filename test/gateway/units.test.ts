@@ -48,6 +48,9 @@ test("tunnel packet checks: version, header, length, leased source", () => {
   const v6 = Buffer.alloc(40);
   v6[0] = 0x60;
   assert.equal(checkTunnelPacket(v6, leased), "unsupported-version");
+  // A tunnel without an IPv4 lease (IPv6-only app; its address is 0): a 0.0.0.0 source is not "its" address.
+  assert.equal(checkTunnelPacket(ipv4("0.0.0.0", "255.255.255.255"), 0), "unsupported-version");
+  assert.equal(checkTunnelPacket(ipv4("0.0.0.0", "224.0.0.1"), 0), "unsupported-version");
 });
 
 test("rate limiter: burst, refill, bounded table", () => {
