@@ -176,6 +176,12 @@ export async function onEstablished(gw: Gateway, t: Tunnel): Promise<void> {
   now = gw.now();
   // The runtime left (or the gateway stopped) while the store answered: the leases lapse after their grace.
   if (t.state !== "handshake") return;
+  // A revocation or a fencing that arrived while the store answered walked the live tunnels, not this one: ask again.
+  const late = gw.cluster?.refusal(app.name, cert.fingerprint, measurement);
+  if (late) {
+    for (const l of [lease, lease6]) if (l) gw.storeCall("release", gw.leases.release(l.id, now, late.code));
+    return refuse(gw, t, late.reason, measurement, late.code);
+  }
   if ((app.subnet && !lease) || (want6 && !lease6)) {
     const subnet = app.subnet && !lease ? app.subnet : app.subnet6;
     gw.handshake("pool-exhausted");
