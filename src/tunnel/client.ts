@@ -87,6 +87,8 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
   /** The gateways to walk, and the one the current attempt goes to. */
   private readonly gateways: readonly string[];
   private index = 0;
+  /** The gateways (indexes) that showed a certificate other than the pinned one since the last lease. */
+  private readonly pinMismatches = new Set<number>();
   private session: DtlsSession | undefined;
   private timer: NodeJS.Timeout | undefined;
   /** When something authenticated was last received, and when the current attempt or probe began. */
@@ -273,10 +275,13 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
         } catch {
           // best effort
         }
+        // Final only once every gateway of the list has shown another certificate: whoever answers at one address
+        // must not keep the runtime from the others.
+        this.pinMismatches.add(this.index);
         return this.lost(
           "protocol-error",
           `gateway certificate ${fp} does not match the pinned ${this.opts.pin}`,
-          true,
+          this.pinMismatches.size >= this.gateways.length,
         );
       }
     }
@@ -297,6 +302,7 @@ export class TunnelClient extends EventEmitter<TunnelClientEvents> {
         throw e;
       }
       if (msg.type === MSG.LEASE) {
+        this.pinMismatches.clear();
         this.lease = msg.lease;
         this.sessionLeased = true;
         this.attempt = 0;

@@ -209,3 +209,69 @@ test("a gateway list names the entry it cannot read", () => {
   assert.throws(() => gatewayList("a:1,b"), /expected host:port, got b$/);
   assert.throws(() => gatewayList(" , "), /expected host:port/);
 });
+
+test("with a gateway list, a gateway that shows another certificate is skipped, not final: the next one leases", async () => {
+  const impostor = await fakeGateway(["seng/2", "seng/1"], DUAL);
+  const real = await fakeGateway(["seng/2", "seng/1"], DUAL);
+  const keys = generateKeyPairSync("ec", { namedCurve: "P-256" });
+  const cert = await selfSignedCert({ keys, name: "CN=runtime", days: 1 });
+  const client = new TunnelClient({
+    gateway: `${impostor.gateway},${real.gateway}`,
+    pin: real.pin,
+    certPem: cert.pem,
+    keyPem: keys.privateKey.export({ type: "pkcs8", format: "pem" }) as string,
+    backoffMs: [10, 20],
+  });
+  const closed: { reason: string; final: boolean }[] = [];
+  client.on("closed", (c) => closed.push(c));
+  try {
+    const got = await new Promise<Lease>((resolve, reject) => {
+      client.once("lease", resolve);
+      setTimeout(() => reject(new Error(`no lease; closed: ${JSON.stringify(closed)}`)), 8000).unref();
+      client.connect();
+    });
+    assert.equal(got.address, DUAL.address);
+    assert.deepEqual(
+      closed.map((c) => [c.reason, c.final]),
+      [["protocol-error", false]],
+      "the impostor's certificate ended one attempt, not the runtime",
+    );
+  } finally {
+    client.close();
+    impostor.close();
+    real.close();
+  }
+});
+
+test("a pin mismatch at every gateway of the list is final", async () => {
+  const a = await fakeGateway(["seng/2", "seng/1"], DUAL);
+  const b = await fakeGateway(["seng/2", "seng/1"], DUAL);
+  const keys = generateKeyPairSync("ec", { namedCurve: "P-256" });
+  const cert = await selfSignedCert({ keys, name: "CN=runtime", days: 1 });
+  const client = new TunnelClient({
+    gateway: `${a.gateway},${b.gateway}`,
+    pin: "00".repeat(32),
+    certPem: cert.pem,
+    keyPem: keys.privateKey.export({ type: "pkcs8", format: "pem" }) as string,
+    backoffMs: [10, 20],
+  });
+  const closed: { reason: string; final: boolean }[] = [];
+  try {
+    await new Promise<void>((resolve, reject) => {
+      client.on("closed", (c) => {
+        closed.push(c);
+        if (c.final) resolve();
+      });
+      setTimeout(() => reject(new Error(`not final: ${JSON.stringify(closed)}`)), 8000).unref();
+      client.connect();
+    });
+    assert.deepEqual(
+      closed.map((c) => c.final),
+      [false, true],
+    );
+  } finally {
+    client.close();
+    a.close();
+    b.close();
+  }
+});
