@@ -25,7 +25,7 @@ import { Tun, UdpSocket } from "../native/io.js";
 import { intToIp, ipToInt } from "../packet/ip.js";
 import { formatIp6, parseIp6 } from "../packet/addr6.js";
 import { Ip6Map } from "../packet/ip6.js";
-import { ConfigError, loadConfig, type GatewayConfig } from "../policy/config.js";
+import type { GatewayConfig } from "../policy/config.js";
 import { ALPN_OFFER, encodeControl, MSG, type CloseReason } from "../tunnel/protocol.js";
 import { CookieRotation } from "./admission.js";
 import { PeerGuard } from "./guard.js";
@@ -42,7 +42,7 @@ import { zero, type Counters, type DropCounter, type Tunnel } from "./tunnel.js"
 import { jsonLogger, type Logger } from "./log.js";
 import { RateLimiter, TokenBucket } from "./ratelimit.js";
 import { SystemSetup } from "./system.js";
-import { immutableChange, revocationReason, type ReloadResult } from "./reload.js";
+import { applyReload, type ReloadResult } from "./reload.js";
 
 /** Room for the DTLS record header, explicit nonce and AEAD tag around one tunnelled packet (37 bytes, rounded up). */
 export const DTLS_OVERHEAD = 64;
@@ -118,7 +118,7 @@ export { Tunnel } from "./tunnel.js";
 export class Gateway {
   private readonly drops = new Map<string, number>();
   private readonly handshakes = new Map<string, number>();
-  private readonly system = new SystemSetup();
+  /** @internal */ readonly system = new SystemSetup();
   private reloading: Promise<ReloadResult> | undefined;
   private ctx!: DtlsContext;
   private sweepTimer: NodeJS.Timeout | undefined;
@@ -409,87 +409,8 @@ export class Gateway {
    * one reload.
    */
   reload(file = this.config.file): Promise<ReloadResult> {
-    this.reloading ??= this.doReload(file).finally(() => (this.reloading = undefined));
+    this.reloading ??= applyReload(this, file).finally(() => (this.reloading = undefined));
     return this.reloading;
-  }
-
-  private async doReload(file: string): Promise<ReloadResult> {
-    const t0 = performance.now();
-    const startedAt = this.now();
-    const fail = (error: string): ReloadResult => {
-      this.log.log("error", "reload-failed", { file, error });
-      return { ok: false, error, revoked: [], added: [], ms: Math.round(performance.now() - t0) };
-    };
-    let next: GatewayConfig;
-    let verify: VerifyOptions;
-    try {
-      next = loadConfig(file);
-      verify = verifyOptions(next);
-    } catch (e) {
-      return fail(e instanceof ConfigError ? e.message : `${file}: ${(e as Error).message}`);
-    }
-    const immutable = immutableChange(this.config, next);
-    if (immutable) return fail(immutable);
-    for (const warning of next.warnings) this.log.log("warn", "config-warning", { warning });
-    const revoke: { t: Tunnel; reason: string }[] = [];
-    for (const t of this.leased) {
-      const reason = revocationReason(await this.leases.certOf(t.certLease), t.app, next.apps, verify);
-      if (reason) revoke.push({ t, reason });
-    }
-    const added = next.apps.filter((a) => !this.config.apps.some((o) => o.name === a.name));
-    const newRoutes = [
-      ...new Set(added.flatMap((a) => [a.shared ? undefined : a.subnet, a.shared6 ? undefined : a.subnet6])),
-    ].filter((s): s is string => s !== undefined);
-    try {
-      // New subnets first, so the new policy never names an app the kernel cannot route.
-      await this.system.addRoutes(this.tunName, newRoutes);
-      await this.firewall.apply(
-        next.model,
-        revoke.flatMap((r) => r.t.addresses),
-      );
-    } catch (e) {
-      await this.system.removeRoutes(this.tunName, newRoutes); // nothing of the refused configuration stays
-      return fail(`policy not applied: ${(e as Error).message}`);
-    }
-    await this.leases.addApps(added);
-    for (const a of added) this.appCounters.set(a.name, zero());
-    this.config = next;
-    this.verifyOpts = verify;
-    this.pool?.reload();
-    // Tunnels leased while the new policy was being applied were matched against the old configuration.
-    for (const t of this.leased) {
-      if (t.leasedAt < startedAt || revoke.some((r) => r.t === t)) continue;
-      const reason = revocationReason(await this.leases.certOf(t.certLease), t.app, next.apps, verify);
-      if (reason) revoke.push({ t, reason });
-    }
-    const revoked: ReloadResult["revoked"] = [];
-    for (const { t, reason } of revoke) {
-      // One entry per address: IPv4 and IPv6 flows are cut alike.
-      for (const address of t.addresses)
-        revoked.push({ address, app: t.app, measurement: t.measurement, reason });
-      this.close(t, "revoked", reason);
-    }
-    // Flows of revoked addresses end now, not when they time out.
-    await Promise.all(
-      revoked.map((r) =>
-        this.firewall
-          .cutFlows(r.address)
-          .catch((e: Error) =>
-            this.log.log("error", "conntrack-failed", { address: r.address, error: e.message }),
-          ),
-      ),
-    );
-    // In a cluster: the same identities on the other gateways are cut too (key revocations in etcd).
-    const elsewhere = this.cluster ? await this.cluster.revokeOthers(this, next.apps, verify) : 0;
-    if (elsewhere) this.log.log("info", "cluster-reload-revoked", { tunnels: elsewhere });
-    const res: ReloadResult = {
-      ok: true,
-      revoked,
-      added: added.map((a) => a.name),
-      ms: Math.round(performance.now() - t0),
-    };
-    this.log.log("info", "reloaded", { file, ...res });
-    return res;
   }
 
   /**
