@@ -16,7 +16,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "no
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { DemoBusyError, DemoProcess } from "./network.js";
+import { DemoBusyError, DemoProcess, destroyNetSync, killNamespacePids } from "./network.js";
 import { closeSync, openSync } from "node:fs";
 
 const exec = promisify(execFile);
@@ -186,36 +186,6 @@ export class ClusterDemoNet {
   }
 
   destroySync(): void {
-    for (const p of this.procs) if (p.exitCode === null) p.kill("SIGKILL");
-    for (const ns of Object.values(CNS)) {
-      try {
-        for (const pid of execFileSync("ip", ["netns", "pids", ns], { encoding: "utf8" }).split("\n"))
-          if (pid.trim()) process.kill(Number(pid), "SIGKILL");
-        execFileSync("ip", ["netns", "del", ns], { stdio: "ignore" });
-      } catch {
-        // already gone
-      }
-    }
-    rmSync(this.dir, { recursive: true, force: true });
-  }
-}
-
-async function killNamespacePids(ns: string): Promise<void> {
-  const pids = async () =>
-    (await exec("ip", ["netns", "pids", ns]).catch(() => ({ stdout: "" }))).stdout
-      .split("\n")
-      .filter(Boolean)
-      .map(Number);
-  for (const sig of ["SIGTERM", "SIGKILL"] as const) {
-    const list = await pids();
-    if (!list.length) return;
-    for (const pid of list) {
-      try {
-        process.kill(pid, sig);
-      } catch {
-        // gone
-      }
-    }
-    await new Promise((r) => setTimeout(r, sig === "SIGTERM" ? 1500 : 200));
+    destroyNetSync(this.procs, Object.values(CNS), this.dir);
   }
 }

@@ -271,21 +271,34 @@ export class DemoNet {
 
   /** The synchronous part of {@link destroy}, for an exit handler. */
   destroySync(): void {
-    for (const p of this.procs) if (p.exitCode === null) p.kill("SIGKILL");
-    for (const ns of Object.values(NS)) {
-      try {
-        for (const pid of execFileSync("ip", ["netns", "pids", ns], { encoding: "utf8" }).split("\n"))
-          if (pid.trim()) process.kill(Number(pid), "SIGKILL");
-        execFileSync("ip", ["netns", "del", ns], { stdio: "ignore" });
-      } catch {
-        // already gone
-      }
-    }
-    rmSync(this.dir, { recursive: true, force: true });
+    destroyNetSync(this.procs, Object.values(NS), this.dir);
   }
 }
 
-async function killNamespacePids(ns: string): Promise<void> {
+/**
+ * Synchronously ends `procs` and whatever still runs in `namespaces`, deletes the namespaces and the folder `dir`:
+ * a demo network's exit handler (this one's and `seng demo cluster`'s).
+ */
+export function destroyNetSync(
+  procs: readonly DemoProcess[],
+  namespaces: readonly string[],
+  dir: string,
+): void {
+  for (const p of procs) if (p.exitCode === null) p.kill("SIGKILL");
+  for (const ns of namespaces) {
+    try {
+      for (const pid of execFileSync("ip", ["netns", "pids", ns], { encoding: "utf8" }).split("\n"))
+        if (pid.trim()) process.kill(Number(pid), "SIGKILL");
+      execFileSync("ip", ["netns", "del", ns], { stdio: "ignore" });
+    } catch {
+      // already gone
+    }
+  }
+  rmSync(dir, { recursive: true, force: true });
+}
+
+/** Ends every process left in namespace `ns`: SIGTERM, then SIGKILL for what stays. */
+export async function killNamespacePids(ns: string): Promise<void> {
   const pids = async () =>
     (await exec("ip", ["netns", "pids", ns]).catch(() => ({ stdout: "" }))).stdout
       .split("\n")
