@@ -74,3 +74,20 @@ test("cluster config: each mistake names the file, the key and what was expected
       },
     );
 });
+
+test("cluster config: IPv6 apps and workers are refused with a cluster (the etcd store leases IPv4 only)", () => {
+  const cluster = "cluster:\n  gatewayId: gw1\n  etcd: { endpoints: [http://127.0.0.1:2379] }\n";
+  const six = base
+    .replace("address: 100.64.0.1/32,", "address: 100.64.0.1/32, address6: fd64::1/128,")
+    .replace("subnet: 100.64.1.0/24", "subnet: 100.64.1.0/24\n    subnet6: fd64:1::/64");
+  assert.ok(parseConfig(six, "g.yaml").apps[0]!.subnet6, "IPv6 without a cluster is fine");
+  assert.throws(
+    () => parseConfig(six + cluster, "g.yaml"),
+    (e: unknown) => e instanceof ConfigError && /^g\.yaml: cluster: expected IPv4-only apps/.test(e.message),
+  );
+  assert.throws(
+    () => parseConfig(base + cluster + "workers: 2\n", "g.yaml"),
+    (e: unknown) =>
+      e instanceof ConfigError && /^g\.yaml: workers: expected 1 with a cluster section/.test(e.message),
+  );
+});
